@@ -1,0 +1,1 @@
+//! Running the watt-agent binary (filled in with the supervisor).

@@ -1,0 +1,121 @@
+//! What the kernel and the process must offer before the program can load:
+//! kernel version, capabilities, memlock. Used by `Steering::load` (to turn a
+//! bare EPERM into an explanation) and by `watt-agent doctor`.
+use std::{fs, io};
+
+/// First kernel with `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE` (`migrating_sk`).
+pub const MIN_KERNEL: (u32, u32) = (5, 14);
+
+/// Linux capability numbers the agent cares about.
+pub mod cap {
+    pub const NET_BIND_SERVICE: u32 = 10;
+    pub const NET_ADMIN: u32 = 12;
+    pub const SYS_PTRACE: u32 = 19;
+    pub const SYS_ADMIN: u32 = 21;
+    pub const KILL: u32 = 5;
+    pub const SETUID: u32 = 7;
+    pub const SETGID: u32 = 6;
+    pub const BPF: u32 = 39;
+    pub const PERFMON: u32 = 38;
+}
+
+/// Parses the `major.minor` prefix of a kernel release such as
+/// `6.18.44-fc-v657` or `5.4.0-1103-aws`.
+#[must_use]
+pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The running kernel's release string (`uname -r`).
+pub fn kernel_release() -> io::Result<String> {
+    Ok(fs::read_to_string("/proc/sys/kernel/osrelease")?
+        .trim()
+        .to_owned())
+}
+
+/// `Ok(())` if `release` supports connection migration, else the message.
+pub fn check_kernel(release: &str) -> Result<(), String> {
+    match parse_kernel_release(release) {
+        Some(v) if v >= MIN_KERNEL => Ok(()),
+        Some(_) => Err(format!(
+            "kernel {release} is too old: watt-agent needs Linux {}.{} or newer \
+             (SK_REUSEPORT connection migration)",
+            MIN_KERNEL.0, MIN_KERNEL.1
+        )),
+        None => Err(format!("cannot parse the kernel release {release:?}")),
+    }
+}
+
+/// Parses the effective capability mask from the text of `/proc/<pid>/status`.
+#[must_use]
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// This process's effective capabilities.
+pub fn effective_caps() -> io::Result<u64> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    parse_cap_eff(&status).ok_or_else(|| io::Error::other("no CapEff line in /proc/self/status"))
+}
+
+/// Whether `caps` holds capability number `cap`.
+#[must_use]
+pub fn has_cap(caps: u64, cap: u32) -> bool {
+    caps & (1u64 << cap) != 0
+}
+
+/// Loading and attaching an `SK_REUSEPORT` program needs `CAP_BPF` (or
+/// `CAP_SYS_ADMIN`, which implies it on every kernel).
+#[must_use]
+pub fn can_load_bpf(caps: u64) -> bool {
+    has_cap(caps, cap::BPF) || has_cap(caps, cap::SYS_ADMIN)
+}
+
+/// Raises `RLIMIT_MEMLOCK` to infinity where allowed. Kernels since 5.11
+/// charge BPF memory to the cgroup instead, so failure is not fatal.
+pub fn raise_memlock() -> bool {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer to a local.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_parse() {
+        assert_eq!(parse_kernel_release("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(parse_kernel_release("5.4.0-1103-aws"), Some((5, 4)));
+        assert_eq!(parse_kernel_release("5.14"), Some((5, 14)));
+        assert_eq!(parse_kernel_release("garbage"), None);
+    }
+
+    #[test]
+    fn old_kernels_are_refused_with_the_reason() {
+        assert!(check_kernel("6.1.0").is_ok());
+        assert!(check_kernel("5.14.0").is_ok());
+        let err = check_kernel("5.10.215-203.850.amzn2.x86_64").unwrap_err();
+        assert!(err.contains("needs Linux 5.14"), "{err}");
+        assert!(check_kernel("x").is_err());
+    }
+
+    #[test]
+    fn cap_eff_parses() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        let caps = parse_cap_eff(status).unwrap();
+        assert!(can_load_bpf(caps));
+        assert!(!can_load_bpf(0x3000)); // NET_ADMIN and NET_RAW only
+        assert!(can_load_bpf(1 << cap::BPF));
+        assert_eq!(parse_cap_eff("nothing"), None);
+    }
+}
