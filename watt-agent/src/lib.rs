@@ -11,7 +11,34 @@
 //!   hands each queued connection to another ready slot.
 //! - `table`: pure functions building selection tables from slot weights.
 //! - `preflight`: kernel and privilege checks shared with `doctor`.
+pub mod balancer;
+pub mod config;
+pub mod cpus;
 pub mod listeners;
+pub mod logging;
 pub mod preflight;
+pub mod run;
+pub mod runtime_dir;
 pub mod steering;
+pub mod supervisor;
 pub mod table;
+
+/// Workers one agent runs at most: a rolling reload needs a second slot per
+/// worker for a moment.
+pub const MAX_WORKERS: u32 = watt_common::MAX_SLOTS / 2;
+
+/// `error: cause: cause` on one line, for logs and messages.
+#[must_use]
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}

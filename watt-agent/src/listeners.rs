@@ -139,6 +139,22 @@ impl Listener {
         self.relisten()
     }
 
+    /// A second handle on the same socket (`dup`, close-on-exec).
+    pub fn try_clone(&self) -> Result<Self, ListenerError> {
+        let addr = self.spec.addr;
+        Ok(Self {
+            socket: self
+                .socket
+                .try_clone()
+                .map_err(|source| ListenerError::Io {
+                    op: "dup",
+                    addr,
+                    source,
+                })?,
+            spec: self.spec,
+        })
+    }
+
     /// The socket, e.g. to accept on it in tests or to duplicate it.
     #[must_use]
     pub fn socket(&self) -> &Socket {

@@ -1,0 +1,258 @@
+//! The health model: from a worker's recent samples to its state.
+//!
+//! Fed one [`Sample`] per tick, [`Tracker::observe`] returns the worker's
+//! [`Health`] and whether its queue should be rescued now. Everything it
+//! knows is in the tracker and the samples, so recorded sample sequences
+//! replay deterministically in tests.
+//!
+//! Why these rules (see shared/DESIGN.md): a blocked event loop is only
+//! visible once a connection waits in its accept queue; a healthy loop
+//! accepts within microseconds. So a queue that stays non-empty for
+//! `rescue_after` ticks while the worker's main thread is *not* idle in its
+//! epoll wait means the loop is not coming back soon: the worker is busy,
+//! it gets no new connections, and what waits in its queue is rescued. It
+//! is ready again as soon as its main thread is seen idle in epoll again.
+//! CPU time alone cannot tell: `Atomics.wait` or synchronous I/O block a
+//! loop without using any.
+use std::time::{Duration, Instant};
+
+/// One observation of one worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub at: Instant,
+    /// Its listener has connections waiting to be accepted.
+    pub queue_nonempty: bool,
+    /// Its main thread is idle in the event loop's wait (epoll), from
+    /// `/proc/<pid>/task/<pid>/syscall`; `None` when that cannot be read.
+    pub loop_idle: Option<bool>,
+    /// Resident memory, when sampled this tick.
+    pub rss: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// Ticks a queue may stay non-empty before the worker counts as busy.
+    pub rescue_after: u32,
+    /// Busy this long: stuck, to be replaced.
+    pub stuck_after: Duration,
+    /// RSS above this: to be replaced.
+    pub max_memory: Option<u64>,
+    /// Without the syscall signal, how long a busy worker stays out of the
+    /// table before it is given connections again (a probe).
+    pub probation: Duration,
+}
+
+/// The state of a worker as the balancer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Ready,
+    /// Not accepting; out of the table since `since`.
+    Busy {
+        since: Instant,
+    },
+    /// Busy for longer than `stuck_after`.
+    Stuck {
+        since: Instant,
+    },
+    /// RSS above the limit.
+    OverMemory {
+        rss: u64,
+    },
+}
+
+/// What to do after a sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub health: Health,
+    /// Move what waits in its queue to other workers now.
+    pub rescue: bool,
+}
+
+/// Per-worker memory of the model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tracker {
+    /// Consecutive samples with a non-empty queue.
+    streak: u32,
+    busy_since: Option<Instant>,
+    over_memory: Option<u64>,
+}
+
+impl Tracker {
+    pub fn observe(&mut self, s: Sample, p: &Params) -> Verdict {
+        if let (Some(rss), Some(max)) = (s.rss, p.max_memory) {
+            self.over_memory = (rss > max).then_some(rss);
+        }
+        self.streak = if s.queue_nonempty { self.streak + 1 } else { 0 };
+        let waited = self.streak >= p.rescue_after;
+
+        match self.busy_since {
+            None => {
+                // Seen idle in epoll: whatever is queued is being accepted.
+                if waited && s.loop_idle != Some(true) {
+                    self.busy_since = Some(s.at);
+                }
+            }
+            Some(since) => {
+                let back = match s.loop_idle {
+                    Some(idle) => idle,
+                    // No syscall signal: re-admit after the probation when
+                    // nothing waits; a still-blocked worker will show it
+                    // again with the next queued connection.
+                    None => !s.queue_nonempty && s.at.duration_since(since) >= p.probation,
+                };
+                if back {
+                    self.busy_since = None;
+                }
+            }
+        }
+
+        let rescue = self.busy_since.is_some() && waited;
+        if rescue {
+            // The queue is about to be emptied: count afresh.
+            self.streak = 0;
+        }
+        let health = match (self.over_memory, self.busy_since) {
+            (Some(rss), _) => Health::OverMemory { rss },
+            (None, Some(since)) if s.at.duration_since(since) >= p.stuck_after => {
+                Health::Stuck { since }
+            }
+            (None, Some(since)) => Health::Busy { since },
+            (None, None) => Health::Ready,
+        };
+        Verdict { health, rescue }
+    }
+
+    /// Forget everything (a new worker in the slot).
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_millis(1);
+
+    fn params() -> Params {
+        Params {
+            rescue_after: 2,
+            stuck_after: Duration::from_millis(50),
+            max_memory: Some(100 << 20),
+            probation: Duration::from_millis(20),
+        }
+    }
+
+    /// Replays `(queue_nonempty, loop_idle)` one tick apart.
+    fn replay(seq: &[(bool, Option<bool>)]) -> Vec<Verdict> {
+        let mut t = Tracker::default();
+        let start = Instant::now();
+        seq.iter()
+            .enumerate()
+            .map(|(i, &(q, idle))| {
+                t.observe(
+                    Sample {
+                        at: start + TICK * i as u32,
+                        queue_nonempty: q,
+                        loop_idle: idle,
+                        rss: None,
+                    },
+                    &params(),
+                )
+            })
+            .collect()
+    }
+
+    fn kinds(v: &[Verdict]) -> String {
+        v.iter()
+            .map(|v| match (v.health, v.rescue) {
+                (Health::Ready, false) => 'r',
+                (Health::Busy { .. }, false) => 'b',
+                (Health::Busy { .. }, true) => 'R',
+                (Health::Stuck { .. }, _) => 's',
+                (Health::OverMemory { .. }, _) => 'm',
+                (Health::Ready, true) => '?',
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_blocked_loop_is_busy_after_two_ticks_and_rescued() {
+        // Recorded: a worker blocks in Atomics.wait (futex) while
+        // connections arrive, then returns to epoll.
+        let blocked = Some(false);
+        let seq = [
+            (false, Some(true)),
+            (true, blocked),
+            (true, blocked), // second non-empty tick: busy, rescue
+            (false, blocked),
+            (true, blocked),
+            (true, blocked),     // queued again (kernel fallback): rescue again
+            (false, Some(true)), // back in epoll: ready
+            (false, Some(true)),
+        ];
+        assert_eq!(kinds(&replay(&seq)), "rrRbbRrr");
+    }
+
+    #[test]
+    fn a_healthy_loop_with_a_brief_queue_is_never_busy() {
+        let seq = [
+            (true, Some(true)),
+            (true, Some(true)),
+            (true, Some(true)),
+            (false, None),
+        ];
+        assert_eq!(kinds(&replay(&seq)), "rrrr");
+        let seq = [
+            (true, Some(false)),
+            (false, Some(false)),
+            (true, Some(false)),
+            (false, None),
+        ];
+        assert_eq!(kinds(&replay(&seq)), "rrrr");
+    }
+
+    #[test]
+    fn without_the_syscall_signal_probation_readmits() {
+        let mut seq = vec![(true, None), (true, None)];
+        seq.extend(std::iter::repeat_n((false, None), 25));
+        let k = kinds(&replay(&seq));
+        assert!(k.starts_with("rR"), "{k}");
+        // Busy through the probation (20 ticks after it became busy)...
+        assert_eq!(&k[2..21], "b".repeat(19));
+        // ...then ready again.
+        assert!(k.ends_with("rrrrr"), "{k}");
+    }
+
+    #[test]
+    fn busy_for_longer_than_stuck_after_is_stuck() {
+        let seq: Vec<_> = std::iter::repeat_n((true, Some(false)), 60).collect();
+        let k = kinds(&replay(&seq));
+        assert!(k[..51].chars().all(|c| c != 's'), "{k}");
+        assert!(k[52..].chars().all(|c| c == 's'), "{k}");
+    }
+
+    #[test]
+    fn memory_over_the_limit_is_reported_and_clears_when_it_drops() {
+        let mut t = Tracker::default();
+        let at = Instant::now();
+        let s = |rss| Sample {
+            at,
+            queue_nonempty: false,
+            loop_idle: Some(true),
+            rss: Some(rss),
+        };
+        assert_eq!(t.observe(s(50 << 20), &params()).health, Health::Ready);
+        assert_eq!(
+            t.observe(s(200 << 20), &params()).health,
+            Health::OverMemory { rss: 200 << 20 }
+        );
+        // Between RSS samples the verdict holds.
+        let between = Sample { rss: None, ..s(0) };
+        assert!(matches!(
+            t.observe(between, &params()).health,
+            Health::OverMemory { .. }
+        ));
+        assert_eq!(t.observe(s(10 << 20), &params()).health, Health::Ready);
+    }
+}

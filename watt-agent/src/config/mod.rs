@@ -1,0 +1,332 @@
+//! The settings of `watt-agent run`, resolved from three layers:
+//! command line and environment (`WATT_*`, through clap), the TOML file
+//! (`--config`), then defaults. Each layer is a [`Layer`] of optional values;
+//! [`resolve`] takes the first value set, in that order, and validates it.
+use std::{
+    ffi::OsString,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use crate::steering::ProgramLog;
+
+pub mod args;
+pub mod file;
+pub mod values;
+
+pub use values::{AdminAddr, LogFormat, MemorySize, Policy, Workers};
+
+/// Every setting, optional: one layer of configuration.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Layer {
+    pub workers: Option<Workers>,
+    pub host: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub backlog: Option<u32>,
+    pub command: Option<Vec<OsString>>,
+    pub env: Option<Vec<(String, String)>>,
+    pub cwd: Option<PathBuf>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub start_timeout: Option<Duration>,
+    pub kill_timeout: Option<Duration>,
+    pub restart_delay: Option<Duration>,
+    pub restart_backoff: Option<f64>,
+    pub restart_delay_max: Option<Duration>,
+    pub min_uptime: Option<Duration>,
+    pub max_restarts: Option<u32>,
+    pub restart_window: Option<Duration>,
+    pub policy: Option<Policy>,
+    pub tick: Option<Duration>,
+    pub rescue_after: Option<u32>,
+    pub stuck_after: Option<Duration>,
+    pub max_memory_restart: Option<MemorySize>,
+    pub admin: Option<AdminAddr>,
+    pub min_ready: Option<u32>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+    pub program_log: Option<ProgramLog>,
+    pub max_requests_per_socket: Option<u32>,
+}
+
+/// The resolved settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConfig {
+    pub workers: Workers,
+    pub host: IpAddr,
+    pub port: u16,
+    pub backlog: u32,
+    pub command: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub start_timeout: Duration,
+    pub kill_timeout: Duration,
+    pub restart_delay: Duration,
+    pub restart_backoff: f64,
+    pub restart_delay_max: Duration,
+    pub min_uptime: Duration,
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    pub policy: Policy,
+    pub tick: Duration,
+    pub rescue_after: u32,
+    pub stuck_after: Duration,
+    pub max_memory_restart: Option<MemorySize>,
+    pub admin: AdminAddr,
+    pub min_ready: u32,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub program_log: ProgramLog,
+    pub max_requests_per_socket: Option<u32>,
+}
+
+impl RunConfig {
+    /// The address the listeners bind.
+    #[must_use]
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+}
+
+/// A setting that is present but wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "no worker command: give one after `--`, e.g. `watt-agent run -- node server.js`, or set `command` in the config file"
+    )]
+    NoCommand,
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Defaults, documented in the example config file.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const PORT: u16 = 3000;
+    /// Node's own default backlog.
+    pub const BACKLOG: u32 = 511;
+    pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const RESTART_DELAY: Duration = Duration::from_millis(100);
+    pub const RESTART_BACKOFF: f64 = 2.0;
+    pub const RESTART_DELAY_MAX: Duration = Duration::from_secs(30);
+    pub const MIN_UPTIME: Duration = Duration::from_secs(5);
+    pub const MAX_RESTARTS: u32 = 10;
+    pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+    pub const TICK: Duration = Duration::from_millis(1);
+    pub const RESCUE_AFTER: u32 = 2;
+    pub const STUCK_AFTER: Duration = Duration::from_secs(5);
+    pub const MIN_READY: u32 = 1;
+    pub const LOG_LEVEL: &str = "info";
+}
+
+/// Merges the layers (first set wins) and checks every value.
+pub fn resolve(layers: &[&Layer]) -> Result<RunConfig, ConfigError> {
+    macro_rules! pick {
+        ($field:ident) => {
+            layers.iter().find_map(|l| l.$field.clone())
+        };
+    }
+    let command = pick!(command).unwrap_or_default();
+    if command.is_empty() {
+        return Err(ConfigError::NoCommand);
+    }
+    let config = RunConfig {
+        workers: pick!(workers).unwrap_or(Workers::Auto),
+        host: pick!(host).unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        port: pick!(port).unwrap_or(defaults::PORT),
+        backlog: pick!(backlog).unwrap_or(defaults::BACKLOG),
+        command,
+        env: pick!(env).unwrap_or_default(),
+        cwd: pick!(cwd),
+        user: pick!(user),
+        group: pick!(group),
+        start_timeout: pick!(start_timeout).unwrap_or(defaults::START_TIMEOUT),
+        kill_timeout: pick!(kill_timeout).unwrap_or(defaults::KILL_TIMEOUT),
+        restart_delay: pick!(restart_delay).unwrap_or(defaults::RESTART_DELAY),
+        restart_backoff: pick!(restart_backoff).unwrap_or(defaults::RESTART_BACKOFF),
+        restart_delay_max: pick!(restart_delay_max).unwrap_or(defaults::RESTART_DELAY_MAX),
+        min_uptime: pick!(min_uptime).unwrap_or(defaults::MIN_UPTIME),
+        max_restarts: pick!(max_restarts).unwrap_or(defaults::MAX_RESTARTS),
+        restart_window: pick!(restart_window).unwrap_or(defaults::RESTART_WINDOW),
+        policy: pick!(policy).unwrap_or_default(),
+        tick: pick!(tick).unwrap_or(defaults::TICK),
+        rescue_after: pick!(rescue_after).unwrap_or(defaults::RESCUE_AFTER),
+        stuck_after: pick!(stuck_after).unwrap_or(defaults::STUCK_AFTER),
+        max_memory_restart: pick!(max_memory_restart),
+        admin: pick!(admin).unwrap_or_default(),
+        min_ready: pick!(min_ready).unwrap_or(defaults::MIN_READY),
+        log_format: pick!(log_format).unwrap_or_default(),
+        log_level: pick!(log_level).unwrap_or_else(|| defaults::LOG_LEVEL.to_owned()),
+        program_log: pick!(program_log).unwrap_or_default(),
+        max_requests_per_socket: pick!(max_requests_per_socket),
+    };
+    validate(&config)?;
+    Ok(config)
+}
+
+fn validate(c: &RunConfig) -> Result<(), ConfigError> {
+    if c.port == 0 {
+        return Err(invalid("port", "must be between 1 and 65535, not 0"));
+    }
+    if let Workers::Count(0) = c.workers {
+        return Err(invalid("workers", "must be at least 1 (or \"auto\")"));
+    }
+    if let Workers::Count(n) = c.workers
+        && n > crate::MAX_WORKERS
+    {
+        return Err(invalid(
+            "workers",
+            format!(
+                "at most {} workers are supported, not {n}",
+                crate::MAX_WORKERS
+            ),
+        ));
+    }
+    if c.backlog == 0 || c.backlog > i32::MAX as u32 {
+        return Err(invalid("backlog", "must be between 1 and 2147483647"));
+    }
+    if c.restart_backoff < 1.0 || !c.restart_backoff.is_finite() {
+        return Err(invalid("restart_backoff", "must be a number >= 1.0"));
+    }
+    if c.restart_delay > c.restart_delay_max {
+        return Err(invalid(
+            "restart_delay",
+            "must not exceed restart_delay_max",
+        ));
+    }
+    for (key, d) in [
+        ("start_timeout", c.start_timeout),
+        ("kill_timeout", c.kill_timeout),
+        ("tick", c.tick),
+        ("stuck_after", c.stuck_after),
+        ("restart_window", c.restart_window),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(key, "must be greater than zero"));
+        }
+    }
+    if c.tick > Duration::from_secs(1) {
+        return Err(invalid("tick", "must be at most 1s"));
+    }
+    if c.rescue_after == 0 {
+        return Err(invalid("rescue_after", "must be at least 1 tick"));
+    }
+    if let Some(m) = c.max_memory_restart
+        && m.0 < 1024 * 1024
+    {
+        return Err(invalid("max_memory_restart", "must be at least 1MiB"));
+    }
+    if c.max_requests_per_socket == Some(0) {
+        return Err(invalid(
+            "max_requests_per_socket",
+            "must be at least 1 (omit it for no limit)",
+        ));
+    }
+    if tracing_subscriber::EnvFilter::try_new(&c.log_level).is_err() {
+        return Err(invalid(
+            "log_level",
+            format!(
+                "{:?} is not a level or filter (try info, debug, warn)",
+                c.log_level
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_command() -> Layer {
+        Layer {
+            command: Some(vec!["node".into(), "app.js".into()]),
+            ..Layer::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_no_layer_sets() {
+        let c = resolve(&[&with_command()]).unwrap();
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.workers, Workers::Auto);
+        assert_eq!(c.kill_timeout, Duration::from_secs(10));
+        assert_eq!(c.listen_addr().to_string(), "[::]:3000");
+    }
+
+    #[test]
+    fn the_first_layer_wins() {
+        let cli = Layer {
+            port: Some(8080),
+            ..Layer::default()
+        };
+        let file = Layer {
+            port: Some(9000),
+            backlog: Some(64),
+            ..with_command()
+        };
+        let c = resolve(&[&cli, &file]).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.backlog, 64);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: Vec<(Layer, &str)> = vec![
+            (
+                Layer {
+                    port: Some(0),
+                    ..with_command()
+                },
+                "port: must be between 1 and 65535, not 0",
+            ),
+            (
+                Layer {
+                    workers: Some(Workers::Count(0)),
+                    ..with_command()
+                },
+                "workers: must be at least 1 (or \"auto\")",
+            ),
+            (
+                Layer {
+                    tick: Some(Duration::ZERO),
+                    ..with_command()
+                },
+                "tick: must be greater than zero",
+            ),
+            (
+                Layer {
+                    restart_backoff: Some(0.5),
+                    ..with_command()
+                },
+                "restart_backoff: must be a number >= 1.0",
+            ),
+            (
+                Layer {
+                    log_level: Some("lo[ud".into()),
+                    ..with_command()
+                },
+                "log_level: \"lo[ud\" is not a level or filter (try info, debug, warn)",
+            ),
+        ];
+        for (layer, message) in cases {
+            assert_eq!(resolve(&[&layer]).unwrap_err().to_string(), message);
+        }
+        assert_eq!(
+            resolve(&[&Layer::default()]).unwrap_err(),
+            ConfigError::NoCommand
+        );
+    }
+}

@@ -1,0 +1,832 @@
+//! The lifecycle of the workers, as a state machine without I/O.
+//!
+//! `Lifecycle::handle(now, event)` returns the actions to take; the driver
+//! (`supervisor::run`) performs them and feeds back what happened (spawned,
+//! ready, exited). Time is passed in, so every rule here is unit-tested with
+//! fake clocks and fake pids.
+//!
+//! One *instance* is one worker process in one *slot* (a listener of the
+//! reuseport group). A *worker* is a stable id `0..N` with at most one
+//! serving instance and, while being replaced, one incoming instance.
+//!
+//! ```text
+//!              Spawned          READY=1              SIGTERM sent
+//!   Spawning ──────────▶ Starting ──────▶ Ready ─────────────────▶ Draining
+//!       │                   │               │                          │
+//!       └───────────────────┴───────────────┴──── exit ───────────────▶ Exited
+//! ```
+//!
+//! Order of actions when an instance leaves, crash or drain alike: stop
+//! steering to its slot, then stop its listener (the kernel program migrates
+//! what is queued on it to the ready slots), then close the slot.
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use watt_common::SlotState;
+
+use super::backoff::{Backoff, BackoffPolicy};
+
+pub type Slot = u32;
+pub type WorkerId = u32;
+pub type Pid = i32;
+
+/// Fixed settings of the machine.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub workers: u32,
+    /// Slots available (the kernel map's size).
+    pub max_slots: u32,
+    /// A worker not ready this long after its start is killed and restarted.
+    pub start_timeout: Duration,
+    /// A worker asked to stop gets SIGKILL this long after SIGTERM.
+    pub kill_timeout: Duration,
+    pub backoff: BackoffPolicy,
+}
+
+/// Phase of one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// The driver is forking it.
+    Spawning,
+    /// Running, not yet accepting: its slot receives no new connections.
+    Starting,
+    /// Accepting connections.
+    Ready,
+    /// Told to stop; finishing what it has.
+    Draining,
+}
+
+/// Allowed transitions (target, from). Anything else is a bug and logged.
+const ALLOWED: &[(Phase, &[Phase])] = &[
+    (Phase::Starting, &[Phase::Spawning]),
+    (Phase::Ready, &[Phase::Starting]),
+    (
+        Phase::Draining,
+        &[Phase::Spawning, Phase::Starting, Phase::Ready],
+    ),
+];
+
+fn allowed(from: Phase, to: Phase) -> bool {
+    ALLOWED
+        .iter()
+        .any(|(target, froms)| *target == to && froms.contains(&from))
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Code(c) => write!(f, "exit code {c}"),
+            Self::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// Why an instance is being replaced while it still serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplaceReason {
+    /// Rolling reload of all workers.
+    Reload,
+    /// An operator asked for this worker.
+    Restart,
+    /// Its event loop did not accept for longer than `--stuck-after`.
+    Stuck,
+    /// Its memory passed `--max-memory`.
+    OverMemory,
+}
+
+/// Signals the machine sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Sig {
+    /// To the worker process: a graceful stop.
+    Term,
+    /// To the worker's whole process group.
+    Kill,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Start the initial workers.
+    Start,
+    /// Time passed; deadlines may have expired.
+    Tick,
+    Spawned {
+        slot: Slot,
+        pid: Pid,
+    },
+    SpawnFailed {
+        slot: Slot,
+        reason: String,
+    },
+    /// The worker said `READY=1`.
+    Ready {
+        pid: Pid,
+    },
+    Exited {
+        pid: Pid,
+        status: ExitStatus,
+    },
+    Reload,
+    Replace {
+        worker: WorkerId,
+        reason: ReplaceReason,
+    },
+    /// First SIGTERM/SIGINT: graceful.
+    Shutdown,
+    /// Second one: SIGKILL everything.
+    ForceShutdown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create the slot's listener and put it in the group, state `Starting`.
+    OpenSlot {
+        slot: Slot,
+    },
+    /// Start worker `worker` on `slot`'s listener; answer with `Spawned` or
+    /// `SpawnFailed`.
+    Spawn {
+        slot: Slot,
+        worker: WorkerId,
+    },
+    /// Set the slot's state in the kernel map.
+    SetState {
+        slot: Slot,
+        state: SlotState,
+    },
+    /// Stop the slot's listener and leave it stopped: its queued connections
+    /// migrate. Only once no process accepts on it any more (a live worker
+    /// would spin on a stopped listener: libuv retries `accept` on EINVAL).
+    StopSlot {
+        slot: Slot,
+    },
+    /// Stop the listener and listen again at once (the queue rescue): what
+    /// was queued migrates, the socket stays usable for its worker.
+    RescueSlot {
+        slot: Slot,
+    },
+    /// Close the slot's listener; the slot is free again.
+    CloseSlot {
+        slot: Slot,
+    },
+    Signal {
+        pid: Pid,
+        sig: Sig,
+    },
+    /// Something worth one log line.
+    Note(Note),
+    /// Every worker is gone after a shutdown: exit with this code.
+    Exit {
+        code: i32,
+    },
+}
+
+/// What happened, for the log (one line each) and for metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    Started {
+        worker: WorkerId,
+        slot: Slot,
+        pid: Pid,
+    },
+    Ready {
+        worker: WorkerId,
+        pid: Pid,
+        after: Duration,
+    },
+    Crashed {
+        worker: WorkerId,
+        pid: Pid,
+        status: ExitStatus,
+        uptime: Duration,
+        phase: Phase,
+    },
+    NotReady {
+        worker: WorkerId,
+        pid: Pid,
+        timeout: Duration,
+    },
+    SpawnFailed {
+        worker: WorkerId,
+        reason: String,
+    },
+    RestartIn {
+        worker: WorkerId,
+        delay: Duration,
+    },
+    CrashLoop {
+        worker: WorkerId,
+        crashes: usize,
+        window: Duration,
+    },
+    Draining {
+        worker: WorkerId,
+        pid: Pid,
+        reason: DrainReason,
+    },
+    Stopped {
+        worker: WorkerId,
+        pid: Pid,
+        status: ExitStatus,
+    },
+    Killed {
+        worker: WorkerId,
+        pid: Pid,
+    },
+    ReplaceFailed {
+        worker: WorkerId,
+        reason: ReplaceReason,
+    },
+    ReloadStarted {
+        workers: usize,
+    },
+    ReloadFinished {
+        replaced: usize,
+        failed: usize,
+    },
+    Illegal {
+        worker: WorkerId,
+        from: Phase,
+        to: Phase,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainReason {
+    Replaced(ReplaceReason),
+    Shutdown,
+}
+
+/// Exit codes of `watt-agent run` after a shutdown.
+pub mod exit_code {
+    /// Every worker stopped within the kill timeout.
+    pub const CLEAN: i32 = 0;
+    /// Some worker had to be killed (timeout, or a second signal).
+    pub const FORCED: i32 = 4;
+}
+
+#[derive(Clone, Debug)]
+struct Instance {
+    worker: WorkerId,
+    pid: Option<Pid>,
+    phase: Phase,
+    started: Instant,
+    deadline: Option<Instant>,
+    killed: bool,
+    start_timed_out: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Worker {
+    serving: Option<Slot>,
+    incoming: Option<(Slot, ReplaceReason)>,
+    restart_at: Option<Instant>,
+    backoff: Backoff,
+    restarts: u32,
+    crash_looping: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Reload {
+    pending: VecDeque<WorkerId>,
+    current: Option<WorkerId>,
+    replaced: usize,
+    failed: usize,
+}
+
+/// A read-only view of one worker, for status and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerView {
+    pub id: WorkerId,
+    pub slot: Option<Slot>,
+    pub pid: Option<Pid>,
+    pub phase: Option<Phase>,
+    #[serde(skip)]
+    pub started: Option<Instant>,
+    pub restarts: u32,
+    pub crash_looping: bool,
+    #[serde(skip)]
+    pub restart_at: Option<Instant>,
+    /// Slot and pid of a replacement being started.
+    pub incoming: Option<(Slot, Option<Pid>)>,
+}
+
+pub struct Lifecycle {
+    settings: Settings,
+    workers: Vec<Worker>,
+    instances: BTreeMap<Slot, Instance>,
+    reload: Option<Reload>,
+    shutdown: bool,
+    forced: bool,
+}
+
+impl Lifecycle {
+    #[must_use]
+    pub fn new(settings: Settings) -> Self {
+        let workers = vec![Worker::default(); settings.workers as usize];
+        Self {
+            settings,
+            workers,
+            instances: BTreeMap::new(),
+            reload: None,
+            shutdown: false,
+            forced: false,
+        }
+    }
+
+    /// Feeds one event; returns what to do, in order.
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Start => {
+                for w in 0..self.settings.workers {
+                    self.start_instance(now, w, None, &mut out);
+                }
+            }
+            Event::Tick => self.tick(now, &mut out),
+            Event::Spawned { slot, pid } => self.spawned(now, slot, pid, &mut out),
+            Event::SpawnFailed { slot, reason } => self.spawn_failed(now, slot, reason, &mut out),
+            Event::Ready { pid } => self.ready(now, pid, &mut out),
+            Event::Exited { pid, status } => self.exited(now, pid, status, &mut out),
+            Event::Reload => self.begin_reload(now, &mut out),
+            Event::Replace { worker, reason } => {
+                if !self.shutdown && (worker as usize) < self.workers.len() {
+                    self.begin_replace(now, worker, reason, &mut out);
+                }
+            }
+            Event::Shutdown if self.shutdown => self.force(&mut out),
+            Event::Shutdown => self.begin_shutdown(now, &mut out),
+            Event::ForceShutdown => {
+                if !self.shutdown {
+                    self.begin_shutdown(now, &mut out);
+                }
+                self.force(&mut out);
+            }
+        }
+        if self.shutdown && self.instances.is_empty() {
+            let code = if self.forced {
+                exit_code::FORCED
+            } else {
+                exit_code::CLEAN
+            };
+            out.push(Action::Exit { code });
+        }
+        out
+    }
+
+    /// The earliest time `Tick` has work to do.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let instances = self.instances.values().filter_map(|i| i.deadline);
+        let restarts = self.workers.iter().filter_map(|w| w.restart_at);
+        instances.chain(restarts).min()
+    }
+
+    /// One view per worker id.
+    #[must_use]
+    pub fn workers(&self) -> Vec<WorkerView> {
+        self.workers
+            .iter()
+            .enumerate()
+            .map(|(id, w)| {
+                let serving = w
+                    .serving
+                    .and_then(|s| self.instances.get(&s).map(|i| (s, i)));
+                WorkerView {
+                    id: id as WorkerId,
+                    slot: serving.map(|(s, _)| s),
+                    pid: serving.and_then(|(_, i)| i.pid),
+                    phase: serving.map(|(_, i)| i.phase),
+                    started: serving.map(|(_, i)| i.started),
+                    restarts: w.restarts,
+                    crash_looping: w.crash_looping,
+                    restart_at: w.restart_at,
+                    incoming: w
+                        .incoming
+                        .map(|(s, _)| (s, self.instances.get(&s).and_then(|i| i.pid))),
+                }
+            })
+            .collect()
+    }
+
+    /// Worker and pid of every live instance by slot (for the sampler).
+    pub fn instances(&self) -> impl Iterator<Item = (Slot, WorkerId, Option<Pid>, Phase)> + '_ {
+        self.instances
+            .iter()
+            .map(|(&s, i)| (s, i.worker, i.pid, i.phase))
+    }
+
+    #[must_use]
+    pub fn ready_count(&self) -> usize {
+        self.instances
+            .values()
+            .filter(|i| i.phase == Phase::Ready)
+            .count()
+    }
+
+    #[must_use]
+    pub fn is_reloading(&self) -> bool {
+        self.reload.is_some()
+    }
+
+    #[must_use]
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown
+    }
+
+    fn set_phase(&mut self, slot: Slot, to: Phase, out: &mut Vec<Action>) -> bool {
+        let Some(inst) = self.instances.get_mut(&slot) else {
+            return false;
+        };
+        if !allowed(inst.phase, to) {
+            out.push(Action::Note(Note::Illegal {
+                worker: inst.worker,
+                from: inst.phase,
+                to,
+            }));
+            return false;
+        }
+        inst.phase = to;
+        true
+    }
+
+    fn free_slot(&self) -> Option<Slot> {
+        (0..self.settings.max_slots).find(|s| !self.instances.contains_key(s))
+    }
+
+    /// Opens a slot and spawns an instance of `worker` in it; as the serving
+    /// instance, or as the incoming one of a replacement.
+    fn start_instance(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        replace: Option<ReplaceReason>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(slot) = self.free_slot() else {
+            out.push(Action::Note(Note::SpawnFailed {
+                worker,
+                reason: format!("all {} slots are in use", self.settings.max_slots),
+            }));
+            return;
+        };
+        self.instances.insert(
+            slot,
+            Instance {
+                worker,
+                pid: None,
+                phase: Phase::Spawning,
+                started: now,
+                deadline: None,
+                killed: false,
+                start_timed_out: false,
+            },
+        );
+        let w = &mut self.workers[worker as usize];
+        w.restart_at = None;
+        match replace {
+            Some(reason) => w.incoming = Some((slot, reason)),
+            None => w.serving = Some(slot),
+        }
+        out.push(Action::OpenSlot { slot });
+        out.push(Action::Spawn { slot, worker });
+    }
+
+    fn spawned(&mut self, now: Instant, slot: Slot, pid: Pid, out: &mut Vec<Action>) {
+        if !self.set_phase(slot, Phase::Starting, out) {
+            return;
+        }
+        let timeout = self.settings.start_timeout;
+        let inst = self.instances.get_mut(&slot).expect("checked by set_phase");
+        inst.pid = Some(pid);
+        inst.started = now;
+        inst.deadline = Some(now + timeout);
+        let worker = inst.worker;
+        out.push(Action::Note(Note::Started { worker, slot, pid }));
+        if self.shutdown {
+            // Raced with a shutdown: stop it right away.
+            self.drain(now, slot, DrainReason::Shutdown, out);
+        }
+    }
+
+    fn spawn_failed(&mut self, now: Instant, slot: Slot, reason: String, out: &mut Vec<Action>) {
+        let Some(inst) = self.instances.remove(&slot) else {
+            return;
+        };
+        out.push(Action::Note(Note::SpawnFailed {
+            worker: inst.worker,
+            reason,
+        }));
+        out.push(Action::SetState {
+            slot,
+            state: SlotState::Down,
+        });
+        out.push(Action::StopSlot { slot });
+        out.push(Action::CloseSlot { slot });
+        self.instance_gone(now, slot, &inst, true, out);
+    }
+
+    fn ready(&mut self, now: Instant, pid: Pid, out: &mut Vec<Action>) {
+        let Some((&slot, inst)) = self.instances.iter().find(|(_, i)| i.pid == Some(pid)) else {
+            return;
+        };
+        if inst.phase != Phase::Starting {
+            return; // a repeated READY=1, or one that raced a stop
+        }
+        let (worker, started) = (inst.worker, inst.started);
+        self.set_phase(slot, Phase::Ready, out);
+        self.instances.get_mut(&slot).expect("present").deadline = None;
+        out.push(Action::SetState {
+            slot,
+            state: SlotState::Ready,
+        });
+        out.push(Action::Note(Note::Ready {
+            worker,
+            pid,
+            after: now.duration_since(started),
+        }));
+        // A replacement is ready: it takes over, the old one drains.
+        let w = &mut self.workers[worker as usize];
+        if let Some((incoming, reason)) = w.incoming
+            && incoming == slot
+        {
+            w.incoming = None;
+            let old = w.serving.replace(slot);
+            if let Some(old) = old {
+                self.drain(now, old, DrainReason::Replaced(reason), out);
+            }
+            if let Some(r) = &mut self.reload
+                && r.current == Some(worker)
+            {
+                r.replaced += 1;
+                self.advance_reload(now, out);
+            }
+        }
+    }
+
+    fn exited(&mut self, now: Instant, pid: Pid, status: ExitStatus, out: &mut Vec<Action>) {
+        let Some((&slot, _)) = self.instances.iter().find(|(_, i)| i.pid == Some(pid)) else {
+            return; // an orphan the agent reaped as PID 1, or unknown
+        };
+        let inst = self.instances.remove(&slot).expect("found above");
+        let expected = inst.phase == Phase::Draining;
+        if expected {
+            out.push(Action::Note(Note::Stopped {
+                worker: inst.worker,
+                pid,
+                status,
+            }));
+        } else {
+            if inst.start_timed_out {
+                out.push(Action::Note(Note::NotReady {
+                    worker: inst.worker,
+                    pid,
+                    timeout: self.settings.start_timeout,
+                }));
+            }
+            out.push(Action::Note(Note::Crashed {
+                worker: inst.worker,
+                pid,
+                status,
+                uptime: now.duration_since(inst.started),
+                phase: inst.phase,
+            }));
+        }
+        // Stop steering first, then stop the listener so the kernel migrates
+        // its queue while other slots are still ready, then close it.
+        out.push(Action::SetState {
+            slot,
+            state: SlotState::Down,
+        });
+        out.push(Action::StopSlot { slot });
+        out.push(Action::CloseSlot { slot });
+        self.instance_gone(now, slot, &inst, !expected, out);
+    }
+
+    /// Bookkeeping after an instance left `slot`.
+    fn instance_gone(
+        &mut self,
+        now: Instant,
+        slot: Slot,
+        inst: &Instance,
+        crashed: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let worker = inst.worker;
+        let policy = self.settings.backoff;
+        let w = &mut self.workers[worker as usize];
+        if let Some((incoming, reason)) = w.incoming
+            && incoming == slot
+        {
+            // The replacement died before it was ready: the old one keeps
+            // serving; no restart needed.
+            w.incoming = None;
+            out.push(Action::Note(Note::ReplaceFailed { worker, reason }));
+            if let Some(r) = &mut self.reload
+                && r.current == Some(worker)
+            {
+                r.failed += 1;
+                self.advance_reload(now, out);
+            }
+            return;
+        }
+        if w.serving != Some(slot) {
+            return; // an old instance finished draining
+        }
+        w.serving = None;
+        if self.shutdown || !crashed {
+            return;
+        }
+        if w.incoming.is_some() {
+            return; // its replacement is already on the way
+        }
+        let uptime = now.duration_since(inst.started);
+        let (delay, looping) = w.backoff.crashed(&policy, now, uptime);
+        w.restarts += 1;
+        w.restart_at = Some(now + delay);
+        out.push(Action::Note(Note::RestartIn { worker, delay }));
+        if looping && !w.crash_looping {
+            out.push(Action::Note(Note::CrashLoop {
+                worker,
+                crashes: w.backoff.recent_crashes(),
+                window: policy.window,
+            }));
+        }
+        w.crash_looping = looping;
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let expired: Vec<Slot> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.deadline.is_some_and(|d| d <= now) && !i.killed)
+            .map(|(&s, _)| s)
+            .collect();
+        for slot in expired {
+            let inst = self.instances.get_mut(&slot).expect("listed above");
+            let Some(pid) = inst.pid else { continue };
+            if inst.phase == Phase::Starting {
+                inst.start_timed_out = true;
+            } else {
+                out.push(Action::Note(Note::Killed {
+                    worker: inst.worker,
+                    pid,
+                }));
+                if self.shutdown {
+                    self.forced = true;
+                }
+            }
+            inst.killed = true;
+            inst.deadline = None;
+            out.push(Action::Signal {
+                pid,
+                sig: Sig::Kill,
+            });
+        }
+        if self.shutdown {
+            return;
+        }
+        let due: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.restart_at.is_some_and(|t| t <= now))
+            .map(|(i, _)| i as WorkerId)
+            .collect();
+        for worker in due {
+            self.start_instance(now, worker, None, out);
+        }
+    }
+
+    fn drain(&mut self, now: Instant, slot: Slot, reason: DrainReason, out: &mut Vec<Action>) {
+        if !self.set_phase(slot, Phase::Draining, out) {
+            return;
+        }
+        let kill_timeout = self.settings.kill_timeout;
+        let inst = self.instances.get_mut(&slot).expect("checked by set_phase");
+        inst.deadline = Some(now + kill_timeout);
+        out.push(Action::SetState {
+            slot,
+            state: SlotState::Draining,
+        });
+        // Hand what is queued to the ready slots now, rather than when the
+        // worker has finished draining.
+        out.push(Action::RescueSlot { slot });
+        if let Some(pid) = inst.pid {
+            out.push(Action::Note(Note::Draining {
+                worker: inst.worker,
+                pid,
+                reason,
+            }));
+            out.push(Action::Signal {
+                pid,
+                sig: Sig::Term,
+            });
+        }
+    }
+
+    fn begin_replace(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        reason: ReplaceReason,
+        out: &mut Vec<Action>,
+    ) {
+        let w = &self.workers[worker as usize];
+        if w.incoming.is_some() {
+            return;
+        }
+        if w.serving.is_none() {
+            // Down or backing off: its next start runs the new code anyway.
+            if let Some(r) = &mut self.reload
+                && r.current == Some(worker)
+            {
+                self.advance_reload(now, out);
+            }
+            return;
+        }
+        self.start_instance(now, worker, Some(reason), out);
+    }
+
+    fn begin_reload(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.shutdown || self.reload.is_some() {
+            return;
+        }
+        let pending: VecDeque<WorkerId> = (0..self.settings.workers).collect();
+        out.push(Action::Note(Note::ReloadStarted {
+            workers: pending.len(),
+        }));
+        self.reload = Some(Reload {
+            pending,
+            ..Reload::default()
+        });
+        self.advance_reload(now, out);
+    }
+
+    /// Moves the reload to the next worker: one at a time, each new
+    /// instance ready before the next starts.
+    fn advance_reload(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(r) = &mut self.reload else { return };
+        match r.pending.pop_front() {
+            Some(next) => {
+                r.current = Some(next);
+                self.begin_replace(now, next, ReplaceReason::Reload, out);
+            }
+            None => {
+                out.push(Action::Note(Note::ReloadFinished {
+                    replaced: r.replaced,
+                    failed: r.failed,
+                }));
+                self.reload = None;
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.shutdown = true;
+        self.reload = None;
+        for w in &mut self.workers {
+            w.restart_at = None;
+        }
+        let live: Vec<Slot> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.phase != Phase::Draining && i.pid.is_some())
+            .map(|(&s, _)| s)
+            .collect();
+        for slot in live {
+            self.drain(now, slot, DrainReason::Shutdown, out);
+        }
+    }
+
+    fn force(&mut self, out: &mut Vec<Action>) {
+        self.forced = true;
+        for inst in self.instances.values_mut() {
+            if let Some(pid) = inst.pid
+                && !inst.killed
+            {
+                inst.killed = true;
+                inst.deadline = None;
+                out.push(Action::Signal {
+                    pid,
+                    sig: Sig::Kill,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod tests;

@@ -1,0 +1,468 @@
+//! The supervisor: starts, restarts, drains and replaces the workers.
+//!
+//! `lifecycle` decides (a state machine without I/O); this module performs
+//! its actions and feeds back what happened: processes spawned, `READY=1`
+//! lines, exits (SIGCHLD), signals to the agent, operator commands and the
+//! balancer's health verdicts. It runs on the main thread: `PR_SET_PDEATHSIG`
+//! fires when the thread that forked a worker exits, so that thread must
+//! live as long as the agent.
+use std::{
+    collections::{HashMap, VecDeque},
+    ffi::OsString,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::{
+        signal::{Signal, kill, killpg},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
+    unistd::Pid as NixPid,
+};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use watt_common::SlotState;
+
+use crate::{
+    balancer::{self, Command},
+    listeners::{ListenSpec, Listener},
+};
+
+pub mod backoff;
+pub mod lifecycle;
+pub mod spawn;
+pub mod worker_io;
+
+use lifecycle::{Action, Event, Lifecycle, Note, Pid, Sig, Slot, WorkerId, WorkerView};
+use worker_io::Notice;
+
+/// Operator commands (admin API, CLI).
+#[derive(Debug)]
+pub enum Control {
+    Reload,
+    Restart { worker: WorkerId },
+}
+
+/// Everything prepared before the loop starts.
+pub struct Plan {
+    pub settings: lifecycle::Settings,
+    pub program: spawn::Program,
+    pub spec: ListenSpec,
+    pub shim: PathBuf,
+    pub max_requests_per_socket: Option<u32>,
+    /// `PORT` from the config's `env` table wins over the agent's port.
+    pub user_sets_port: bool,
+}
+
+/// What status and metrics read; updated after every event.
+#[derive(Clone, Debug, Default)]
+pub struct Shared {
+    pub workers: Vec<WorkerView>,
+    pub ready: usize,
+    pub reloading: bool,
+    pub shutting_down: bool,
+    pub started: Option<Instant>,
+    /// Last time the loop went round (for /healthz).
+    pub heartbeat: Option<Instant>,
+}
+
+pub struct Channels {
+    pub control: mpsc::UnboundedReceiver<Control>,
+    /// Health verdicts from the balancer, already as lifecycle events.
+    pub health: mpsc::UnboundedReceiver<Event>,
+}
+
+/// Runs until every worker is gone after a shutdown; returns the exit code.
+pub async fn run(
+    plan: Plan,
+    balancer: &balancer::Handle,
+    shared: Arc<Mutex<Shared>>,
+    mut channels: Channels,
+) -> std::io::Result<i32> {
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigchld = signal(SignalKind::child())?;
+    let (notice_tx, mut notices) = mpsc::unbounded_channel();
+    let mut driver = Driver {
+        machine: Lifecycle::new(plan.settings.clone()),
+        plan,
+        balancer,
+        pending: HashMap::new(),
+        pids: HashMap::new(),
+        other_ports: HashMap::new(),
+        notice_tx,
+        queue: VecDeque::new(),
+        exit: None,
+    };
+    if let Ok(mut s) = shared.lock() {
+        s.started = Some(Instant::now());
+    }
+    driver.feed(Event::Start);
+    loop {
+        driver.publish(&shared);
+        if let Some(code) = driver.exit {
+            return Ok(code);
+        }
+        let deadline = driver.machine.next_deadline();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                // Wake now and then anyway, to keep the heartbeat fresh.
+                None => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        };
+        tokio::select! {
+            _ = sigchld.recv() => driver.reap(),
+            _ = sigterm.recv() => driver.signal_shutdown("SIGTERM"),
+            _ = sigint.recv() => driver.signal_shutdown("SIGINT"),
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: rolling reload");
+                driver.feed(Event::Reload);
+            }
+            Some(notice) = notices.recv() => driver.notice(notice),
+            Some(control) = channels.control.recv() => driver.control(control),
+            Some(event) = channels.health.recv() => driver.feed(event),
+            () = sleep => driver.feed(Event::Tick),
+        }
+    }
+}
+
+struct Driver<'a> {
+    machine: Lifecycle,
+    plan: Plan,
+    balancer: &'a balancer::Handle,
+    /// Listeners opened for a slot and not yet handed to a worker.
+    pending: HashMap<Slot, Listener>,
+    /// Live worker processes.
+    pids: HashMap<Pid, WorkerId>,
+    /// Ports a worker listened on that are not the agent's (for the
+    /// not-ready message).
+    other_ports: HashMap<Pid, u16>,
+    notice_tx: mpsc::UnboundedSender<Notice>,
+    queue: VecDeque<Event>,
+    exit: Option<i32>,
+}
+
+impl Driver<'_> {
+    /// Handles `event` and every event its actions produce.
+    fn feed(&mut self, event: Event) {
+        self.queue.push_back(event);
+        while let Some(ev) = self.queue.pop_front() {
+            let actions = self.machine.handle(Instant::now(), ev);
+            for action in actions {
+                self.perform(action);
+            }
+        }
+    }
+
+    fn perform(&mut self, action: Action) {
+        match action {
+            Action::OpenSlot { slot } => self.open_slot(slot),
+            Action::Spawn { slot, worker } => self.spawn(slot, worker),
+            Action::SetState { slot, state } => self.balancer.send(Command::State { slot, state }),
+            Action::StopSlot { slot } => self.balancer.send(Command::Stop { slot }),
+            Action::RescueSlot { slot } => self.balancer.send(Command::Rescue { slot }),
+            Action::CloseSlot { slot } => {
+                self.pending.remove(&slot);
+                self.balancer.send(Command::Close { slot });
+            }
+            Action::Signal { pid, sig } => send_signal(pid, sig),
+            Action::Note(note) => self.log(note),
+            Action::Exit { code } => self.exit = Some(code),
+        }
+    }
+
+    fn open_slot(&mut self, slot: Slot) {
+        let opened = Listener::open(self.plan.spec).and_then(|l| Ok((l.try_clone()?, l)));
+        match opened {
+            Ok((listener, copy)) => {
+                self.pending.insert(slot, listener);
+                // The balancer keeps its own copy for the slot's whole life.
+                self.balancer.send(Command::Add {
+                    slot,
+                    listener: copy,
+                });
+            }
+            Err(e) => self.queue.push_back(Event::SpawnFailed {
+                slot,
+                reason: crate::error_chain(&e),
+            }),
+        }
+    }
+
+    fn spawn(&mut self, slot: Slot, worker: WorkerId) {
+        let Some(listener) = self.pending.remove(&slot) else {
+            self.queue.push_back(Event::SpawnFailed {
+                slot,
+                reason: "its listener could not be opened".into(),
+            });
+            return;
+        };
+        let env = self.worker_env(worker);
+        match spawn::spawn(
+            &self.plan.program,
+            std::os::fd::AsFd::as_fd(&listener),
+            &env,
+        ) {
+            Ok(child) => {
+                let pid = child.pid;
+                self.pids.insert(pid, worker);
+                self.balancer.send(Command::Pid { slot, pid, worker });
+                worker_io::forward_output(child.stdout, worker, pid, "stdout");
+                worker_io::forward_output(child.stderr, worker, pid, "stderr");
+                worker_io::watch_notify(child.notify, worker, pid, self.notice_tx.clone());
+                self.queue.push_back(Event::Spawned { slot, pid });
+            }
+            Err(e) => self.queue.push_back(Event::SpawnFailed {
+                slot,
+                reason: crate::error_chain(&e),
+            }),
+        }
+        // The worker has its copy at fd 3 and the balancer has one: this
+        // process's third copy is not needed.
+        drop(listener);
+    }
+
+    /// The per-worker part of the environment (docs/worker-contract.md).
+    fn worker_env(&self, worker: WorkerId) -> Vec<(OsString, OsString)> {
+        let port = self.plan.spec.addr.port().to_string();
+        let id = worker.to_string();
+        let shim = self.plan.shim.display().to_string();
+        let node_options = match std::env::var("NODE_OPTIONS") {
+            Ok(existing) if !existing.trim().is_empty() => format!("{existing} --require {shim}"),
+            _ => format!("--require {shim}"),
+        };
+        let mut env: Vec<(OsString, OsString)> = vec![
+            ("LISTEN_FDS".into(), "1".into()),
+            ("LISTEN_FDNAMES".into(), "watt".into()),
+            ("WATT_PORT".into(), port.clone().into()),
+            (
+                "WATT_BACKLOG".into(),
+                self.plan.spec.backlog.to_string().into(),
+            ),
+            ("WATT_NOTIFY_FD".into(), "4".into()),
+            ("WATT_WORKER_ID".into(), id.clone().into()),
+            ("NODE_APP_INSTANCE".into(), id.into()),
+            ("WATT_SHIM".into(), shim.into()),
+            ("NODE_OPTIONS".into(), node_options.into()),
+        ];
+        if !self.plan.user_sets_port {
+            env.push(("PORT".into(), port.into()));
+        }
+        if let Some(n) = self.plan.max_requests_per_socket {
+            env.push(("WATT_MAX_REQUESTS_PER_SOCKET".into(), n.to_string().into()));
+        }
+        env
+    }
+
+    /// Collects every exited child (workers, and orphans when PID 1).
+    fn reap(&mut self) {
+        loop {
+            match waitpid(NixPid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    self.exited(pid.as_raw(), lifecycle::ExitStatus::Code(code))
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.exited(pid.as_raw(), lifecycle::ExitStatus::Signal(sig as i32));
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn exited(&mut self, pid: Pid, status: lifecycle::ExitStatus) {
+        if self.pids.remove(&pid).is_none() {
+            return; // an orphan reparented to us
+        }
+        // Whatever the worker left running in its process group goes too.
+        let _ = killpg(NixPid::from_raw(pid), Signal::SIGKILL);
+        self.feed(Event::Exited { pid, status });
+        self.other_ports.remove(&pid);
+    }
+
+    fn signal_shutdown(&mut self, name: &str) {
+        if self.machine.is_shutting_down() {
+            tracing::warn!("{name} again: killing the workers now");
+            self.feed(Event::ForceShutdown);
+        } else {
+            tracing::info!(
+                "{name}: stopping the workers (SIGKILL after {:?}; send it again to force)",
+                self.plan.settings.kill_timeout
+            );
+            self.feed(Event::Shutdown);
+        }
+    }
+
+    fn notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Ready { pid } => self.feed(Event::Ready { pid }),
+            Notice::OtherPort { pid, port } => {
+                self.other_ports.insert(pid, port);
+                if let Some(worker) = self.pids.get(&pid) {
+                    tracing::warn!(
+                        worker,
+                        pid,
+                        "worker listens on port {port}, not on the agent's port {}; \
+                         make the app listen on $PORT",
+                        self.plan.spec.addr.port()
+                    );
+                }
+            }
+        }
+    }
+
+    fn control(&mut self, control: Control) {
+        match control {
+            Control::Reload => {
+                tracing::info!("rolling reload requested");
+                self.feed(Event::Reload);
+            }
+            Control::Restart { worker } => {
+                tracing::info!(worker, "restart requested");
+                self.feed(Event::Replace {
+                    worker,
+                    reason: lifecycle::ReplaceReason::Restart,
+                });
+            }
+        }
+    }
+
+    fn publish(&self, shared: &Mutex<Shared>) {
+        if let Ok(mut s) = shared.lock() {
+            s.workers = self.machine.workers();
+            s.ready = self.machine.ready_count();
+            s.reloading = self.machine.is_reloading();
+            s.shutting_down = self.machine.is_shutting_down();
+            s.heartbeat = Some(Instant::now());
+        }
+    }
+
+    /// One log line per state change, with the reason.
+    fn log(&self, note: Note) {
+        let port = self.plan.spec.addr.port();
+        match note {
+            Note::Started { worker, slot, pid } => {
+                tracing::info!(worker, slot, pid, "worker started")
+            }
+            Note::Ready { worker, pid, after } => {
+                tracing::info!(worker, pid, "worker ready after {}", human(after));
+            }
+            Note::Crashed {
+                worker,
+                pid,
+                status,
+                uptime,
+                phase,
+            } => tracing::warn!(
+                worker,
+                pid,
+                "worker exited unexpectedly with {status} after {} ({phase:?})",
+                human(uptime)
+            ),
+            Note::NotReady {
+                worker,
+                pid,
+                timeout,
+            } => {
+                let why = self.other_ports.get(&pid).map_or_else(
+                    || format!("it never listened on port {port}"),
+                    |other| format!("it listens on port {other}, not on port {port}: make the app listen on $PORT"),
+                );
+                tracing::error!(
+                    worker,
+                    pid,
+                    "worker not ready after {}: {why}; restarting it",
+                    human(timeout)
+                );
+            }
+            Note::SpawnFailed { worker, reason } => {
+                tracing::error!(worker, "cannot start worker: {reason}");
+            }
+            Note::RestartIn { worker, delay } => {
+                tracing::info!(worker, "restarting worker in {}", human(delay))
+            }
+            Note::CrashLoop {
+                worker,
+                crashes,
+                window,
+            } => tracing::error!(
+                worker,
+                "worker is crash-looping: {crashes} crashes within {}; \
+                 restarts continue with the maximum delay, the other workers keep serving",
+                human(window)
+            ),
+            Note::Draining {
+                worker,
+                pid,
+                reason,
+            } => {
+                tracing::info!(worker, pid, "draining worker ({reason:?})");
+            }
+            Note::Stopped {
+                worker,
+                pid,
+                status,
+            } => tracing::info!(worker, pid, "worker stopped ({status})"),
+            Note::Killed { worker, pid } => {
+                tracing::warn!(
+                    worker,
+                    pid,
+                    "worker did not stop within the kill timeout: SIGKILL"
+                );
+            }
+            Note::ReplaceFailed { worker, reason } => tracing::error!(
+                worker,
+                "replacement for worker ({reason:?}) did not become ready; the old one keeps serving"
+            ),
+            Note::ReloadStarted { workers } => tracing::info!(workers, "rolling reload started"),
+            Note::ReloadFinished { replaced, failed } => {
+                tracing::info!(replaced, failed, "rolling reload finished");
+            }
+            Note::Illegal { worker, from, to } => {
+                tracing::error!(worker, "bug: illegal transition {from:?} -> {to:?} ignored");
+            }
+        }
+    }
+}
+
+fn send_signal(pid: Pid, sig: Sig) {
+    let target = NixPid::from_raw(pid);
+    match sig {
+        // Only the worker itself: it decides how to stop its children.
+        Sig::Term => {
+            let _ = kill(target, Signal::SIGTERM);
+        }
+        // The whole process group: nothing of it may survive.
+        Sig::Kill => {
+            let _ = killpg(target, Signal::SIGKILL);
+            let _ = kill(target, Signal::SIGKILL);
+        }
+    }
+}
+
+fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// `SlotState` names for logs and the API.
+#[must_use]
+pub fn state_name(state: SlotState) -> &'static str {
+    match state {
+        SlotState::Empty => "empty",
+        SlotState::Starting => "starting",
+        SlotState::Ready => "ready",
+        SlotState::Busy => "busy",
+        SlotState::Draining => "draining",
+        SlotState::Down => "down",
+    }
+}

@@ -1,0 +1,562 @@
+//! Starting one worker process: `fork` + `execve` with the hand-off of
+//! docs/worker-contract.md.
+//!
+//! Everything that allocates (argv, envp, paths) is prepared before `fork`;
+//! the child runs only async-signal-safe calls (the agent has other threads,
+//! and a forked child of a threaded process may not take locks or allocate).
+//! That is also why this is not `std::process::Command`: `LISTEN_PID` must be
+//! the child's own pid, known only after `fork`, and Command builds the
+//! environment before it.
+use std::{
+    ffi::{CString, OsStr, OsString},
+    io,
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Path, PathBuf},
+};
+
+/// Errors starting a worker. The message names the program.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("command not found: {program:?} (not an executable file, and not in PATH)")]
+    NotFound { program: OsString },
+    #[error("{program}: permission denied")]
+    NotExecutable { program: PathBuf },
+    #[error("{program}: execve failed")]
+    Exec {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("preparing worker {step}")]
+    Setup {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("argument or environment contains a NUL byte: {0:?}")]
+    Nul(OsString),
+    #[error("worker setup failed in the child at {step}")]
+    Child {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Who the worker runs as when the agent is root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What is the same for every worker: the program, its arguments and the
+/// environment before the per-worker variables.
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub path: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    pub cwd: Option<PathBuf>,
+    pub identity: Option<Identity>,
+}
+
+/// A started worker: its pid and the agent's ends of its pipes.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: i32,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub notify: OwnedFd,
+}
+
+/// Finds `program` like `execvp` would: a path with a slash is taken as is,
+/// a bare name is searched in `path_var`.
+pub fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, SpawnError> {
+    let candidate = Path::new(program);
+    if program.as_bytes().contains(&b'/') {
+        return check_executable(candidate, program);
+    }
+    let path_var = path_var.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    for dir in std::env::split_paths(path_var) {
+        let full = dir.join(candidate);
+        if full.is_file() && is_executable(&full) {
+            return Ok(full);
+        }
+    }
+    Err(SpawnError::NotFound {
+        program: program.to_owned(),
+    })
+}
+
+fn check_executable(path: &Path, program: &OsStr) -> Result<PathBuf, SpawnError> {
+    if !path.is_file() {
+        return Err(SpawnError::NotFound {
+            program: program.to_owned(),
+        });
+    }
+    if !is_executable(path) {
+        return Err(SpawnError::NotExecutable {
+            program: path.to_owned(),
+        });
+    }
+    Ok(path.to_owned())
+}
+
+/// An execute bit is set (`access(X_OK)` says yes to root for any file
+/// with one, so the mode is what matters; exec still has the last word).
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    path.metadata()
+        .is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+}
+
+/// Steps of the child, reported back over the error pipe on failure.
+const STEPS: [&str; 9] = [
+    "setpgid",
+    "PR_SET_PDEATHSIG",
+    "moving fds",
+    "signals",
+    "setgroups/setgid/setuid",
+    "dropping capabilities",
+    "PR_SET_NO_NEW_PRIVS",
+    "chdir",
+    "execve",
+];
+const STEP_EXEC: u32 = 8;
+
+/// Starts `program` as worker `worker_id` on `listener` (placed at fd 3).
+/// `extra_env` are the per-worker variables; `LISTEN_PID` is added here.
+pub fn spawn(
+    program: &Program,
+    listener: BorrowedFd<'_>,
+    extra_env: &[(OsString, OsString)],
+) -> Result<Child, SpawnError> {
+    let setup = |step| move |source| SpawnError::Setup { step, source };
+    let cstr = |s: &OsStr| CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul(s.to_owned()));
+
+    let path = cstr(program.path.as_os_str())?;
+    let mut argv_owned = vec![path.clone()];
+    for a in &program.args {
+        argv_owned.push(cstr(a)?);
+    }
+    // The environment: the program's, then the per-worker variables (which
+    // win), then LISTEN_PID as a fixed-width placeholder the child fills in.
+    let mut env_owned: Vec<CString> = Vec::new();
+    let overridden = |k: &OsStr| extra_env.iter().any(|(e, _)| e == k) || k == "LISTEN_PID";
+    for (k, v) in program
+        .env
+        .iter()
+        .filter(|(k, _)| !overridden(k))
+        .chain(extra_env)
+    {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        env_owned.push(CString::new(kv).map_err(|_| SpawnError::Nul(k.clone()))?);
+    }
+    const PID_PREFIX: &[u8] = b"LISTEN_PID=";
+    env_owned.push(CString::new([PID_PREFIX, b"0000000000"].concat()).expect("no NUL"));
+    let pid_slot = env_owned.last().expect("just pushed").as_ptr().cast_mut();
+    let argv: Vec<*const libc::c_char> = argv_owned
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = env_owned
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let cwd = program
+        .cwd
+        .as_deref()
+        .map(|p| cstr(p.as_os_str()))
+        .transpose()?;
+
+    let (out_r, out_w) = pipe().map_err(setup("stdout pipe"))?;
+    let (err_r, err_w) = pipe().map_err(setup("stderr pipe"))?;
+    let (notify_r, notify_w) = pipe().map_err(setup("notify pipe"))?;
+    let (fail_r, fail_w) = pipe().map_err(setup("error pipe"))?;
+    let devnull = open_devnull().map_err(setup("/dev/null"))?;
+    let cap_last = cap_last_cap();
+    // SAFETY: no preconditions.
+    let parent = unsafe { libc::getpid() };
+
+    let ctx = ChildContext {
+        path: path.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        pid_slot: pid_slot.wrapping_add(PID_PREFIX.len()),
+        cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        parent,
+        listener: listener.as_raw_fd(),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        notify: notify_w.as_raw_fd(),
+        devnull: devnull.as_raw_fd(),
+        fail: fail_w.as_raw_fd(),
+        identity: program.identity,
+        cap_last,
+    };
+
+    // SAFETY: the child branch only runs `child_main`, which is written to
+    // use async-signal-safe calls on memory prepared above.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(SpawnError::Setup {
+            step: "fork",
+            source: io::Error::last_os_error(),
+        });
+    }
+    if pid == 0 {
+        // SAFETY: in the child of fork, see above.
+        unsafe { child_main(&ctx) }
+    }
+
+    drop((out_w, err_w, notify_w, fail_w, devnull));
+    // The error pipe closes on a successful exec (close-on-exec), or carries
+    // (step, errno) from the child.
+    let mut report = [0u8; 8];
+    let n = read_full(&fail_r, &mut report).map_err(setup("reading the error pipe"))?;
+    if n == report.len() {
+        let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
+        let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
+        let source = io::Error::from_raw_os_error(errno);
+        // The child exits with 127; the reaper collects it.
+        return Err(if step == STEP_EXEC {
+            SpawnError::Exec {
+                program: program.path.clone(),
+                source,
+            }
+        } else {
+            SpawnError::Child {
+                step: STEPS.get(step as usize).copied().unwrap_or("?"),
+                source,
+            }
+        });
+    }
+    Ok(Child {
+        pid,
+        stdout: out_r,
+        stderr: err_r,
+        notify: notify_r,
+    })
+}
+
+struct ChildContext {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    pid_slot: *mut libc::c_char,
+    cwd: *const libc::c_char,
+    parent: libc::pid_t,
+    listener: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    notify: RawFd,
+    devnull: RawFd,
+    fail: RawFd,
+    identity: Option<Identity>,
+    cap_last: u32,
+}
+
+/// The child between fork and exec. Only async-signal-safe calls.
+unsafe fn child_main(ctx: &ChildContext) -> ! {
+    // SAFETY (whole function): raw syscalls on fds and memory owned by this
+    // process image; nothing allocates or locks.
+    unsafe {
+        let fail = |step: u32| -> ! {
+            let errno = *libc::__errno_location();
+            let mut msg = [0u8; 8];
+            msg[..4].copy_from_slice(&step.to_ne_bytes());
+            msg[4..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(ctx.fail, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        };
+
+        // Own process group: the agent's terminal or group signals do not
+        // reach workers, and the agent can kill a worker's whole tree.
+        if libc::setpgid(0, 0) != 0 {
+            fail(0);
+        }
+        // Die with the agent. If it is already gone, do not run orphaned.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            fail(1);
+        }
+        if libc::getppid() != ctx.parent {
+            libc::_exit(1);
+        }
+
+        // Move every source above the target range first, so dup2 never
+        // overwrites a source that happens to sit at 0..=4.
+        let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+        let (null, out, err, lst, ntf) = (
+            high(ctx.devnull),
+            high(ctx.stdout),
+            high(ctx.stderr),
+            high(ctx.listener),
+            high(ctx.notify),
+        );
+        if [null, out, err, lst, ntf].iter().any(|&fd| fd < 0) {
+            fail(2);
+        }
+        // dup2 clears close-on-exec on the target: these five survive exec.
+        for (src, dst) in [(null, 0), (out, 1), (err, 2), (lst, 3), (ntf, 4)] {
+            if libc::dup2(src, dst) < 0 {
+                fail(2);
+            }
+        }
+        // Anything else this process holds is closed by exec.
+        libc::syscall(
+            libc::SYS_close_range,
+            5u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+
+        // Default dispositions and an empty mask: ignored signals (Rust
+        // ignores SIGPIPE) would otherwise stay ignored in the worker.
+        for sig in 1..libc::SIGRTMIN() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut()) != 0 {
+            fail(3);
+        }
+
+        // Capabilities: empty the bounding set while we still hold
+        // CAP_SETPCAP (a root worker would otherwise regain it on exec);
+        // without CAP_SETPCAP this fails and the exec below still drops
+        // everything for a non-root user.
+        for cap in 0..=ctx.cap_last {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        if let Some(id) = ctx.identity {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(id.gid) != 0
+                || libc::setuid(id.uid) != 0
+            {
+                fail(4);
+            }
+        }
+        if !drop_all_caps() {
+            fail(5);
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(6);
+        }
+        if !ctx.cwd.is_null() && libc::chdir(ctx.cwd) != 0 {
+            fail(7);
+        }
+
+        write_pid(ctx.pid_slot, libc::getpid());
+        libc::execve(ctx.path, ctx.argv, ctx.envp);
+        fail(STEP_EXEC)
+    }
+}
+
+/// `capset` with every set empty (libc has no wrapper).
+unsafe fn drop_all_caps() -> bool {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: pointers to properly laid-out locals.
+    unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) == 0 }
+}
+
+/// Writes `pid` in decimal plus a NUL at `slot` (room for 10 digits + NUL).
+unsafe fn write_pid(slot: *mut libc::c_char, pid: libc::pid_t) {
+    let mut digits = [0u8; 10];
+    let mut n = pid.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+        if n == 0 || len == digits.len() {
+            break;
+        }
+    }
+    for i in 0..len {
+        // SAFETY: the placeholder holds 10 digits and its NUL.
+        unsafe { *slot.add(i) = digits[len - 1 - i] as libc::c_char };
+    }
+    // SAFETY: as above; len <= 10.
+    unsafe { *slot.add(len) = 0 };
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh fds we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn open_devnull() -> io::Result<OwnedFd> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    Ok(f.into())
+}
+
+/// Highest capability number of this kernel (41 on 6.x).
+fn cap_last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63)
+}
+
+fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: writing into the unfilled tail of `buf`.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => got += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Read as _, net::TcpListener};
+
+    use super::*;
+
+    fn program(path: &str, args: &[&str]) -> Program {
+        Program {
+            path: PathBuf::from(path),
+            args: args.iter().map(OsString::from).collect(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: None,
+            identity: None,
+        }
+    }
+
+    fn wait(pid: i32) -> i32 {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        libc::WEXITSTATUS(status)
+    }
+
+    #[test]
+    fn resolves_like_execvp() {
+        assert!(resolve(OsStr::new("sh"), Some(OsStr::new("/usr/bin:/bin"))).is_ok());
+        let err = resolve(OsStr::new("no-such-cmd-xyz"), Some(OsStr::new("/bin"))).unwrap_err();
+        assert!(err.to_string().contains("command not found"), "{err}");
+        let err = resolve(OsStr::new("/etc/passwd"), None).unwrap_err();
+        assert!(matches!(err, SpawnError::NotExecutable { .. }), "{err}");
+    }
+
+    #[test]
+    fn child_gets_fd3_listen_pid_and_env() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // The child prints LISTEN_PID, its own pid, fd 3's target and FOO.
+        let script = "echo \"$LISTEN_PID $$ $FOO\"; readlink /proc/self/fd/3; \
+                      ls /proc/self/fd | wc -l; grep CapEff /proc/self/status; \
+                      grep NoNewPrivs /proc/self/status";
+        let child = spawn(
+            &program("/bin/sh", &["-c", script]),
+            listener.as_fd_for_test(),
+            &[("FOO".into(), "bar".into())],
+        )
+        .unwrap();
+        let mut out = String::new();
+        std::fs::File::from(child.stdout)
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(wait(child.pid), 0, "{out}");
+        let mut lines = out.lines();
+        let ids: Vec<&str> = lines.next().unwrap().split(' ').collect();
+        assert_eq!(ids[0], ids[1], "LISTEN_PID must be the worker's pid: {out}");
+        assert_eq!(ids[0], child.pid.to_string());
+        assert_eq!(ids[2], "bar");
+        assert!(lines.next().unwrap().starts_with("socket:["), "{out}");
+        // 0-4 plus the fd `ls` itself opens for /proc/self/fd.
+        assert_eq!(lines.next().unwrap().trim(), "6", "{out} (port {port})");
+        assert_eq!(
+            lines.next().unwrap(),
+            "CapEff:\t0000000000000000",
+            "workers get no capabilities"
+        );
+        assert_eq!(lines.next().unwrap(), "NoNewPrivs:\t1");
+    }
+
+    #[test]
+    fn exec_failure_is_reported() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = spawn(
+            &program("/nonexistent/prog", &[]),
+            listener.as_fd_for_test(),
+            &[],
+        )
+        .unwrap_err();
+        assert!(matches!(err, SpawnError::Exec { .. }), "{err}");
+        // Reap the child that reported the failure.
+        // SAFETY: reaping any child of this test process.
+        unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+    }
+
+    trait AsFdForTest {
+        fn as_fd_for_test(&self) -> BorrowedFd<'_>;
+    }
+    impl AsFdForTest for TcpListener {
+        fn as_fd_for_test(&self) -> BorrowedFd<'_> {
+            std::os::fd::AsFd::as_fd(self)
+        }
+    }
+}

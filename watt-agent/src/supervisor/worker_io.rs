@@ -1,0 +1,89 @@
+//! Reading a worker's pipes: stdout and stderr lines go to the log tagged
+//! with the worker id; the notify pipe carries `READY=1` and friends.
+use std::os::fd::OwnedFd;
+
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    net::unix::pipe,
+    sync::mpsc,
+};
+
+use super::lifecycle::{Pid, WorkerId};
+
+/// A line from a worker's notify pipe that the supervisor acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Ready {
+        pid: Pid,
+    },
+    /// The app listened on a TCP port that is not the agent's.
+    OtherPort {
+        pid: Pid,
+        port: u16,
+    },
+}
+
+/// Parses one notify line (`KEY=VALUE`, sd_notify style).
+#[must_use]
+pub fn parse_notify(pid: Pid, line: &str) -> Option<Notice> {
+    let (key, value) = line.trim_end().split_once('=')?;
+    match key {
+        "READY" if value == "1" => Some(Notice::Ready { pid }),
+        "WATT_OTHER_PORT" => value
+            .parse()
+            .ok()
+            .map(|port| Notice::OtherPort { pid, port }),
+        _ => None,
+    }
+}
+
+/// Forwards the worker's stdout/stderr lines to the log until EOF.
+pub fn forward_output(fd: OwnedFd, worker: WorkerId, pid: Pid, stream: &'static str) {
+    let Ok(rx) = pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(rx).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(target: "worker", worker, pid, stream, "{line}");
+        }
+    });
+}
+
+/// Reads the notify pipe until EOF, passing what matters to `tx`.
+pub fn watch_notify(fd: OwnedFd, worker: WorkerId, pid: Pid, tx: mpsc::UnboundedSender<Notice>) {
+    let Ok(rx) = pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(rx).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(status) = line.strip_prefix("STATUS=") {
+                tracing::info!(worker, pid, "worker status: {status}");
+            }
+            if let Some(notice) = parse_notify(pid, &line)
+                && tx.send(notice).is_err()
+            {
+                break;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_lines_parse() {
+        assert_eq!(parse_notify(7, "READY=1\n"), Some(Notice::Ready { pid: 7 }));
+        assert_eq!(
+            parse_notify(7, "WATT_OTHER_PORT=8080"),
+            Some(Notice::OtherPort { pid: 7, port: 8080 })
+        );
+        assert_eq!(parse_notify(7, "READY=0"), None);
+        assert_eq!(parse_notify(7, "STATUS=hello"), None);
+        assert_eq!(parse_notify(7, "garbage"), None);
+        assert_eq!(parse_notify(7, "WATT_OTHER_PORT=x"), None);
+    }
+}

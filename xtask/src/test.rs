@@ -1,0 +1,57 @@
+//! `cargo xtask test`: every test. Unit tests first (no privileges), then the
+//! integration tests, which load BPF programs and run Node workers: they run
+//! as root (through `sudo -E` when needed) and one at a time, because they
+//! share kernel state.
+use std::process::Command;
+
+use crate::{setup, util};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Skip `cargo fmt --check` and `cargo clippy`.
+    #[arg(long)]
+    no_lint: bool,
+    /// Only run integration tests whose name contains this.
+    #[arg(long)]
+    filter: Option<String>,
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    setup::run(&setup::Options {
+        check: false,
+        fixtures: true,
+    })?;
+    let root = util::root();
+    let cargo = || {
+        let mut c = Command::new(env!("CARGO"));
+        c.current_dir(&root);
+        c
+    };
+    if !opts.no_lint {
+        util::run(cargo().args(["fmt", "--all", "--check"]))?;
+        util::run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    util::run(cargo().args(["test", "--workspace", "--exclude", "watt-tests"]))?;
+
+    let mut integration = cargo();
+    integration.args(["test", "-p", "watt-tests"]);
+    let elevate = util::elevate();
+    if !elevate.is_empty() {
+        let runner = elevate.join(" ");
+        integration
+            .arg("--config")
+            .arg(format!("target.'cfg(all())'.runner = \"{runner}\""));
+    }
+    integration.args(["--", "--test-threads=1"]);
+    if let Some(filter) = &opts.filter {
+        integration.arg(filter);
+    }
+    util::run(&mut integration)
+}
