@@ -16,7 +16,18 @@ use watt_agent::{
 use watt_common::SlotState;
 
 pub mod agent;
+pub mod http;
+pub mod kill;
+pub mod load;
 pub mod sysctl;
+
+/// The workspace root.
+pub fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
 
 /// Panics with a clear reason unless running as root.
 pub fn require_root() {

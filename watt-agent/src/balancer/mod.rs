@@ -51,11 +51,21 @@ pub enum Command {
     Close { slot: Slot },
 }
 
-/// What the balancer publishes for status and metrics.
+/// What the balancer publishes for status and metrics (refreshed about
+/// once a second, and after every command).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub slots: BTreeMap<Slot, SlotSnapshot>,
+    /// The program's counters (`None` under `--policy kernel`).
     pub counters: Option<Counters>,
+    /// The kernel's run-time stats of the program, when BPF stats are on.
+    pub program: Option<crate::steering::ProgramStats>,
+    /// Sampler ticks run and the time they took in total.
+    pub ticks: u64,
+    pub tick_time: Duration,
+    /// Queue rescues done and connections they moved (all slots, ever).
+    pub rescues: u64,
+    pub rescued_connections: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,7 +74,14 @@ pub struct SlotSnapshot {
     pub pid: Option<Pid>,
     /// The state the kernel program sees.
     pub state: Option<SlotState>,
+    /// Rescues of this slot's queue, and the connections they moved.
     pub rescues: u64,
+    pub rescued_connections: u64,
+    /// Accept-queue length at the last sample.
+    pub queue_depth: Option<u32>,
+    /// The worker's main-thread CPU time and resident memory.
+    pub cpu_time: Option<Duration>,
+    pub rss_bytes: Option<u64>,
 }
 
 /// The supervisor's end.
@@ -269,13 +286,18 @@ impl Balancer {
                         pid: e.pid,
                         state: Some(policy::effective_state(e.view)),
                         rescues: e.rescues,
+                        ..SlotSnapshot::default()
                     },
                 )
             })
             .collect();
         let counters = self.steering.as_ref().and_then(|st| st.counters().ok());
         if let Ok(mut snap) = self.snapshot.lock() {
-            *snap = Snapshot { slots, counters };
+            *snap = Snapshot {
+                slots,
+                counters,
+                ..Snapshot::default()
+            };
         }
     }
 }

@@ -1,0 +1,73 @@
+//! Killing a worker while knowing exactly which connections it had
+//! accepted: freeze it (SIGSTOP), list the TCP sockets it holds, then
+//! SIGKILL. Those connections die with it; every other client must be
+//! served. Logging accepts from inside the app would leave a gap between
+//! `accept` and the log line; the frozen process has none.
+use std::{collections::HashSet, fs, thread, time::Duration};
+
+/// Socket inodes `pid` holds.
+fn socket_inodes(pid: i32) -> HashSet<u64> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return HashSet::new();
+    };
+    dir.flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Remote ports of the connections to `local_port` whose inode is in
+/// `inodes`, from /proc/net/tcp and tcp6.
+fn remote_ports(inodes: &HashSet<u64>, local_port: u16) -> HashSet<u16> {
+    let mut out = HashSet::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                continue;
+            }
+            let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
+            let Ok(inode) = f[9].parse::<u64>() else { continue };
+            if inodes.contains(&inode)
+                && port(f[1]) == Some(local_port)
+                && let Some(remote) = port(f[2])
+                && remote != 0
+            {
+                out.insert(remote);
+            }
+        }
+    }
+    out
+}
+
+fn state(pid: i32) -> Option<char> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
+}
+
+/// Freezes `pid`, records the client ports of the connections it accepted
+/// on `port`, keeps it frozen for `hold` (connections keep arriving and
+/// queue on its listener, as on a worker that stalls before it dies), and
+/// SIGKILLs it. Returns those client ports.
+pub fn freeze_and_kill(pid: i32, port: u16, hold: Duration) -> HashSet<u16> {
+    // SAFETY: signalling a worker process started by the agent under test.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    for _ in 0..200 {
+        if matches!(state(pid), Some('T') | None) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    let accepted = remote_ports(&socket_inodes(pid), port);
+    thread::sleep(hold);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    accepted
+}

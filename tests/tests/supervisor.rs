@@ -1,0 +1,259 @@
+//! The supervisor with real Node workers: crashes under load, rolling
+//! reload, agent death, crash loops. Each scenario is counted, never timed.
+use std::{
+    collections::{BTreeSet, HashSet},
+    thread,
+    time::{Duration, Instant},
+};
+
+use watt_tests::{
+    agent::{Agent, alive, port_open},
+    free_port, http, kill, load,
+};
+
+const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
+
+fn node_app(extra: &[&str]) -> Vec<String> {
+    let mut v = vec!["node".to_owned(), TEST_APP.to_owned()];
+    v.extend(extra.iter().map(|s| (*s).to_owned()));
+    v
+}
+
+fn start(workers: usize, args: &[&str]) -> Agent {
+    let port = free_port("127.0.0.1");
+    let mut all = vec!["--workers".to_owned(), workers.to_string()];
+    all.extend(args.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = all.iter().map(String::as_str).collect();
+    let cmd = node_app(&[]);
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let agent = Agent::start(port, &args, &cmd);
+    agent.wait_ready(workers, Duration::from_secs(30));
+    agent
+}
+
+/// Distinct worker pids that answer within `tries` requests.
+fn serving_pids(agent: &Agent, tries: usize) -> BTreeSet<i32> {
+    (0..tries)
+        .filter_map(|_| http::get(agent.addr(), "/").ok())
+        .filter_map(|r| http::pid_of(&r.body))
+        .collect()
+}
+
+fn wait_serving(agent: &Agent, n: usize, timeout: Duration) -> BTreeSet<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pids = serving_pids(agent, 40);
+        if pids.len() >= n || Instant::now() > deadline {
+            return pids;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// SIGKILLs a worker every second for 10 s under 200 new connections/s;
+/// returns (requests, failed, failed that no killed worker had accepted).
+fn crash_under_load(agent: &Agent) -> (usize, usize, usize) {
+    let load = load::spawn(load::Spec {
+        addr: agent.addr(),
+        rate: 200.0,
+        count: 2400,
+        path: "/".into(),
+        timeout: Duration::from_secs(5),
+    });
+    let mut accepted_by_killed = HashSet::new();
+    let mut killed = Vec::new();
+    for round in 0..10 {
+        thread::sleep(Duration::from_secs(1));
+        let pids: Vec<i32> = agent.worker_pids().into_iter().collect();
+        assert!(!pids.is_empty(), "no worker to kill in round {round}");
+        let victim = pids[round % pids.len()];
+        accepted_by_killed.extend(kill::freeze_and_kill(victim, agent.port, Duration::from_millis(50)));
+        killed.push(victim);
+    }
+    let outcomes = load.join().expect("load thread");
+    let failed = load::failures(&outcomes);
+    let unexpected: Vec<_> = failed
+        .iter()
+        .filter(|o| !accepted_by_killed.contains(&o.local_port))
+        .collect();
+    eprintln!(
+        "crash test: {} requests, {} failed, {} of them accepted by the {} killed workers, {} unexpected",
+        outcomes.len(),
+        failed.len(),
+        failed.len() - unexpected.len(),
+        killed.len(),
+        unexpected.len()
+    );
+    if let Some(first) = unexpected.first() {
+        eprintln!("first unexpected failure: {first:?}");
+    }
+    assert!(killed.iter().all(|p| !alive(*p)));
+    (outcomes.len(), failed.len(), unexpected.len())
+}
+
+#[test]
+fn sigkill_a_worker_every_second_under_load_loses_only_what_it_had_accepted() {
+    let agent = start(4, &["--restart-delay", "50ms", "--min-uptime", "500ms"]);
+    let (_, _, unexpected) = crash_under_load(&agent);
+    assert_eq!(unexpected, 0, "requests failed that no killed worker had accepted");
+    // Every slot serves again at the end.
+    let pids = wait_serving(&agent, 4, Duration::from_secs(10));
+    assert_eq!(pids.len(), 4, "workers serving after the crashes: {pids:?}");
+}
+
+#[test]
+fn without_the_program_the_same_crashes_reset_queued_connections() {
+    // The control for the test above: plain SO_REUSEPORT (`--policy
+    // kernel`) resets what waited in the dead worker's queue.
+    let agent = start(4, &["--policy", "kernel", "--restart-delay", "50ms", "--min-uptime", "500ms"]);
+    let (_, _, unexpected) = crash_under_load(&agent);
+    assert!(unexpected > 0, "plain SO_REUSEPORT should lose queued connections");
+}
+
+#[test]
+fn rolling_reload_under_load_fails_nothing_and_replaces_every_worker() {
+    let mut agent = start(4, &[]);
+    let before = agent.worker_pids();
+    assert_eq!(before.len(), 4);
+    let load = load::spawn(load::Spec {
+        addr: agent.addr(),
+        rate: 200.0,
+        count: 1600,
+        path: "/".into(),
+        timeout: Duration::from_secs(5),
+    });
+    thread::sleep(Duration::from_secs(2));
+    agent.signal(libc::SIGHUP);
+    assert!(
+        agent.wait_log("rolling reload finished", 1, Duration::from_secs(30)),
+        "{}",
+        agent.log_text()
+    );
+    let outcomes = load.join().expect("load thread");
+    let failed = load::failures(&outcomes);
+    eprintln!("reload test: {} requests, {} failed", outcomes.len(), failed.len());
+    assert!(failed.is_empty(), "failed during reload: {:?}", failed.iter().take(10).collect::<Vec<_>>());
+    // Old workers drain and exit; the new ones serve.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while before.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let after = agent.worker_pids();
+    assert_eq!(after.len(), 4, "{after:?}");
+    assert!(before.is_disjoint(&after), "every worker pid must be replaced: {before:?} -> {after:?}");
+    assert!(agent.log_text().contains("replaced=4 failed=0"));
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+fn killing_the_agent_kills_every_worker_and_frees_the_port() {
+    let mut agent = start(4, &[]);
+    let workers = agent.worker_pids();
+    assert_eq!(workers.len(), 4);
+    agent.signal(libc::SIGKILL);
+    agent.wait_exit(Duration::from_secs(5)).expect("agent exits");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while workers.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let survivors: Vec<_> = workers.iter().filter(|p| alive(**p)).collect();
+    assert!(survivors.is_empty(), "workers alive 2 s after the agent died: {survivors:?}");
+    assert!(!port_open(agent.addr()), "port {} still accepts", agent.port);
+}
+
+#[test]
+fn sigterm_stops_gracefully_and_finishes_in_flight_requests() {
+    let mut agent = start(2, &["--kill-timeout", "10s"]);
+    let addr = agent.addr();
+    // A request that takes 1 s is in flight when SIGTERM arrives.
+    let slow = thread::spawn(move || http::get(addr, "/block?ms=1000"));
+    thread::sleep(Duration::from_millis(300));
+    agent.signal(libc::SIGTERM);
+    let r = slow.join().expect("thread").expect("in-flight request must complete");
+    assert_eq!(r.status, 200);
+    assert_eq!(agent.wait_exit(Duration::from_secs(15)), Some(0), "{}", agent.log_text());
+}
+
+#[test]
+fn a_worker_ignoring_sigterm_is_killed_and_the_exit_code_says_so() {
+    let mut agent = start(1, &["--kill-timeout", "1s"]);
+    let addr = agent.addr();
+    // Blocks the loop for 5 s: it cannot act on SIGTERM in time.
+    let _slow = thread::spawn(move || http::get(addr, "/block?ms=5000"));
+    thread::sleep(Duration::from_millis(300));
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(4), "{}", agent.log_text());
+    assert!(agent.log_text().contains("did not stop within the kill timeout"));
+}
+
+#[test]
+fn a_crash_loop_backs_off_as_configured_and_the_agent_stays_up() {
+    let port = free_port("127.0.0.1");
+    let mut agent = Agent::start(
+        port,
+        &[
+            "--workers", "1", "--restart-delay", "50ms", "--restart-backoff", "2",
+            "--restart-delay-max", "400ms", "--max-restarts", "3",
+        ],
+        &["node", "-e", "process.exit(3)"],
+    );
+    assert!(agent.wait_log("restarting worker in", 6, Duration::from_secs(20)), "{}", agent.log_text());
+    let log = agent.log_text();
+    let delays: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("restarting worker in ").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .collect();
+    assert_eq!(&delays[..6], &["50ms", "100ms", "200ms", "400ms", "400ms", "400ms"], "{log}");
+    assert!(log.contains("exit code 3"), "{log}");
+    assert!(log.contains("crash-looping"), "{log}");
+    assert_eq!(log.matches("crash-looping").count(), 1, "reported once: {log}");
+    assert!(agent.child.try_wait().expect("wait").is_none(), "the agent must stay up");
+}
+
+#[test]
+fn missing_and_unknown_commands_fail_fast_with_one_clear_line() {
+    let port = free_port("127.0.0.1");
+    let mut agent = Agent::start(port, &[], &[]);
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)), Some(2));
+    assert!(agent.log_text().contains("no worker command"), "{}", agent.log_text());
+
+    let mut agent = Agent::start(port, &[], &["no-such-command-xyz", "app.js"]);
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)), Some(3));
+    assert!(
+        agent.log_text().contains("command not found: \"no-such-command-xyz\""),
+        "{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn a_worker_that_never_listens_is_named_and_restarted() {
+    let port = free_port("127.0.0.1");
+    let agent = Agent::start_with_env(
+        port,
+        &["--workers", "1", "--start-timeout", "1s"],
+        &["node", TEST_APP],
+        &[("TEST_APP_NEVER_LISTEN", "1")],
+    );
+    assert!(agent.wait_log("not ready after", 1, Duration::from_secs(10)), "{}", agent.log_text());
+    let log = agent.log_text();
+    assert!(log.contains(&format!("it never listened on port {port}")), "{log}");
+    assert!(log.contains("worker=0"), "the message names the worker: {log}");
+}
+
+#[test]
+fn a_worker_on_another_port_is_named_with_that_port() {
+    let port = free_port("127.0.0.1");
+    let other = free_port("127.0.0.1");
+    let agent = Agent::start_with_env(
+        port,
+        &["--workers", "1", "--start-timeout", "2s"],
+        &["node", TEST_APP],
+        &[("TEST_APP_OTHER_PORT", &other.to_string())],
+    );
+    assert!(agent.wait_log("not ready after", 1, Duration::from_secs(10)), "{}", agent.log_text());
+    let log = agent.log_text();
+    assert!(log.contains(&format!("it listens on port {other}, not on port {port}")), "{log}");
+}
