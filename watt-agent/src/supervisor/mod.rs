@@ -233,9 +233,15 @@ impl Driver<'_> {
         let port = self.plan.spec.addr.port().to_string();
         let id = worker.to_string();
         let shim = self.plan.shim.display().to_string();
+        // NODE_OPTIONS splits on spaces unless quoted.
+        let require = if shim.contains([' ', '"', '\\']) {
+            format!("--require \"{}\"", shim.replace('\\', "\\\\").replace('"', "\\\""))
+        } else {
+            format!("--require {shim}")
+        };
         let node_options = match std::env::var("NODE_OPTIONS") {
-            Ok(existing) if !existing.trim().is_empty() => format!("{existing} --require {shim}"),
-            _ => format!("--require {shim}"),
+            Ok(existing) if !existing.trim().is_empty() => format!("{existing} {require}"),
+            _ => require,
         };
         let mut env: Vec<(OsString, OsString)> = vec![
             ("LISTEN_FDS".into(), "1".into()),

@@ -1,0 +1,209 @@
+'use strict';
+// watt-agent worker preload, loaded with `--require` through NODE_OPTIONS.
+// The contract it implements is docs/worker-contract.md: fd 3 is this worker's
+// already-listening SO_REUSEPORT socket, fd WATT_NOTIFY_FD is a pipe for
+// sd_notify-style `KEY=VALUE` lines. The app's own `server.listen(PORT)` is
+// turned into `listen({ fd: 3 })`, so unmodified apps (node:http, https, http2,
+// Express, Fastify, Next.js standalone) serve from the agent's socket.
+// CommonJS, no dependencies, Node 20 and 22.
+
+const env = process.env;
+
+// Only the process the agent started (systemd's LISTEN_PID check), and only
+// its main thread: anything else must see no trace of the shim.
+if (Number(env.LISTEN_FDS) >= 1 && env.LISTEN_PID === String(process.pid) && isMainThread()) {
+  activate();
+}
+
+function isMainThread() {
+  try {
+    return require('worker_threads').isMainThread;
+  } catch {
+    return true;
+  }
+}
+
+function activate() {
+  const fs = require('fs');
+  const net = require('net');
+
+  const LISTEN_FD = 3;
+  const wattPort = toPort(env.WATT_PORT);
+  const backlog = Number(env.WATT_BACKLOG) > 0 ? Number(env.WATT_BACKLOG) : undefined;
+  const notifyFd = /^\d+$/.test(env.WATT_NOTIFY_FD || '') ? Number(env.WATT_NOTIFY_FD) : -1;
+  const maxRequests = Number(env.WATT_MAX_REQUESTS_PER_SOCKET) > 0 ? Number(env.WATT_MAX_REQUESTS_PER_SOCKET) : 0;
+
+  // Scrub the environment first: children the app spawns inherit process.env,
+  // and a grandchild that saw LISTEN_* or the --require would try to use fds
+  // that are not its own. (fds 3 and 4 themselves do not leak: Node marks
+  // inherited fds close-on-exec at startup; seen with strace on 20 and 22.)
+  const shimPath = env.WATT_SHIM;
+  for (const k of ['LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES', 'WATT_NOTIFY_FD', 'WATT_BACKLOG', 'WATT_SHIM', 'WATT_MAX_REQUESTS_PER_SOCKET']) {
+    delete env[k];
+  }
+  if (shimPath && env.NODE_OPTIONS !== undefined) {
+    // The agent appends `--require <path>` unquoted; accept a quoted path and
+    // `--require=<path>` too. Everything else the user put there stays as is.
+    const p = shimPath.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    const re = new RegExp(`(^|\\s+)--require(?:\\s+|=)(?:${p}|"${p}")(?=\\s|$)`, 'g');
+    const rest = env.NODE_OPTIONS.replace(re, '').trim();
+    if (rest) env.NODE_OPTIONS = rest;
+    else delete env.NODE_OPTIONS;
+  }
+  if (wattPort === null) return; // nothing to manage without a port
+
+  function notify(line) {
+    if (notifyFd < 0) return false;
+    try {
+      fs.writeSync(notifyFd, line + '\n');
+      return true;
+    } catch {
+      return false; // the agent closed its end (EPIPE) or the fd is gone: nothing to tell
+    }
+  }
+
+  // Errors accept() returns while the agent runs its queue rescue
+  // (shutdown(SHUT_RD) then listen() again on its dup of this socket): the
+  // listener is briefly not listening and comes back by itself. libuv 1.45+
+  // (Node >= 20.3, 22) drops accept errors before JS; older libuv hands them
+  // to Node, which emits 'error' (syscall 'accept') and would crash the app.
+  const RESCUE_ACCEPT_ERRORS = new Set(['EINVAL', 'ENOTCONN', 'ECONNABORTED']);
+
+  let managed = null; // the server that got fd 3
+  const sessions = new Set(); // its open HTTP/2 sessions
+  let extra = 0; // later listens on WATT_PORT, moved to abstract unix sockets
+  const origListen = net.Server.prototype.listen;
+
+  net.Server.prototype.listen = function listen(...args) {
+    const target = tcpTarget(args);
+    // Already listening: let Node throw ERR_SERVER_ALREADY_LISTEN as usual.
+    if (target === null || this._handle || target.port === 0) return origListen.apply(this, args);
+    const cb = typeof args[args.length - 1] === 'function' ? args[args.length - 1] : undefined;
+
+    if (target.port !== wattPort) {
+      if (managed === null) {
+        notify(`WATT_OTHER_PORT=${target.port}`);
+        notify(`STATUS=app listens on TCP port ${target.port}, not on WATT_PORT ${wattPort}; the agent only serves ${wattPort}`);
+      }
+      return origListen.apply(this, args);
+    }
+
+    if (managed === null) {
+      managed = this;
+      manage(this);
+      // The host is ignored: the inherited socket is already bound to the
+      // agent's address (and Next.js standalone passes HOSTNAME, which
+      // Kubernetes sets to the pod name). With `fd`, Node 20/22 take the
+      // backlog only from the second argument, not from options.backlog;
+      // without it Node re-listens with 511 and overrides the agent's.
+      const opts = { fd: LISTEN_FD, backlog };
+      if (target.signal) opts.signal = target.signal;
+      return cb ? origListen.call(this, opts, backlog, cb) : origListen.call(this, opts, backlog);
+    }
+
+    // A second server on WATT_PORT in the same process: Fastify listens once
+    // per address `localhost` resolves to (127.0.0.1, then ::1 on a second
+    // server). fd 3 is taken. Binding for real would put a TCP listener beside
+    // the agent's (e.g. [::1]:PORT: the first worker gets it, the others get
+    // EADDRINUSE, which Fastify ignores), outside its steering. Failing the
+    // listen breaks apps that do not ignore it. A private abstract unix socket
+    // gives the server a real handle, so the callback, 'listening', address()
+    // and close() all behave; it takes no TCP port, leaves no file behind and
+    // nothing connects to it. (Linux abstract namespace: a leading NUL. Fastify
+    // logs it as "Server listening at \u0000watt-<pid>-<n>".)
+    extra += 1;
+    const path = `\0watt-${process.pid}-${extra}`;
+    const opts = { path };
+    if (target.signal) opts.signal = target.signal;
+    return cb ? origListen.call(this, opts, cb) : origListen.call(this, opts);
+  };
+
+  function manage(server) {
+    // http.Server has the property from its constructor; https.Server lacks
+    // it until set but honours it (same HTTP/1 connection code).
+    if (maxRequests && (server instanceof require('http').Server || server instanceof require('https').Server)) {
+      // Keep-alive clients reconnect after this many requests and get
+      // re-steered. An app's own lower limit wins.
+      const own = server.maxRequestsPerSocket;
+      if (!(own > 0 && own < maxRequests)) server.maxRequestsPerSocket = maxRequests;
+    }
+
+    // HTTP/2 sessions are not connections closeIdleConnections() knows about:
+    // track them so SIGTERM can send GOAWAY. ('session' is emitted only by
+    // http2 servers.)
+    server.on('session', (session) => {
+      sessions.add(session);
+      session.once('close', () => sessions.delete(session));
+    });
+
+    // Swallow only the rescue-window accept errors; every other error goes
+    // through the normal emit (and crashes the app if it has no listener).
+    const emit = server.emit;
+    server.emit = function (event, err) {
+      if (event === 'error' && err && err.syscall === 'accept' && RESCUE_ACCEPT_ERRORS.has(err.code)) return false;
+      return emit.apply(this, arguments);
+    };
+
+    server.once('listening', () => {
+      notify('READY=1');
+      // Take over SIGTERM only now: before the app serves, and if it never
+      // does, SIGTERM keeps Node's default (die).
+      process.prependListener('SIGTERM', onSigterm);
+      server.once('close', () => {
+        if (!stopping) process.removeListener('SIGTERM', onSigterm);
+      });
+    });
+  }
+
+  // Graceful stop, only if the app did not take SIGTERM itself. A listener
+  // installed with process.on replaces Node's default "die on SIGTERM", so:
+  // no app listener -> we drain and exit 0; app listener -> we do nothing and
+  // the app decides. We are prepended, so an app's process.once() listener is
+  // still counted when we run. (The agent SIGKILLs after its kill timeout.)
+  let stopping = false;
+  function onSigterm() {
+    if (process.listenerCount('SIGTERM') > 1 || stopping) return;
+    stopping = true;
+    notify('STOPPING=1');
+    const server = managed;
+    // close(): stop accepting; the callback runs once every connection has
+    // ended, i.e. in-flight requests are done.
+    server.close(() => process.exit(0));
+    // GOAWAY: no new streams, open ones finish, then the session closes.
+    for (const session of sessions) session.close();
+    if (typeof server.closeIdleConnections === 'function') {
+      // Keep-alive connections hold close() open. Those idle now are closed
+      // now; ones that finish a request later become idle later, so repeat.
+      server.closeIdleConnections();
+      setInterval(() => server.closeIdleConnections(), 50).unref();
+    }
+  }
+
+  // Returns { port, signal } for a TCP listen (Node's own argument rules), or
+  // null for unix paths, fds and handles.
+  function tcpTarget(args) {
+    const a = args[0];
+    if (a !== null && typeof a === 'object') {
+      // (handle[, backlog][, cb]): a server/socket, { handle }, { _handle }, { fd }
+      if (a._handle || a.handle || (typeof a.fd === 'number' && a.fd >= 0)) return null;
+      if (typeof a.port === 'number' || typeof a.port === 'string') {
+        const port = toPort(a.port);
+        return port === null ? null : { port, signal: a.signal };
+      }
+      if (a.path) return null; // (options) with a unix path
+      return { port: 0 }; // { } or { port: undefined }: random port
+    }
+    if (typeof a === 'number' || typeof a === 'string') {
+      const port = toPort(a); // a non-numeric string is a unix path
+      return port === null ? null : { port };
+    }
+    return { port: 0 }; // () or (cb): random port
+  }
+}
+
+// Node accepts ports as numbers or numeric strings ("3000").
+function toPort(v) {
+  if (typeof v === 'string' && v.trim() === '') return null;
+  const n = Number(v);
+  return Number.isInteger(n) && n >= 0 && n <= 65535 ? n : null;
+}
