@@ -39,7 +39,12 @@ impl Agent {
         Self::start_with_env(port, args, command, &[])
     }
 
-    pub fn start_with_env(port: u16, args: &[&str], command: &[&str], env: &[(&str, &str)]) -> Self {
+    pub fn start_with_env(
+        port: u16,
+        args: &[&str],
+        command: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         crate::require_root();
         let mut cmd = Command::new(binary());
         cmd.arg("run")
@@ -61,7 +66,9 @@ impl Agent {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {}: {e}", binary().display()));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary().display()));
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("piped");
         let sink = Arc::clone(&log);
@@ -97,7 +104,12 @@ impl Agent {
     }
 
     pub fn log_count(&self, needle: &str) -> usize {
-        self.log.lock().expect("log").iter().filter(|l| l.contains(needle)).count()
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     pub fn log_text(&self) -> String {

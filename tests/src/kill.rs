@@ -27,14 +27,19 @@ fn socket_inodes(pid: i32) -> HashSet<u64> {
 fn remote_ports(inodes: &HashSet<u64>, local_port: u16) -> HashSet<u16> {
     let mut out = HashSet::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(file) else { continue };
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 10 {
                 continue;
             }
-            let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
-            let Ok(inode) = f[9].parse::<u64>() else { continue };
+            let port =
+                |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
+            let Ok(inode) = f[9].parse::<u64>() else {
+                continue;
+            };
             if inodes.contains(&inode)
                 && port(f[1]) == Some(local_port)
                 && let Some(remote) = port(f[2])

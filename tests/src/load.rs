@@ -39,6 +39,8 @@ pub enum Failure {
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub local_port: u16,
+    /// When the request was due to start.
+    pub scheduled: Instant,
     /// From the scheduled start (coordinated omission corrected).
     pub latency: Duration,
     pub result: Result<Response, Failure>,
@@ -105,6 +107,7 @@ async fn one(spec: &Spec, scheduled: Instant) -> Outcome {
     };
     Outcome {
         local_port,
+        scheduled,
         latency: scheduled.elapsed(),
         result,
     }
@@ -126,7 +129,8 @@ async fn exchange(socket: TcpSocket, spec: &Spec) -> Result<Response, Failure> {
     s.read_to_end(&mut raw)
         .await
         .map_err(|e| Failure::Reset(e.to_string()))?;
-    let resp = parse(&raw).ok_or_else(|| Failure::Reset(format!("incomplete response ({} bytes)", raw.len())))?;
+    let resp = parse(&raw)
+        .ok_or_else(|| Failure::Reset(format!("incomplete response ({} bytes)", raw.len())))?;
     if resp.status == 200 {
         Ok(resp)
     } else {

@@ -67,7 +67,11 @@ fn crash_under_load(agent: &Agent) -> (usize, usize, usize) {
         let pids: Vec<i32> = agent.worker_pids().into_iter().collect();
         assert!(!pids.is_empty(), "no worker to kill in round {round}");
         let victim = pids[round % pids.len()];
-        accepted_by_killed.extend(kill::freeze_and_kill(victim, agent.port, Duration::from_millis(50)));
+        accepted_by_killed.extend(kill::freeze_and_kill(
+            victim,
+            agent.port,
+            Duration::from_millis(50),
+        ));
         killed.push(victim);
     }
     let outcomes = load.join().expect("load thread");
@@ -95,7 +99,10 @@ fn crash_under_load(agent: &Agent) -> (usize, usize, usize) {
 fn sigkill_a_worker_every_second_under_load_loses_only_what_it_had_accepted() {
     let agent = start(4, &["--restart-delay", "50ms", "--min-uptime", "500ms"]);
     let (_, _, unexpected) = crash_under_load(&agent);
-    assert_eq!(unexpected, 0, "requests failed that no killed worker had accepted");
+    assert_eq!(
+        unexpected, 0,
+        "requests failed that no killed worker had accepted"
+    );
     // Every slot serves again at the end.
     let pids = wait_serving(&agent, 4, Duration::from_secs(10));
     assert_eq!(pids.len(), 4, "workers serving after the crashes: {pids:?}");
@@ -105,9 +112,22 @@ fn sigkill_a_worker_every_second_under_load_loses_only_what_it_had_accepted() {
 fn without_the_program_the_same_crashes_reset_queued_connections() {
     // The control for the test above: plain SO_REUSEPORT (`--policy
     // kernel`) resets what waited in the dead worker's queue.
-    let agent = start(4, &["--policy", "kernel", "--restart-delay", "50ms", "--min-uptime", "500ms"]);
+    let agent = start(
+        4,
+        &[
+            "--policy",
+            "kernel",
+            "--restart-delay",
+            "50ms",
+            "--min-uptime",
+            "500ms",
+        ],
+    );
     let (_, _, unexpected) = crash_under_load(&agent);
-    assert!(unexpected > 0, "plain SO_REUSEPORT should lose queued connections");
+    assert!(
+        unexpected > 0,
+        "plain SO_REUSEPORT should lose queued connections"
+    );
 }
 
 #[test]
@@ -131,8 +151,16 @@ fn rolling_reload_under_load_fails_nothing_and_replaces_every_worker() {
     );
     let outcomes = load.join().expect("load thread");
     let failed = load::failures(&outcomes);
-    eprintln!("reload test: {} requests, {} failed", outcomes.len(), failed.len());
-    assert!(failed.is_empty(), "failed during reload: {:?}", failed.iter().take(10).collect::<Vec<_>>());
+    eprintln!(
+        "reload test: {} requests, {} failed",
+        outcomes.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "failed during reload: {:?}",
+        failed.iter().take(10).collect::<Vec<_>>()
+    );
     // Old workers drain and exit; the new ones serve.
     let deadline = Instant::now() + Duration::from_secs(15);
     while before.iter().any(|p| alive(*p)) && Instant::now() < deadline {
@@ -140,7 +168,10 @@ fn rolling_reload_under_load_fails_nothing_and_replaces_every_worker() {
     }
     let after = agent.worker_pids();
     assert_eq!(after.len(), 4, "{after:?}");
-    assert!(before.is_disjoint(&after), "every worker pid must be replaced: {before:?} -> {after:?}");
+    assert!(
+        before.is_disjoint(&after),
+        "every worker pid must be replaced: {before:?} -> {after:?}"
+    );
     assert!(agent.log_text().contains("replaced=4 failed=0"));
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.wait_exit(Duration::from_secs(20)), Some(0));
@@ -152,14 +183,23 @@ fn killing_the_agent_kills_every_worker_and_frees_the_port() {
     let workers = agent.worker_pids();
     assert_eq!(workers.len(), 4);
     agent.signal(libc::SIGKILL);
-    agent.wait_exit(Duration::from_secs(5)).expect("agent exits");
+    agent
+        .wait_exit(Duration::from_secs(5))
+        .expect("agent exits");
     let deadline = Instant::now() + Duration::from_secs(2);
     while workers.iter().any(|p| alive(*p)) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
     let survivors: Vec<_> = workers.iter().filter(|p| alive(**p)).collect();
-    assert!(survivors.is_empty(), "workers alive 2 s after the agent died: {survivors:?}");
-    assert!(!port_open(agent.addr()), "port {} still accepts", agent.port);
+    assert!(
+        survivors.is_empty(),
+        "workers alive 2 s after the agent died: {survivors:?}"
+    );
+    assert!(
+        !port_open(agent.addr()),
+        "port {} still accepts",
+        agent.port
+    );
 }
 
 #[test]
@@ -170,9 +210,17 @@ fn sigterm_stops_gracefully_and_finishes_in_flight_requests() {
     let slow = thread::spawn(move || http::get(addr, "/block?ms=1000"));
     thread::sleep(Duration::from_millis(300));
     agent.signal(libc::SIGTERM);
-    let r = slow.join().expect("thread").expect("in-flight request must complete");
+    let r = slow
+        .join()
+        .expect("thread")
+        .expect("in-flight request must complete");
     assert_eq!(r.status, 200);
-    assert_eq!(agent.wait_exit(Duration::from_secs(15)), Some(0), "{}", agent.log_text());
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        agent.log_text()
+    );
 }
 
 #[test]
@@ -183,8 +231,17 @@ fn a_worker_ignoring_sigterm_is_killed_and_the_exit_code_says_so() {
     let _slow = thread::spawn(move || http::get(addr, "/block?ms=5000"));
     thread::sleep(Duration::from_millis(300));
     agent.signal(libc::SIGTERM);
-    assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(4), "{}", agent.log_text());
-    assert!(agent.log_text().contains("did not stop within the kill timeout"));
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(10)),
+        Some(4),
+        "{}",
+        agent.log_text()
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("did not stop within the kill timeout")
+    );
 }
 
 #[test]
@@ -193,23 +250,46 @@ fn a_crash_loop_backs_off_as_configured_and_the_agent_stays_up() {
     let mut agent = Agent::start(
         port,
         &[
-            "--workers", "1", "--restart-delay", "50ms", "--restart-backoff", "2",
-            "--restart-delay-max", "400ms", "--max-restarts", "3",
+            "--workers",
+            "1",
+            "--restart-delay",
+            "50ms",
+            "--restart-backoff",
+            "2",
+            "--restart-delay-max",
+            "400ms",
+            "--max-restarts",
+            "3",
         ],
         &["node", "-e", "process.exit(3)"],
     );
-    assert!(agent.wait_log("restarting worker in", 6, Duration::from_secs(20)), "{}", agent.log_text());
+    assert!(
+        agent.wait_log("restarting worker in", 6, Duration::from_secs(20)),
+        "{}",
+        agent.log_text()
+    );
     let log = agent.log_text();
     let delays: Vec<&str> = log
         .lines()
         .filter_map(|l| l.split("restarting worker in ").nth(1))
         .filter_map(|r| r.split_whitespace().next())
         .collect();
-    assert_eq!(&delays[..6], &["50ms", "100ms", "200ms", "400ms", "400ms", "400ms"], "{log}");
+    assert_eq!(
+        &delays[..6],
+        &["50ms", "100ms", "200ms", "400ms", "400ms", "400ms"],
+        "{log}"
+    );
     assert!(log.contains("exit code 3"), "{log}");
     assert!(log.contains("crash-looping"), "{log}");
-    assert_eq!(log.matches("crash-looping").count(), 1, "reported once: {log}");
-    assert!(agent.child.try_wait().expect("wait").is_none(), "the agent must stay up");
+    assert_eq!(
+        log.matches("crash-looping").count(),
+        1,
+        "reported once: {log}"
+    );
+    assert!(
+        agent.child.try_wait().expect("wait").is_none(),
+        "the agent must stay up"
+    );
 }
 
 #[test]
@@ -217,12 +297,18 @@ fn missing_and_unknown_commands_fail_fast_with_one_clear_line() {
     let port = free_port("127.0.0.1");
     let mut agent = Agent::start(port, &[], &[]);
     assert_eq!(agent.wait_exit(Duration::from_secs(5)), Some(2));
-    assert!(agent.log_text().contains("no worker command"), "{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("no worker command"),
+        "{}",
+        agent.log_text()
+    );
 
     let mut agent = Agent::start(port, &[], &["no-such-command-xyz", "app.js"]);
     assert_eq!(agent.wait_exit(Duration::from_secs(5)), Some(3));
     assert!(
-        agent.log_text().contains("command not found: \"no-such-command-xyz\""),
+        agent
+            .log_text()
+            .contains("command not found: \"no-such-command-xyz\""),
         "{}",
         agent.log_text()
     );
@@ -237,10 +323,20 @@ fn a_worker_that_never_listens_is_named_and_restarted() {
         &["node", TEST_APP],
         &[("TEST_APP_NEVER_LISTEN", "1")],
     );
-    assert!(agent.wait_log("not ready after", 1, Duration::from_secs(10)), "{}", agent.log_text());
+    assert!(
+        agent.wait_log("not ready after", 1, Duration::from_secs(10)),
+        "{}",
+        agent.log_text()
+    );
     let log = agent.log_text();
-    assert!(log.contains(&format!("it never listened on port {port}")), "{log}");
-    assert!(log.contains("worker=0"), "the message names the worker: {log}");
+    assert!(
+        log.contains(&format!("it never listened on port {port}")),
+        "{log}"
+    );
+    assert!(
+        log.contains("worker=0"),
+        "the message names the worker: {log}"
+    );
 }
 
 #[test]
@@ -253,7 +349,14 @@ fn a_worker_on_another_port_is_named_with_that_port() {
         &["node", TEST_APP],
         &[("TEST_APP_OTHER_PORT", &other.to_string())],
     );
-    assert!(agent.wait_log("not ready after", 1, Duration::from_secs(10)), "{}", agent.log_text());
+    assert!(
+        agent.wait_log("not ready after", 1, Duration::from_secs(10)),
+        "{}",
+        agent.log_text()
+    );
     let log = agent.log_text();
-    assert!(log.contains(&format!("it listens on port {other}, not on port {port}")), "{log}");
+    assert!(
+        log.contains(&format!("it listens on port {other}, not on port {port}")),
+        "{log}"
+    );
 }

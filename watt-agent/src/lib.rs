@@ -11,14 +11,20 @@
 //!   hands each queued connection to another ready slot.
 //! - `table`: pure functions building selection tables from slot weights.
 //! - `preflight`: kernel and privilege checks shared with `doctor`.
+//! - `admin`: the HTTP admin API (metrics, health, status, commands) and its
+//!   client; `cli` and `doctor`: the operator commands.
+pub mod admin;
 pub mod balancer;
+pub mod cli;
 pub mod config;
 pub mod cpus;
+pub mod doctor;
 pub mod listeners;
 pub mod logging;
 pub mod preflight;
 pub mod run;
 pub mod runtime_dir;
+pub mod sampler;
 pub mod steering;
 pub mod supervisor;
 pub mod table;

@@ -1,15 +1,23 @@
 //! The `watt-agent` command line.
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use watt_agent::{config::args::RunArgs, run};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use watt_agent::{
+    cli,
+    config::args::{self, RunArgs},
+    run,
+};
 
 #[derive(Parser)]
 #[command(
     name = "watt-agent",
     version,
     about = "Runs a Node.js app's workers behind one port; an eBPF program steers every \
-             connection to a ready, non-busy worker."
+             connection to a ready, non-busy worker.",
+    after_help = "Exit codes: 0 ok; 1 failure (agent unreachable, admin API could not start, \
+                  I/O error); 2 bad command line or config; 3 the machine cannot run it \
+                  (privileges, kernel, port in use, command not found); 4 shutdown needed \
+                  SIGKILL. See docs/operate.md."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -20,11 +28,27 @@ struct Cli {
 enum Command {
     /// Run the workers: `watt-agent run --workers 4 --port 3000 -- node server.js`
     Run(Box<RunArgs>),
+    /// Check the settings (command line, WATT_* variables, --config file)
+    /// without starting anything; print them resolved, with where each came from
+    CheckConfig(Box<RunArgs>),
+    /// Show the running agent's workers: state, pid, uptime, restarts, load
+    Status(cli::StatusArgs),
+    /// Rolling reload: replace every worker, one at a time, without dropping a connection
+    Reload(cli::ClientArgs),
+    /// Replace one worker (a new process starts, then the old one drains)
+    Restart(cli::RestartArgs),
+    /// Live view of the workers, refreshed every second
+    Top(cli::TopArgs),
+    /// Check that this machine can run the agent: kernel, BPF, capabilities, Node, port
+    Doctor(cli::DoctorArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(p) => p,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
@@ -34,8 +58,24 @@ fn main() -> ExitCode {
             });
         }
     };
+    let from_env = matches
+        .subcommand()
+        .map(|(_, sub)| args::env_sourced(sub))
+        .unwrap_or_default();
     let code = match cli.command {
-        Command::Run(args) => run::run(&args),
+        Command::Run(mut a) => {
+            a.from_env = from_env;
+            run::run(&a)
+        }
+        Command::CheckConfig(mut a) => {
+            a.from_env = from_env;
+            cli::check_config(&a)
+        }
+        Command::Status(a) => cli::status(&a),
+        Command::Reload(a) => cli::command(&a, None),
+        Command::Restart(a) => cli::command(&a.client, Some(a.worker)),
+        Command::Top(a) => cli::top(&a),
+        Command::Doctor(a) => cli::doctor(&a),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

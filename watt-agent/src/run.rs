@@ -7,13 +7,13 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
-    balancer,
+    admin, balancer,
     config::{self, Policy, RunConfig, Workers, args::RunArgs},
     cpus,
     listeners::{self, ListenSpec},
     logging,
     runtime_dir::RuntimeDir,
-    steering::Steering,
+    steering::{self, Steering},
     supervisor::{self, Channels, Plan, Shared, backoff::BackoffPolicy, lifecycle, spawn},
 };
 
@@ -31,6 +31,10 @@ pub mod exit {
     /// Shutdown needed SIGKILL for some worker (timeout or second signal).
     pub const FORCED: i32 = crate::supervisor::lifecycle::exit_code::FORCED;
 }
+
+/// Without the syscall signal (no ptrace access to the workers), how long a
+/// busy worker stays out of the table before it is tried again.
+const PROBATION: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A failure before any worker ran, with its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -54,17 +58,11 @@ fn environment(message: impl Into<String>) -> StartError {
     }
 }
 
-/// Resolves the layers: command line and environment, then the file.
+/// Resolves the layers: command line, environment, the file, defaults.
 pub fn load_config(args: &RunArgs) -> Result<RunConfig, StartError> {
-    let cli = args.layer();
-    let file = match &args.config {
-        Some(path) => config::file::load(path).map_err(|e| usage(e.to_string()))?,
-        None => config::Layer::default(),
-    };
-    config::resolve(&[&cli, &file]).map_err(|e| match &args.config {
-        Some(path) => usage(format!("{}: {e}", path.display())),
-        None => usage(e.to_string()),
-    })
+    config::load(args)
+        .map(|(config, _)| config)
+        .map_err(|e| usage(e.to_string()))
 }
 
 /// Runs the agent; returns the process exit code.
@@ -87,6 +85,7 @@ pub fn run(args: &RunArgs) -> i32 {
 }
 
 fn start(config: &RunConfig) -> Result<i32, StartError> {
+    let started = std::time::Instant::now();
     let workers = match config.workers {
         Workers::Auto => cpus::available(),
         Workers::Count(n) => n,
@@ -104,6 +103,21 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
             Steering::load(config.program_log).map_err(|e| environment(crate::error_chain(&e)))?,
         ),
     };
+    // Decision-cost metrics: the kernel counts program run time while this
+    // fd stays open (until the end of `start`).
+    let bpf_stats = match (&steering, config.bpf_stats) {
+        (Some(_), true) => match steering::enable_stats() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!(
+                    "--bpf-stats: cannot enable the kernel's BPF statistics ({e}; it needs \
+                     CAP_SYS_ADMIN): the decision-cost metrics stay absent"
+                );
+                None
+            }
+        },
+        _ => None,
+    };
     let runtime = RuntimeDir::create()
         .map_err(|e| environment(format!("cannot create the runtime directory: {e}")))?;
     // SAFETY: getpid has no preconditions.
@@ -114,7 +128,23 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
         // SAFETY: plain prctl.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
-    let balancer = balancer::Handle::start(steering).map_err(|e| StartError {
+    let (health_tx, health) = mpsc::unbounded_channel();
+    let balancer = balancer::Handle::start(
+        steering,
+        balancer::Settings {
+            policy: config.policy,
+            tick: config.tick,
+            health: balancer::health::Params {
+                rescue_after: config.rescue_after,
+                stuck_after: config.stuck_after,
+                max_memory: config.max_memory_restart.map(|m| m.0),
+                probation: PROBATION,
+            },
+            addr: spec.addr,
+        },
+        health_tx,
+    )
+    .map_err(|e| StartError {
         code: exit::FAILURE,
         message: format!("cannot start the balancer thread: {e}"),
     })?;
@@ -148,8 +178,7 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
         spec.backlog
     );
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let (_control_tx, control) = mpsc::unbounded_channel();
-    let (_health_tx, health) = mpsc::unbounded_channel();
+    let (control_tx, control) = mpsc::unbounded_channel();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -157,12 +186,39 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
             code: exit::FAILURE,
             message: format!("cannot start the runtime: {e}"),
         })?;
+    let admin = {
+        let _in_runtime = rt.enter();
+        admin::Server::start(
+            &config.admin,
+            admin::Sources {
+                shared: Arc::clone(&shared),
+                snapshot: Arc::clone(&balancer.snapshot),
+                control: control_tx,
+                info: admin::Info {
+                    policy: config.policy,
+                    listen: spec.addr,
+                    min_ready: config.min_ready,
+                    bpf_stats: bpf_stats.is_some(),
+                    started,
+                },
+            },
+        )
+        .map_err(|e| StartError {
+            code: exit::FAILURE,
+            message: crate::error_chain(&e),
+        })?
+    };
+    if let Some(a) = &admin {
+        tracing::info!("admin API on {} (/metrics, /healthz, /readyz, /status)", a.addr);
+    }
     let result = rt.block_on(supervisor::run(
         plan,
         &balancer,
         shared,
         Channels { control, health },
     ));
+    // Stop answering before the listeners and the runtime go.
+    drop(admin);
     balancer.stop();
     drop(runtime);
     match result {

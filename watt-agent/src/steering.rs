@@ -333,14 +333,35 @@ impl Steering {
                 .iter()
                 .sum())
         };
+        let migrations = global(global::MIGRATIONS)?;
+        let fallback = global(global::FALLBACK)?;
+        let selected: u64 = slots.iter().map(|s| s.selected).sum();
+        let migrated: u64 = slots.iter().map(|s| s.migrated_in).sum();
+        // Every migration run either picked a slot or fell back.
+        let migration_fallbacks = migrations.saturating_sub(migrated);
         Ok(Counters {
             slots,
-            new_connections: global(global::NEW_CONNECTIONS)?,
-            migrations: global(global::MIGRATIONS)?,
-            fallback: global(global::FALLBACK)?,
+            new_connections: selected + fallback.saturating_sub(migration_fallbacks),
+            migrations,
+            fallback,
             no_ready_slot: global(global::NO_READY_SLOT)?,
             select_errors: global(global::SELECT_ERROR)?,
         })
+    }
+
+    /// The migration runs so far (one per-CPU read; the queue rescue uses
+    /// it to count the connections it moved).
+    pub fn migrations(&self) -> Result<u64, SteeringError> {
+        Ok(self
+            .global_counters
+            .get(&global::MIGRATIONS, 0)
+            .map_err(|source| SteeringError::Map {
+                map: maps::GLOBAL_COUNTERS,
+                op: "read".into(),
+                source,
+            })?
+            .iter()
+            .sum())
     }
 
     /// Run time and run count the kernel recorded for the program. Both stay

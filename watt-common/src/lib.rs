@@ -148,10 +148,10 @@ pub mod global {
     pub const SELECT_ERROR: u32 = 2;
     /// Program runs for a closing listener's queued connection.
     pub const MIGRATIONS: u32 = 3;
-    /// Program runs for new connections.
-    pub const NEW_CONNECTIONS: u32 = 4;
-    /// Number of global counters.
-    pub const COUNT: u32 = 5;
+    /// Number of global counters. (New connections are not counted here:
+    /// they are the per-slot `selected` counts plus the fallbacks that were
+    /// not migrations, which keeps the common path to one counter.)
+    pub const COUNT: u32 = 4;
 }
 
 #[cfg(feature = "user")]

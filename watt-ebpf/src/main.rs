@@ -45,12 +45,13 @@ static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global:
 
 #[sk_reuseport(migrate)]
 pub fn watt_select(ctx: SkReuseportContext) -> u32 {
+    // The fast path (a new connection, the table's slot ready) touches one
+    // global map only on its rare branches: new connections are counted
+    // per slot, and the agent derives the total.
     let migrating = ctx.migrating_sk().is_some();
-    bump(if migrating {
-        global::MIGRATIONS
-    } else {
-        global::NEW_CONNECTIONS
-    });
+    if migrating {
+        bump(global::MIGRATIONS);
+    }
 
     let active = ACTIVE.get(0).copied().unwrap_or(0) & 1;
     let Some(table) = TABLES.get(active) else {
@@ -75,32 +76,45 @@ pub fn watt_select(ctx: SkReuseportContext) -> u32 {
     let bucket = (ctx.hash() & TABLE_MASK) as usize;
     let start = u32::from(table.slots[bucket]);
 
-    // The table's slot first, then the following slots in order, wrapping
-    // around: deterministic, and at most every slot once. Only the loop
-    // counter varies between iterations (the slot is computed from it), which
-    // keeps the verifier's work linear in MAX_SLOTS.
-    for i in 0..MAX_SLOTS {
+    // The table's slot first (no division on this, the common path)...
+    if start < slot_count && try_slot(&ctx, start, migrating) {
+        return SK_PASS;
+    }
+    // ...then the following slots in order, wrapping around: deterministic,
+    // and at most every slot once. Only the loop counter varies between
+    // iterations (the slot is computed from it), which keeps the verifier's
+    // work linear in MAX_SLOTS.
+    for i in 1..MAX_SLOTS {
         if i >= slot_count {
             break;
         }
         let slot = (start + i) % slot_count;
-        if !SLOTS.get(slot).is_some_and(SlotInfo::is_ready) {
-            continue;
-        }
-        if SOCKETS.select_reuseport(&ctx, slot).is_ok() {
-            count_slot(slot, migrating);
+        if try_slot(&ctx, slot, migrating) {
             return SK_PASS;
         }
-        // -ENOENT: the listener closed or stopped between the agent marking
-        // it ready and this connection (always the case for the closing
-        // listener itself during a migration).
-        bump(global::SELECT_ERROR);
     }
 
     bump(global::NO_READY_SLOT);
     bump(global::FALLBACK);
     debug!(&ctx, "no ready slot (migrating: {})", u32::from(migrating));
     SK_PASS
+}
+
+/// Selects `slot` if it is ready and its listener is there.
+#[inline(always)]
+fn try_slot(ctx: &SkReuseportContext, slot: u32, migrating: bool) -> bool {
+    if !SLOTS.get(slot).is_some_and(SlotInfo::is_ready) {
+        return false;
+    }
+    if SOCKETS.select_reuseport(ctx, slot).is_ok() {
+        count_slot(slot, migrating);
+        return true;
+    }
+    // -ENOENT: the listener closed or stopped between the agent marking it
+    // ready and this connection (always the case for the closing listener
+    // itself during a migration).
+    bump(global::SELECT_ERROR);
+    false
 }
 
 #[inline(always)]

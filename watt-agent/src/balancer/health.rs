@@ -122,6 +122,13 @@ impl Tracker {
         Verdict { health, rescue }
     }
 
+    /// Nothing pending: no queue streak, not busy, memory fine. A calm
+    /// worker with an empty queue need not be observed this tick.
+    #[must_use]
+    pub fn is_calm(&self) -> bool {
+        self.streak == 0 && self.busy_since.is_none() && self.over_memory.is_none()
+    }
+
     /// Forget everything (a new worker in the slot).
     pub fn reset(&mut self) {
         *self = Self::default();

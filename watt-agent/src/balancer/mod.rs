@@ -3,30 +3,33 @@
 //! the socket array happens here, in order, so "stop steering, then stop
 //! the listener" is never reordered and two writers never race on a slot.
 //!
-//! The supervisor sends it commands; the load sampler (issue: load-aware
-//! steering) runs inside its loop.
+//! The supervisor sends it commands. The load sampler runs inside its loop
+//! (`sampling`): it watches the listeners' accept queues and the workers'
+//! main threads, marks busy workers out of the table, rescues their queued
+//! connections, and tells the supervisor about stuck and over-memory ones.
 use std::{
     collections::BTreeMap,
-    os::fd::AsFd,
+    net::SocketAddr,
     sync::{Arc, Mutex, mpsc},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use nix::{
-    poll::{PollFd, PollFlags, PollTimeout, poll},
-    sys::eventfd::{EfdFlags, EventFd},
-};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use tokio::sync::mpsc::UnboundedSender;
 use watt_common::SlotState;
 
 use crate::{
+    config::Policy,
     listeners::Listener,
+    sampler::{SockDiag, WorkerProbe},
     steering::{Counters, Steering},
-    supervisor::lifecycle::{Pid, Slot, WorkerId},
+    supervisor::lifecycle::{Event, Pid, Slot, WorkerId},
 };
 
 pub mod health;
 pub mod policy;
+mod sampling;
 
 use policy::SlotView;
 
@@ -84,6 +87,17 @@ pub struct SlotSnapshot {
     pub rss_bytes: Option<u64>,
 }
 
+/// How the balancer samples and steers.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub policy: Policy,
+    /// Sampling tick while connections arrive.
+    pub tick: Duration,
+    pub health: health::Params,
+    /// The group's address (for sock_diag queries).
+    pub addr: SocketAddr,
+}
+
 /// The supervisor's end.
 pub struct Handle {
     tx: mpsc::Sender<Command>,
@@ -94,18 +108,40 @@ pub struct Handle {
 
 impl Handle {
     /// Starts the balancer thread. `steering` is `None` for the `kernel`
-    /// policy: plain `SO_REUSEPORT`, listeners only.
-    pub fn start(steering: Option<Steering>) -> std::io::Result<Self> {
+    /// policy: plain `SO_REUSEPORT`, listeners only. Stuck and over-memory
+    /// workers are reported on `health` as lifecycle events.
+    pub fn start(
+        steering: Option<Steering>,
+        settings: Settings,
+        health: UnboundedSender<Event>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let wake = Arc::new(EventFd::from_value_and_flags(
             0,
             EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
         )?);
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        let diag = match SockDiag::open() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!("sock_diag unavailable ({e}); queue depths come from /proc/net/tcp");
+                None
+            }
+        };
         let mut balancer = Balancer {
             steering,
             slots: BTreeMap::new(),
             snapshot: Arc::clone(&snapshot),
+            settings,
+            health,
+            diag,
+            active: false,
+            quiet_ticks: 0,
+            next_slow: Instant::now(),
+            ticks: 0,
+            tick_time: Duration::ZERO,
+            rescues: 0,
+            rescued_connections: 0,
         };
         let thread_wake = Arc::clone(&wake);
         let thread = thread::Builder::new()
@@ -150,46 +186,69 @@ impl Drop for Handle {
 
 struct Entry {
     listener: Listener,
+    /// Socket inode, to find this listener in sock_diag replies.
+    inode: Option<u64>,
     view: SlotView,
     worker: WorkerId,
     pid: Option<Pid>,
+    probe: Option<WorkerProbe>,
+    tracker: health::Tracker,
+    /// Stuck or over-memory already reported for this instance.
+    reported: bool,
+    /// RSS read by the slow sample, for the next health observation.
+    pending_rss: Option<u64>,
+    queue_nonempty: bool,
+    queue_depth: Option<u32>,
+    cpu_time: Option<Duration>,
+    rss_bytes: Option<u64>,
     rescues: u64,
+    rescued_connections: u64,
+}
+
+impl Entry {
+    fn new(listener: Listener) -> Self {
+        let inode = crate::sampler::socket_inode(std::os::fd::AsFd::as_fd(&listener)).ok();
+        Self {
+            listener,
+            inode,
+            view: SlotView {
+                lifecycle: SlotState::Starting,
+                busy: false,
+            },
+            worker: 0,
+            pid: None,
+            probe: None,
+            tracker: health::Tracker::default(),
+            reported: false,
+            pending_rss: None,
+            queue_nonempty: false,
+            queue_depth: None,
+            cpu_time: None,
+            rss_bytes: None,
+            rescues: 0,
+            rescued_connections: 0,
+        }
+    }
 }
 
 struct Balancer {
     steering: Option<Steering>,
     slots: BTreeMap<Slot, Entry>,
     snapshot: Arc<Mutex<Snapshot>>,
+    settings: Settings,
+    health: UnboundedSender<Event>,
+    diag: Option<SockDiag>,
+    /// Ticking (connections are arriving) rather than waiting for them.
+    active: bool,
+    quiet_ticks: u32,
+    next_slow: Instant,
+    ticks: u64,
+    tick_time: Duration,
+    rescues: u64,
+    rescued_connections: u64,
 }
 
 impl Balancer {
-    fn run(&mut self, rx: &mpsc::Receiver<Command>, wake: &EventFd) {
-        let idle = Duration::from_secs(1);
-        loop {
-            let mut fds = [PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
-            let timeout = PollTimeout::try_from(idle).unwrap_or(PollTimeout::MAX);
-            let _ = poll(&mut fds, timeout);
-            let _ = wake.read();
-            let mut changed = false;
-            loop {
-                match rx.try_recv() {
-                    Ok(cmd) => changed |= self.apply(cmd),
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        if changed {
-                            self.publish();
-                        }
-                        return;
-                    }
-                }
-            }
-            if changed {
-                self.publish();
-            }
-            self.update_snapshot();
-        }
-    }
-
     /// Applies one command; returns whether the table must be republished.
     fn apply(&mut self, cmd: Command) -> bool {
         match cmd {
@@ -201,25 +260,16 @@ impl Balancer {
                     log_err(st.set_slot(slot, SlotState::Starting, 0), "set slot");
                     log_err(st.set_listener(slot, &listener), "insert listener");
                 }
-                self.slots.insert(
-                    slot,
-                    Entry {
-                        listener,
-                        view: SlotView {
-                            lifecycle: SlotState::Starting,
-                            busy: false,
-                        },
-                        worker: 0,
-                        pid: None,
-                        rescues: 0,
-                    },
-                );
+                self.slots.insert(slot, Entry::new(listener));
                 true
             }
             Command::Pid { slot, pid, worker } => {
                 if let Some(e) = self.slots.get_mut(&slot) {
                     e.pid = Some(pid);
                     e.worker = worker;
+                    e.probe = WorkerProbe::open(pid).ok();
+                    e.tracker.reset();
+                    e.reported = false;
                 }
                 false
             }
@@ -230,6 +280,7 @@ impl Balancer {
                 e.view.lifecycle = state;
                 if state != SlotState::Ready {
                     e.view.busy = false;
+                    e.tracker.reset();
                 }
                 let effective = policy::effective_state(e.view);
                 if let Some(st) = &mut self.steering {
@@ -244,14 +295,7 @@ impl Balancer {
                 false
             }
             Command::Rescue { slot } => {
-                if let Some(e) = self.slots.get_mut(&slot) {
-                    e.rescues += 1;
-                    log_err(e.listener.rescue(), "rescue listener");
-                    // The kernel emptied the socket-array slot on stop.
-                    if let Some(st) = &mut self.steering {
-                        log_err(st.set_listener(slot, &e.listener), "reinsert listener");
-                    }
-                }
+                self.rescue(slot);
                 false
             }
             Command::Close { slot } => {
@@ -265,6 +309,35 @@ impl Balancer {
                 true
             }
         }
+    }
+
+    /// Stops the slot's listener and listens again: what waits in its queue
+    /// migrates to ready slots; the socket stays the worker's. Returns the
+    /// number of connections moved.
+    fn rescue(&mut self, slot: Slot) -> u64 {
+        let before = self.migrations();
+        let Some(e) = self.slots.get_mut(&slot) else {
+            return 0;
+        };
+        log_err(e.listener.rescue(), "rescue listener");
+        // The kernel emptied the socket-array slot on stop.
+        if let Some(st) = &mut self.steering {
+            log_err(st.set_listener(slot, &e.listener), "reinsert listener");
+        }
+        let moved = self.migrations().saturating_sub(before);
+        let e = self.slots.get_mut(&slot).expect("checked above");
+        e.rescues += 1;
+        e.rescued_connections += moved;
+        self.rescues += 1;
+        self.rescued_connections += moved;
+        moved
+    }
+
+    fn migrations(&self) -> u64 {
+        self.steering
+            .as_ref()
+            .and_then(|st| st.migrations().ok())
+            .unwrap_or(0)
     }
 
     fn publish(&mut self) {
@@ -286,17 +359,25 @@ impl Balancer {
                         pid: e.pid,
                         state: Some(policy::effective_state(e.view)),
                         rescues: e.rescues,
-                        ..SlotSnapshot::default()
+                        rescued_connections: e.rescued_connections,
+                        queue_depth: e.queue_depth,
+                        cpu_time: e.cpu_time,
+                        rss_bytes: e.rss_bytes,
                     },
                 )
             })
             .collect();
         let counters = self.steering.as_ref().and_then(|st| st.counters().ok());
+        let program = self.steering.as_ref().and_then(|st| st.program_stats().ok());
         if let Ok(mut snap) = self.snapshot.lock() {
             *snap = Snapshot {
                 slots,
                 counters,
-                ..Snapshot::default()
+                program,
+                ticks: self.ticks,
+                tick_time: self.tick_time,
+                rescues: self.rescues,
+                rescued_connections: self.rescued_connections,
             };
         }
     }

@@ -101,6 +101,18 @@ pub struct RunArgs {
     /// Level of the eBPF program's own diagnostics [default: off]
     #[arg(long, env = "WATT_PROGRAM_LOG", value_enum)]
     pub program_log: Option<ProgramLog>,
+    /// Keep the kernel's BPF run-time statistics on, for the decision-cost
+    /// metrics (costs about 20ns per connection) [default: false]
+    #[arg(
+        long,
+        env = "WATT_BPF_STATS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub bpf_stats: Option<bool>,
     /// Close keep-alive connections after this many requests, so clients
     /// reconnect and get steered again [default: no limit]
     #[arg(long, env = "WATT_MAX_REQUESTS_PER_SOCKET")]
@@ -109,6 +121,39 @@ pub struct RunArgs {
     /// The worker command, e.g. `-- node server.js`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+
+    /// Ids of the options whose value came from the environment (filled in
+    /// by the caller from clap's matches; see [`env_sourced`]).
+    #[arg(skip)]
+    pub from_env: Vec<String>,
+}
+
+/// The ids of the options `matches` took from an environment variable.
+#[must_use]
+pub fn env_sourced(matches: &clap::ArgMatches) -> Vec<String> {
+    matches
+        .ids()
+        .filter(|id| {
+            matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::EnvVariable)
+        })
+        .map(|id| id.as_str().to_owned())
+        .collect()
+}
+
+/// The environment variable of the option for config key `key`.
+#[must_use]
+pub fn env_var(key: &str) -> Option<String> {
+    let cmd = RunArgs::augment_args(clap::Command::new("run"));
+    cmd.get_arguments()
+        .find(|a| a.get_id() == key)
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned())
+}
+
+/// The command-line option for config key `key`, e.g. `--kill-timeout`.
+#[must_use]
+pub fn flag(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -150,6 +195,7 @@ impl RunArgs {
             log_format: self.log_format,
             log_level: self.log_level.clone(),
             program_log: self.program_log,
+            bpf_stats: self.bpf_stats,
             max_requests_per_socket: self.max_requests_per_socket,
         }
     }

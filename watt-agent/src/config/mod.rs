@@ -4,6 +4,7 @@
 //! [`resolve`] takes the first value set, in that order, and validates it.
 use std::{
     ffi::OsString,
+    fmt,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
@@ -17,37 +18,63 @@ pub mod values;
 
 pub use values::{AdminAddr, LogFormat, MemorySize, Policy, Workers};
 
-/// Every setting, optional: one layer of configuration.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Layer {
-    pub workers: Option<Workers>,
-    pub host: Option<IpAddr>,
-    pub port: Option<u16>,
-    pub backlog: Option<u32>,
-    pub command: Option<Vec<OsString>>,
-    pub env: Option<Vec<(String, String)>>,
-    pub cwd: Option<PathBuf>,
-    pub user: Option<String>,
-    pub group: Option<String>,
-    pub start_timeout: Option<Duration>,
-    pub kill_timeout: Option<Duration>,
-    pub restart_delay: Option<Duration>,
-    pub restart_backoff: Option<f64>,
-    pub restart_delay_max: Option<Duration>,
-    pub min_uptime: Option<Duration>,
-    pub max_restarts: Option<u32>,
-    pub restart_window: Option<Duration>,
-    pub policy: Option<Policy>,
-    pub tick: Option<Duration>,
-    pub rescue_after: Option<u32>,
-    pub stuck_after: Option<Duration>,
-    pub max_memory_restart: Option<MemorySize>,
-    pub admin: Option<AdminAddr>,
-    pub min_ready: Option<u32>,
-    pub log_format: Option<LogFormat>,
-    pub log_level: Option<String>,
-    pub program_log: Option<ProgramLog>,
-    pub max_requests_per_socket: Option<u32>,
+/// Defines [`Layer`] and the list of its keys from one list of fields, so
+/// the keys the file, the example and `check-config` know cannot drift.
+macro_rules! layer {
+    ($($(#[$meta:meta])* $field:ident: $ty:ty,)*) => {
+        /// Every setting, optional: one layer of configuration.
+        #[derive(Clone, Debug, Default, PartialEq)]
+        pub struct Layer {
+            $($(#[$meta])* pub $field: Option<$ty>,)*
+        }
+
+        impl Layer {
+            /// Every key, in the order of `watt.example.toml`.
+            pub const KEYS: &[&str] = &[$(stringify!($field)),*];
+
+            /// Whether this layer sets `key`.
+            #[must_use]
+            pub fn is_set(&self, key: &str) -> bool {
+                match key {
+                    $(stringify!($field) => self.$field.is_some(),)*
+                    _ => false,
+                }
+            }
+        }
+    };
+}
+
+layer! {
+    workers: Workers,
+    host: IpAddr,
+    port: u16,
+    backlog: u32,
+    command: Vec<OsString>,
+    /// Merged across layers: a higher layer overrides single variables.
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    user: String,
+    group: String,
+    start_timeout: Duration,
+    kill_timeout: Duration,
+    restart_delay: Duration,
+    restart_backoff: f64,
+    restart_delay_max: Duration,
+    min_uptime: Duration,
+    max_restarts: u32,
+    restart_window: Duration,
+    policy: Policy,
+    tick: Duration,
+    rescue_after: u32,
+    stuck_after: Duration,
+    max_memory_restart: MemorySize,
+    admin: AdminAddr,
+    min_ready: u32,
+    log_format: LogFormat,
+    log_level: String,
+    program_log: ProgramLog,
+    bpf_stats: bool,
+    max_requests_per_socket: u32,
 }
 
 /// The resolved settings.
@@ -80,6 +107,8 @@ pub struct RunConfig {
     pub log_format: LogFormat,
     pub log_level: String,
     pub program_log: ProgramLog,
+    /// Keep the kernel's BPF run-time statistics on (decision-cost metrics).
+    pub bpf_stats: bool,
     pub max_requests_per_socket: Option<u32>,
 }
 
@@ -148,7 +177,7 @@ pub fn resolve(layers: &[&Layer]) -> Result<RunConfig, ConfigError> {
         port: pick!(port).unwrap_or(defaults::PORT),
         backlog: pick!(backlog).unwrap_or(defaults::BACKLOG),
         command,
-        env: pick!(env).unwrap_or_default(),
+        env: merge_env(layers),
         cwd: pick!(cwd),
         user: pick!(user),
         group: pick!(group),
@@ -170,10 +199,24 @@ pub fn resolve(layers: &[&Layer]) -> Result<RunConfig, ConfigError> {
         log_format: pick!(log_format).unwrap_or_default(),
         log_level: pick!(log_level).unwrap_or_else(|| defaults::LOG_LEVEL.to_owned()),
         program_log: pick!(program_log).unwrap_or_default(),
+        bpf_stats: pick!(bpf_stats).unwrap_or(false),
         max_requests_per_socket: pick!(max_requests_per_socket),
     };
     validate(&config)?;
     Ok(config)
+}
+
+/// The `env` tables of every layer, the lowest first; a higher layer's value
+/// replaces a lower one's for the same variable.
+fn merge_env(layers: &[&Layer]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for layer in layers.iter().rev() {
+        for (k, v) in layer.env.iter().flatten() {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+    }
+    env
 }
 
 fn validate(c: &RunConfig) -> Result<(), ConfigError> {
@@ -244,6 +287,209 @@ fn validate(c: &RunConfig) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// Where a setting's value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// An option on the command line, e.g. `--port`.
+    CommandLine { flag: String },
+    /// An environment variable, e.g. `WATT_TICK`.
+    Environment { var: String },
+    /// The config file.
+    File { path: PathBuf, line: usize },
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::CommandLine { flag } => write!(f, "command line ({flag})"),
+            Self::Environment { var } => write!(f, "environment ({var})"),
+            Self::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Self::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// The layers as given: command line and environment, then the file.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    pub cli: Layer,
+    /// Keys of `cli` whose value came from an environment variable.
+    pub from_env: Vec<String>,
+    pub file: Option<file::FileLayer>,
+}
+
+impl Sources {
+    /// Reads the file named by `--config` / `WATT_CONFIG`, if any.
+    pub fn load(args: &args::RunArgs) -> Result<Self, file::FileError> {
+        let file = args.config.as_deref().map(file::load).transpose()?;
+        Ok(Self {
+            cli: args.layer(),
+            from_env: args.from_env.clone(),
+            file,
+        })
+    }
+
+    /// Merges the layers and checks every value.
+    pub fn resolve(&self) -> Result<RunConfig, LoadError> {
+        let empty = Layer::default();
+        let file = self.file.as_ref().map_or(&empty, |f| &f.layer);
+        resolve(&[&self.cli, file]).map_err(|e| match e {
+            ConfigError::NoCommand => LoadError::NoCommand,
+            ConfigError::Invalid { key, message } => LoadError::Invalid {
+                origin: self.origin(key),
+                key,
+                message,
+            },
+        })
+    }
+
+    /// The layer that decided `key`.
+    #[must_use]
+    pub fn origin(&self, key: &str) -> Origin {
+        if self.cli.is_set(key) {
+            if self.from_env.iter().any(|k| k == key) {
+                if let Some(var) = args::env_var(key) {
+                    return Origin::Environment { var };
+                }
+            }
+            return Origin::CommandLine {
+                flag: args::flag(key),
+            };
+        }
+        if let Some(f) = &self.file
+            && f.layer.is_set(key)
+        {
+            return Origin::File {
+                path: f.path.clone(),
+                line: f.line(key),
+            };
+        }
+        Origin::Default
+    }
+}
+
+/// Why the settings cannot be used: one line, naming where the bad value
+/// came from.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    File(#[from] file::FileError),
+    #[error("{}", ConfigError::NoCommand)]
+    NoCommand,
+    #[error("{}", invalid_message(origin, key, message))]
+    Invalid {
+        origin: Origin,
+        key: &'static str,
+        message: String,
+    },
+}
+
+fn invalid_message(origin: &Origin, key: &str, message: &str) -> String {
+    match origin {
+        Origin::File { path, line } => format!("{}:{line}: {key}: {message}", path.display()),
+        Origin::CommandLine { flag } => format!("{flag}: {message}"),
+        Origin::Environment { var } => format!("environment variable {var}: {message}"),
+        Origin::Default => format!("{key}: {message}"),
+    }
+}
+
+/// Loads and resolves the settings of `watt-agent run`.
+pub fn load(args: &args::RunArgs) -> Result<(RunConfig, Sources), LoadError> {
+    let sources = Sources::load(args)?;
+    let config = sources.resolve()?;
+    Ok((config, sources))
+}
+
+/// The resolved settings as a TOML document (every key, with where its
+/// value came from as a comment): the output of `watt-agent check-config`,
+/// usable as a config file itself.
+#[must_use]
+pub fn describe(config: &RunConfig, sources: &Sources) -> String {
+    let mut out = String::from(
+        "# watt-agent settings: command line > environment (WATT_*) > config file > defaults\n",
+    );
+    for (key, value) in entries(config) {
+        let origin = sources.origin(key);
+        let line = match value {
+            Some(v) => format!("{key} = {v}"),
+            None => format!("# {key} is not set"),
+        };
+        out.push_str(&format!("{line:<40} # {origin}\n"));
+    }
+    out
+}
+
+/// Every key with its value as TOML (`None`: not set).
+#[must_use]
+pub fn entries(c: &RunConfig) -> Vec<(&'static str, Option<String>)> {
+    fn s(v: impl fmt::Display) -> String {
+        // TOML basic strings escape like JSON strings.
+        serde_json::to_string(&v.to_string()).unwrap_or_default()
+    }
+    fn d(v: Duration) -> String {
+        s(humantime::format_duration(v))
+    }
+    fn name(v: impl clap::ValueEnum) -> String {
+        s(v.to_possible_value()
+            .map(|p| p.get_name().to_owned())
+            .unwrap_or_default())
+    }
+    let command: Vec<String> = c
+        .command
+        .iter()
+        .map(|a| s(a.to_string_lossy()))
+        .collect();
+    let env: Vec<String> = c
+        .env
+        .iter()
+        .map(|(k, v)| format!("{} = {}", s(k), s(v)))
+        .collect();
+    vec![
+        (
+            "workers",
+            Some(match c.workers {
+                Workers::Auto => s("auto"),
+                Workers::Count(n) => n.to_string(),
+            }),
+        ),
+        ("host", Some(s(c.host))),
+        ("port", Some(c.port.to_string())),
+        ("backlog", Some(c.backlog.to_string())),
+        ("command", Some(format!("[{}]", command.join(", ")))),
+        ("env", Some(format!("{{ {} }}", env.join(", ")))),
+        ("cwd", c.cwd.as_ref().map(|p| s(p.display()))),
+        ("user", c.user.as_ref().map(s)),
+        ("group", c.group.as_ref().map(s)),
+        ("start_timeout", Some(d(c.start_timeout))),
+        ("kill_timeout", Some(d(c.kill_timeout))),
+        ("restart_delay", Some(d(c.restart_delay))),
+        ("restart_backoff", Some(format!("{:?}", c.restart_backoff))),
+        ("restart_delay_max", Some(d(c.restart_delay_max))),
+        ("min_uptime", Some(d(c.min_uptime))),
+        ("max_restarts", Some(c.max_restarts.to_string())),
+        ("restart_window", Some(d(c.restart_window))),
+        ("policy", Some(name(c.policy))),
+        ("tick", Some(d(c.tick))),
+        ("rescue_after", Some(c.rescue_after.to_string())),
+        ("stuck_after", Some(d(c.stuck_after))),
+        (
+            "max_memory_restart",
+            c.max_memory_restart.map(|m| m.0.to_string()),
+        ),
+        ("admin", Some(s(&c.admin))),
+        ("min_ready", Some(c.min_ready.to_string())),
+        ("log_format", Some(name(c.log_format))),
+        ("log_level", Some(s(&c.log_level))),
+        ("program_log", Some(name(c.program_log))),
+        ("bpf_stats", Some(c.bpf_stats.to_string())),
+        (
+            "max_requests_per_socket",
+            c.max_requests_per_socket.map(|n| n.to_string()),
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -108,14 +108,11 @@ pub async fn run(
         if let Some(code) = driver.exit {
             return Ok(code);
         }
-        let deadline = driver.machine.next_deadline();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                // Wake now and then anyway, to keep the heartbeat fresh.
-                None => tokio::time::sleep(Duration::from_secs(1)).await,
-            }
-        };
+        // Wake at the next deadline, and at least every second anyway, to
+        // keep the heartbeat (/healthz) fresh.
+        let wake = Instant::now() + Duration::from_secs(1);
+        let deadline = driver.machine.next_deadline().map_or(wake, |d| d.min(wake));
+        let sleep = tokio::time::sleep_until(deadline.into());
         tokio::select! {
             _ = sigchld.recv() => driver.reap(),
             _ = sigterm.recv() => driver.signal_shutdown("SIGTERM"),
@@ -235,7 +232,10 @@ impl Driver<'_> {
         let shim = self.plan.shim.display().to_string();
         // NODE_OPTIONS splits on spaces unless quoted.
         let require = if shim.contains([' ', '"', '\\']) {
-            format!("--require \"{}\"", shim.replace('\\', "\\\\").replace('"', "\\\""))
+            format!(
+                "--require \"{}\"",
+                shim.replace('\\', "\\\\").replace('"', "\\\"")
+            )
         } else {
             format!("--require {shim}")
         };

@@ -1,4 +1,6 @@
 //! Benchmarks: programs that print numbers. None of them asserts a time.
+mod steering;
+
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// New-connection rate with the program vs plain SO_REUSEPORT, and the
@@ -8,6 +10,6 @@ pub enum Command {
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Steering => anyhow::bail!("not yet"),
+        Command::Steering => steering::run(),
     }
 }

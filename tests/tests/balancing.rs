@@ -1,0 +1,148 @@
+//! Load-aware steering with real Node workers: a blocked worker is made
+//! invisible (no new connections, its queue rescued) and comes back when it
+//! recovers; stuck and over-memory workers are replaced. Everything is
+//! counted, nothing is timed: a request *sent* while a worker was blocked
+//! and *answered by that worker* waited out the block in its queue.
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use watt_tests::{agent::Agent, free_port, http, load};
+
+const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
+const BLOCK: Duration = Duration::from_millis(1000);
+/// Margin around the block: signal delivery at the start, the last
+/// in-flight request at the end. Much longer than a tick (1 ms).
+const MARGIN: Duration = Duration::from_millis(20);
+
+fn start(args: &[&str], env: &[(&str, &str)]) -> Agent {
+    let port = free_port("127.0.0.1");
+    let mut all = vec!["--workers", "4"];
+    all.extend_from_slice(args);
+    let agent = Agent::start_with_env(port, &all, &["node", TEST_APP], env);
+    agent.wait_ready(4, Duration::from_secs(30));
+    agent
+}
+
+struct BlockResult {
+    /// Requests sent during the block and answered by the blocked worker.
+    waited_out: usize,
+    /// Requests sent after it recovered that it answered.
+    after: usize,
+    failed: usize,
+    total: usize,
+}
+
+/// Steady 300 new connections/s; one worker's loop blocks for `BLOCK`.
+fn block_one_worker(agent: &Agent) -> BlockResult {
+    let load = load::spawn(load::Spec {
+        addr: agent.addr(),
+        rate: 300.0,
+        count: 900,
+        path: "/".into(),
+        timeout: Duration::from_secs(5),
+    });
+    thread::sleep(Duration::from_millis(800));
+    let victim = *agent.worker_pids().iter().next().expect("a worker");
+    let t0 = Instant::now();
+    // SAFETY: signalling a worker of the agent under test.
+    unsafe { libc::kill(victim, libc::SIGUSR2) };
+    let outcomes = load.join().expect("load");
+    let answered_by_victim = |o: &&load::Outcome| {
+        o.result
+            .as_ref()
+            .ok()
+            .and_then(|r| http::pid_of(&r.body))
+            == Some(victim)
+    };
+    let during = |o: &&load::Outcome| o.scheduled >= t0 + MARGIN && o.scheduled + MARGIN <= t0 + BLOCK;
+    let after = |o: &&load::Outcome| o.scheduled >= t0 + BLOCK + Duration::from_millis(200);
+    let r = BlockResult {
+        waited_out: outcomes.iter().filter(during).filter(answered_by_victim).count(),
+        after: outcomes.iter().filter(after).filter(answered_by_victim).count(),
+        failed: load::failures(&outcomes).len(),
+        total: outcomes.len(),
+    };
+    eprintln!(
+        "block test: {} requests, {} failed; sent during the block and answered by the blocked worker: {}; \
+         answered by it after it recovered: {}",
+        r.total, r.failed, r.waited_out, r.after
+    );
+    r
+}
+
+#[test]
+fn a_blocked_worker_gets_nothing_its_queue_is_rescued_and_it_comes_back() {
+    let agent = start(&[], &[]);
+    let r = block_one_worker(&agent);
+    assert_eq!(r.failed, 0);
+    assert_eq!(
+        r.waited_out, 0,
+        "requests sent while the worker was blocked must be served by the others"
+    );
+    assert!(r.after > 10, "the worker must receive connections again after it recovers");
+    assert!(agent.log_text().contains("worker busy"), "{}", agent.log_text());
+    assert!(agent.log_text().contains("worker ready again"));
+}
+
+#[test]
+fn without_rescue_requests_wait_out_the_block() {
+    // The control: `--policy hash` steers only by readiness, as plain
+    // SO_REUSEPORT would; the blocked worker keeps its share.
+    let agent = start(&["--policy", "hash"], &[]);
+    let r = block_one_worker(&agent);
+    assert!(r.waited_out > 10, "without rescue the blocked worker keeps receiving connections");
+}
+
+#[test]
+fn a_stuck_worker_is_replaced() {
+    let agent = start(
+        &["--stuck-after", "500ms", "--kill-timeout", "1s"],
+        &[("TEST_APP_USR2_BLOCK_MS", "8000")],
+    );
+    let before = agent.worker_pids();
+    let victim = *before.iter().next().expect("a worker");
+    let load = load::spawn(load::Spec {
+        addr: agent.addr(),
+        rate: 100.0,
+        count: 500,
+        path: "/".into(),
+        timeout: Duration::from_secs(5),
+    });
+    thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling a worker of the agent under test.
+    unsafe { libc::kill(victim, libc::SIGUSR2) };
+    let outcomes = load.join().expect("load");
+    assert!(
+        agent.wait_log("worker stopped", 1, Duration::from_secs(10)) || agent.log_count("SIGKILL") > 0,
+        "{}",
+        agent.log_text()
+    );
+    let log = agent.log_text();
+    assert!(log.contains("replacing worker: busy for"), "{log}");
+    assert!(!agent.worker_pids().contains(&victim), "the stuck worker must be gone");
+    assert_eq!(agent.worker_pids().len(), 4);
+    assert_eq!(load::failures(&outcomes).len(), 0, "{log}");
+}
+
+#[test]
+fn an_over_memory_worker_is_replaced_without_failed_requests() {
+    let agent = start(&["--max-memory-restart", "150M"], &[]);
+    let load = load::spawn(load::Spec {
+        addr: agent.addr(),
+        rate: 100.0,
+        count: 600,
+        path: "/".into(),
+        timeout: Duration::from_secs(5),
+    });
+    thread::sleep(Duration::from_millis(500));
+    let r = http::get(agent.addr(), "/alloc?mb=200").expect("alloc");
+    let victim = http::pid_of(&r.body).expect("pid");
+    let outcomes = load.join().expect("load");
+    let log = agent.log_text();
+    assert!(log.contains("above the limit"), "{log}");
+    assert!(agent.wait_log("worker stopped", 1, Duration::from_secs(10)), "{log}");
+    assert!(!agent.worker_pids().contains(&victim), "the over-memory worker must be gone");
+    assert_eq!(load::failures(&outcomes).len(), 0, "{log}");
+}

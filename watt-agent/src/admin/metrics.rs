@@ -1,0 +1,465 @@
+//! `/metrics`: the Prometheus exposition, through `prometheus-client`.
+//!
+//! Nothing is counted here: every scrape encodes the latest views of the
+//! supervisor and the balancer as constant metrics (a [`Collector`]).
+//!
+//! Labels: `worker` (the stable id `0..N`) and, for what belongs to a
+//! listener, `slot`. A worker's slot changes when it is restarted or
+//! replaced; both are bounded (at most `2 × workers` slots), so the series
+//! stay few. Pids are not labels: they change on every restart.
+use std::{fmt, time::Instant};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+
+use super::{
+    Info,
+    status::{self, WorkerState},
+};
+use crate::{balancer::Snapshot, supervisor::Shared};
+
+/// `Content-Type` of the Prometheus text format 0.0.4.
+pub const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+/// `Content-Type` of the OpenMetrics text format.
+pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Encodes the metrics; OpenMetrics text if `openmetrics`, else the
+/// Prometheus text format.
+pub fn encode(
+    info: &Info,
+    shared: &Shared,
+    snap: &Snapshot,
+    now: Instant,
+    openmetrics: bool,
+) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape {
+        status: status::build(info, shared, snap, now),
+        ticks: snap.ticks,
+        tick_seconds: snap.tick_time.as_secs_f64(),
+        rescues: snap.rescues,
+        rescued_connections: snap.rescued_connections,
+    }));
+    let mut out = String::new();
+    if openmetrics {
+        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
+    }
+    Ok(out)
+}
+
+/// One scrape's data.
+#[derive(Debug)]
+struct Scrape {
+    status: status::Status,
+    ticks: u64,
+    tick_seconds: f64,
+    rescues: u64,
+    rescued_connections: u64,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family: descriptor, then one sample per label set. Nothing
+/// is written when there is no sample.
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    samples: Vec<(Labels, M)>,
+) -> fmt::Result {
+    let Some(metric_type) = samples.first().map(|(_, m)| m.metric_type()) else {
+        return Ok(());
+    };
+    let mut metric = enc.encode_descriptor(name, help, unit, metric_type)?;
+    for (labels, m) in &samples {
+        m.encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// A metric without labels.
+fn single<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    m: M,
+) -> fmt::Result {
+    let metric = enc.encode_descriptor(name, help, unit, m.metric_type())?;
+    m.encode(metric)
+}
+
+fn gauge(v: f64) -> ConstGauge<f64> {
+    ConstGauge::new(v)
+}
+
+fn int(v: impl Into<u64>) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(v.into()).unwrap_or(i64::MAX))
+}
+
+fn counter(v: u64) -> ConstCounter<u64> {
+    ConstCounter::new(v)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let s = &self.status;
+        let enc = &mut enc;
+        single(
+            enc,
+            "watt_workers",
+            "Workers the agent runs (--workers)",
+            None,
+            int(s.workers_configured as u64),
+        )?;
+        single(
+            enc,
+            "watt_workers_ready",
+            "Workers ready now",
+            None,
+            int(s.ready as u64),
+        )?;
+        single(
+            enc,
+            "watt_min_ready",
+            "Ready workers /readyz needs (--min-ready)",
+            None,
+            int(s.min_ready),
+        )?;
+        single(
+            enc,
+            "watt_ready",
+            "1 when /readyz answers 200",
+            None,
+            int(u8::from(s.is_ready)),
+        )?;
+        single(
+            enc,
+            "watt_reloading",
+            "1 while a rolling reload runs",
+            None,
+            int(u8::from(s.reloading)),
+        )?;
+        single(
+            enc,
+            "watt_uptime",
+            "Time since the agent started",
+            Some(&Unit::Seconds),
+            gauge(s.uptime_seconds),
+        )?;
+
+        let w = |id: u32| -> Labels { vec![("worker", id.to_string())] };
+        family(
+            enc,
+            "watt_worker_state",
+            "1 for the state each worker is in (starting, ready, busy, draining, down), 0 for the others",
+            None,
+            s.workers
+                .iter()
+                .flat_map(|worker| {
+                    WorkerState::ALL.iter().map(move |st| {
+                        let mut l = w(worker.id);
+                        l.push(("state", st.name().to_owned()));
+                        (l, int(u8::from(worker.state == *st)))
+                    })
+                })
+                .collect(),
+        )?;
+        family(
+            enc,
+            "watt_worker_restarts",
+            "Restarts of each worker after a crash",
+            None,
+            s.workers
+                .iter()
+                .map(|x| (w(x.id), counter(u64::from(x.restarts))))
+                .collect(),
+        )?;
+        family(
+            enc,
+            "watt_worker_crash_looping",
+            "1 while a worker crashes more than --max-restarts times within --restart-window",
+            None,
+            s.workers
+                .iter()
+                .map(|x| (w(x.id), int(u8::from(x.crash_looping))))
+                .collect(),
+        )?;
+        family(
+            enc,
+            "watt_worker_uptime",
+            "Time since the worker's process started",
+            Some(&Unit::Seconds),
+            s.workers
+                .iter()
+                .filter_map(|x| Some((w(x.id), gauge(x.uptime_seconds?))))
+                .collect(),
+        )?;
+
+        // What belongs to the worker's current listener: worker and slot.
+        let ws = |x: &status::WorkerStatus| -> Option<Labels> {
+            Some(vec![
+                ("worker", x.id.to_string()),
+                ("slot", x.slot?.to_string()),
+            ])
+        };
+        family(
+            enc,
+            "watt_worker_cpu",
+            "CPU time of the worker's process",
+            Some(&Unit::Seconds),
+            s.workers
+                .iter()
+                .filter_map(|x| Some((ws(x)?, ConstCounter::new(x.load.cpu_seconds?))))
+                .collect(),
+        )?;
+        family(
+            enc,
+            "watt_worker_resident_memory",
+            "Resident memory (RSS) of the worker's process",
+            Some(&Unit::Bytes),
+            s.workers
+                .iter()
+                .filter_map(|x| Some((ws(x)?, int(x.load.rss_bytes?))))
+                .collect(),
+        )?;
+        family(
+            enc,
+            "watt_worker_accept_queue_depth",
+            "Connections waiting in the worker's accept queue at the last sample",
+            None,
+            s.workers
+                .iter()
+                .filter_map(|x| Some((ws(x)?, int(x.load.queue_depth?))))
+                .collect(),
+        )?;
+        family(
+            enc,
+            "watt_worker_connections",
+            "New connections the program steered to the worker's slot (per slot since the agent started)",
+            None,
+            s.workers
+                .iter()
+                .filter_map(|x| Some((ws(x)?, counter(x.load.connections?))))
+                .collect(),
+        )?;
+        family(
+            enc,
+            "watt_worker_migrated_connections",
+            "Queued connections migrated into the worker's slot from a stopped listener (per slot since the agent started)",
+            None,
+            s.workers
+                .iter()
+                .filter_map(|x| Some((ws(x)?, counter(x.load.migrated_in?))))
+                .collect(),
+        )?;
+        family(
+            enc,
+            "watt_worker_rescues",
+            "Times the worker's accept queue was rescued to other workers",
+            None,
+            s.workers
+                .iter()
+                .filter_map(|x| Some((ws(x)?, counter(x.load.rescues))))
+                .collect(),
+        )?;
+        family(
+            enc,
+            "watt_worker_rescued_connections",
+            "Connections moved out of the worker's accept queue by rescues",
+            None,
+            s.workers
+                .iter()
+                .filter_map(|x| Some((ws(x)?, counter(x.load.rescued_connections))))
+                .collect(),
+        )?;
+
+        if let Some(p) = &s.program {
+            single(
+                enc,
+                "watt_program_connections",
+                "New connections the steering program decided",
+                None,
+                counter(p.connections),
+            )?;
+            single(
+                enc,
+                "watt_program_migrations",
+                "Queued connections the program moved from a stopped listener",
+                None,
+                counter(p.migrations),
+            )?;
+            single(
+                enc,
+                "watt_program_fallbacks",
+                "Connections left to the kernel's hash (no usable table entry)",
+                None,
+                counter(p.fallbacks),
+            )?;
+            single(
+                enc,
+                "watt_program_no_ready_slot",
+                "Connections that arrived while no worker was ready",
+                None,
+                counter(p.no_ready_slot),
+            )?;
+            single(
+                enc,
+                "watt_program_select_errors",
+                "Failed socket selections in the program",
+                None,
+                counter(p.select_errors),
+            )?;
+            if let (Some(t), Some(n)) = (p.run_time_seconds, p.runs) {
+                single(
+                    enc,
+                    "watt_program_run_time",
+                    "Time the kernel spent in the program (--bpf-stats)",
+                    Some(&Unit::Seconds),
+                    ConstCounter::new(t),
+                )?;
+                single(
+                    enc,
+                    "watt_program_runs",
+                    "Runs of the program (--bpf-stats)",
+                    None,
+                    counter(n),
+                )?;
+            }
+        }
+        single(
+            enc,
+            "watt_sampler_ticks",
+            "Load-sampler ticks run",
+            None,
+            counter(self.ticks),
+        )?;
+        single(
+            enc,
+            "watt_sampler_tick_duration",
+            "Time the load-sampler ticks took in total (divide by watt_sampler_ticks_total for the mean)",
+            Some(&Unit::Seconds),
+            ConstCounter::new(self.tick_seconds),
+        )?;
+        single(
+            enc,
+            "watt_rescues",
+            "Accept-queue rescues, all workers",
+            None,
+            counter(self.rescues),
+        )?;
+        single(
+            enc,
+            "watt_rescued_connections",
+            "Connections moved by accept-queue rescues, all workers",
+            None,
+            counter(self.rescued_connections),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        balancer::SlotSnapshot,
+        steering::{Counters, ProgramStats},
+        supervisor::lifecycle::{Phase, WorkerView},
+    };
+
+    fn sample() -> (Shared, Snapshot) {
+        let view = |id, slot| WorkerView {
+            id,
+            slot,
+            pid: slot.map(|s: u32| 100 + s as i32),
+            phase: slot.map(|_| Phase::Ready),
+            started: Some(Instant::now()),
+            restarts: 2,
+            crash_looping: false,
+            restart_at: None,
+            incoming: None,
+        };
+        let shared = Shared {
+            workers: vec![view(0, Some(0)), view(1, None)],
+            ready: 1,
+            heartbeat: Some(Instant::now()),
+            started: Some(Instant::now()),
+            ..Shared::default()
+        };
+        let mut snap = Snapshot {
+            counters: Some(Counters {
+                slots: vec![watt_common::SlotCounters::default(); 2],
+                new_connections: 10,
+                ..Counters::default()
+            }),
+            program: Some(ProgramStats {
+                run_time: Duration::from_micros(3),
+                run_count: 10,
+            }),
+            ticks: 4,
+            tick_time: Duration::from_micros(40),
+            ..Snapshot::default()
+        };
+        snap.slots.insert(
+            0,
+            SlotSnapshot {
+                cpu_time: Some(Duration::from_millis(250)),
+                rss_bytes: Some(50 << 20),
+                queue_depth: Some(1),
+                ..SlotSnapshot::default()
+            },
+        );
+        (shared, snap)
+    }
+
+    #[test]
+    fn the_text_follows_the_naming_conventions() {
+        let (shared, snap) = sample();
+        let text = encode(
+            &super::super::status::tests::info(),
+            &shared,
+            &snap,
+            Instant::now(),
+            false,
+        )
+        .unwrap();
+        for line in [
+            "# TYPE watt_worker_restarts_total counter",
+            "watt_worker_restarts_total{worker=\"0\"} 2",
+            "watt_worker_state{worker=\"1\",state=\"down\"} 1",
+            "watt_worker_state{worker=\"0\",state=\"ready\"} 1",
+            "watt_worker_cpu_seconds_total{worker=\"0\",slot=\"0\"} 0.25",
+            "watt_worker_resident_memory_bytes{worker=\"0\",slot=\"0\"} 52428800",
+            "watt_worker_accept_queue_depth{worker=\"0\",slot=\"0\"} 1",
+            "watt_worker_connections_total{worker=\"0\",slot=\"0\"} 0",
+            "watt_program_connections_total 10",
+            "watt_program_runs_total 10",
+            "watt_program_run_time_seconds_total 0.000003",
+            "watt_sampler_tick_duration_seconds_total 0.00004",
+            "watt_workers_ready 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        // Worker 1 has no process: no per-process series for it.
+        assert!(!text.contains("watt_worker_cpu_seconds_total{worker=\"1\""));
+        let open = encode(
+            &super::super::status::tests::info(),
+            &shared,
+            &snap,
+            Instant::now(),
+            true,
+        )
+        .unwrap();
+        assert!(open.ends_with("# EOF\n"), "{open}");
+    }
+}

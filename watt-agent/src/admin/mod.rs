@@ -1,0 +1,514 @@
+//! The admin API: a small HTTP/1.1 server on the supervisor's runtime (one
+//! thread, no threads of its own).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text (OpenMetrics if asked for) |
+//! | `GET /healthz` | 200 while the supervisor loop is alive |
+//! | `GET /readyz` | 200 while at least `min_ready` workers are ready |
+//! | `GET /status` | every worker as JSON ([`status::Status`]) |
+//! | `POST /reload` | rolling reload of every worker |
+//! | `POST /workers/{id}/restart` | replace one worker (rolling) |
+//!
+//! `POST` is accepted only from a loopback peer or through the unix socket
+//! (mode 0600), and never from a web page (a request with `Origin`).
+use std::{
+    convert::Infallible,
+    fs, io,
+    net::{SocketAddr, TcpListener as StdTcpListener},
+    os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, UnixListener},
+    sync::mpsc,
+    task::{JoinHandle, JoinSet},
+};
+
+use crate::{
+    balancer::Snapshot,
+    config::{AdminAddr, Policy},
+    supervisor::{Control, Shared, lifecycle::Phase},
+};
+
+pub mod client;
+pub mod metrics;
+pub mod status;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 32;
+/// A client must send its request headers within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fixed facts about the agent, for status and metrics.
+#[derive(Clone, Debug)]
+pub struct Info {
+    pub policy: Policy,
+    pub listen: SocketAddr,
+    pub min_ready: u32,
+    /// The kernel's BPF statistics are on (`--bpf-stats`): the program's
+    /// run time is reported.
+    pub bpf_stats: bool,
+    /// When the agent started (before the supervisor's own start time).
+    pub started: Instant,
+}
+
+/// What the API reads and where its commands go.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    pub shared: Arc<Mutex<Shared>>,
+    pub snapshot: Arc<Mutex<Snapshot>>,
+    pub control: mpsc::UnboundedSender<Control>,
+    pub info: Info,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin API: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "admin API: another watt-agent answers on {0}; stop it or choose another --admin address"
+    )]
+    InUse(PathBuf),
+    #[error("admin API: {0} exists and is not a socket; not touching it")]
+    NotSocket(PathBuf),
+}
+
+/// The running server; stops (and removes its unix socket) when dropped.
+#[derive(Debug)]
+pub struct Server {
+    task: JoinHandle<()>,
+    /// The unix socket file and its identity (device, inode), removed on
+    /// stop if it is still ours.
+    socket: Option<(PathBuf, (u64, u64))>,
+    /// Where it listens, for the log.
+    pub addr: String,
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Who sent a request.
+#[derive(Clone, Copy, Debug)]
+enum Peer {
+    Tcp(SocketAddr),
+    Unix,
+}
+
+impl Peer {
+    /// Loopback or the unix socket: trusted with commands.
+    fn is_local(self) -> bool {
+        match self {
+            Self::Unix => true,
+            Self::Tcp(a) => a.ip().to_canonical().is_loopback(),
+        }
+    }
+}
+
+impl Server {
+    /// Binds `addr` and serves in a task of the current runtime (call it
+    /// inside the runtime, e.g. under `Runtime::enter`). `Ok(None)` when the
+    /// API is off.
+    pub fn start(addr: &AdminAddr, sources: Sources) -> Result<Option<Self>, AdminError> {
+        let (listener, socket, shown) = match addr {
+            AdminAddr::Off => return Ok(None),
+            AdminAddr::Tcp(a) => {
+                let bind_err = |source| AdminError::Bind {
+                    addr: a.to_string(),
+                    source,
+                };
+                // std sets SO_REUSEADDR: a restart binds over TIME_WAIT.
+                let std = StdTcpListener::bind(a).map_err(bind_err)?;
+                std.set_nonblocking(true).map_err(bind_err)?;
+                let local = std.local_addr().map_err(bind_err)?;
+                if !a.ip().is_loopback() {
+                    tracing::warn!(
+                        "admin API on {local}, not on loopback: /metrics and /status are readable \
+                         from the network (POST is still refused from non-loopback peers)"
+                    );
+                }
+                (
+                    Listener::Tcp(TcpListener::from_std(std).map_err(bind_err)?),
+                    None,
+                    local.to_string(),
+                )
+            }
+            AdminAddr::Unix(path) => {
+                let (listener, id) = bind_unix(path)?;
+                (
+                    Listener::Unix(listener),
+                    Some((path.clone(), id)),
+                    format!("unix:{}", path.display()),
+                )
+            }
+        };
+        let task = tokio::spawn(serve(listener, Arc::new(sources)));
+        Ok(Some(Self {
+            task,
+            socket,
+            addr: shown,
+        }))
+    }
+
+    /// Stops serving; open connections are closed.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some((path, id)) = &self.socket
+            && fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == *id)
+        {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Binds the unix socket with mode 0600. An existing socket is removed if
+/// nothing answers on it (left by an agent that died), refused if an agent
+/// answers; anything else at the path is left alone.
+fn bind_unix(path: &Path) -> Result<(UnixListener, (u64, u64)), AdminError> {
+    let bind_err = |source| AdminError::Bind {
+        addr: format!("unix:{}", path.display()),
+        source,
+    };
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(AdminError::NotSocket(path.to_owned()));
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(AdminError::InUse(path.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::info!("removing the stale admin socket {}", path.display());
+                fs::remove_file(path).map_err(bind_err)?;
+            }
+            Err(e) => return Err(bind_err(e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    // The socket is created with the umask's mode: make it 0600 from the
+    // start (no window where others could connect). No worker runs yet and
+    // no other thread creates files, so the process-wide umask is safe here.
+    // SAFETY: umask has no preconditions.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let std = bound.map_err(bind_err)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    std.set_nonblocking(true).map_err(bind_err)?;
+    let meta = fs::symlink_metadata(path).map_err(bind_err)?;
+    let listener = UnixListener::from_std(std).map_err(bind_err)?;
+    Ok((listener, (meta.dev(), meta.ino())))
+}
+
+async fn serve(listener: Listener, sources: Arc<Sources>) {
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= MAX_CONNECTIONS {
+            let _ = connections.join_next().await;
+            continue;
+        }
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().await.map(|(s, peer)| {
+                let _ = s.set_nodelay(true);
+                connections.spawn(connection(s, Peer::Tcp(peer), Arc::clone(&sources)));
+            }),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| {
+                connections.spawn(connection(s, Peer::Unix, Arc::clone(&sources)));
+            }),
+        };
+        if let Err(e) = accepted {
+            // EMFILE and the like: back off instead of spinning.
+            tracing::warn!("admin API: accept failed: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn connection<S>(stream: S, peer: Peer, sources: Arc<Sources>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let sources = Arc::clone(&sources);
+        async move { Ok::<_, Infallible>(handle(&req, &sources, peer)) }
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!("admin API connection: {e}");
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    let mut body = body.into();
+    body.push('\n');
+    reply(status, "text/plain; charset=utf-8", body)
+}
+
+/// `{"ok": .., "message": ..}`, the answer of the commands.
+fn json_message(status: StatusCode, message: impl Into<String>) -> Reply {
+    let body = serde_json::json!({ "ok": status.is_success(), "message": message.into() });
+    reply(status, "application/json", format!("{body}\n"))
+}
+
+fn handle(req: &Request<Incoming>, sources: &Sources, peer: Peer) -> Reply {
+    let path = req.uri().path();
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    let post = *req.method() == Method::POST;
+    match path {
+        "/metrics" | "/healthz" | "/readyz" | "/status" if !get => method_not_allowed("GET, HEAD"),
+        "/metrics" => metrics(req, sources),
+        "/healthz" => healthz(sources),
+        "/readyz" => readyz(sources),
+        "/status" => status(sources),
+        "/reload" | "/restart" if !post => method_not_allowed("POST"),
+        "/reload" => command(req, sources, peer, None),
+        _ => match restart_target(path) {
+            Some(_) if !post => method_not_allowed("POST"),
+            Some(Ok(worker)) => command(req, sources, peer, Some(worker)),
+            Some(Err(())) => json_message(
+                StatusCode::NOT_FOUND,
+                "no such worker: use its id, e.g. /workers/0/restart",
+            ),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /healthz, /readyz, /status, POST /reload, \
+                 POST /workers/{id}/restart",
+            ),
+        },
+    }
+}
+
+/// `/workers/{id}/restart` → `Some(Ok(id))`; a bad id → `Some(Err)`.
+fn restart_target(path: &str) -> Option<Result<u32, ()>> {
+    let id = path.strip_prefix("/workers/")?.strip_suffix("/restart")?;
+    Some(id.parse().map_err(|_| ()))
+}
+
+fn method_not_allowed(allow: &'static str) -> Reply {
+    let mut r = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed: use {allow}"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn shared(sources: &Sources) -> Shared {
+    sources
+        .shared
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default()
+}
+
+fn snapshot(sources: &Sources) -> Snapshot {
+    sources
+        .snapshot
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default()
+}
+
+fn metrics(req: &Request<Incoming>, sources: &Sources) -> Reply {
+    let openmetrics = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let encoded = metrics::encode(
+        &sources.info,
+        &shared(sources),
+        &snapshot(sources),
+        Instant::now(),
+        openmetrics,
+    );
+    match encoded {
+        Ok(body) => reply(
+            StatusCode::OK,
+            if openmetrics {
+                metrics::OPENMETRICS_TEXT
+            } else {
+                metrics::PROMETHEUS_TEXT
+            },
+            body,
+        ),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics"),
+    }
+}
+
+fn healthz(sources: &Sources) -> Reply {
+    let s = shared(sources);
+    if status::is_alive(&s, Instant::now()) {
+        text(StatusCode::OK, "ok")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor loop has not run for more than 5s",
+        )
+    }
+}
+
+fn readyz(sources: &Sources) -> Reply {
+    let s = shared(sources);
+    let min = sources.info.min_ready;
+    if status::is_ready(&sources.info, &s) {
+        text(
+            StatusCode::OK,
+            format!("ready: {} of {} workers", s.ready, s.workers.len()),
+        )
+    } else if s.shutting_down {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: {} of {} workers ready, {min} needed",
+                s.ready,
+                s.workers.len()
+            ),
+        )
+    }
+}
+
+fn status(sources: &Sources) -> Reply {
+    let s = status::build(
+        &sources.info,
+        &shared(sources),
+        &snapshot(sources),
+        Instant::now(),
+    );
+    match serde_json::to_string_pretty(&s) {
+        Ok(mut body) => {
+            body.push('\n');
+            reply(StatusCode::OK, "application/json", body)
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `POST /reload` (`worker` None) or `POST /workers/{id}/restart`.
+fn command(
+    req: &Request<Incoming>,
+    sources: &Sources,
+    peer: Peer,
+    worker: Option<u32>,
+) -> Reply {
+    if !peer.is_local() {
+        return json_message(
+            StatusCode::FORBIDDEN,
+            "commands are accepted only from loopback or the unix socket",
+        );
+    }
+    // Browsers send Origin on cross-site POSTs; tools like curl do not.
+    if req.headers().contains_key(header::ORIGIN) {
+        return json_message(
+            StatusCode::FORBIDDEN,
+            "commands are not accepted from web pages (the request has an Origin header)",
+        );
+    }
+    let s = shared(sources);
+    if s.shutting_down {
+        return json_message(StatusCode::CONFLICT, "the agent is shutting down");
+    }
+    let (control, message) = match worker {
+        None => {
+            if s.reloading {
+                return json_message(
+                    StatusCode::CONFLICT,
+                    "a rolling reload is already running",
+                );
+            }
+            (
+                Control::Reload,
+                format!("rolling reload of {} workers started", s.workers.len()),
+            )
+        }
+        Some(id) => {
+            let Some(w) = s.workers.iter().find(|w| w.id == id) else {
+                return json_message(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no worker {id}: the workers are 0..{}",
+                        s.workers.len().saturating_sub(1)
+                    ),
+                );
+            };
+            if w.incoming.is_some() {
+                return json_message(
+                    StatusCode::CONFLICT,
+                    format!("worker {id} is already being replaced"),
+                );
+            }
+            match w.phase {
+                None => {
+                    return json_message(
+                        StatusCode::CONFLICT,
+                        format!("worker {id} is not running (its restart is pending)"),
+                    );
+                }
+                Some(Phase::Draining) => {
+                    return json_message(
+                        StatusCode::CONFLICT,
+                        format!("worker {id} is stopping"),
+                    );
+                }
+                _ => {}
+            }
+            (
+                Control::Restart { worker: id },
+                format!("restarting worker {id}: a new process starts, then the old one drains"),
+            )
+        }
+    };
+    match sources.control.send(control) {
+        Ok(()) => json_message(StatusCode::ACCEPTED, message),
+        Err(_) => json_message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor is not running",
+        ),
+    }
+}

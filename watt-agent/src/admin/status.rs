@@ -1,0 +1,348 @@
+//! `/status`: every worker's slot, pid, state, uptime, restarts and load, as
+//! JSON. The same types are read back by `watt-agent status` and `top`.
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use watt_common::SlotState;
+
+use crate::{
+    balancer::{SlotSnapshot, Snapshot},
+    supervisor::{
+        Shared,
+        lifecycle::{Phase, WorkerView},
+    },
+};
+
+use super::Info;
+
+/// What a worker is doing, as the API and the metrics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerState {
+    /// Started, not yet ready: receives no new connections.
+    Starting,
+    /// Accepting connections.
+    Ready,
+    /// Ready, but its accept queue is not draining: taken out of steering
+    /// for now (`--policy rescue`).
+    Busy,
+    /// Told to stop; finishing what it has.
+    Draining,
+    /// No process: crashed and waiting for its restart, or stopped.
+    Down,
+}
+
+impl WorkerState {
+    pub const ALL: [Self; 5] = [
+        Self::Starting,
+        Self::Ready,
+        Self::Busy,
+        Self::Draining,
+        Self::Down,
+    ];
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Busy => "busy",
+            Self::Draining => "draining",
+            Self::Down => "down",
+        }
+    }
+
+    /// The state of `view`, refined by what the balancer sees of its slot.
+    #[must_use]
+    pub fn of(view: &WorkerView, slot: Option<&SlotSnapshot>) -> Self {
+        match view.phase {
+            None => Self::Down,
+            Some(Phase::Spawning | Phase::Starting) => Self::Starting,
+            Some(Phase::Draining) => Self::Draining,
+            Some(Phase::Ready) => {
+                if slot.and_then(|s| s.state) == Some(SlotState::Busy) {
+                    Self::Busy
+                } else {
+                    Self::Ready
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The answer of `GET /status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    /// The agent's pid.
+    pub pid: u32,
+    pub uptime_seconds: f64,
+    pub listen: String,
+    pub policy: String,
+    /// Workers the agent runs (`--workers`, resolved).
+    pub workers_configured: usize,
+    /// Workers ready now.
+    pub ready: usize,
+    pub min_ready: u32,
+    /// What `/readyz` answers: at least `min_ready` ready, not shutting down.
+    pub is_ready: bool,
+    pub reloading: bool,
+    pub shutting_down: bool,
+    pub workers: Vec<WorkerStatus>,
+    /// The eBPF program's totals (absent under `--policy kernel`).
+    pub program: Option<ProgramStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Stable id `0..N` (`WATT_WORKER_ID`).
+    pub id: u32,
+    /// Its listener's slot in the reuseport group (changes on restart).
+    pub slot: Option<u32>,
+    pub pid: Option<i32>,
+    pub state: WorkerState,
+    /// Time since this process started.
+    pub uptime_seconds: Option<f64>,
+    /// Restarts after crashes since the agent started.
+    pub restarts: u32,
+    pub crash_looping: bool,
+    /// When down: the restart is due in this many seconds.
+    pub restart_in_seconds: Option<f64>,
+    /// A replacement being started (reload, restart, memory, stuck).
+    pub replacement: Option<Replacement>,
+    pub load: Load,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replacement {
+    pub slot: u32,
+    pub pid: Option<i32>,
+}
+
+/// What the balancer measured of a worker's slot; `None` until sampled.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    /// Connections waiting in its accept queue at the last sample.
+    pub queue_depth: Option<u32>,
+    /// CPU time of the process.
+    pub cpu_seconds: Option<f64>,
+    /// Resident memory of the process.
+    pub rss_bytes: Option<u64>,
+    /// New connections the program steered to its slot (counted per slot
+    /// since the agent started).
+    pub connections: Option<u64>,
+    /// Queued connections migrated into its slot from a stopped listener.
+    pub migrated_in: Option<u64>,
+    /// Times its queue was rescued, and the connections that moved.
+    pub rescues: u64,
+    pub rescued_connections: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    pub connections: u64,
+    pub migrations: u64,
+    /// Connections left to the kernel's own choice (no usable table entry).
+    pub fallbacks: u64,
+    /// Connections that arrived while no slot was ready.
+    pub no_ready_slot: u64,
+    pub select_errors: u64,
+    /// Run time and runs of the program, with `--bpf-stats`.
+    pub run_time_seconds: Option<f64>,
+    pub runs: Option<u64>,
+}
+
+/// Builds the status from the supervisor's and the balancer's views.
+#[must_use]
+pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Status {
+    let since = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t).as_secs_f64());
+    let workers = shared
+        .workers
+        .iter()
+        .map(|w| {
+            let slot = w.slot.and_then(|s| snap.slots.get(&s));
+            let counters = w
+                .slot
+                .and_then(|s| snap.counters.as_ref()?.slots.get(s as usize));
+            WorkerStatus {
+                id: w.id,
+                slot: w.slot,
+                pid: w.pid,
+                state: WorkerState::of(w, slot),
+                uptime_seconds: since(w.started),
+                restarts: w.restarts,
+                crash_looping: w.crash_looping,
+                restart_in_seconds: w
+                    .restart_at
+                    .filter(|_| w.phase.is_none())
+                    .map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                replacement: w.incoming.map(|(slot, pid)| Replacement { slot, pid }),
+                load: Load {
+                    queue_depth: slot.and_then(|s| s.queue_depth),
+                    cpu_seconds: slot.and_then(|s| s.cpu_time).map(|d| d.as_secs_f64()),
+                    rss_bytes: slot.and_then(|s| s.rss_bytes),
+                    connections: counters.map(|c| c.selected),
+                    migrated_in: counters.map(|c| c.migrated_in),
+                    rescues: slot.map_or(0, |s| s.rescues),
+                    rescued_connections: slot.map_or(0, |s| s.rescued_connections),
+                },
+            }
+        })
+        .collect();
+    // Run time is only counted while BPF stats are on (ours, or enabled
+    // system-wide by someone else).
+    let stats = snap.program.filter(|p| info.bpf_stats || p.run_count > 0);
+    let program = snap.counters.as_ref().map(|c| ProgramStatus {
+        connections: c.new_connections,
+        migrations: c.migrations,
+        fallbacks: c.fallback,
+        no_ready_slot: c.no_ready_slot,
+        select_errors: c.select_errors,
+        run_time_seconds: stats.map(|p| p.run_time.as_secs_f64()),
+        runs: stats.map(|p| p.run_count),
+    });
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        uptime_seconds: since(shared.started.or(Some(info.started))).unwrap_or_default(),
+        listen: info.listen.to_string(),
+        policy: info.policy.to_string(),
+        workers_configured: shared.workers.len(),
+        ready: shared.ready,
+        min_ready: info.min_ready,
+        is_ready: is_ready(info, shared),
+        reloading: shared.reloading,
+        shutting_down: shared.shutting_down,
+        workers,
+        program,
+    }
+}
+
+/// `/readyz`: enough workers ready and not shutting down.
+#[must_use]
+pub fn is_ready(info: &Info, shared: &Shared) -> bool {
+    !shared.shutting_down && shared.ready >= info.min_ready as usize
+}
+
+/// `/healthz`: the supervisor loop went round recently.
+#[must_use]
+pub fn is_alive(shared: &Shared, now: Instant) -> bool {
+    /// The loop refreshes its heartbeat at least every second.
+    const STALE: Duration = Duration::from_secs(5);
+    shared
+        .heartbeat
+        .is_some_and(|t| now.saturating_duration_since(t) < STALE)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::{config::Policy, steering::Counters};
+
+    pub(crate) fn info() -> Info {
+        Info {
+            policy: Policy::Rescue,
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            min_ready: 2,
+            bpf_stats: true,
+            started: Instant::now(),
+        }
+    }
+
+    fn view(id: u32, slot: Option<u32>, phase: Option<Phase>) -> WorkerView {
+        WorkerView {
+            id,
+            slot,
+            pid: slot.map(|s| 1000 + s as i32),
+            phase,
+            started: Some(Instant::now()),
+            restarts: id,
+            crash_looping: false,
+            restart_at: None,
+            incoming: None,
+        }
+    }
+
+    #[test]
+    fn states_combine_the_lifecycle_and_the_balancer() {
+        let busy = SlotSnapshot {
+            state: Some(SlotState::Busy),
+            ..SlotSnapshot::default()
+        };
+        let ready = view(0, Some(0), Some(Phase::Ready));
+        assert_eq!(WorkerState::of(&ready, None), WorkerState::Ready);
+        assert_eq!(WorkerState::of(&ready, Some(&busy)), WorkerState::Busy);
+        let spawning = view(0, Some(0), Some(Phase::Spawning));
+        assert_eq!(WorkerState::of(&spawning, None), WorkerState::Starting);
+        assert_eq!(WorkerState::of(&view(0, None, None), None), WorkerState::Down);
+    }
+
+    #[test]
+    fn status_has_every_worker_with_its_load() {
+        let mut shared = Shared {
+            workers: vec![
+                view(0, Some(0), Some(Phase::Ready)),
+                view(1, None, None),
+            ],
+            ready: 1,
+            heartbeat: Some(Instant::now()),
+            ..Shared::default()
+        };
+        shared.workers[1].restart_at = Some(Instant::now() + Duration::from_secs(3));
+        let mut counters = Counters {
+            slots: vec![watt_common::SlotCounters::default(); 4],
+            new_connections: 7,
+            ..Counters::default()
+        };
+        counters.slots[0].selected = 5;
+        let mut snap = Snapshot {
+            counters: Some(counters),
+            ..Snapshot::default()
+        };
+        snap.slots.insert(
+            0,
+            SlotSnapshot {
+                queue_depth: Some(3),
+                rss_bytes: Some(1 << 20),
+                cpu_time: Some(Duration::from_millis(1500)),
+                ..SlotSnapshot::default()
+            },
+        );
+        let s = build(&info(), &shared, &snap, Instant::now());
+        assert_eq!(s.workers.len(), 2);
+        assert!(!s.is_ready, "1 ready < min_ready 2");
+        let w0 = &s.workers[0];
+        assert_eq!((w0.slot, w0.pid, w0.state), (Some(0), Some(1000), WorkerState::Ready));
+        assert_eq!(w0.load.queue_depth, Some(3));
+        assert_eq!(w0.load.cpu_seconds, Some(1.5));
+        assert_eq!(w0.load.connections, Some(5));
+        let w1 = &s.workers[1];
+        assert_eq!(w1.state, WorkerState::Down);
+        assert!(w1.restart_in_seconds.is_some_and(|t| t > 2.0 && t <= 3.0));
+        assert_eq!(s.program.as_ref().map(|p| p.connections), Some(7));
+        // The JSON reads back.
+        let json = serde_json::to_string(&s).unwrap();
+        let back: Status = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.workers[0].load, s.workers[0].load);
+        assert_eq!(back.workers[1].state, WorkerState::Down);
+        assert!(json.contains("\"state\":\"down\""), "{json}");
+    }
+
+    #[test]
+    fn health_needs_a_recent_heartbeat() {
+        let now = Instant::now();
+        let mut shared = Shared::default();
+        assert!(!is_alive(&shared, now));
+        shared.heartbeat = Some(now);
+        assert!(is_alive(&shared, now + Duration::from_secs(1)));
+        assert!(!is_alive(&shared, now + Duration::from_secs(10)));
+    }
+}

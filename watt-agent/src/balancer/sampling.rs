@@ -1,0 +1,324 @@
+//! The balancer's loop: commands, ticks and slow samples.
+//!
+//! Idle, the thread sleeps in `ppoll` on its command eventfd and on the
+//! ready listeners: a listener becomes readable when a connection waits in
+//! its accept queue. Then it ticks (every `--tick`) until the queues have
+//! stayed empty for a while: each tick is one `poll(2)` over every listener
+//! (is its queue non-empty?) and, only for workers whose queue waits or who
+//! are busy, one read of the main thread's `syscall` file. That keeps the
+//! agent at zero wake-ups when nothing happens and at two or three cheap
+//! syscalls per tick under load. Once a second, a slow sample reads each
+//! worker's CPU time and memory and every listener's queue depth
+//! (sock_diag), for metrics and the memory limit.
+use std::{
+    os::fd::AsFd as _,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll, ppoll},
+    sys::{eventfd::EventFd, time::TimeSpec},
+};
+use watt_common::SlotState;
+
+use super::{Balancer, Command, health, policy};
+use crate::{
+    config::Policy,
+    sampler::{ListenerQuery, ProcError},
+    supervisor::lifecycle::{Event, ReplaceReason},
+};
+
+/// Between slow samples (CPU, memory, queue depths).
+const SLOW: Duration = Duration::from_secs(1);
+/// Ticks with every queue empty before going back to sleep.
+const QUIET_TICKS: u32 = 200;
+/// The tick of the policies that do not steer by load: busy detection only
+/// feeds the stuck-worker replacement there, which needs no precision.
+const COARSE_TICK: Duration = Duration::from_millis(100);
+
+impl Balancer {
+    pub(super) fn run(&mut self, rx: &mpsc::Receiver<Command>, wake: &EventFd) {
+        loop {
+            let queued = self.wait(wake);
+            let mut changed = false;
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => changed |= self.apply(cmd),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        if changed {
+                            self.publish();
+                        }
+                        return;
+                    }
+                }
+            }
+            if changed {
+                self.publish();
+            }
+            let now = Instant::now();
+            if queued && !self.active {
+                self.active = true;
+                self.quiet_ticks = 0;
+            }
+            if self.active {
+                self.tick(now);
+            }
+            if now >= self.next_slow {
+                self.slow(now);
+                self.next_slow = now + SLOW;
+                changed = true;
+            }
+            if changed {
+                self.update_snapshot();
+            }
+        }
+    }
+
+    fn tick_length(&self) -> Duration {
+        if self.settings.policy == Policy::Rescue {
+            self.settings.tick
+        } else {
+            COARSE_TICK.max(self.settings.tick)
+        }
+    }
+
+    /// Sleeps until a command, the next tick (when active), the next slow
+    /// sample, or (when idle) a connection waiting on a ready listener.
+    /// Returns whether a listener's queue woke it.
+    fn wait(&self, wake: &EventFd) -> bool {
+        let now = Instant::now();
+        let timeout = if self.active {
+            self.tick_length()
+        } else {
+            self.next_slow.saturating_duration_since(now)
+        };
+        let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+        if !self.active {
+            fds.extend(
+                self.slots
+                    .values()
+                    .filter(|e| e.view.lifecycle == SlotState::Ready && !e.view.busy)
+                    .map(|e| PollFd::new(e.listener.as_fd(), PollFlags::POLLIN)),
+            );
+        }
+        let _ = ppoll(&mut fds, Some(TimeSpec::from_duration(timeout)), None);
+        let queued = fds[1..]
+            .iter()
+            .any(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)));
+        if fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
+            let _ = wake.read();
+        }
+        queued
+    }
+
+    /// One tick: which queues are non-empty, and what that means for each
+    /// worker.
+    fn tick(&mut self, now: Instant) {
+        let started = Instant::now();
+        let nonempty = self.queues_nonempty();
+        let steer = self.settings.policy == Policy::Rescue;
+        // Somewhere to rescue to: a ready, non-busy slot with an empty queue.
+        let capacity = |skip: u32, b: &Balancer| {
+            b.slots.iter().any(|(&s, e)| {
+                s != skip
+                    && e.view.lifecycle == SlotState::Ready
+                    && !e.view.busy
+                    && !nonempty.contains(&s)
+            })
+        };
+        let mut changed = false;
+        let mut activity = !nonempty.is_empty();
+        let slots: Vec<u32> = self.slots.keys().copied().collect();
+        for slot in slots {
+            let e = self.slots.get_mut(&slot).expect("listed above");
+            if e.view.lifecycle != SlotState::Ready {
+                continue;
+            }
+            let queue_nonempty = nonempty.contains(&slot);
+            e.queue_nonempty = queue_nonempty;
+            if !queue_nonempty && e.tracker.is_calm() && e.pending_rss.is_none() {
+                continue;
+            }
+            activity |= e.view.busy;
+            let loop_idle = if queue_nonempty || e.view.busy {
+                e.probe
+                    .as_mut()
+                    .and_then(|p| p.syscall().ok())
+                    .and_then(crate::sampler::SyscallState::loop_idle)
+            } else {
+                None
+            };
+            let verdict = e.tracker.observe(
+                health::Sample {
+                    at: now,
+                    queue_nonempty,
+                    loop_idle,
+                    rss: e.pending_rss.take(),
+                },
+                &self.settings.health,
+            );
+            changed |= self.act(slot, verdict, steer);
+            if verdict.rescue && steer && capacity(slot, self) {
+                let moved = self.rescue(slot);
+                tracing::debug!(slot, moved, "rescued the queue of a busy worker");
+            }
+        }
+        if changed {
+            self.publish();
+            self.update_snapshot();
+        }
+        if activity {
+            self.quiet_ticks = 0;
+        } else {
+            self.quiet_ticks += 1;
+            if self.quiet_ticks >= QUIET_TICKS {
+                self.active = false;
+            }
+        }
+        self.ticks += 1;
+        self.tick_time += started.elapsed();
+    }
+
+    /// Slots whose listener has a connection waiting: one `poll(2)`.
+    fn queues_nonempty(&self) -> Vec<u32> {
+        let (slots, mut fds): (Vec<u32>, Vec<PollFd<'_>>) = self
+            .slots
+            .iter()
+            .map(|(&s, e)| (s, PollFd::new(e.listener.as_fd(), PollFlags::POLLIN)))
+            .unzip();
+        if poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) <= 0 {
+            return Vec::new();
+        }
+        slots
+            .into_iter()
+            .zip(&fds)
+            .filter(|(_, f)| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    /// Applies a health verdict: busy in or out of the table, stuck and
+    /// over-memory workers to the supervisor. Returns whether the table
+    /// must be republished.
+    fn act(&mut self, slot: u32, verdict: health::Verdict, steer: bool) -> bool {
+        let e = self.slots.get_mut(&slot).expect("caller checked");
+        let busy = matches!(
+            verdict.health,
+            health::Health::Busy { .. } | health::Health::Stuck { .. }
+        );
+        let mut changed = false;
+        if steer && busy != e.view.busy {
+            e.view.busy = busy;
+            if busy {
+                tracing::info!(
+                    worker = e.worker,
+                    pid = e.pid,
+                    "worker busy: its accept queue is not draining; no new connections until it is back"
+                );
+            } else {
+                tracing::info!(worker = e.worker, pid = e.pid, "worker ready again");
+            }
+            if let Some(st) = &mut self.steering {
+                let state = policy::effective_state(e.view);
+                super::log_err(st.set_slot(slot, state, 1), "set slot");
+            }
+            changed = true;
+        }
+        let replace = match verdict.health {
+            health::Health::Stuck { since } => {
+                Some((ReplaceReason::Stuck, format!("busy for {:?}", since.elapsed())))
+            }
+            health::Health::OverMemory { rss } => Some((
+                ReplaceReason::OverMemory,
+                format!("RSS {} MiB above the limit", rss >> 20),
+            )),
+            _ => None,
+        };
+        if let Some((reason, why)) = replace
+            && !e.reported
+        {
+            e.reported = true;
+            tracing::warn!(worker = e.worker, pid = e.pid, "replacing worker: {why}");
+            let _ = self.health.send(Event::Replace {
+                worker: e.worker,
+                reason,
+            });
+        }
+        changed
+    }
+
+    /// CPU time, memory and queue depths, once a second.
+    fn slow(&mut self, now: Instant) {
+        let want_rss = self.settings.health.max_memory.is_some();
+        let slots: Vec<u32> = self.slots.keys().copied().collect();
+        let mut changed = false;
+        for slot in slots {
+            let e = self.slots.get_mut(&slot).expect("listed above");
+            let Some(probe) = e.probe.as_mut() else { continue };
+            match probe.sample() {
+                Ok(s) => {
+                    e.cpu_time = Some(s.cpu_time);
+                    e.rss_bytes = Some(s.rss_bytes);
+                    if want_rss && e.view.lifecycle == SlotState::Ready {
+                        if self.active {
+                            e.pending_rss = Some(s.rss_bytes);
+                        } else {
+                            // No ticks while idle: observe now (queues are
+                            // empty, or the loop would be ticking).
+                            let verdict = e.tracker.observe(
+                                health::Sample {
+                                    at: now,
+                                    queue_nonempty: false,
+                                    loop_idle: s.syscall.loop_idle(),
+                                    rss: Some(s.rss_bytes),
+                                },
+                                &self.settings.health,
+                            );
+                            changed |= self.act(slot, verdict, self.settings.policy == Policy::Rescue);
+                        }
+                    } else if !self.active && e.view.busy {
+                        // A busy worker while nothing arrives: back when idle.
+                        let verdict = e.tracker.observe(
+                            health::Sample {
+                                at: now,
+                                queue_nonempty: false,
+                                loop_idle: s.syscall.loop_idle(),
+                                rss: None,
+                            },
+                            &self.settings.health,
+                        );
+                        changed |= self.act(slot, verdict, self.settings.policy == Policy::Rescue);
+                    }
+                }
+                Err(ProcError::Vanished { .. }) => e.probe = None,
+                Err(err) => tracing::debug!(slot, "sampling the worker failed: {err}"),
+            }
+        }
+        if changed {
+            self.publish();
+        }
+        self.sample_queue_depths();
+    }
+
+    fn sample_queue_depths(&mut self) {
+        let Some(diag) = self.diag.as_mut() else { return };
+        let mut found = Vec::new();
+        if diag
+            .listeners(&ListenerQuery::for_addr(self.settings.addr), &mut found)
+            .is_err()
+        {
+            return;
+        }
+        for e in self.slots.values_mut() {
+            e.queue_depth = e
+                .inode
+                .and_then(|i| crate::sampler::find_inode(&found, i))
+                .map(|l| l.queued);
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! `cargo xtask bench steering`: runs the steering benchmark program (it
+//! needs root: it loads the eBPF program and enables BPF stats).
+use std::process::Command;
+
+use crate::{setup, util};
+
+pub fn run() -> anyhow::Result<()> {
+    setup::run(&setup::Options::default())?;
+    let root = util::root();
+    util::run(
+        Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["build", "--release", "-p", "watt-tests", "--example", "bench_steering"]),
+    )?;
+    let bin = root.join("target/release/examples/bench_steering");
+    let elevate = util::elevate();
+    let mut cmd = match elevate.split_first() {
+        Some((sudo, rest)) => {
+            let mut c = Command::new(sudo);
+            c.args(rest).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    util::run(cmd.current_dir(&root))
+}
