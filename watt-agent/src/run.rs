@@ -209,7 +209,10 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
         })?
     };
     if let Some(a) = &admin {
-        tracing::info!("admin API on {} (/metrics, /healthz, /readyz, /status)", a.addr);
+        tracing::info!(
+            "admin API on {} (/metrics, /healthz, /readyz, /status)",
+            a.addr
+        );
     }
     let result = rt.block_on(supervisor::run(
         plan,
@@ -276,7 +279,7 @@ fn program(config: &RunConfig) -> Result<spawn::Program, StartError> {
 }
 
 fn identity(config: &RunConfig) -> Result<Option<spawn::Identity>, StartError> {
-    use nix::unistd::{Group, User};
+    use nix::unistd::{Gid, Group, User};
     let Some(user) = &config.user else {
         if config.group.is_some() {
             return Err(usage("--group needs --user"));
@@ -287,19 +290,18 @@ fn identity(config: &RunConfig) -> Result<Option<spawn::Identity>, StartError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(environment("--user needs the agent to run as root"));
     }
-    let u = match user.parse::<u32>() {
-        Ok(uid) => User::from_uid(uid.into())
-            .ok()
-            .flatten()
-            .map_or((uid, None), |u| (uid, Some(u.gid.as_raw()))),
-        Err(_) => {
-            let u = User::from_name(user)
+    let account = match user.parse::<u32>() {
+        Ok(uid) => User::from_uid(uid.into()).ok().flatten(),
+        Err(_) => Some(
+            User::from_name(user)
                 .ok()
                 .flatten()
-                .ok_or_else(|| environment(format!("--user {user}: no such user")))?;
-            (u.uid.as_raw(), Some(u.gid.as_raw()))
-        }
+                .ok_or_else(|| environment(format!("--user {user}: no such user")))?,
+        ),
     };
+    let uid = account
+        .as_ref()
+        .map_or_else(|| user.parse::<u32>().unwrap_or(0), |u| u.uid.as_raw());
     let gid = match &config.group {
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
@@ -310,7 +312,16 @@ fn identity(config: &RunConfig) -> Result<Option<spawn::Identity>, StartError> {
                 .gid
                 .as_raw(),
         },
-        None => u.1.unwrap_or(u.0),
+        None => account.as_ref().map_or(uid, |u| u.gid.as_raw()),
     };
-    Ok(Some(spawn::Identity { uid: u.0, gid }))
+    // The user's supplementary groups, as a login would give them; read
+    // here because the child between fork and exec may not read files.
+    let groups = account
+        .and_then(|u| {
+            let name = std::ffi::CString::new(u.name).ok()?;
+            nix::unistd::getgrouplist(&name, Gid::from_raw(gid)).ok()
+        })
+        .map(|g| g.into_iter().map(Gid::as_raw).collect())
+        .unwrap_or_else(|| vec![gid]);
+    Ok(Some(spawn::Identity { uid, gid, groups }))
 }

@@ -38,10 +38,22 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "warnings",
         ]))?;
     }
-    util::run(cargo().args(["test", "--workspace", "--exclude", "watt-tests"]))?;
+    util::run(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "watt-tests",
+        "--exclude",
+        "watt-ebpf",
+    ]))?;
+    // The integration tests run the release binary (the balancer's timing is
+    // what production gets).
+    util::run(cargo().args(["build", "--release", "-p", "watt-agent"]))?;
 
     let mut integration = cargo();
-    integration.args(["test", "-p", "watt-tests"]);
+    integration
+        .env("WATT_AGENT_BIN", root.join("target/release/watt-agent"))
+        .args(["test", "-p", "watt-tests"]);
     let elevate = util::elevate();
     if !elevate.is_empty() {
         let runner = elevate.join(" ");

@@ -11,7 +11,7 @@ use std::{
     ffi::{CString, OsStr, OsString},
     io,
     os::{
-        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
@@ -47,10 +47,12 @@ pub enum SpawnError {
 }
 
 /// Who the worker runs as when the agent is root.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups (the user's, as `initgroups` would set them).
+    pub groups: Vec<u32>,
 }
 
 /// What is the same for every worker: the program, its arguments and the
@@ -114,6 +116,10 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
 }
 
+mod child;
+
+use child::{ChildContext, child_main};
+
 /// Steps of the child, reported back over the error pipe on failure.
 const STEPS: [&str; 9] = [
     "setpgid",
@@ -126,7 +132,7 @@ const STEPS: [&str; 9] = [
     "chdir",
     "execve",
 ];
-const STEP_EXEC: u32 = 8;
+pub(crate) const STEP_EXEC: u32 = 8;
 
 /// Starts `program` as worker `worker_id` on `listener` (placed at fd 3).
 /// `extra_env` are the per-worker variables; `LISTEN_PID` is added here.
@@ -199,7 +205,13 @@ pub fn spawn(
         notify: notify_w.as_raw_fd(),
         devnull: devnull.as_raw_fd(),
         fail: fail_w.as_raw_fd(),
-        identity: program.identity,
+        identity: program.identity.as_ref().map(|i| (i.uid, i.gid)),
+        groups: program
+            .identity
+            .as_ref()
+            .map_or((std::ptr::null(), 0), |i| {
+                (i.groups.as_ptr(), i.groups.len())
+            }),
         cap_last,
     };
 
@@ -245,177 +257,6 @@ pub fn spawn(
         stderr: err_r,
         notify: notify_r,
     })
-}
-
-struct ChildContext {
-    path: *const libc::c_char,
-    argv: *const *const libc::c_char,
-    envp: *const *const libc::c_char,
-    pid_slot: *mut libc::c_char,
-    cwd: *const libc::c_char,
-    parent: libc::pid_t,
-    listener: RawFd,
-    stdout: RawFd,
-    stderr: RawFd,
-    notify: RawFd,
-    devnull: RawFd,
-    fail: RawFd,
-    identity: Option<Identity>,
-    cap_last: u32,
-}
-
-/// The child between fork and exec. Only async-signal-safe calls.
-unsafe fn child_main(ctx: &ChildContext) -> ! {
-    // SAFETY (whole function): raw syscalls on fds and memory owned by this
-    // process image; nothing allocates or locks.
-    unsafe {
-        let fail = |step: u32| -> ! {
-            let errno = *libc::__errno_location();
-            let mut msg = [0u8; 8];
-            msg[..4].copy_from_slice(&step.to_ne_bytes());
-            msg[4..].copy_from_slice(&errno.to_ne_bytes());
-            libc::write(ctx.fail, msg.as_ptr().cast(), msg.len());
-            libc::_exit(127)
-        };
-
-        // Own process group: the agent's terminal or group signals do not
-        // reach workers, and the agent can kill a worker's whole tree.
-        if libc::setpgid(0, 0) != 0 {
-            fail(0);
-        }
-        // Die with the agent. If it is already gone, do not run orphaned.
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-            fail(1);
-        }
-        if libc::getppid() != ctx.parent {
-            libc::_exit(1);
-        }
-
-        // Move every source above the target range first, so dup2 never
-        // overwrites a source that happens to sit at 0..=4.
-        let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-        let (null, out, err, lst, ntf) = (
-            high(ctx.devnull),
-            high(ctx.stdout),
-            high(ctx.stderr),
-            high(ctx.listener),
-            high(ctx.notify),
-        );
-        if [null, out, err, lst, ntf].iter().any(|&fd| fd < 0) {
-            fail(2);
-        }
-        // dup2 clears close-on-exec on the target: these five survive exec.
-        for (src, dst) in [(null, 0), (out, 1), (err, 2), (lst, 3), (ntf, 4)] {
-            if libc::dup2(src, dst) < 0 {
-                fail(2);
-            }
-        }
-        // Anything else this process holds is closed by exec.
-        libc::syscall(
-            libc::SYS_close_range,
-            5u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        );
-
-        // Default dispositions and an empty mask: ignored signals (Rust
-        // ignores SIGPIPE) would otherwise stay ignored in the worker.
-        for sig in 1..libc::SIGRTMIN() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&raw mut empty);
-        if libc::sigprocmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut()) != 0 {
-            fail(3);
-        }
-
-        // Capabilities: empty the bounding set while we still hold
-        // CAP_SETPCAP (a root worker would otherwise regain it on exec);
-        // without CAP_SETPCAP this fails and the exec below still drops
-        // everything for a non-root user.
-        for cap in 0..=ctx.cap_last {
-            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
-        }
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        );
-        if let Some(id) = ctx.identity {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(id.gid) != 0
-                || libc::setuid(id.uid) != 0
-            {
-                fail(4);
-            }
-        }
-        if !drop_all_caps() {
-            fail(5);
-        }
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            fail(6);
-        }
-        if !ctx.cwd.is_null() && libc::chdir(ctx.cwd) != 0 {
-            fail(7);
-        }
-
-        write_pid(ctx.pid_slot, libc::getpid());
-        libc::execve(ctx.path, ctx.argv, ctx.envp);
-        fail(STEP_EXEC)
-    }
-}
-
-/// `capset` with every set empty (libc has no wrapper).
-unsafe fn drop_all_caps() -> bool {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let header = Header {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: pointers to properly laid-out locals.
-    unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) == 0 }
-}
-
-/// Writes `pid` in decimal plus a NUL at `slot` (room for 10 digits + NUL).
-unsafe fn write_pid(slot: *mut libc::c_char, pid: libc::pid_t) {
-    let mut digits = [0u8; 10];
-    let mut n = pid.unsigned_abs();
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        n /= 10;
-        len += 1;
-        if n == 0 || len == digits.len() {
-            break;
-        }
-    }
-    for i in 0..len {
-        // SAFETY: the placeholder holds 10 digits and its NUL.
-        unsafe { *slot.add(i) = digits[len - 1 - i] as libc::c_char };
-    }
-    // SAFETY: as above; len <= 10.
-    unsafe { *slot.add(len) = 0 };
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -534,6 +375,34 @@ mod tests {
             "workers get no capabilities"
         );
         assert_eq!(lines.next().unwrap(), "NoNewPrivs:\t1");
+    }
+
+    #[test]
+    fn a_worker_runs_as_the_configured_user_with_its_groups() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: changing user needs root");
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut p = program(
+            "/bin/sh",
+            &["-c", "id -u; id -g; id -G; grep CapEff /proc/self/status"],
+        );
+        p.identity = Some(Identity {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534, 4242],
+        });
+        let child = spawn(&p, listener.as_fd_for_test(), &[]).unwrap();
+        let mut out = String::new();
+        std::fs::File::from(child.stdout)
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(wait(child.pid), 0, "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[..3], ["65534", "65534", "65534 4242"], "{out}");
+        assert_eq!(lines[3], "CapEff:\t0000000000000000");
     }
 
     #[test]

@@ -1,0 +1,176 @@
+//! The child side of a spawn: what runs between `fork` and `execve`.
+//! Only async-signal-safe calls on memory prepared by the parent.
+use std::os::fd::RawFd;
+
+use super::STEP_EXEC;
+
+pub(super) struct ChildContext {
+    pub(super) path: *const libc::c_char,
+    pub(super) argv: *const *const libc::c_char,
+    pub(super) envp: *const *const libc::c_char,
+    pub(super) pid_slot: *mut libc::c_char,
+    pub(super) cwd: *const libc::c_char,
+    pub(super) parent: libc::pid_t,
+    pub(super) listener: RawFd,
+    pub(super) stdout: RawFd,
+    pub(super) stderr: RawFd,
+    pub(super) notify: RawFd,
+    pub(super) devnull: RawFd,
+    pub(super) fail: RawFd,
+    pub(super) identity: Option<(u32, u32)>,
+    pub(super) groups: (*const libc::gid_t, usize),
+    pub(super) cap_last: u32,
+}
+
+/// The child between fork and exec. Only async-signal-safe calls.
+pub(super) unsafe fn child_main(ctx: &ChildContext) -> ! {
+    // SAFETY (whole function): raw syscalls on fds and memory owned by this
+    // process image; nothing allocates or locks.
+    unsafe {
+        let fail = |step: u32| -> ! {
+            let errno = *libc::__errno_location();
+            let mut msg = [0u8; 8];
+            msg[..4].copy_from_slice(&step.to_ne_bytes());
+            msg[4..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(ctx.fail, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        };
+
+        // Own process group: the agent's terminal or group signals do not
+        // reach workers, and the agent can kill a worker's whole tree.
+        if libc::setpgid(0, 0) != 0 {
+            fail(0);
+        }
+        // Die with the agent. If it is already gone, do not run orphaned.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            fail(1);
+        }
+        if libc::getppid() != ctx.parent {
+            libc::_exit(1);
+        }
+
+        // Move every source above the target range first, so dup2 never
+        // overwrites a source that happens to sit at 0..=4.
+        let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+        let (null, out, err, lst, ntf) = (
+            high(ctx.devnull),
+            high(ctx.stdout),
+            high(ctx.stderr),
+            high(ctx.listener),
+            high(ctx.notify),
+        );
+        if [null, out, err, lst, ntf].iter().any(|&fd| fd < 0) {
+            fail(2);
+        }
+        // dup2 clears close-on-exec on the target: these five survive exec.
+        for (src, dst) in [(null, 0), (out, 1), (err, 2), (lst, 3), (ntf, 4)] {
+            if libc::dup2(src, dst) < 0 {
+                fail(2);
+            }
+        }
+        // Anything else this process holds is closed by exec.
+        libc::syscall(
+            libc::SYS_close_range,
+            5u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+
+        // Default dispositions and an empty mask: ignored signals (Rust
+        // ignores SIGPIPE) would otherwise stay ignored in the worker.
+        for sig in 1..libc::SIGRTMIN() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut()) != 0 {
+            fail(3);
+        }
+
+        // Capabilities: empty the bounding set while we still hold
+        // CAP_SETPCAP (a root worker would otherwise regain it on exec);
+        // without CAP_SETPCAP this fails and the exec below still drops
+        // everything for a non-root user.
+        for cap in 0..=ctx.cap_last {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        if let Some((uid, gid)) = ctx.identity
+            && (libc::setgroups(ctx.groups.1, ctx.groups.0) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0)
+        {
+            fail(4);
+        }
+        if !drop_all_caps() {
+            fail(5);
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(6);
+        }
+        if !ctx.cwd.is_null() && libc::chdir(ctx.cwd) != 0 {
+            fail(7);
+        }
+
+        write_pid(ctx.pid_slot, libc::getpid());
+        libc::execve(ctx.path, ctx.argv, ctx.envp);
+        fail(STEP_EXEC)
+    }
+}
+
+/// `capset` with every set empty (libc has no wrapper).
+unsafe fn drop_all_caps() -> bool {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: pointers to properly laid-out locals.
+    unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) == 0 }
+}
+
+/// Writes `pid` in decimal plus a NUL at `slot` (room for 10 digits + NUL).
+unsafe fn write_pid(slot: *mut libc::c_char, pid: libc::pid_t) {
+    let mut digits = [0u8; 10];
+    let mut n = pid.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+        if n == 0 || len == digits.len() {
+            break;
+        }
+    }
+    for i in 0..len {
+        // SAFETY: the placeholder holds 10 digits and its NUL.
+        unsafe { *slot.add(i) = digits[len - 1 - i] as libc::c_char };
+    }
+    // SAFETY: as above; len <= 10.
+    unsafe { *slot.add(len) = 0 };
+}
