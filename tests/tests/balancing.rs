@@ -50,17 +50,22 @@ fn block_one_worker(agent: &Agent) -> BlockResult {
     unsafe { libc::kill(victim, libc::SIGUSR2) };
     let outcomes = load.join().expect("load");
     let answered_by_victim = |o: &&load::Outcome| {
-        o.result
-            .as_ref()
-            .ok()
-            .and_then(|r| http::pid_of(&r.body))
-            == Some(victim)
+        o.result.as_ref().ok().and_then(|r| http::pid_of(&r.body)) == Some(victim)
     };
-    let during = |o: &&load::Outcome| o.scheduled >= t0 + MARGIN && o.scheduled + MARGIN <= t0 + BLOCK;
+    let during =
+        |o: &&load::Outcome| o.scheduled >= t0 + MARGIN && o.scheduled + MARGIN <= t0 + BLOCK;
     let after = |o: &&load::Outcome| o.scheduled >= t0 + BLOCK + Duration::from_millis(200);
     let r = BlockResult {
-        waited_out: outcomes.iter().filter(during).filter(answered_by_victim).count(),
-        after: outcomes.iter().filter(after).filter(answered_by_victim).count(),
+        waited_out: outcomes
+            .iter()
+            .filter(during)
+            .filter(answered_by_victim)
+            .count(),
+        after: outcomes
+            .iter()
+            .filter(after)
+            .filter(answered_by_victim)
+            .count(),
         failed: load::failures(&outcomes).len(),
         total: outcomes.len(),
     };
@@ -81,8 +86,15 @@ fn a_blocked_worker_gets_nothing_its_queue_is_rescued_and_it_comes_back() {
         r.waited_out, 0,
         "requests sent while the worker was blocked must be served by the others"
     );
-    assert!(r.after > 10, "the worker must receive connections again after it recovers");
-    assert!(agent.log_text().contains("worker busy"), "{}", agent.log_text());
+    assert!(
+        r.after > 10,
+        "the worker must receive connections again after it recovers"
+    );
+    assert!(
+        agent.log_text().contains("worker busy"),
+        "{}",
+        agent.log_text()
+    );
     assert!(agent.log_text().contains("worker ready again"));
 }
 
@@ -92,7 +104,10 @@ fn without_rescue_requests_wait_out_the_block() {
     // SO_REUSEPORT would; the blocked worker keeps its share.
     let agent = start(&["--policy", "hash"], &[]);
     let r = block_one_worker(&agent);
-    assert!(r.waited_out > 10, "without rescue the blocked worker keeps receiving connections");
+    assert!(
+        r.waited_out > 10,
+        "without rescue the blocked worker keeps receiving connections"
+    );
 }
 
 #[test]
@@ -115,13 +130,17 @@ fn a_stuck_worker_is_replaced() {
     unsafe { libc::kill(victim, libc::SIGUSR2) };
     let outcomes = load.join().expect("load");
     assert!(
-        agent.wait_log("worker stopped", 1, Duration::from_secs(10)) || agent.log_count("SIGKILL") > 0,
+        agent.wait_log("worker stopped", 1, Duration::from_secs(10))
+            || agent.log_count("SIGKILL") > 0,
         "{}",
         agent.log_text()
     );
     let log = agent.log_text();
     assert!(log.contains("replacing worker: busy for"), "{log}");
-    assert!(!agent.worker_pids().contains(&victim), "the stuck worker must be gone");
+    assert!(
+        !agent.worker_pids().contains(&victim),
+        "the stuck worker must be gone"
+    );
     assert_eq!(agent.worker_pids().len(), 4);
     assert_eq!(load::failures(&outcomes).len(), 0, "{log}");
 }
@@ -142,7 +161,13 @@ fn an_over_memory_worker_is_replaced_without_failed_requests() {
     let outcomes = load.join().expect("load");
     let log = agent.log_text();
     assert!(log.contains("above the limit"), "{log}");
-    assert!(agent.wait_log("worker stopped", 1, Duration::from_secs(10)), "{log}");
-    assert!(!agent.worker_pids().contains(&victim), "the over-memory worker must be gone");
+    assert!(
+        agent.wait_log("worker stopped", 1, Duration::from_secs(10)),
+        "{log}"
+    );
+    assert!(
+        !agent.worker_pids().contains(&victim),
+        "the over-memory worker must be gone"
+    );
     assert_eq!(load::failures(&outcomes).len(), 0, "{log}");
 }

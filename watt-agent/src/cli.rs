@@ -86,6 +86,11 @@ pub struct DoctorArgs {
     /// Address the agent will listen on [default: the config file's, then ::]
     #[arg(long, env = "WATT_HOST")]
     pub host: Option<IpAddr>,
+    /// The agent's admin API address, to check it is free or, if an agent
+    /// is running, to recognise its port [default: the config file's, then
+    /// 127.0.0.1:9090]
+    #[arg(long, env = "WATT_ADMIN", value_name = "ADDR")]
+    pub admin: Option<AdminAddr>,
     /// Config file of the agent: port, host, admin, policy, user and
     /// bpf_stats are checked as configured there
     #[arg(long, env = "WATT_CONFIG", value_name = "FILE")]
@@ -267,9 +272,8 @@ pub fn render_status(s: &Status, rates: Option<(f64, &Status)>) -> String {
     };
     let _ = writeln!(
         out,
-        "{:<6} {:<5} {:<8} {:<9} {:<9} {:<8} {:<6} {:<8} {:<11} {:<8} {}",
+        "{:<6} {:<5} {:<8} {:<9} {:<9} {:<8} {:<6} {:<8} {:<11} {:<8} NOTE",
         "WORKER", "SLOT", "PID", "STATE", "UPTIME", "RESTARTS", "QUEUE", cpu_head, "RSS", conn_head,
-        "NOTE"
     );
     for w in &s.workers {
         let prev = rates.and_then(|(dt, p)| {
@@ -289,8 +293,7 @@ pub fn render_status(s: &Status, rates: Option<(f64, &Status)>) -> String {
         if let Some(r) = &w.replacement {
             note.push(format!("replacement on slot {} pid {}", r.slot, opt(r.pid)));
         }
-        let _ = writeln!(
-            out,
+        let row = format!(
             "{:<6} {:<5} {:<8} {:<9} {:<9} {:<8} {:<6} {:<8} {:<11} {:<8} {}",
             w.id,
             opt(w.slot),
@@ -304,6 +307,8 @@ pub fn render_status(s: &Status, rates: Option<(f64, &Status)>) -> String {
             conns,
             note.join("; ")
         );
+        out.push_str(row.trim_end());
+        out.push('\n');
     }
     out
 }
@@ -361,7 +366,7 @@ pub fn doctor(args: &DoctorArgs) -> i32 {
             .or(file.host)
             .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
         port: args.port.or(file.port).unwrap_or(config::defaults::PORT),
-        admin: file.admin.unwrap_or_default(),
+        admin: args.admin.clone().or(file.admin).unwrap_or_default(),
         policy: file.policy.unwrap_or_default(),
         user: file.user,
         bpf_stats: file.bpf_stats.unwrap_or(false),
@@ -459,6 +464,6 @@ mod tests {
             .skip_while(|l| !l.starts_with("WORKER"))
             .find(|l| l.starts_with("0 "))
             .unwrap();
-        assert!(row0.contains("50%") && row0.contains(" 50 "), "{row0}");
+        assert!(row0.contains("50%") && row0.ends_with(" 50"), "{row0}");
     }
 }

@@ -12,6 +12,7 @@ use std::{
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::{
+    admin::{client, status::Status},
     config::{AdminAddr, Policy},
     listeners, preflight,
     preflight::cap,
@@ -131,21 +132,35 @@ pub fn checks(opts: &Options) -> Vec<Check> {
         // Nothing below the program matters to `--policy kernel`: report
         // what the BPF checks found, but not as failures.
         for c in &mut out {
-            if c.level == Level::Fail
-                && matches!(c.what, "bpf syscall" | "CAP_BPF" | "steering")
-            {
+            if c.level == Level::Fail && matches!(c.what, "bpf syscall" | "CAP_BPF" | "steering") {
                 c.level = Level::Info;
                 c.fix = None;
                 c.detail.push_str(" (not needed with --policy kernel)");
             }
         }
     }
+    out.push(sampling(caps, opts.user.is_some()));
     out.push(bpffs());
     out.push(memlock());
     out.push(node(&opts.node));
-    out.push(port(SocketAddr::new(opts.host, opts.port)));
-    out.extend(admin(&opts.admin));
+    // Inside a running deployment the port and the admin address are the
+    // running agent's own: recognise it instead of failing.
+    let running = running_agent(&opts.admin);
+    out.push(port(
+        SocketAddr::new(opts.host, opts.port),
+        running.as_ref(),
+    ));
+    out.extend(admin(&opts.admin, running.as_ref()));
     out
+}
+
+/// The agent answering at `addr`, if any.
+fn running_agent(addr: &AdminAddr) -> Option<Status> {
+    if *addr == AdminAddr::Off {
+        return None;
+    }
+    let reply = client::call(addr, hyper::Method::GET, "/status").ok()?;
+    serde_json::from_str(&reply.body).ok()
 }
 
 /// Prints the report; returns the exit code.
@@ -238,10 +253,8 @@ fn bpf_syscall() -> Check {
         Some(libc::EPERM | libc::EACCES) => Check::fail(
             WHAT,
             format!("bpf(2) is denied ({err})"),
-            format!(
-                "{CAP_FIX}. In a container the seccomp profile may also block bpf(2): allow it \
-                 (Docker: a seccomp profile with bpf, or --security-opt seccomp=unconfined)"
-            ),
+            "grant CAP_BPF (see the CAP_BPF line); in a container the seccomp profile may also \
+             block bpf(2): allow it (Docker: --security-opt seccomp=<a profile allowing bpf>)",
         ),
         Some(libc::ENOSYS) => Check::fail(
             WHAT,
@@ -268,6 +281,7 @@ fn cap_names(caps: u64) -> String {
         (cap::SETUID, "CAP_SETUID"),
         (cap::SETGID, "CAP_SETGID"),
         (cap::KILL, "CAP_KILL"),
+        (cap::SYS_PTRACE, "CAP_SYS_PTRACE"),
     ];
     let held: Vec<&str> = names
         .iter()
@@ -331,8 +345,7 @@ fn capabilities(caps: Option<u64>, opts: &Options) -> Vec<Check> {
             ));
         }
     }
-    if opts.port < unprivileged_port_start() && !preflight::has_cap(caps, cap::NET_BIND_SERVICE)
-    {
+    if opts.port < unprivileged_port_start() && !preflight::has_cap(caps, cap::NET_BIND_SERVICE) {
         out.push(Check::fail(
             "CAP_NET_BIND_SERVICE",
             format!("port {} is privileged", opts.port),
@@ -340,6 +353,42 @@ fn capabilities(caps: Option<u64>, opts: &Options) -> Vec<Check> {
         ));
     }
     out
+}
+
+/// The sampler reads each worker's `/proc/<pid>/task/<pid>/syscall` (is
+/// its event loop idle or blocked?), which needs ptrace access to it.
+fn sampling(caps: Option<u64>, other_user: bool) -> Check {
+    const WHAT: &str = "worker sampling";
+    let scope: Option<u32> = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let ptrace = caps.is_some_and(|c| preflight::has_cap(c, cap::SYS_PTRACE));
+    let caveat = "busy workers are then told by their accept queues alone";
+    match scope {
+        Some(3) => Check::warn(
+            WHAT,
+            format!("Yama ptrace_scope is 3: the workers' syscall state cannot be read; {caveat}"),
+            "set kernel.yama.ptrace_scope to 1 or lower",
+        ),
+        Some(2) if !ptrace => Check::warn(
+            WHAT,
+            format!("Yama ptrace_scope is 2 and CAP_SYS_PTRACE is missing; {caveat}"),
+            "grant CAP_SYS_PTRACE, or set kernel.yama.ptrace_scope to 1",
+        ),
+        _ if other_user && !ptrace => Check::warn(
+            WHAT,
+            format!(
+                "the workers run as another user and CAP_SYS_PTRACE is missing: their syscall \
+                 state cannot be read; {caveat}"
+            ),
+            "grant CAP_SYS_PTRACE (Docker --cap-add SYS_PTRACE), or run the workers as the \
+             agent's user",
+        ),
+        _ => Check::pass(
+            WHAT,
+            "the workers' syscall state is readable (busy detection)",
+        ),
+    }
 }
 
 fn unprivileged_port_start() -> u16 {
@@ -361,7 +410,7 @@ fn program(needed: bool) -> Check {
                 crate::error_chain(&e)
             );
             let fix = match e {
-                SteeringError::Permission => CAP_FIX.to_owned(),
+                SteeringError::Permission => "grant CAP_BPF (see the CAP_BPF line)".to_owned(),
                 SteeringError::NoObject => {
                     "rebuild the agent with its eBPF program: `cargo xtask build`".to_owned()
                 }
@@ -410,8 +459,10 @@ fn probe_listener() -> std::io::Result<Socket> {
 fn bpffs() -> Check {
     const WHAT: &str = "bpffs";
     let mounted = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
-        m.lines()
-            .any(|l| l.split_once(" - ").is_some_and(|(_, r)| r.starts_with("bpf ")))
+        m.lines().any(|l| {
+            l.split_once(" - ")
+                .is_some_and(|(_, r)| r.starts_with("bpf "))
+        })
     });
     if mounted {
         Check::pass(WHAT, "mounted (not needed: the agent pins nothing)")
@@ -440,7 +491,11 @@ fn memlock() -> Check {
         .and_then(|r| preflight::parse_kernel_release(&r))
         .is_some_and(|v| v >= (5, 11));
     match (ok, memcg) {
-        (false, _) => Check::warn(WHAT, "cannot read RLIMIT_MEMLOCK", "none needed on Linux 5.11+"),
+        (false, _) => Check::warn(
+            WHAT,
+            "cannot read RLIMIT_MEMLOCK",
+            "none needed on Linux 5.11+",
+        ),
         (true, true) => Check::pass(
             WHAT,
             format!(
@@ -448,12 +503,21 @@ fn memlock() -> Check {
                 show(lim.rlim_cur)
             ),
         ),
-        (true, false) if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_max == libc::RLIM_INFINITY => {
-            Check::pass(WHAT, format!("{} (the agent raises it)", show(lim.rlim_cur)))
+        (true, false)
+            if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_max == libc::RLIM_INFINITY =>
+        {
+            Check::pass(
+                WHAT,
+                format!("{} (the agent raises it)", show(lim.rlim_cur)),
+            )
         }
         (true, false) => Check::warn(
             WHAT,
-            format!("{} and the hard limit is {}", show(lim.rlim_cur), show(lim.rlim_max)),
+            format!(
+                "{} and the hard limit is {}",
+                show(lim.rlim_cur),
+                show(lim.rlim_max)
+            ),
             "raise it: `ulimit -l unlimited`, LimitMEMLOCK=infinity in systemd, or run as root",
         ),
     }
@@ -462,7 +526,13 @@ fn memlock() -> Check {
 /// `v20.11.1` → 20.
 #[must_use]
 pub fn parse_node_major(version: &str) -> Option<u32> {
-    version.trim().strip_prefix('v')?.split('.').next()?.parse().ok()
+    version
+        .trim()
+        .strip_prefix('v')?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn node(binary: &str) -> Check {
@@ -511,11 +581,22 @@ fn which(binary: &str) -> Option<String> {
     })
 }
 
-fn port(addr: SocketAddr) -> Check {
+fn port(addr: SocketAddr, running: Option<&Status>) -> Check {
     const WHAT: &str = "port";
-    match listeners::ensure_port_free(addr) {
-        Ok(()) => Check::pass(WHAT, format!("{addr} is free")),
-        Err(e) => Check::fail(
+    let Err(e) = listeners::ensure_port_free(addr) else {
+        return Check::pass(WHAT, format!("{addr} is free"));
+    };
+    let ours = running.filter(|s| {
+        s.listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|l| l.port() == addr.port())
+    });
+    match ours {
+        Some(s) => Check::info(
+            WHAT,
+            format!("{addr} is served by the running watt-agent (pid {})", s.pid),
+        ),
+        None => Check::fail(
             WHAT,
             format!("{addr}: {}", crate::error_chain(&e)),
             "stop what listens there (`ss -ltnp sport = :PORT`), or choose another --port",
@@ -523,8 +604,14 @@ fn port(addr: SocketAddr) -> Check {
     }
 }
 
-fn admin(addr: &AdminAddr) -> Option<Check> {
+fn admin(addr: &AdminAddr, running: Option<&Status>) -> Option<Check> {
     const WHAT: &str = "admin API";
+    if let Some(s) = running {
+        return Some(Check::pass(
+            WHAT,
+            format!("watt-agent {} (pid {}) answers at {addr}", s.version, s.pid),
+        ));
+    }
     match addr {
         AdminAddr::Off => Some(Check::info(WHAT, "off")),
         AdminAddr::Tcp(a) => Some(match std::net::TcpListener::bind(a) {
@@ -567,7 +654,10 @@ mod tests {
             c.to_string(),
             "FAIL  CAP_BPF         missing\n      fix: grant it"
         );
-        assert_eq!(Check::pass("x", "ok").to_string(), "PASS  x               ok");
+        assert_eq!(
+            Check::pass("x", "ok").to_string(),
+            "PASS  x               ok"
+        );
     }
 
     #[test]

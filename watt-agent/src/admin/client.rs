@@ -49,7 +49,9 @@ pub enum ClientError {
          or unix:/path"
     )]
     Off,
-    #[error("cannot reach the agent's admin API at {addr}: {source} (is watt-agent running with --admin {addr}?)")]
+    #[error(
+        "cannot reach the agent's admin API at {addr}: {source} (is watt-agent running with --admin {addr}?)"
+    )]
     Connect {
         addr: AdminAddr,
         #[source]
@@ -75,7 +77,9 @@ pub async fn request(addr: &AdminAddr, method: Method, path: &str) -> Result<Rep
         match addr {
             AdminAddr::Off => Err(ClientError::Off),
             AdminAddr::Tcp(a) => {
-                let s = TcpStream::connect(reachable(*a)).await.map_err(connect_err)?;
+                let s = TcpStream::connect(reachable(*a))
+                    .await
+                    .map_err(connect_err)?;
                 exchange(s, addr, method, path).await
             }
             AdminAddr::Unix(p) => {
@@ -104,8 +108,12 @@ pub fn call(addr: &AdminAddr, method: Method, path: &str) -> Result<Reply, Clien
 /// An agent listening on the unspecified address is reached on loopback.
 fn reachable(a: SocketAddr) -> SocketAddr {
     match a.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port()),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port())
+        }
         _ => a,
     }
 }
@@ -130,7 +138,10 @@ where
         .method(method)
         .uri(path)
         .header(header::HOST, "localhost")
-        .header(header::USER_AGENT, concat!("watt-agent/", env!("CARGO_PKG_VERSION")))
+        .header(
+            header::USER_AGENT,
+            concat!("watt-agent/", env!("CARGO_PKG_VERSION")),
+        )
         .body(Empty::<Bytes>::new())
         .expect("a valid request");
     // The connection runs in its own task while the exchange reads.

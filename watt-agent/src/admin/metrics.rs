@@ -426,7 +426,7 @@ mod tests {
     fn the_text_follows_the_naming_conventions() {
         let (shared, snap) = sample();
         let text = encode(
-            &super::super::status::tests::info(),
+            &status::tests::info(),
             &shared,
             &snap,
             Instant::now(),
@@ -452,14 +452,7 @@ mod tests {
         }
         // Worker 1 has no process: no per-process series for it.
         assert!(!text.contains("watt_worker_cpu_seconds_total{worker=\"1\""));
-        let open = encode(
-            &super::super::status::tests::info(),
-            &shared,
-            &snap,
-            Instant::now(),
-            true,
-        )
-        .unwrap();
+        let open = encode(&status::tests::info(), &shared, &snap, Instant::now(), true).unwrap();
         assert!(open.ends_with("# EOF\n"), "{open}");
     }
 }

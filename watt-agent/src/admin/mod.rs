@@ -10,8 +10,9 @@
 //! | `POST /reload` | rolling reload of every worker |
 //! | `POST /workers/{id}/restart` | replace one worker (rolling) |
 //!
-//! `POST` is accepted only from a loopback peer or through the unix socket
-//! (mode 0600), and never from a web page (a request with `Origin`).
+//! `POST` is accepted only from this host (a loopback peer, or a peer
+//! connecting from the very address it connects to) or through the unix
+//! socket (mode 0600), and never from a web page (a request with `Origin`).
 use std::{
     convert::Infallible,
     fs, io,
@@ -111,16 +112,27 @@ enum Listener {
 /// Who sent a request.
 #[derive(Clone, Copy, Debug)]
 enum Peer {
-    Tcp(SocketAddr),
+    /// The client's address and the address it connected to.
+    Tcp {
+        peer: SocketAddr,
+        local: SocketAddr,
+    },
     Unix,
 }
 
 impl Peer {
-    /// Loopback or the unix socket: trusted with commands.
+    /// Trusted with commands: the unix socket, a loopback client, or a
+    /// client of this same network namespace connecting to one of its own
+    /// addresses (`kubectl exec ... watt-agent reload` with the API on the
+    /// pod's IP): its source address is then the address it connected to,
+    /// which no other host can use in a TCP handshake.
     fn is_local(self) -> bool {
         match self {
             Self::Unix => true,
-            Self::Tcp(a) => a.ip().to_canonical().is_loopback(),
+            Self::Tcp { peer, local } => {
+                let peer = peer.ip().to_canonical();
+                peer.is_loopback() || peer == local.ip().to_canonical()
+            }
         }
     }
 }
@@ -235,9 +247,12 @@ async fn serve(listener: Listener, sources: Arc<Sources>) {
             continue;
         }
         let accepted = match &listener {
-            Listener::Tcp(l) => l.accept().await.map(|(s, peer)| {
+            Listener::Tcp(l) => l.accept().await.and_then(|(s, peer)| {
+                let local = s.local_addr()?;
                 let _ = s.set_nodelay(true);
-                connections.spawn(connection(s, Peer::Tcp(peer), Arc::clone(&sources)));
+                let peer = Peer::Tcp { peer, local };
+                connections.spawn(connection(s, peer, Arc::clone(&sources)));
+                Ok(())
             }),
             Listener::Unix(l) => l.accept().await.map(|(s, _)| {
                 connections.spawn(connection(s, Peer::Unix, Arc::clone(&sources)));
@@ -338,11 +353,7 @@ fn method_not_allowed(allow: &'static str) -> Reply {
 }
 
 fn shared(sources: &Sources) -> Shared {
-    sources
-        .shared
-        .lock()
-        .map(|s| s.clone())
-        .unwrap_or_default()
+    sources.shared.lock().map(|s| s.clone()).unwrap_or_default()
 }
 
 fn snapshot(sources: &Sources) -> Snapshot {
@@ -376,7 +387,10 @@ fn metrics(req: &Request<Incoming>, sources: &Sources) -> Reply {
             },
             body,
         ),
-        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics"),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics",
+        ),
     }
 }
 
@@ -431,16 +445,12 @@ fn status(sources: &Sources) -> Reply {
 }
 
 /// `POST /reload` (`worker` None) or `POST /workers/{id}/restart`.
-fn command(
-    req: &Request<Incoming>,
-    sources: &Sources,
-    peer: Peer,
-    worker: Option<u32>,
-) -> Reply {
+fn command(req: &Request<Incoming>, sources: &Sources, peer: Peer, worker: Option<u32>) -> Reply {
     if !peer.is_local() {
         return json_message(
             StatusCode::FORBIDDEN,
-            "commands are accepted only from loopback or the unix socket",
+            "commands are accepted only from this host (loopback, its own address) or the \
+             unix socket",
         );
     }
     // Browsers send Origin on cross-site POSTs; tools like curl do not.
@@ -457,10 +467,7 @@ fn command(
     let (control, message) = match worker {
         None => {
             if s.reloading {
-                return json_message(
-                    StatusCode::CONFLICT,
-                    "a rolling reload is already running",
-                );
+                return json_message(StatusCode::CONFLICT, "a rolling reload is already running");
             }
             (
                 Control::Reload,
@@ -491,10 +498,7 @@ fn command(
                     );
                 }
                 Some(Phase::Draining) => {
-                    return json_message(
-                        StatusCode::CONFLICT,
-                        format!("worker {id} is stopping"),
-                    );
+                    return json_message(StatusCode::CONFLICT, format!("worker {id} is stopping"));
                 }
                 _ => {}
             }
@@ -510,5 +514,34 @@ fn command(
             StatusCode::SERVICE_UNAVAILABLE,
             "the supervisor is not running",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_trusted_from_this_host_only() {
+        let tcp = |peer: &str, local: &str| Peer::Tcp {
+            peer: peer.parse().unwrap(),
+            local: local.parse().unwrap(),
+        };
+        assert!(Peer::Unix.is_local());
+        assert!(tcp("127.0.0.1:5000", "127.0.0.1:9090").is_local());
+        assert!(tcp("[::1]:5000", "[::1]:9090").is_local());
+        assert!(tcp("[::ffff:127.0.0.1]:5000", "[::]:9090").is_local());
+        // kubectl exec in the pod, API on the pod's address.
+        assert!(tcp("10.1.2.3:5000", "10.1.2.3:9090").is_local());
+        assert!(tcp("[::ffff:10.1.2.3]:5000", "10.1.2.3:9090").is_local());
+        assert!(!tcp("10.1.2.4:5000", "10.1.2.3:9090").is_local());
+        assert!(!tcp("192.0.2.1:5000", "[::]:9090").is_local());
+    }
+
+    #[test]
+    fn restart_paths_parse() {
+        assert_eq!(restart_target("/workers/3/restart"), Some(Ok(3)));
+        assert_eq!(restart_target("/workers/x/restart"), Some(Err(())));
+        assert_eq!(restart_target("/workers/3"), None);
     }
 }

@@ -161,7 +161,7 @@ pub struct ProgramStatus {
 /// Builds the status from the supervisor's and the balancer's views.
 #[must_use]
 pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Status {
-    let since = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t).as_secs_f64());
+    let since = |t: Option<Instant>| t.map(|t| millis(now.saturating_duration_since(t)));
     let workers = shared
         .workers
         .iter()
@@ -181,11 +181,11 @@ pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Sta
                 restart_in_seconds: w
                     .restart_at
                     .filter(|_| w.phase.is_none())
-                    .map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                    .map(|t| millis(t.saturating_duration_since(now))),
                 replacement: w.incoming.map(|(slot, pid)| Replacement { slot, pid }),
                 load: Load {
                     queue_depth: slot.and_then(|s| s.queue_depth),
-                    cpu_seconds: slot.and_then(|s| s.cpu_time).map(|d| d.as_secs_f64()),
+                    cpu_seconds: slot.and_then(|s| s.cpu_time).map(millis),
                     rss_bytes: slot.and_then(|s| s.rss_bytes),
                     connections: counters.map(|c| c.selected),
                     migrated_in: counters.map(|c| c.migrated_in),
@@ -222,6 +222,11 @@ pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Sta
         workers,
         program,
     }
+}
+
+/// Seconds, rounded to the millisecond (readable JSON).
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 /// `/readyz`: enough workers ready and not shutting down.
@@ -282,16 +287,16 @@ pub(crate) mod tests {
         assert_eq!(WorkerState::of(&ready, Some(&busy)), WorkerState::Busy);
         let spawning = view(0, Some(0), Some(Phase::Spawning));
         assert_eq!(WorkerState::of(&spawning, None), WorkerState::Starting);
-        assert_eq!(WorkerState::of(&view(0, None, None), None), WorkerState::Down);
+        assert_eq!(
+            WorkerState::of(&view(0, None, None), None),
+            WorkerState::Down
+        );
     }
 
     #[test]
     fn status_has_every_worker_with_its_load() {
         let mut shared = Shared {
-            workers: vec![
-                view(0, Some(0), Some(Phase::Ready)),
-                view(1, None, None),
-            ],
+            workers: vec![view(0, Some(0), Some(Phase::Ready)), view(1, None, None)],
             ready: 1,
             heartbeat: Some(Instant::now()),
             ..Shared::default()
@@ -320,7 +325,10 @@ pub(crate) mod tests {
         assert_eq!(s.workers.len(), 2);
         assert!(!s.is_ready, "1 ready < min_ready 2");
         let w0 = &s.workers[0];
-        assert_eq!((w0.slot, w0.pid, w0.state), (Some(0), Some(1000), WorkerState::Ready));
+        assert_eq!(
+            (w0.slot, w0.pid, w0.state),
+            (Some(0), Some(1000), WorkerState::Ready)
+        );
         assert_eq!(w0.load.queue_depth, Some(3));
         assert_eq!(w0.load.cpu_seconds, Some(1.5));
         assert_eq!(w0.load.connections, Some(5));

@@ -368,7 +368,10 @@ impl Balancer {
             })
             .collect();
         let counters = self.steering.as_ref().and_then(|st| st.counters().ok());
-        let program = self.steering.as_ref().and_then(|st| st.program_stats().ok());
+        let program = self
+            .steering
+            .as_ref()
+            .and_then(|st| st.program_stats().ok());
         if let Ok(mut snap) = self.snapshot.lock() {
             *snap = Snapshot {
                 slots,

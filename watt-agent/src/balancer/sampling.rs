@@ -230,9 +230,10 @@ impl Balancer {
             changed = true;
         }
         let replace = match verdict.health {
-            health::Health::Stuck { since } => {
-                Some((ReplaceReason::Stuck, format!("busy for {:?}", since.elapsed())))
-            }
+            health::Health::Stuck { since } => Some((
+                ReplaceReason::Stuck,
+                format!("busy for {:?}", since.elapsed()),
+            )),
             health::Health::OverMemory { rss } => Some((
                 ReplaceReason::OverMemory,
                 format!("RSS {} MiB above the limit", rss >> 20),
@@ -259,7 +260,9 @@ impl Balancer {
         let mut changed = false;
         for slot in slots {
             let e = self.slots.get_mut(&slot).expect("listed above");
-            let Some(probe) = e.probe.as_mut() else { continue };
+            let Some(probe) = e.probe.as_mut() else {
+                continue;
+            };
             match probe.sample() {
                 Ok(s) => {
                     e.cpu_time = Some(s.cpu_time);
@@ -279,7 +282,8 @@ impl Balancer {
                                 },
                                 &self.settings.health,
                             );
-                            changed |= self.act(slot, verdict, self.settings.policy == Policy::Rescue);
+                            changed |=
+                                self.act(slot, verdict, self.settings.policy == Policy::Rescue);
                         }
                     } else if !self.active && e.view.busy {
                         // A busy worker while nothing arrives: back when idle.
@@ -306,7 +310,9 @@ impl Balancer {
     }
 
     fn sample_queue_depths(&mut self) {
-        let Some(diag) = self.diag.as_mut() else { return };
+        let Some(diag) = self.diag.as_mut() else {
+            return;
+        };
         let mut found = Vec::new();
         if diag
             .listeners(&ListenerQuery::for_addr(self.settings.addr), &mut found)

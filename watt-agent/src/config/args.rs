@@ -153,6 +153,9 @@ pub fn env_var(key: &str) -> Option<String> {
 /// The command-line option for config key `key`, e.g. `--kill-timeout`.
 #[must_use]
 pub fn flag(key: &str) -> String {
+    if key == "command" {
+        return "-- COMMAND".to_owned();
+    }
     format!("--{}", key.replace('_', "-"))
 }
 

@@ -128,11 +128,7 @@ pub fn parse(path: &Path, text: &str) -> Result<FileLayer, FileError> {
             .unwrap_or(line);
         error(line, key, tidy(e.message()))
     })?;
-    let lines = keys
-        .top
-        .iter()
-        .map(|k| (k.name.clone(), k.line))
-        .collect();
+    let lines = keys.top.iter().map(|k| (k.name.clone(), k.line)).collect();
     Ok(FileLayer {
         path: path.to_owned(),
         layer: file.into_layer(),
@@ -587,10 +583,7 @@ impl Keys {
                 return Some(format!("{}.{}", k.name, child.name));
             }
         }
-        self.top
-            .iter()
-            .find(|k| within(k))
-            .map(|k| k.name.clone())
+        self.top.iter().find(|k| within(k)).map(|k| k.name.clone())
     }
 
     fn line(&self, key: &str) -> Option<usize> {
@@ -601,7 +594,11 @@ impl Keys {
 /// The 1-based line of byte `pos`.
 fn line_at(text: &str, pos: usize) -> usize {
     let end = pos.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// The key assigned on `line` (`key = ...`), for syntax errors.
@@ -625,7 +622,10 @@ fn tidy(message: &str) -> String {
     }
     one_line
         .replace("expected i64", "expected an integer")
-        .replace("expected path string", "expected a path (a string in quotes)")
+        .replace(
+            "expected path string",
+            "expected a path (a string in quotes)",
+        )
         .replace("invalid type: sequence", "invalid type: array")
         .replace("invalid type: map", "invalid type: table")
 }

@@ -293,11 +293,18 @@ fn validate(c: &RunConfig) -> Result<(), ConfigError> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
     /// An option on the command line, e.g. `--port`.
-    CommandLine { flag: String },
+    CommandLine {
+        flag: String,
+    },
     /// An environment variable, e.g. `WATT_TICK`.
-    Environment { var: String },
+    Environment {
+        var: String,
+    },
     /// The config file.
-    File { path: PathBuf, line: usize },
+    File {
+        path: PathBuf,
+        line: usize,
+    },
     Default,
 }
 
@@ -350,10 +357,10 @@ impl Sources {
     #[must_use]
     pub fn origin(&self, key: &str) -> Origin {
         if self.cli.is_set(key) {
-            if self.from_env.iter().any(|k| k == key) {
-                if let Some(var) = args::env_var(key) {
-                    return Origin::Environment { var };
-                }
+            if self.from_env.iter().any(|k| k == key)
+                && let Some(var) = args::env_var(key)
+            {
+                return Origin::Environment { var };
             }
             return Origin::CommandLine {
                 flag: args::flag(key),
@@ -437,11 +444,7 @@ pub fn entries(c: &RunConfig) -> Vec<(&'static str, Option<String>)> {
             .map(|p| p.get_name().to_owned())
             .unwrap_or_default())
     }
-    let command: Vec<String> = c
-        .command
-        .iter()
-        .map(|a| s(a.to_string_lossy()))
-        .collect();
+    let command: Vec<String> = c.command.iter().map(|a| s(a.to_string_lossy())).collect();
     let env: Vec<String> = c
         .env
         .iter()
@@ -459,7 +462,14 @@ pub fn entries(c: &RunConfig) -> Vec<(&'static str, Option<String>)> {
         ("port", Some(c.port.to_string())),
         ("backlog", Some(c.backlog.to_string())),
         ("command", Some(format!("[{}]", command.join(", ")))),
-        ("env", Some(format!("{{ {} }}", env.join(", ")))),
+        (
+            "env",
+            Some(if env.is_empty() {
+                "{}".to_owned()
+            } else {
+                format!("{{ {} }}", env.join(", "))
+            }),
+        ),
         ("cwd", c.cwd.as_ref().map(|p| s(p.display()))),
         ("user", c.user.as_ref().map(s)),
         ("group", c.group.as_ref().map(s)),

@@ -1,4 +1,7 @@
 //! Benchmarks: programs that print numbers. None of them asserts a time.
+pub mod loadgen;
+mod loadgen_check;
+mod peers;
 mod steering;
 
 #[derive(clap::Subcommand)]
@@ -6,10 +9,17 @@ pub enum Command {
     /// New-connection rate with the program vs plain SO_REUSEPORT, and the
     /// program's cost per decision from the kernel's BPF stats.
     Steering,
+    /// watt-agent side by side with Platformatic Watt, PM2 cluster mode,
+    /// Node's cluster module and plain SO_REUSEPORT (results in bench/results/).
+    Peers(peers::PeersArgs),
+    /// The load generator's own ceiling against a trivial in-process server.
+    Loadgen(loadgen_check::Args),
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Steering => steering::run(),
+        Command::Peers(args) => peers::run(&args),
+        Command::Loadgen(args) => loadgen_check::run(&args),
     }
 }

@@ -7,11 +7,14 @@ use crate::{setup, util};
 pub fn run() -> anyhow::Result<()> {
     setup::run(&setup::Options::default())?;
     let root = util::root();
-    util::run(
-        Command::new(env!("CARGO"))
-            .current_dir(&root)
-            .args(["build", "--release", "-p", "watt-tests", "--example", "bench_steering"]),
-    )?;
+    util::run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "watt-tests",
+        "--example",
+        "bench_steering",
+    ]))?;
     let bin = root.join("target/release/examples/bench_steering");
     let elevate = util::elevate();
     let mut cmd = match elevate.split_first() {

@@ -90,7 +90,9 @@ fn bad_files_name_the_file_line_and_key() {
     for (text, expected) in cases {
         let got = parse_err(text);
         if got != *expected {
-            failures.push(format!("{text:?}\n  expected: {expected}\n  got:      {got}"));
+            failures.push(format!(
+                "{text:?}\n  expected: {expected}\n  got:      {got}"
+            ));
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
@@ -116,7 +118,9 @@ fn values_valid_alone_but_not_together_name_the_file_line_and_key() {
     for (text, expected) in cases {
         let got = resolve_err(text);
         if got != *expected {
-            failures.push(format!("{text:?}\n  expected: {expected}\n  got:      {got}"));
+            failures.push(format!(
+                "{text:?}\n  expected: {expected}\n  got:      {got}"
+            ));
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
@@ -311,7 +315,10 @@ fn the_example_parses_documents_every_key_and_its_defaults() {
         .iter()
         .filter(|k| !all.layer.is_set(k))
         .collect();
-    assert!(missing.is_empty(), "keys missing in the example: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "keys missing in the example: {missing:?}"
+    );
 
     // The values shown are the defaults, except for settings without one.
     let documented = config::resolve(&[&all.layer]).expect("example resolves");
@@ -438,7 +445,10 @@ fn check_any(text: &str) -> Result<(), TestCaseError> {
             let _ = config::resolve(&[&cli, &file.layer]);
         }
         Err(FileError::Parse { line, message, .. }) => {
-            prop_assert!(line >= 1 && line <= text.lines().count().max(1) + 1, "line {line}");
+            prop_assert!(
+                line >= 1 && line <= text.lines().count().max(1) + 1,
+                "line {line}"
+            );
             prop_assert!(!message.is_empty());
             prop_assert!(!message.contains('\n'), "{message:?}");
         }

@@ -1,0 +1,440 @@
+//! The arms: how each way of running N workers is configured, started,
+//! reloaded and stopped. Every arm runs the same app with the same Node 22,
+//! on 127.0.0.1, in its own process group (see procs.rs).
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    install::Peers,
+    procs::{self, Group, Proc},
+};
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arm {
+    /// watt-agent, default policy.
+    Agent,
+    /// watt-agent --policy kernel (no program: plain SO_REUSEPORT hash, agent supervision).
+    AgentKernel,
+    /// watt-agent, default policy, --max-requests-per-socket (keep-alive scenarios only).
+    AgentResteer,
+    /// Platformatic Watt (wattpm start), N worker threads with reusePort.
+    Watt,
+    /// PM2 cluster mode (pm2-runtime, instances: N, exec_mode: cluster).
+    Pm2,
+    /// Node's cluster module, round-robin.
+    Cluster,
+    /// N plain Node processes with reusePort: true.
+    Reuseport,
+}
+
+impl Arm {
+    pub const ALL: [Self; 7] = [
+        Self::Agent,
+        Self::AgentKernel,
+        Self::AgentResteer,
+        Self::Watt,
+        Self::Pm2,
+        Self::Cluster,
+        Self::Reuseport,
+    ];
+
+    #[must_use]
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::AgentKernel => "agent-kernel",
+            Self::AgentResteer => "agent-resteer",
+            Self::Watt => "watt",
+            Self::Pm2 => "pm2",
+            Self::Cluster => "cluster",
+            Self::Reuseport => "reuseport",
+        }
+    }
+
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Agent => "watt-agent",
+            Self::AgentKernel => "watt-agent --policy kernel",
+            Self::AgentResteer => "watt-agent + max-requests-per-socket",
+            Self::Watt => "Watt",
+            Self::Pm2 => "PM2 cluster",
+            Self::Cluster => "Node cluster",
+            Self::Reuseport => "reusePort",
+        }
+    }
+
+    #[must_use]
+    pub fn is_agent(self) -> bool {
+        matches!(self, Self::Agent | Self::AgentKernel | Self::AgentResteer)
+    }
+
+    /// The peers users compare the agent with.
+    #[must_use]
+    pub fn is_peer(self) -> bool {
+        !self.is_agent()
+    }
+
+    #[must_use]
+    pub fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.id() == id)
+    }
+}
+
+/// The app every arm runs.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub id: &'static str,
+    pub entry: PathBuf,
+    pub cwd: PathBuf,
+    /// A line each worker prints once it listens.
+    pub ready: &'static str,
+    pub env: Vec<(String, String)>,
+}
+
+impl App {
+    #[must_use]
+    pub fn test_app(root: &Path) -> Self {
+        Self {
+            id: "test-app",
+            entry: root.join("tests/fixtures/apps/test-app.js"),
+            cwd: root.join("tests/fixtures/apps"),
+            ready: "listening on",
+            env: Vec::new(),
+        }
+    }
+
+    /// The Next.js standalone build, if `tests/fixtures/prepare.sh` made it.
+    #[must_use]
+    pub fn nextjs(root: &Path) -> Option<Self> {
+        let dir = root.join("tests/fixtures/nextjs/.next/standalone/nextjs");
+        let entry = dir.join("server.js");
+        entry.exists().then(|| Self {
+            id: "nextjs",
+            entry,
+            cwd: dir,
+            ready: "Ready in",
+            env: vec![
+                ("HOSTNAME".into(), "127.0.0.1".into()),
+                ("NEXT_TELEMETRY_DISABLED".into(), "1".into()),
+                ("NODE_ENV".into(), "production".into()),
+            ],
+        })
+    }
+}
+
+/// What every arm needs to start.
+pub struct Ctx<'a> {
+    pub root: &'a Path,
+    pub peers: &'a Peers,
+    pub agent: &'a Path,
+    pub workers: usize,
+    /// `--max-requests-per-socket` of the agent-resteer arm.
+    pub resteer_requests: u32,
+    /// Watt's restartOnError (ms).
+    pub watt_restart_ms: u64,
+}
+
+/// A started arm; stopped (by pid) when dropped.
+pub struct Running {
+    pub arm: Arm,
+    pub port: u16,
+    pub log: PathBuf,
+    group: Group,
+    pm2_home: Option<PathBuf>,
+    tmpdir: Option<PathBuf>,
+    /// The arm's description of how it was started, for the report.
+    pub command: String,
+}
+
+fn js(s: &Path) -> String {
+    serde_json::to_string(&s.to_string_lossy()).expect("a path as a JSON string")
+}
+
+/// Starts `arm` on `port` with `app`; files go under `dir`, unix sockets
+/// under the short `sock_dir`. Returns once every worker is ready and
+/// `GET /` answers 200.
+pub fn start(
+    ctx: &Ctx<'_>,
+    arm: Arm,
+    app: &App,
+    port: u16,
+    dir: &Path,
+    sock_dir: &Path,
+    extra_env: &[(String, String)],
+) -> anyhow::Result<Running> {
+    fs::create_dir_all(dir)?;
+    let log = dir.join(format!("{}.log", arm.id()));
+    let node = &ctx.peers.node;
+    let n = ctx.workers;
+    let graceful = ctx.root.join("bench/app/graceful.js");
+    let mut env: Vec<(String, String)> = app.env.clone();
+    env.extend(extra_env.iter().cloned());
+    let mut pm2_home = None;
+    let mut tmpdir = None;
+    let mut cmd;
+    // (pattern, count) that means "all workers are up".
+    let ready: (&str, usize);
+    match arm {
+        Arm::Agent | Arm::AgentKernel | Arm::AgentResteer => {
+            cmd = Command::new(ctx.agent);
+            cmd.arg("run")
+                .args(["--workers", &n.to_string()])
+                .args(["--port", &port.to_string()])
+                .args(["--host", "127.0.0.1", "--admin", "off"]);
+            if arm == Arm::AgentKernel {
+                cmd.args(["--policy", "kernel"]);
+            }
+            if arm == Arm::AgentResteer {
+                cmd.args(["--max-requests-per-socket", &ctx.resteer_requests.to_string()]);
+            }
+            cmd.arg("--").arg(node).arg(&app.entry).env_remove("PORT");
+            ready = ("worker ready", n);
+        }
+        Arm::Watt => {
+            let wdir = dir.join("watt");
+            fs::create_dir_all(&wdir)?;
+            let link = wdir.join("node_modules");
+            if !link.exists() {
+                std::os::unix::fs::symlink(ctx.peers.node_modules(), &link)?;
+            }
+            let version = &ctx.peers.versions["@platformatic/node"];
+            fs::write(
+                wdir.join("package.json"),
+                r#"{ "name": "bench-app", "version": "0.0.0", "private": true }"#,
+            )?;
+            let config = serde_json::json!({
+                "$schema": format!("https://schemas.platformatic.dev/@platformatic/node/{version}.json"),
+                "module": "@platformatic/node",
+                "node": { "main": app.entry.to_string_lossy() },
+                "runtime": {
+                    "server": { "hostname": "127.0.0.1", "port": port },
+                    "workers": n,
+                    "restartOnError": ctx.watt_restart_ms,
+                    "logger": { "level": "info" },
+                    "env": {},
+                }
+            });
+            fs::write(wdir.join("watt.json"), serde_json::to_string_pretty(&config)?)?;
+            let t = sock_dir.join("tmp");
+            fs::create_dir_all(&t)?;
+            cmd = Command::new(node);
+            cmd.arg(&ctx.peers.wattpm).arg("start").arg(&wdir).current_dir(&wdir).env("TMPDIR", &t);
+            tmpdir = Some(t);
+            ready = ("Platformatic is now listening", 1);
+        }
+        Arm::Pm2 => {
+            let home = sock_dir.join("pm2");
+            fs::create_dir_all(&home)?;
+            let env_js: serde_json::Map<String, serde_json::Value> = env
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .chain([("PORT".to_owned(), serde_json::Value::String(port.to_string()))])
+                .collect();
+            let eco = dir.join("ecosystem.config.js");
+            fs::write(
+                &eco,
+                format!(
+                    "// Generated by cargo xtask bench peers.\nmodule.exports = {{ apps: [{{\n  name: 'bench',\n  script: {},\n  cwd: {},\n  instances: {n},\n  exec_mode: 'cluster',\n  node_args: ['--require', {}],\n  env: {},\n  merge_logs: true,\n}}] }};\n",
+                    js(&app.entry),
+                    js(&app.cwd),
+                    js(&graceful),
+                    serde_json::Value::Object(env_js),
+                ),
+            )?;
+            cmd = Command::new(node);
+            cmd.arg(&ctx.peers.pm2_runtime).arg("start").arg(&eco).env("PM2_HOME", &home);
+            pm2_home = Some(home);
+            ready = (app.ready, n);
+        }
+        Arm::Cluster | Arm::Reuseport => {
+            let script = if arm == Arm::Cluster { "cluster-primary.js" } else { "reuseport-launcher.js" };
+            cmd = Command::new(node);
+            cmd.arg(ctx.root.join("bench/app").join(script))
+                .env("BENCH_APP", &app.entry)
+                .env("BENCH_WORKERS", n.to_string());
+            ready = (app.ready, n);
+        }
+    }
+    if !arm.is_agent() {
+        cmd.env("PORT", port.to_string());
+    }
+    if !matches!(arm, Arm::Watt) {
+        cmd.current_dir(&app.cwd);
+    }
+    cmd.env("PATH", ctx.peers.path_env()).env("NO_COLOR", "1");
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let command = format!("{cmd:?}");
+    let group = Group::spawn(arm.id(), &mut cmd, &log)?;
+    let mut running = Running {
+        arm,
+        port,
+        log,
+        group,
+        pm2_home,
+        tmpdir,
+        command,
+    };
+    running.wait_ready(ready.0, ready.1, Duration::from_secs(90))?;
+    Ok(running)
+}
+
+/// How many lines of `log` contain `pattern`.
+fn count_lines(log: &Path, pattern: &str) -> usize {
+    fs::read_to_string(log)
+        .map(|s| s.lines().filter(|l| l.contains(pattern)).count())
+        .unwrap_or(0)
+}
+
+/// One `GET /` over a new connection: its status code.
+pub fn probe(port: u16) -> Option<u16> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let head = String::from_utf8_lossy(&buf[..buf.len().min(64)]).into_owned();
+    head.split(' ').nth(1)?.parse().ok()
+}
+
+impl Running {
+    #[must_use]
+    pub fn pid(&self) -> i32 {
+        self.group.pid()
+    }
+
+    /// The log so far, last `n` lines.
+    #[must_use]
+    pub fn log_tail(&self, n: usize) -> String {
+        procs::tail(&fs::read_to_string(&self.log).unwrap_or_default(), n)
+    }
+
+    fn wait_ready(&mut self, pattern: &str, count: usize, limit: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.group.exited() {
+                bail!("{} exited ({status}) before it was ready:\n{}", self.arm.label(), self.log_tail(30));
+            }
+            if count_lines(&self.log, pattern) >= count && probe(self.port) == Some(200) {
+                self.group.track();
+                return Ok(());
+            }
+            if started.elapsed() > limit {
+                bail!(
+                    "{} not ready after {limit:?} (waiting for {count} lines with {pattern:?} and GET / = 200):\n{}",
+                    self.arm.label(),
+                    self.log_tail(30)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `pattern` occurs more than `before` times in the log.
+    fn wait_log(&self, pattern: &str, before: usize, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if count_lines(&self.log, pattern) > before {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// A rolling reload the way this arm's users do it; returns when it is
+    /// over (or after 60 s) with a description of what was done.
+    pub fn reload(&self, ctx: &Ctx<'_>) -> anyhow::Result<String> {
+        let limit = Duration::from_secs(60);
+        let signal_and_wait = |done: &str, how: &str| -> anyhow::Result<String> {
+            let before = count_lines(&self.log, done);
+            self.group.signal(Signal::SIGHUP);
+            if self.wait_log(done, before, limit) {
+                Ok(how.to_owned())
+            } else {
+                bail!("{how}: no {done:?} in the log within {limit:?}")
+            }
+        };
+        match self.arm {
+            Arm::Agent | Arm::AgentKernel | Arm::AgentResteer => {
+                signal_and_wait("rolling reload finished", "SIGHUP to watt-agent (rolling reload)")
+            }
+            Arm::Cluster => signal_and_wait("cluster: reload done", "SIGHUP to the cluster primary (one worker at a time)"),
+            Arm::Reuseport => signal_and_wait(
+                "reuseport: reload done",
+                "SIGHUP to the launcher: restart the processes one at a time (no reload of their own)",
+            ),
+            Arm::Watt => {
+                let mut cmd = Command::new(&ctx.peers.node);
+                cmd.arg(&ctx.peers.wattpm)
+                    .args(["restart", &self.pid().to_string()])
+                    .env("PATH", ctx.peers.path_env())
+                    .env("NO_COLOR", "1");
+                if let Some(t) = &self.tmpdir {
+                    cmd.env("TMPDIR", t);
+                }
+                procs::run_bounded("wattpm restart", &mut cmd, limit)?;
+                Ok("wattpm restart (replaces the workers one at a time)".into())
+            }
+            Arm::Pm2 => {
+                let home = self.pm2_home.as_ref().context("PM2_HOME")?;
+                procs::run_bounded(
+                    "pm2 reload",
+                    Command::new(&ctx.peers.node)
+                        .arg(&ctx.peers.pm2)
+                        .args(["reload", "all"])
+                        .env("PM2_HOME", home)
+                        .env("PATH", ctx.peers.path_env()),
+                    limit,
+                )?;
+                self.adopt_pm2_daemon();
+                Ok("pm2 reload all".into())
+            }
+        }
+    }
+
+    /// If a `pm2` command started a daemon of its own, kill it with the arm.
+    fn adopt_pm2_daemon(&self) {
+        let Some(home) = &self.pm2_home else { return };
+        if let Some(p) = fs::read_to_string(home.join("pm2.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .and_then(Proc::of)
+        {
+            self.group.adopt(p);
+        }
+    }
+
+    /// The arm's worker processes now (for Watt: its one process).
+    #[must_use]
+    pub fn processes(&self) -> Vec<i32> {
+        procs::tree(self.pid())
+    }
+
+    /// Stops the arm: SIGTERM to its main process, SIGKILL to whatever is
+    /// left after 5 s.
+    pub fn stop(mut self) {
+        self.adopt_pm2_daemon();
+        self.group.stop(Duration::from_secs(5));
+        if let Some(t) = &self.tmpdir {
+            let _ = fs::remove_dir_all(t);
+        }
+    }
+}
