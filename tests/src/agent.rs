@@ -47,10 +47,10 @@ impl Agent {
     ) -> Self {
         crate::require_root();
         let mut cmd = Command::new(binary());
-        cmd.arg("run")
-            .arg("--port")
-            .arg(port.to_string())
-            .args(["--host", "127.0.0.1"]);
+        cmd.arg("run").arg("--port").arg(port.to_string());
+        if !args.contains(&"--host") {
+            cmd.args(["--host", "127.0.0.1"]);
+        }
         if !args.iter().any(|a| a.starts_with("--admin")) {
             cmd.args(["--admin", "off"]);
         }
@@ -186,6 +186,23 @@ pub fn alive(pid: i32) -> bool {
             .and_then(|i| s[i + 2..].chars().next())
             .is_some_and(|state| state != 'Z' && state != 'X')
     })
+}
+
+/// The start time of `pid` (field 22 of its stat, in clock ticks since
+/// boot): with it a pid that the kernel handed to a new process is not
+/// mistaken for the old one.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Whether the process `pid` that started at `started` still runs.
+pub fn same_alive(pid: i32, started: Option<u64>) -> bool {
+    alive(pid) && start_time(pid) == started
 }
 
 /// Whether something accepts TCP connections on `addr`.

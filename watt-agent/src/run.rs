@@ -74,7 +74,14 @@ pub fn run(args: &RunArgs) -> i32 {
             return e.code;
         }
     };
-    logging::init(config.log_format, &config.log_level);
+    // The program's diagnostics arrive as `log` records of target `watt`
+    // (the eBPF crate): let them through at the level asked for.
+    let filter = if config.program_log == crate::steering::ProgramLog::Off {
+        config.log_level.clone()
+    } else {
+        format!("{},watt=trace", config.log_level)
+    };
+    logging::init(config.log_format, &filter);
     match start(&config) {
         Ok(code) => code,
         Err(e) => {

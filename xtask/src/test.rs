@@ -14,6 +14,9 @@ pub struct Options {
     /// Only run integration tests whose name contains this.
     #[arg(long)]
     filter: Option<String>,
+    /// Skip the deployment checks (manifests, Dockerfile, the namespace e2e).
+    #[arg(long)]
+    no_deploy: bool,
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -65,5 +68,32 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if let Some(filter) = &opts.filter {
         integration.arg(filter);
     }
-    util::run(&mut integration)
+    util::run(&mut integration)?;
+    if opts.no_deploy || opts.filter.is_some() {
+        return Ok(());
+    }
+    deploy(&root)
+}
+
+/// The deployment checks: rendered manifests validated and scanned, and the
+/// DaemonSet's container emulated in namespaces with its exact capabilities.
+fn deploy(root: &std::path::Path) -> anyhow::Result<()> {
+    let elevated = |script: &str, args: &[&str]| {
+        let elevate = util::elevate();
+        let mut cmd = match elevate.split_first() {
+            Some((sudo, rest)) => {
+                let mut c = Command::new(sudo);
+                c.args(rest).arg("bash");
+                c
+            }
+            None => Command::new("bash"),
+        };
+        cmd.current_dir(root).arg(root.join(script)).args(args);
+        util::run(&mut cmd)
+    };
+    elevated("deploy/check.sh", &[])?;
+    let agent = root.join("target/release/watt-agent");
+    let agent = agent.to_str().unwrap_or("target/release/watt-agent");
+    elevated("deploy/e2e-netns.sh", &[agent])?;
+    elevated("deploy/e2e-netns.sh", &["--overlay", "privileged", agent])
 }

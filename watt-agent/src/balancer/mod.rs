@@ -38,11 +38,13 @@ use policy::SlotView;
 pub enum Command {
     /// A new listener for `slot` (state `Starting`).
     Add { slot: Slot, listener: Listener },
-    /// The worker (id and pid) that serves `slot`.
+    /// The worker (id and pid) that serves `slot`, with its `/proc` files
+    /// if the spawner could open them.
     Pid {
         slot: Slot,
         pid: Pid,
         worker: WorkerId,
+        probe: Option<WorkerProbe>,
     },
     /// The lifecycle state of `slot`.
     State { slot: Slot, state: SlotState },
@@ -128,8 +130,11 @@ impl Handle {
                 None
             }
         };
+        let mut steering = steering;
+        let logger = steering.as_mut().and_then(Steering::take_logger);
         let mut balancer = Balancer {
             steering,
+            logger,
             slots: BTreeMap::new(),
             snapshot: Arc::clone(&snapshot),
             settings,
@@ -233,6 +238,8 @@ impl Entry {
 
 struct Balancer {
     steering: Option<Steering>,
+    /// The program's own diagnostics (aya-log), when `--program-log` is on.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     slots: BTreeMap<Slot, Entry>,
     snapshot: Arc<Mutex<Snapshot>>,
     settings: Settings,
@@ -263,11 +270,16 @@ impl Balancer {
                 self.slots.insert(slot, Entry::new(listener));
                 true
             }
-            Command::Pid { slot, pid, worker } => {
+            Command::Pid {
+                slot,
+                pid,
+                worker,
+                probe,
+            } => {
                 if let Some(e) = self.slots.get_mut(&slot) {
                     e.pid = Some(pid);
                     e.worker = worker;
-                    e.probe = WorkerProbe::open(pid).ok();
+                    e.probe = probe.or_else(|| WorkerProbe::open(pid).ok());
                     e.tracker.reset();
                     e.reported = false;
                 }

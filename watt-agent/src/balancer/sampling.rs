@@ -87,7 +87,7 @@ impl Balancer {
     /// Sleeps until a command, the next tick (when active), the next slow
     /// sample, or (when idle) a connection waiting on a ready listener.
     /// Returns whether a listener's queue woke it.
-    fn wait(&self, wake: &EventFd) -> bool {
+    fn wait(&mut self, wake: &EventFd) -> bool {
         let now = Instant::now();
         let timeout = if self.active {
             self.tick_length()
@@ -95,6 +95,11 @@ impl Balancer {
             self.next_slow.saturating_duration_since(now)
         };
         let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+        let logger_at = self.logger.as_ref().map(|l| {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let listeners_from = fds.len();
         if !self.active {
             fds.extend(
                 self.slots
@@ -104,14 +109,21 @@ impl Balancer {
             );
         }
         let _ = ppoll(&mut fds, Some(TimeSpec::from_duration(timeout)), None);
-        let queued = fds[1..]
+        let queued = fds[listeners_from..]
             .iter()
             .any(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)));
-        if fds[0]
-            .revents()
-            .is_some_and(|r| r.contains(PollFlags::POLLIN))
-        {
+        let readable = |i: usize| {
+            fds[i]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        };
+        let (woken, log_ready) = (readable(0), logger_at.is_some_and(readable));
+        drop(fds);
+        if woken {
             let _ = wake.read();
+        }
+        if log_ready && let Some(l) = self.logger.as_mut() {
+            l.flush();
         }
         queued
     }

@@ -209,7 +209,12 @@ impl Driver<'_> {
             Ok(child) => {
                 let pid = child.pid;
                 self.pids.insert(pid, worker);
-                self.balancer.send(Command::Pid { slot, pid, worker });
+                self.balancer.send(Command::Pid {
+                    slot,
+                    pid,
+                    worker,
+                    probe: child.probe,
+                });
                 worker_io::forward_output(child.stdout, worker, pid, "stdout");
                 worker_io::forward_output(child.stderr, worker, pid, "stderr");
                 worker_io::watch_notify(child.notify, worker, pid, self.notice_tx.clone());

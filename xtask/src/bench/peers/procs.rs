@@ -117,7 +117,9 @@ static REGISTRY: Mutex<BTreeMap<u64, Entry>> = Mutex::new(BTreeMap::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 fn registry() -> std::sync::MutexGuard<'static, BTreeMap<u64, Entry>> {
-    REGISTRY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    REGISTRY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Records every process now under each registered root.
@@ -146,7 +148,12 @@ fn kill_everything() {
     refresh_all();
     let reg = registry();
     for e in reg.values() {
-        eprintln!("bench: killing {} (pid {}) and its {} processes", e.name, e.root.pid, e.seen.len());
+        eprintln!(
+            "bench: killing {} (pid {}) and its {} processes",
+            e.name,
+            e.root.pid,
+            e.seen.len()
+        );
         kill_entry(e);
     }
 }
@@ -166,19 +173,23 @@ pub fn install_cleanup() {
         if set.thread_block().is_err() {
             return;
         }
-        let _ = thread::Builder::new().name("bench-signals".into()).spawn(move || {
-            if let Ok(sig) = set.wait() {
-                eprintln!("bench: {sig}: stopping every process the benchmark started");
-                kill_everything();
-                std::process::exit(130);
-            }
-        });
-        let _ = thread::Builder::new().name("bench-tracker".into()).spawn(|| {
-            loop {
-                thread::sleep(Duration::from_millis(500));
-                refresh_all();
-            }
-        });
+        let _ = thread::Builder::new()
+            .name("bench-signals".into())
+            .spawn(move || {
+                if let Ok(sig) = set.wait() {
+                    eprintln!("bench: {sig}: stopping every process the benchmark started");
+                    kill_everything();
+                    std::process::exit(130);
+                }
+            });
+        let _ = thread::Builder::new()
+            .name("bench-tracker".into())
+            .spawn(|| {
+                loop {
+                    thread::sleep(Duration::from_millis(500));
+                    refresh_all();
+                }
+            });
     });
 }
 
@@ -203,7 +214,9 @@ impl Group {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        let child = cmd.spawn().with_context(|| format!("start {name}: {cmd:?}"))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {name}: {cmd:?}"))?;
         let pid = child.id() as i32;
         let root = Proc::of(pid).unwrap_or(Proc { pid, start: 0 });
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -291,7 +304,11 @@ impl Drop for Group {
 /// output is returned. On timeout the group is killed and this fails.
 pub fn run_bounded(name: &str, cmd: &mut Command, limit: Duration) -> anyhow::Result<String> {
     let dir = std::env::temp_dir();
-    let log = dir.join(format!("watt-bench-{}-{}.log", std::process::id(), NEXT_ID.load(Ordering::Relaxed)));
+    let log = dir.join(format!(
+        "watt-bench-{}-{}.log",
+        std::process::id(),
+        NEXT_ID.load(Ordering::Relaxed)
+    ));
     let mut g = Group::spawn(name, cmd, &log)?;
     let started = Instant::now();
     let status = loop {
@@ -304,14 +321,21 @@ pub fn run_bounded(name: &str, cmd: &mut Command, limit: Duration) -> anyhow::Re
         thread::sleep(Duration::from_millis(20));
     };
     // Anything it left behind goes too.
-    g.stop(Duration::from_millis(if status.is_some() { 0 } else { 1000 }));
+    g.stop(Duration::from_millis(if status.is_some() {
+        0
+    } else {
+        1000
+    }));
     let mut out = String::new();
     if let Ok(mut f) = fs::File::open(&log) {
         let _ = f.read_to_string(&mut out);
     }
     let _ = fs::remove_file(&log);
     match status {
-        None => bail!("{name} did not finish within {limit:?}:\n{}", tail(&out, 20)),
+        None => bail!(
+            "{name} did not finish within {limit:?}:\n{}",
+            tail(&out, 20)
+        ),
         Some(s) if !s.success() => bail!("{name} failed ({s}):\n{}", tail(&out, 20)),
         Some(_) => Ok(out),
     }

@@ -100,7 +100,11 @@ pub fn targets(r: &Results) -> Vec<Target> {
                     a.failed,
                     a.accepted,
                     a.lost,
-                    if others.is_empty() { "-".into() } else { others.join(", ") }
+                    if others.is_empty() {
+                        "-".into()
+                    } else {
+                        others.join(", ")
+                    }
                 ),
                 Some(a.lost == 0),
             )
@@ -121,7 +125,11 @@ pub fn targets(r: &Results) -> Vec<Target> {
             (
                 format!(
                     "{failed} failed{}",
-                    if done { "" } else { " (the reload did not report completion)" }
+                    if done {
+                        ""
+                    } else {
+                        " (the reload did not report completion)"
+                    }
                 ),
                 Some(failed == 0 && done),
             )
@@ -139,8 +147,10 @@ pub fn targets(r: &Results) -> Vec<Target> {
         let p50 = |arm| fast(scn, arm).map(|s| s.p50_ms);
         let (measured, pass) = match (p50(Arm::Agent), p50(Arm::Reuseport)) {
             (Some(a), Some(rp)) => {
-                let others: Vec<(Arm, f64)> =
-                    [Arm::Pm2, Arm::Cluster].iter().filter_map(|&x| p50(x).map(|v| (x, v))).collect();
+                let others: Vec<(Arm, f64)> = [Arm::Pm2, Arm::Cluster]
+                    .iter()
+                    .filter_map(|&x| p50(x).map(|v| (x, v)))
+                    .collect();
                 let beats = others.iter().all(|(_, v)| a < *v);
                 (
                     format!(
@@ -159,18 +169,25 @@ pub fn targets(r: &Results) -> Vec<Target> {
         };
         out.push(Target {
             scenario: scn.id().into(),
-            goal: "p50 within 2% of plain reusePort, and lower than PM2's and Node cluster's".into(),
+            goal: "p50 within 2% of plain reusePort, and lower than PM2's and Node cluster's"
+                .into(),
             measured,
             pass,
         });
     }
 
     for scn in [Scenario::Saturation, Scenario::SaturationKa] {
-        let max = |arm| r.cell(scn, arm).and_then(|c| c.sweep.as_ref()).map(|s| s.max_rate.unwrap_or(0.0));
+        let max = |arm| {
+            r.cell(scn, arm)
+                .and_then(|c| c.sweep.as_ref())
+                .map(|s| s.max_rate.unwrap_or(0.0))
+        };
         let (measured, pass) = match (max(Arm::Agent), max(Arm::Reuseport)) {
             (Some(a), Some(rp)) => {
-                let others: Vec<(Arm, f64)> =
-                    [Arm::Pm2, Arm::Cluster].iter().filter_map(|&x| max(x).map(|v| (x, v))).collect();
+                let others: Vec<(Arm, f64)> = [Arm::Pm2, Arm::Cluster]
+                    .iter()
+                    .filter_map(|&x| max(x).map(|v| (x, v)))
+                    .collect();
                 let beats = others.iter().all(|(_, v)| a > *v);
                 (
                     format!(
@@ -205,7 +222,11 @@ fn scenario_title(s: &Settings, scn: &str) -> String {
     };
     let run = format!("{} s measured after {} s warm-up", s.duration_s, s.warmup_s);
     match scn {
-        "uniform" | "uniform-ka" => format!("`GET /` at {}/s, {}, {run}", s.rate, conns(scn.ends_with("ka"))),
+        "uniform" | "uniform-ka" => format!(
+            "`GET /` at {}/s, {}, {run}",
+            s.rate,
+            conns(scn.ends_with("ka"))
+        ),
         "skew" | "skew-ka" => format!(
             "`GET /` at {}/s plus `GET /block?ms={}` (event loop blocked, no CPU) at {}/s, {}, {run}",
             s.skew_fast_rate,
@@ -223,13 +244,21 @@ fn scenario_title(s: &Settings, scn: &str) -> String {
         ),
         "saturation" | "saturation-ka" | "next-saturation" => format!(
             "rate from {}/s up x{} per {} s step until p99 > {} ms or a request fails, {}",
-            if scn == "next-saturation" { s.next_sweep_start } else { s.sweep.start },
+            if scn == "next-saturation" {
+                s.next_sweep_start
+            } else {
+                s.sweep.start
+            },
             s.sweep.factor,
             s.sweep_step_s,
             s.sweep.p99_bound_ms,
             conns(scn == "saturation-ka")
         ),
-        "next" => format!("Next.js standalone `GET /` (dynamic page) at {}/s, {}, {run}", s.next_rate, conns(false)),
+        "next" => format!(
+            "Next.js standalone `GET /` (dynamic page) at {}/s, {}, {run}",
+            s.next_rate,
+            conns(false)
+        ),
         _ => String::new(),
     }
 }
@@ -238,7 +267,13 @@ fn errors(e: &BTreeMap<String, u64>) -> String {
     if e.is_empty() {
         String::new()
     } else {
-        format!(" ({})", e.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+        format!(
+            " ({})",
+            e.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 
@@ -271,14 +306,21 @@ pub fn markdown(r: &Results, chart_file: &str) -> String {
     );
     let _ = writeln!(md, "![latency percentiles per arm]({chart_file})\n");
 
-    let _ = writeln!(md, "## Targets\n\n| scenario | target | this run | |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "## Targets\n\n| scenario | target | this run | |\n|---|---|---|---|"
+    );
     for t in &r.targets {
         let mark = match t.pass {
             Some(true) => "met",
             Some(false) => "**not met**",
             None => "n/a",
         };
-        let _ = writeln!(md, "| {} | {} | {} | {mark} |", t.scenario, t.goal, t.measured);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {mark} |",
+            t.scenario, t.goal, t.measured
+        );
     }
     md.push('\n');
 
@@ -298,7 +340,13 @@ pub fn markdown(r: &Results, chart_file: &str) -> String {
             );
             for c in &cells {
                 let Some(sw) = &c.sweep else {
-                    let _ = writeln!(md, "| {} | {} | | | | {} |", c.label, c.status, c.error.as_deref().unwrap_or("").replace('\n', " "));
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | | | | {} |",
+                        c.label,
+                        c.status,
+                        c.error.as_deref().unwrap_or("").replace('\n', " ")
+                    );
                     continue;
                 };
                 let best = c.classes.first();
@@ -307,11 +355,13 @@ pub fn markdown(r: &Results, chart_file: &str) -> String {
                     md,
                     "| {} | {} | {} | {} | {} | {} |",
                     c.label,
-                    sw.max_rate.map_or("< first step".into(), |m| format!("{m:.0}/s")),
+                    sw.max_rate
+                        .map_or("< first step".into(), |m| format!("{m:.0}/s")),
                     best.map_or(String::new(), |b| f(b.p50_ms)),
                     best.map_or(String::new(), |b| f(b.p99_ms)),
                     last.map_or("-".into(), |l| format!("{:.0}/s", l.rate)),
-                    last.and_then(|l| l.reason.clone()).unwrap_or_else(|| "reached the last step".into())
+                    last.and_then(|l| l.reason.clone())
+                        .unwrap_or_else(|| "reached the last step".into())
                 );
             }
             md.push('\n');
@@ -328,7 +378,12 @@ pub fn markdown(r: &Results, chart_file: &str) -> String {
                     "| {} | {} | | | | | | | | {} |",
                     c.label,
                     c.status,
-                    c.error.as_deref().unwrap_or("").lines().next().unwrap_or("")
+                    c.error
+                        .as_deref()
+                        .unwrap_or("")
+                        .lines()
+                        .next()
+                        .unwrap_or("")
                 );
                 continue;
             }
@@ -381,7 +436,10 @@ pub fn markdown(r: &Results, chart_file: &str) -> String {
                         md,
                         "| {} | {} | {:.1} s |",
                         c.label,
-                        x.error.as_ref().map_or(x.how.clone(), |e| format!("failed: {}", e.lines().next().unwrap_or(""))),
+                        x.error.as_ref().map_or(x.how.clone(), |e| format!(
+                            "failed: {}",
+                            e.lines().next().unwrap_or("")
+                        )),
                         x.took_s
                     );
                 }
@@ -401,7 +459,12 @@ const NOTES: &str = "## Notes\n\n\
 
 /// Writes `peers-<stamp>.{json,md,svg}` and `latest.{md,svg}` under
 /// bench/results/, and the latest table into bench/README.md.
-pub fn write(root: &Path, r: &Results, stamp: &str, svg: &str) -> anyhow::Result<Vec<std::path::PathBuf>> {
+pub fn write(
+    root: &Path,
+    r: &Results,
+    stamp: &str,
+    svg: &str,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let dir = root.join("bench/results");
     fs::create_dir_all(&dir)?;
     let base = format!("peers-{stamp}");
@@ -414,7 +477,13 @@ pub fn write(root: &Path, r: &Results, stamp: &str, svg: &str) -> anyhow::Result
     fs::write(dir.join("latest.svg"), svg)?;
     fs::write(dir.join("latest.md"), markdown(r, "latest.svg"))?;
     update_readme(root, r)?;
-    Ok(vec![json, md_path, svg_path, dir.join("latest.md"), dir.join("latest.svg")])
+    Ok(vec![
+        json,
+        md_path,
+        svg_path,
+        dir.join("latest.md"),
+        dir.join("latest.svg"),
+    ])
 }
 
 const BEGIN: &str = "<!-- latest-peers:begin -->";
@@ -429,9 +498,17 @@ fn update_readme(root: &Path, r: &Results) -> anyhow::Result<()> {
         anyhow::bail!("bench/README.md lacks the {BEGIN} / {END} markers");
     };
     let body = markdown(r, "results/latest.svg")
-        .replacen("# watt-agent and its peers, side by side", "### Latest run", 1)
+        .replacen(
+            "# watt-agent and its peers, side by side",
+            "### Latest run",
+            1,
+        )
         .replace("\n## ", "\n#### ");
-    let new = format!("{}{BEGIN}\n{body}\n{END}{}", &text[..b], &text[e + END.len()..]);
+    let new = format!(
+        "{}{BEGIN}\n{body}\n{END}{}",
+        &text[..b],
+        &text[e + END.len()..]
+    );
     fs::write(&path, new)?;
     Ok(())
 }

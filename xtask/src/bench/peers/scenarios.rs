@@ -15,7 +15,17 @@ use super::arms::{self, App, Arm, Ctx, Running};
 use crate::bench::loadgen::{self, ClientStats, Plan, Report, Summary, Sweep, SweepSpec};
 
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    clap::ValueEnum,
+    Serialize,
+    Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
@@ -78,7 +88,10 @@ impl Scenario {
 
     #[must_use]
     pub fn is_sweep(self) -> bool {
-        matches!(self, Self::Saturation | Self::SaturationKa | Self::NextSaturation)
+        matches!(
+            self,
+            Self::Saturation | Self::SaturationKa | Self::NextSaturation
+        )
     }
 
     #[must_use]
@@ -234,7 +247,8 @@ pub fn run_cell(env: &CellEnv<'_>, scenario: Scenario, arm: Arm) -> Cell {
             Some(a) => a,
             None => {
                 cell.status = "skipped".into();
-                cell.error = Some("no Next.js standalone build (bash tests/fixtures/prepare.sh)".into());
+                cell.error =
+                    Some("no Next.js standalone build (bash tests/fixtures/prepare.sh)".into());
                 return cell;
             }
         }
@@ -249,14 +263,23 @@ pub fn run_cell(env: &CellEnv<'_>, scenario: Scenario, arm: Arm) -> Cell {
     cell
 }
 
-fn fill(env: &CellEnv<'_>, scenario: Scenario, arm: Arm, app: &App, cell: &mut Cell) -> anyhow::Result<()> {
+fn fill(
+    env: &CellEnv<'_>,
+    scenario: Scenario,
+    arm: Arm,
+    app: &App,
+    cell: &mut Cell,
+) -> anyhow::Result<()> {
     let s = env.settings;
     let addr = SocketAddr::from(([127, 0, 0, 1], env.port));
     let accept_dir = env.dir.join("accepts");
     let mut extra = Vec::new();
     if scenario == Scenario::Crash {
         fs::create_dir_all(&accept_dir)?;
-        extra.push(("TEST_APP_LOG_ACCEPTS".to_owned(), accept_dir.to_string_lossy().into_owned()));
+        extra.push((
+            "TEST_APP_LOG_ACCEPTS".to_owned(),
+            accept_dir.to_string_lossy().into_owned(),
+        ));
     }
     let running = arms::start(env.ctx, arm, app, env.port, env.dir, env.sock_dir, &extra)
         .with_context(|| format!("starting {}", arm.label()))?;
@@ -277,7 +300,11 @@ fn base_plan(s: &Settings, addr: SocketAddr, keep_alive: bool) -> Plan {
         .warmup(s.warmup())
         .timeout(s.timeout())
         .realtime(s.realtime);
-    if keep_alive { p.keep_alive(s.ka_connections) } else { p }
+    if keep_alive {
+        p.keep_alive(s.ka_connections)
+    } else {
+        p
+    }
 }
 
 fn record(cell: &mut Cell, report: &Report) {
@@ -307,7 +334,11 @@ fn load(
         Scenario::Skew | Scenario::SkewKa => {
             let plan = base_plan(s, addr, scenario.keep_alive())
                 .get("fast", "/", s.skew_fast_rate)
-                .get("block", &format!("/block?ms={}", s.skew_block_ms), s.skew_block_rate);
+                .get(
+                    "block",
+                    &format!("/block?ms={}", s.skew_block_ms),
+                    s.skew_block_rate,
+                );
             record(cell, &loadgen::run(&plan)?);
         }
         Scenario::Crash => {
@@ -334,10 +365,16 @@ fn load(
             let t = Instant::now();
             let outcome = running.reload(env.ctx);
             let took = t.elapsed().as_secs_f64();
-            let report = load.join().map_err(|_| anyhow::anyhow!("load generator panicked"))??;
+            let report = load
+                .join()
+                .map_err(|_| anyhow::anyhow!("load generator panicked"))??;
             record(cell, &report);
             cell.reload = Some(match outcome {
-                Ok(how) => ReloadStats { how, took_s: took, error: None },
+                Ok(how) => ReloadStats {
+                    how,
+                    took_s: took,
+                    error: None,
+                },
                 Err(e) => ReloadStats {
                     how: String::new(),
                     took_s: took,
@@ -361,7 +398,11 @@ fn load(
                         .timeout(s.timeout())
                         .realtime(s.realtime)
                         .get("fast", path, rate);
-                    if ka { p.keep_alive(s.ka_connections) } else { p }
+                    if ka {
+                        p.keep_alive(s.ka_connections)
+                    } else {
+                        p
+                    }
                 },
                 |step| {
                     eprintln!(
@@ -371,7 +412,10 @@ fn load(
                         step.classes[0].p99_ms,
                         step.classes[0].failed,
                         step.client.lag_p99_ms,
-                        step.reason.as_deref().map(|r| format!("  <- {r}")).unwrap_or_default()
+                        step.reason
+                            .as_deref()
+                            .map(|r| format!("  <- {r}"))
+                            .unwrap_or_default()
                     );
                     // TIME_WAIT and queues settle between steps.
                     thread::sleep(Duration::from_millis(300));

@@ -1,0 +1,71 @@
+//! The agent's own bad inputs (port in use, foreign address) and its
+//! program diagnostics, end to end.
+use std::{
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
+
+use watt_tests::{agent::Agent, free_port};
+
+const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
+
+#[test]
+fn a_port_in_use_is_one_clear_line_and_nothing_is_left_behind() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let mut agent = Agent::start(port, &["--workers", "2"], &["node", TEST_APP]);
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(10)),
+        Some(3),
+        "{}",
+        agent.log_text()
+    );
+    let log = agent.log_text();
+    assert!(
+        log.contains(&format!("127.0.0.1:{port} is already in use")),
+        "{log}"
+    );
+    assert_eq!(log.lines().count(), 1, "one line: {log}");
+    assert!(agent.worker_pids().is_empty());
+    // The other process's listener is untouched and still the only one.
+    drop(taken);
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+#[test]
+fn an_address_of_another_host_is_refused() {
+    let port = free_port("127.0.0.1");
+    let mut agent = Agent::start(port, &["--host", "192.0.2.1"], &["node", TEST_APP]);
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(10)),
+        Some(3),
+        "{}",
+        agent.log_text()
+    );
+    assert!(
+        agent.log_text().contains("192.0.2.1:")
+            && agent.log_text().contains("is not an address of this host"),
+        "{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn program_diagnostics_reach_the_log_when_asked_for() {
+    // No worker ever becomes ready, so the program finds no ready slot for
+    // the connection below and says so (aya-log, level debug).
+    let port = free_port("127.0.0.1");
+    let agent = Agent::start_with_env(
+        port,
+        &["--workers", "1", "--program-log", "debug"],
+        &["node", TEST_APP],
+        &[("TEST_APP_NEVER_LISTEN", "1")],
+    );
+    assert!(agent.wait_log("worker started", 1, Duration::from_secs(10)));
+    let _c = TcpStream::connect(agent.addr()).expect("connect");
+    assert!(
+        agent.wait_log("no ready slot", 1, Duration::from_secs(10)),
+        "{}",
+        agent.log_text()
+    );
+}
