@@ -13,7 +13,7 @@ use crate::{
     listeners::{self, ListenSpec},
     logging,
     runtime_dir::RuntimeDir,
-    steering::{self, Steering},
+    steering::{self, ProgramLog, Steering},
     supervisor::{self, Channels, Plan, Shared, backoff::BackoffPolicy, lifecycle, spawn},
 };
 
@@ -76,7 +76,7 @@ pub fn run(args: &RunArgs) -> i32 {
     };
     // The program's diagnostics arrive as `log` records of target `watt`
     // (the eBPF crate): let them through at the level asked for.
-    let filter = if config.program_log == crate::steering::ProgramLog::Off {
+    let filter = if config.program_log == ProgramLog::Off {
         config.log_level.clone()
     } else {
         format!("{},watt=trace", config.log_level)

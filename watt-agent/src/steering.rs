@@ -238,6 +238,21 @@ impl Steering {
         }
     }
 
+    /// Zeroes the per-slot counters, for a slot taken by a new listener (so
+    /// a worker's counters start at zero whatever used the slot before).
+    pub fn reset_slot_counters(&mut self, slot: u32) -> Result<(), SteeringError> {
+        check_slot(slot)?;
+        let map_err = |source| SteeringError::Map {
+            map: maps::SLOT_COUNTERS,
+            op: format!("reset slot {slot}"),
+            source,
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| map_err(MapError::from(e)))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![SlotCounters::default(); cpus])
+            .map_err(|e| map_err(MapError::from(e)))?;
+        self.slot_counters.set(slot, zeros, 0).map_err(map_err)
+    }
+
     /// Sets the state and weight of `slot` as the program sees it.
     pub fn set_slot(
         &mut self,
@@ -301,8 +316,17 @@ impl Steering {
             })
     }
 
-    /// Sums the per-CPU counters.
+    /// Sums the per-CPU counters of every slot.
     pub fn counters(&self) -> Result<Counters, SteeringError> {
+        self.counters_of(0..MAX_SLOTS)
+    }
+
+    /// Sums the per-CPU counters; per-slot ones only for `slots` (one map
+    /// read each), the others left zero.
+    pub fn counters_of(
+        &self,
+        slots_in_use: impl IntoIterator<Item = u32>,
+    ) -> Result<Counters, SteeringError> {
         let map_err = |map: &'static str| {
             move |source| SteeringError::Map {
                 map,
@@ -310,20 +334,19 @@ impl Steering {
                 source,
             }
         };
-        let mut slots = Vec::with_capacity(MAX_SLOTS as usize);
-        for slot in 0..MAX_SLOTS {
+        let mut slots = vec![SlotCounters::default(); MAX_SLOTS as usize];
+        for slot in slots_in_use.into_iter().filter(|&s| s < MAX_SLOTS) {
             let per_cpu = self
                 .slot_counters
                 .get(&slot, 0)
                 .map_err(map_err(maps::SLOT_COUNTERS))?;
-            slots.push(
+            slots[slot as usize] =
                 per_cpu
                     .iter()
                     .fold(SlotCounters::default(), |acc, c| SlotCounters {
                         selected: acc.selected + c.selected,
                         migrated_in: acc.migrated_in + c.migrated_in,
-                    }),
-            );
+                    });
         }
         let global = |index| -> Result<u64, SteeringError> {
             Ok(self

@@ -5,15 +5,21 @@
 //! knows is in the tracker and the samples, so recorded sample sequences
 //! replay deterministically in tests.
 //!
-//! Why these rules (see shared/DESIGN.md): a blocked event loop is only
-//! visible once a connection waits in its accept queue; a healthy loop
-//! accepts within microseconds. So a queue that stays non-empty for
-//! `rescue_after` ticks while the worker's main thread is *not* idle in its
-//! epoll wait means the loop is not coming back soon: the worker is busy,
-//! it gets no new connections, and what waits in its queue is rescued. It
-//! is ready again as soon as its main thread is seen idle in epoll again.
-//! CPU time alone cannot tell: `Atomics.wait` or synchronous I/O block a
-//! loop without using any.
+//! Why these rules: a blocked event loop is only visible once a connection
+//! waits in its accept queue; a healthy loop accepts within microseconds of
+//! its next turn. So a queue that stays non-empty for `rescue_after` ticks
+//! while the worker's main thread is neither idle in its epoll wait nor
+//! making progress (read/write system calls: serving connections) means the
+//! loop is stuck in one piece of work: the worker is busy, it gets no new
+//! connections, and what waits in its queue is rescued. It is ready again as
+//! soon as its main thread is seen idle in epoll or doing I/O again.
+//!
+//! The progress signal is what keeps a loaded but healthy worker in the
+//! table: on a busy machine its queue is often non-empty for a few ticks
+//! and it is rarely caught inside epoll, but it reads and writes sockets
+//! between every two ticks. CPU time alone cannot tell either way:
+//! `Atomics.wait` or synchronous I/O block a loop without using any, and a
+//! healthy loaded loop uses a lot.
 use std::time::{Duration, Instant};
 
 /// One observation of one worker.
@@ -25,6 +31,9 @@ pub struct Sample {
     /// Its main thread is idle in the event loop's wait (epoll), from
     /// `/proc/<pid>/task/<pid>/syscall`; `None` when that cannot be read.
     pub loop_idle: Option<bool>,
+    /// Its main thread made read/write system calls since the previous
+    /// sample (`/proc/<pid>/task/<pid>/io`); `None` when unknown.
+    pub progress: Option<bool>,
     /// Resident memory, when sampled this tick.
     pub rss: Option<u64>,
 }
@@ -87,18 +96,20 @@ impl Tracker {
 
         match self.busy_since {
             None => {
-                // Seen idle in epoll: whatever is queued is being accepted.
-                if waited && s.loop_idle != Some(true) {
+                // Seen idle in epoll, or doing I/O: whatever is queued is
+                // being accepted.
+                if waited && s.loop_idle != Some(true) && s.progress != Some(true) {
                     self.busy_since = Some(s.at);
                 }
             }
             Some(since) => {
-                let back = match s.loop_idle {
-                    Some(idle) => idle,
-                    // No syscall signal: re-admit after the probation when
+                let back = match (s.loop_idle, s.progress) {
+                    (Some(true), _) | (_, Some(true)) => true,
+                    (Some(false), _) | (_, Some(false)) => false,
+                    // No signal at all: re-admit after the probation when
                     // nothing waits; a still-blocked worker will show it
                     // again with the next queued connection.
-                    None => !s.queue_nonempty && s.at.duration_since(since) >= p.probation,
+                    (None, None) => !s.queue_nonempty && s.at.duration_since(since) >= p.probation,
                 };
                 if back {
                     self.busy_since = None;
@@ -150,6 +161,12 @@ mod tests {
         }
     }
 
+    /// The recorded sequences below come without the I/O signal unless a
+    /// test says otherwise; `None` keeps them about the syscall signal.
+    fn progress_of(_idle: Option<bool>) -> Option<bool> {
+        None
+    }
+
     /// Replays `(queue_nonempty, loop_idle)` one tick apart.
     fn replay(seq: &[(bool, Option<bool>)]) -> Vec<Verdict> {
         let mut t = Tracker::default();
@@ -162,6 +179,7 @@ mod tests {
                         at: start + TICK * i as u32,
                         queue_nonempty: q,
                         loop_idle: idle,
+                        progress: progress_of(idle),
                         rss: None,
                     },
                     &params(),
@@ -231,6 +249,52 @@ mod tests {
         assert!(k.ends_with("rrrrr"), "{k}");
     }
 
+    /// Replays `(queue_nonempty, loop_idle, progress)` one tick apart.
+    fn replay3(seq: &[(bool, Option<bool>, Option<bool>)]) -> String {
+        let mut t = Tracker::default();
+        let start = Instant::now();
+        let v: Vec<Verdict> = seq
+            .iter()
+            .enumerate()
+            .map(|(i, &(q, idle, progress))| {
+                t.observe(
+                    Sample {
+                        at: start + TICK * i as u32,
+                        queue_nonempty: q,
+                        loop_idle: idle,
+                        progress,
+                        rss: None,
+                    },
+                    &params(),
+                )
+            })
+            .collect();
+        kinds(&v)
+    }
+
+    #[test]
+    fn a_loaded_worker_doing_io_is_never_busy() {
+        // Recorded under uniform load on 2 cores: the queue is non-empty
+        // tick after tick, the main thread is running (not in epoll), and
+        // it reads and writes sockets between every two ticks.
+        let seq: Vec<_> = std::iter::repeat_n((true, Some(false), Some(true)), 20).collect();
+        assert_eq!(replay3(&seq), "r".repeat(20));
+    }
+
+    #[test]
+    fn a_blocked_worker_without_io_is_busy_and_back_with_io() {
+        let f = Some(false);
+        let seq = [
+            (true, f, None), // first tick: no earlier I/O count yet
+            (true, f, f),    // no I/O since: busy, rescue
+            (false, f, f),
+            (false, f, f),
+            (false, f, Some(true)), // reads and writes again: ready
+            (false, f, f),
+        ];
+        assert_eq!(replay3(&seq), "rRbbrr");
+    }
+
     #[test]
     fn busy_for_longer_than_stuck_after_is_stuck() {
         let seq: Vec<_> = std::iter::repeat_n((true, Some(false)), 60).collect();
@@ -247,6 +311,7 @@ mod tests {
             at,
             queue_nonempty: false,
             loop_idle: Some(true),
+            progress: None,
             rss: Some(rss),
         };
         assert_eq!(t.observe(s(50 << 20), &params()).health, Health::Ready);

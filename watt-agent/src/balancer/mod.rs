@@ -203,6 +203,8 @@ struct Entry {
     /// RSS read by the slow sample, for the next health observation.
     pending_rss: Option<u64>,
     queue_nonempty: bool,
+    /// The worker's read+write syscall count at the previous observation.
+    last_io: Option<u64>,
     queue_depth: Option<u32>,
     cpu_time: Option<Duration>,
     rss_bytes: Option<u64>,
@@ -227,6 +229,7 @@ impl Entry {
             reported: false,
             pending_rss: None,
             queue_nonempty: false,
+            last_io: None,
             queue_depth: None,
             cpu_time: None,
             rss_bytes: None,
@@ -265,6 +268,7 @@ impl Balancer {
                     // group, and a group whose listeners all closed is gone.
                     log_err(st.attach(&listener), "attach program");
                     log_err(st.set_slot(slot, SlotState::Starting, 0), "set slot");
+                    log_err(st.reset_slot_counters(slot), "reset slot counters");
                     log_err(st.set_listener(slot, &listener), "insert listener");
                 }
                 self.slots.insert(slot, Entry::new(listener));
@@ -379,7 +383,10 @@ impl Balancer {
                 )
             })
             .collect();
-        let counters = self.steering.as_ref().and_then(|st| st.counters().ok());
+        let counters = self
+            .steering
+            .as_ref()
+            .and_then(|st| st.counters_of(self.slots.keys().copied()).ok());
         let program = self
             .steering
             .as_ref()

@@ -154,22 +154,33 @@ impl Balancer {
             let queue_nonempty = nonempty.contains(&slot);
             e.queue_nonempty = queue_nonempty;
             if !queue_nonempty && e.tracker.is_calm() && e.pending_rss.is_none() {
+                // Nothing to watch: the next suspicion starts afresh.
+                e.last_io = None;
                 continue;
             }
             activity |= e.view.busy;
-            let loop_idle = if queue_nonempty || e.view.busy {
-                e.probe
-                    .as_mut()
-                    .and_then(|p| p.syscall().ok())
-                    .and_then(crate::sampler::SyscallState::loop_idle)
+            let (loop_idle, progress) = if queue_nonempty || e.view.busy {
+                let probe = e.probe.as_mut();
+                let (idle, io) = probe.map_or((None, None), |p| {
+                    (
+                        p.syscall()
+                            .ok()
+                            .and_then(crate::sampler::SyscallState::loop_idle),
+                        p.io_syscalls().ok().flatten(),
+                    )
+                });
+                let progress = io.zip(e.last_io).map(|(now, before)| now != before);
+                e.last_io = io;
+                (idle, progress)
             } else {
-                None
+                (None, None)
             };
             let verdict = e.tracker.observe(
                 health::Sample {
                     at: now,
                     queue_nonempty,
                     loop_idle,
+                    progress,
                     rss: e.pending_rss.take(),
                 },
                 &self.settings.health,
@@ -181,8 +192,9 @@ impl Balancer {
             }
         }
         if changed {
+            // The snapshot (counters: a map read per slot) waits for the
+            // slow sample; the table cannot wait.
             self.publish();
-            self.update_snapshot();
         }
         if activity {
             self.quiet_ticks = 0;
@@ -290,6 +302,7 @@ impl Balancer {
                                     at: now,
                                     queue_nonempty: false,
                                     loop_idle: s.syscall.loop_idle(),
+                                    progress: None,
                                     rss: Some(s.rss_bytes),
                                 },
                                 &self.settings.health,
@@ -304,6 +317,7 @@ impl Balancer {
                                 at: now,
                                 queue_nonempty: false,
                                 loop_idle: s.syscall.loop_idle(),
+                                progress: None,
                                 rss: None,
                             },
                             &self.settings.health,

@@ -80,7 +80,8 @@ mod test_support;
 pub use netproc::{NetProcError, NetTcp, parse_listeners};
 pub use procfs::{
     ProcError, ProcFile, SchedFields, StatFields, SyscallState, WorkerProbe, WorkerSample,
-    parse_schedstat, parse_stat, parse_statm, parse_syscall, syscall_state, ticks_to_duration,
+    parse_io, parse_schedstat, parse_stat, parse_statm, parse_syscall, syscall_state,
+    ticks_to_duration,
 };
 pub use sockdiag::{DumpStatus, SockDiag, SockDiagError, parse_dump, socket_inode};
 

@@ -38,6 +38,8 @@ pub enum ProcFile {
     Statm,
     /// `/proc/<pid>/task/<pid>/syscall` (the main thread's).
     Syscall,
+    /// `/proc/<pid>/task/<pid>/io` (the main thread's I/O accounting).
+    Io,
 }
 
 impl ProcFile {
@@ -47,6 +49,7 @@ impl ProcFile {
             Self::Schedstat => format!("/proc/{pid}/schedstat"),
             Self::Statm => format!("/proc/{pid}/statm"),
             Self::Syscall => format!("/proc/{pid}/task/{pid}/syscall"),
+            Self::Io => format!("/proc/{pid}/task/{pid}/io"),
         }
     }
 }
@@ -58,6 +61,7 @@ impl fmt::Display for ProcFile {
             Self::Schedstat => "schedstat",
             Self::Statm => "statm",
             Self::Syscall => "task/<pid>/syscall",
+            Self::Io => "task/<pid>/io",
         })
     }
 }
@@ -302,6 +306,20 @@ pub fn syscall_state(pid: i32, read: io::Result<&str>) -> Result<SyscallState, P
     }
 }
 
+/// Parses `/proc/<pid>/task/<tid>/io` and returns `syscr + syscw`: the read
+/// and write system calls the thread has made. An event loop that serves
+/// connections reads and writes sockets all the time; one that is blocked
+/// makes none, whether it burns CPU or sleeps.
+pub fn parse_io(text: &str) -> Result<u64, ProcError> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| ProcError::malformed(ProcFile::Io, format!("no {name} field")))
+    };
+    Ok(field("syscr:")?.saturating_add(field("syscw:")?))
+}
+
 /// One reading of a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkerSample {
@@ -330,6 +348,8 @@ pub struct WorkerProbe {
     /// `None` when opening it was refused: the state is then always
     /// [`SyscallState::Unavailable`] and the file is not tried again.
     syscall: Option<File>,
+    /// The main thread's `io`; `None` when refused, like `syscall`.
+    io: Option<File>,
     buf: Vec<u8>,
     clk_tck: u64,
     page_size: u64,
@@ -345,17 +365,20 @@ impl WorkerProbe {
         let stat = open(ProcFile::Stat)?;
         let schedstat = open(ProcFile::Schedstat)?;
         let statm = open(ProcFile::Statm)?;
-        let syscall = match File::open(ProcFile::Syscall.path(pid)) {
-            Ok(f) => Some(f),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => None,
-            Err(e) => return Err(ProcError::from_io(pid, ProcFile::Syscall, e)),
+        let optional = |file: ProcFile| match File::open(file.path(pid)) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => Ok(None),
+            Err(e) => Err(ProcError::from_io(pid, file, e)),
         };
+        let syscall = optional(ProcFile::Syscall)?;
+        let io = optional(ProcFile::Io)?;
         Ok(Self {
             pid,
             stat,
             schedstat,
             statm,
             syscall,
+            io,
             buf: vec![0; 4096],
             clk_tck: sysconf(libc::_SC_CLK_TCK, 100),
             page_size: sysconf(libc::_SC_PAGESIZE, 4096),
@@ -377,6 +400,18 @@ impl WorkerProbe {
         match &self.syscall {
             None => Ok(SyscallState::Unavailable),
             Some(f) => syscall_state(self.pid, read_text(f, &mut self.buf)),
+        }
+    }
+
+    /// The main thread's read + write system calls so far (see
+    /// [`parse_io`]); `None` when the file may not be read.
+    pub fn io_syscalls(&mut self) -> Result<Option<u64>, ProcError> {
+        let pid = self.pid;
+        let Some(f) = &self.io else { return Ok(None) };
+        match read_text(f, &mut self.buf) {
+            Ok(text) => parse_io(text).map(Some).map_err(|e| e.with_pid(pid)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => Ok(None),
+            Err(e) => Err(ProcError::from_io(pid, ProcFile::Io, e)),
         }
     }
 

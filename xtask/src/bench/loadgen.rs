@@ -19,6 +19,9 @@
 //! reported as `lag` (if its p99 grows past a millisecond, the client, not
 //! the server, is the limit). The run is bounded: warm-up + duration +
 //! timeout, and at most `max_in_flight` requests at once.
+// A library for every bench: not each of them uses each part of it.
+#![allow(dead_code)]
+
 use std::{
     cell::{Cell, RefCell},
     collections::{BTreeMap, VecDeque},
@@ -212,7 +215,7 @@ impl Plan {
         if let Some(c) = self
             .classes
             .iter()
-            .find(|c| !(c.rate > 0.0) || !c.rate.is_finite())
+            .find(|c| c.rate.is_nan() || c.rate <= 0.0 || !c.rate.is_finite())
         {
             bail!("class {}: rate must be positive, got {}", c.name, c.rate);
         }
@@ -466,11 +469,27 @@ pub fn spawn(plan: Plan) -> thread::JoinHandle<anyhow::Result<Report>> {
 /// Runs `plan` to the end on this thread (a fresh single-threaded runtime).
 pub fn run(plan: &Plan) -> anyhow::Result<Report> {
     plan.check()?;
+    if plan.realtime {
+        // A thread of its own: the real-time class must not stay with the
+        // caller, whose children would inherit it.
+        return thread::scope(|s| {
+            thread::Builder::new()
+                .name("loadgen".into())
+                .spawn_scoped(s, || {
+                    set_realtime();
+                    run_here(plan)
+                })
+                .context("spawn the load generator thread")?
+                .join()
+                .map_err(|_| anyhow::anyhow!("the load generator panicked"))?
+        });
+    }
+    run_here(plan)
+}
+
+fn run_here(plan: &Plan) -> anyhow::Result<Report> {
     // Timers of this thread (the timerfd is exact anyway; this is for epoll).
     let _ = nix::sys::prctl::set_timerslack(1_000);
-    if plan.realtime {
-        set_realtime();
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -625,6 +644,9 @@ struct Ctx {
     requests: Vec<Vec<u8>>,
     raw: Vec<bool>,
     source: Option<Source>,
+    /// Record client ports (explicit sources and keep-alive connections;
+    /// it costs a getsockname per connection).
+    want_port: bool,
     state: State,
     /// Woken when a keep-alive ticket is queued or the queue is closed.
     work: Notify,
@@ -696,6 +718,7 @@ async fn drive(plan: Plan) -> anyhow::Result<Report> {
             .map(|c| matches!(c.request, Request::Raw(_)))
             .collect(),
         source: plan.source.clone(),
+        want_port: plan.source.is_some() || keep_alive,
         state: Rc::clone(&state),
         work: Notify::new(),
         idle: Notify::new(),
@@ -877,8 +900,11 @@ async fn connect(ctx: &Ctx, port: &Cell<Option<u16>>) -> Result<TcpStream, Error
         .connect(ctx.addr)
         .await
         .map_err(|e| ErrorKind::of_connect(&e))?;
-    let _ = stream.set_nodelay(true);
-    port.set(stream.local_addr().ok().map(|a| a.port()));
+    // No TCP_NODELAY: requests go in one write and wait for their answer,
+    // so Nagle never holds one back (and the syscall is saved).
+    if ctx.want_port {
+        port.set(stream.local_addr().ok().map(|a| a.port()));
+    }
     Ok(stream)
 }
 

@@ -2,6 +2,7 @@
 pub mod loadgen;
 mod loadgen_check;
 mod peers;
+mod skew;
 mod steering;
 
 #[derive(clap::Subcommand)]
@@ -12,6 +13,9 @@ pub enum Command {
     /// watt-agent side by side with Platformatic Watt, PM2 cluster mode,
     /// Node's cluster module and plain SO_REUSEPORT (results in bench/results/).
     Peers(peers::PeersArgs),
+    /// Tail latency with event-loop-blocking requests: the default policy vs
+    /// `hash` and `kernel`, tick choices, uniform-load cost, idle footprint.
+    Skew(skew::Args),
     /// The load generator's own ceiling against a trivial in-process server.
     Loadgen(loadgen_check::Args),
 }
@@ -21,5 +25,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Steering => steering::run(),
         Command::Peers(args) => peers::run(&args),
         Command::Loadgen(args) => loadgen_check::run(&args),
+        Command::Skew(args) => skew::run(&args),
     }
 }

@@ -93,12 +93,6 @@ impl Arm {
         matches!(self, Self::Agent | Self::AgentKernel | Self::AgentResteer)
     }
 
-    /// The peers users compare the agent with.
-    #[must_use]
-    pub fn is_peer(self) -> bool {
-        !self.is_agent()
-    }
-
     #[must_use]
     pub fn from_id(id: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.id() == id)
@@ -230,10 +224,18 @@ pub fn start(
                 wdir.join("package.json"),
                 r#"{ "name": "bench-app", "version": "0.0.0", "private": true }"#,
             )?;
+            // Next.js standalone needs its own directory as the working
+            // directory and cannot chdir there from a worker thread.
+            let main = if app.id == "nextjs" {
+                env.push(("BENCH_APP".into(), app.entry.to_string_lossy().into_owned()));
+                ctx.root.join("bench/app/watt-next.js")
+            } else {
+                app.entry.clone()
+            };
             let config = serde_json::json!({
                 "$schema": format!("https://schemas.platformatic.dev/@platformatic/node/{version}.json"),
                 "module": "@platformatic/node",
-                "node": { "main": app.entry.to_string_lossy() },
+                "node": { "main": main.to_string_lossy() },
                 "runtime": {
                     "server": { "hostname": "127.0.0.1", "port": port },
                     "workers": n,
@@ -303,9 +305,7 @@ pub fn start(
     if !arm.is_agent() {
         cmd.env("PORT", port.to_string());
     }
-    if !matches!(arm, Arm::Watt) {
-        cmd.current_dir(&app.cwd);
-    }
+    cmd.current_dir(&app.cwd);
     cmd.env("PATH", ctx.peers.path_env()).env("NO_COLOR", "1");
     for (k, v) in &env {
         cmd.env(k, v);

@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use nix::{
-    sys::signal::{self, SigSet, Signal},
+    sys::signal::{self, SigHandler, SigSet, Signal},
     unistd::Pid,
 };
 
@@ -162,7 +162,7 @@ fn kill_everything() {
 /// other thread starts, so they inherit the mask) and handles them on a
 /// thread of their own: kill every process started, then exit 130. Also
 /// starts a thread that records new processes under each arm twice a second.
-/// (Children start with an empty mask: std resets it in the child.)
+/// ([`Group::spawn`] gives its children an empty mask again.)
 pub fn install_cleanup() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -196,7 +196,6 @@ pub fn install_cleanup() {
 /// A command started in its own process group; stopped when dropped.
 pub struct Group {
     id: u64,
-    pub name: String,
     child: Child,
     pub root: Proc,
 }
@@ -214,6 +213,21 @@ impl Group {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
+        // The child starts as from a shell: no blocked signals (this process
+        // blocks the ones its signal thread waits for, and std does not
+        // reset the mask), SIGPIPE at its default.
+        // SAFETY: between fork and exec only async-signal-safe calls
+        // (sched_setscheduler, pthread_sigmask, sigaction), no allocation.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Nor a real-time class (the load generator's thread may have one).
+                let param = libc::sched_param { sched_priority: 0 };
+                let _ = libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
+                let _ = SigSet::all().thread_unblock();
+                let _ = signal::signal(Signal::SIGPIPE, SigHandler::SigDfl);
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("start {name}: {cmd:?}"))?;
@@ -229,12 +243,7 @@ impl Group {
                 seen: BTreeSet::from([root]),
             },
         );
-        Ok(Self {
-            id,
-            name: name.to_owned(),
-            child,
-            root,
-        })
+        Ok(Self { id, child, root })
     }
 
     #[must_use]

@@ -87,14 +87,6 @@ impl Scenario {
     }
 
     #[must_use]
-    pub fn is_sweep(self) -> bool {
-        matches!(
-            self,
-            Self::Saturation | Self::SaturationKa | Self::NextSaturation
-        )
-    }
-
-    #[must_use]
     pub fn is_next(self) -> bool {
         matches!(self, Self::Next | Self::NextSaturation)
     }
@@ -131,6 +123,7 @@ pub struct Settings {
     pub sweep_step_s: f64,
     pub next_rate: f64,
     pub next_sweep_start: f64,
+    pub sweep_start_ka: f64,
     /// Re-steering arm: keep-alive connections close after this many requests.
     pub resteer_requests: u32,
     pub watt_restart_ms: u64,
@@ -270,7 +263,6 @@ fn fill(
     app: &App,
     cell: &mut Cell,
 ) -> anyhow::Result<()> {
-    let s = env.settings;
     let addr = SocketAddr::from(([127, 0, 0, 1], env.port));
     let accept_dir = env.dir.join("accepts");
     let mut extra = Vec::new();
@@ -283,6 +275,7 @@ fn fill(
     }
     let running = arms::start(env.ctx, arm, app, env.port, env.dir, env.sock_dir, &extra)
         .with_context(|| format!("starting {}", arm.label()))?;
+    let _ = fs::write(env.dir.join("command.txt"), &running.command);
     // Let the workers settle (JIT warm-up happens in the load's warm-up).
     thread::sleep(Duration::from_millis(300));
     let result = load(env, scenario, &running, addr, cell, &accept_dir);
@@ -384,17 +377,28 @@ fn load(
         }
         Scenario::Saturation | Scenario::SaturationKa | Scenario::NextSaturation => {
             let mut spec = s.sweep.clone();
-            if scenario == Scenario::NextSaturation {
-                spec.start = s.next_sweep_start;
+            match scenario {
+                Scenario::NextSaturation => spec.start = s.next_sweep_start,
+                Scenario::SaturationKa => spec.start = s.sweep_start_ka,
+                _ => {}
             }
+            // The first step gets the whole warm-up (JIT, Next.js's first
+            // renders), later ones half a second.
+            let mut first = true;
             let step = Duration::from_secs_f64(s.sweep_step_s);
             let ka = scenario.keep_alive();
             let path = "/";
             let sweep = loadgen::sweep(
                 &spec,
                 |rate| {
+                    let warm = if first {
+                        s.warmup().max(Duration::from_millis(500))
+                    } else {
+                        Duration::from_millis(500)
+                    };
+                    first = false;
                     let p = Plan::new(addr, step)
-                        .warmup(Duration::from_millis(500))
+                        .warmup(warm)
                         .timeout(s.timeout())
                         .realtime(s.realtime)
                         .get("fast", path, rate);

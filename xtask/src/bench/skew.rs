@@ -1,0 +1,391 @@
+//! `cargo xtask bench skew`: what the load-aware policy does for tail
+//! latency when some requests block a worker's event loop, what it costs,
+//! and that it costs nothing when the load is uniform. Prints a table and
+//! writes `bench/results/skew-<date>.{json,md}`; asserts nothing.
+//!
+//! Runs, each against a fresh agent with 4 workers of the test app:
+//! - baseline: fast requests only (new connection each, open loop);
+//! - skew: the same fast requests plus event-loop-blocking ones, under the
+//!   default policy, `hash` and `kernel`, and the default policy at other
+//!   ticks (reaction vs. the agent's CPU);
+//! - uniform: a higher rate of fast requests, default policy vs. `kernel`;
+//! - idle: 16 workers and no traffic for a minute: the agent's CPU and RSS.
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use super::{
+    loadgen::{self, Plan, Summary},
+    peers::procs::{self, Group},
+};
+use crate::{build, setup, util};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Measured seconds per run (after a 2 s warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
+    /// Fast requests per second.
+    #[arg(long, default_value_t = 300.0)]
+    pub rate: f64,
+    /// Blocking requests per second, and how long each blocks its worker.
+    #[arg(long, default_value_t = 8.0)]
+    pub block_rate: f64,
+    #[arg(long, default_value_t = 100)]
+    pub block_ms: u64,
+    /// Fast requests per second of the uniform-load comparison.
+    #[arg(long, default_value_t = 1500.0)]
+    pub uniform_rate: f64,
+    /// Ticks to compare besides the default.
+    #[arg(long, value_delimiter = ',', default_value = "500us,2ms")]
+    pub ticks: Vec<String>,
+    /// Seconds of the idle measurement with 16 workers (0 skips it).
+    #[arg(long, default_value_t = 60)]
+    pub idle: u64,
+    /// Only the runs whose name contains this (e.g. `uniform`).
+    #[arg(long)]
+    pub only: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Run {
+    name: String,
+    policy: String,
+    tick: String,
+    fast: Summary,
+    block: Option<Summary>,
+    /// The agent's CPU over the measured window, % of one core.
+    agent_cpu_percent: f64,
+    rescues: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Idle {
+    workers: usize,
+    seconds: u64,
+    agent_cpu_percent: f64,
+    agent_rss_kib: u64,
+}
+
+#[derive(Serialize)]
+struct Results {
+    date: String,
+    machine: String,
+    runs: Vec<Run>,
+    idle: Option<Idle>,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    setup::run(&setup::Options {
+        check: false,
+        fixtures: true,
+    })?;
+    if !util::is_root() {
+        bail!(
+            "the benchmark runs the agent, which loads eBPF: run it as root (sudo -E cargo xtask bench skew)"
+        );
+    }
+    procs::install_cleanup();
+    let agent = build::release_binary()?;
+    let root = util::root();
+    let app = root.join("tests/fixtures/apps/test-app.js");
+    let dir = root.join("target/bench-skew");
+    fs::create_dir_all(&dir)?;
+    let duration = Duration::from_secs(args.duration);
+    let fast = |plan: Plan| plan.get("fast", "/", args.rate);
+    let block_path = format!("/block?ms={}", args.block_ms);
+    let skewed = |plan: Plan| fast(plan).get("block", &block_path, args.block_rate);
+
+    let mut runs = Vec::new();
+    let mut one = |name: &str,
+                   policy: &str,
+                   tick: &str,
+                   plan: &dyn Fn(Plan) -> Plan|
+     -> anyhow::Result<()> {
+        let r = measure(&agent, &app, &dir, name, policy, tick, 4, duration, plan)?;
+        println!(
+            "{:<28} fast p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  failed {:>3}  agent CPU {:>5.2}%{}",
+            r.name,
+            r.fast.p50_ms,
+            r.fast.p99_ms,
+            r.fast.p999_ms,
+            r.fast.failed,
+            r.agent_cpu_percent,
+            r.rescues
+                .map(|n| format!("  rescues {n}"))
+                .unwrap_or_default()
+        );
+        runs.push(r);
+        Ok(())
+    };
+    println!(
+        "skew: {} fast req/s + {} req/s blocking {} ms, new connection each, {} s per run, 4 workers",
+        args.rate, args.block_rate, args.block_ms, args.duration
+    );
+    one("baseline (no blocking)", "rescue", "1ms", &fast)?;
+    one("skew, rescue (default)", "rescue", "1ms", &skewed)?;
+    one("skew, hash", "hash", "1ms", &skewed)?;
+    one("skew, kernel", "kernel", "1ms", &skewed)?;
+    for tick in &args.ticks {
+        one(
+            &format!("skew, rescue, tick {tick}"),
+            "rescue",
+            tick,
+            &skewed,
+        )?;
+    }
+    let uniform = |plan: Plan| plan.get("fast", "/", args.uniform_rate);
+    one(
+        &format!("uniform {}/s, rescue", args.uniform_rate),
+        "rescue",
+        "1ms",
+        &uniform,
+    )?;
+    one(
+        &format!("uniform {}/s, kernel", args.uniform_rate),
+        "kernel",
+        "1ms",
+        &uniform,
+    )?;
+
+    let idle = (args.idle > 0)
+        .then(|| idle(&agent, &app, &dir, Duration::from_secs(args.idle)))
+        .transpose()?;
+    if let Some(i) = &idle {
+        println!(
+            "idle: {} workers, {} s, agent CPU {:.3}% of a core, RSS {} KiB",
+            i.workers, i.seconds, i.agent_cpu_percent, i.agent_rss_kib
+        );
+    }
+    let results = Results {
+        date: util_date(),
+        machine: machine(),
+        runs,
+        idle,
+    };
+    write(&root, &results)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    agent: &Path,
+    app: &Path,
+    dir: &Path,
+    name: &str,
+    policy: &str,
+    tick: &str,
+    workers: usize,
+    duration: Duration,
+    plan: &dyn Fn(Plan) -> Plan,
+) -> anyhow::Result<Run> {
+    let port = free_port()?;
+    let mut group = start_agent(
+        agent,
+        app,
+        dir,
+        port,
+        workers,
+        &["--policy", policy, "--tick", tick],
+    )?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let warmup = Duration::from_secs(2);
+    let p = plan(
+        Plan::new(addr, duration)
+            .warmup(warmup)
+            .timeout(Duration::from_secs(10)),
+    );
+    // The agent's CPU over the measured window only.
+    let pid = group.pid();
+    let sampler = thread::spawn(move || {
+        thread::sleep(warmup);
+        let a = cpu_time(pid);
+        thread::sleep(duration);
+        cpu_time(pid).zip(a).map(|(b, a)| b.saturating_sub(a))
+    });
+    let report = loadgen::run(&p)?;
+    let cpu = sampler.join().ok().flatten().unwrap_or_default();
+    let log = fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    group.stop(Duration::from_secs(15));
+    let summaries: Vec<Summary> = report
+        .classes
+        .iter()
+        .map(|c| c.summary(report.measured))
+        .collect();
+    let fast = summaries
+        .iter()
+        .find(|s| s.name == "fast")
+        .cloned()
+        .context("no fast class")?;
+    let block = summaries.into_iter().find(|s| s.name == "block");
+    Ok(Run {
+        name: name.to_owned(),
+        policy: policy.to_owned(),
+        tick: tick.to_owned(),
+        fast,
+        block,
+        agent_cpu_percent: 100.0 * cpu.as_secs_f64() / duration.as_secs_f64(),
+        rescues: (policy == "rescue").then(|| log.matches("worker busy").count() as u64),
+    })
+}
+
+fn idle(agent: &Path, app: &Path, dir: &Path, window: Duration) -> anyhow::Result<Idle> {
+    let port = free_port()?;
+    let mut group = start_agent(agent, app, dir, port, 16, &[])?;
+    // Let start-up settle before measuring.
+    thread::sleep(Duration::from_secs(3));
+    let pid = group.pid();
+    let a = cpu_time(pid).context("agent CPU time")?;
+    thread::sleep(window);
+    let b = cpu_time(pid).context("agent CPU time")?;
+    let rss = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0);
+    group.stop(Duration::from_secs(15));
+    Ok(Idle {
+        workers: 16,
+        seconds: window.as_secs(),
+        agent_cpu_percent: 100.0 * b.saturating_sub(a).as_secs_f64() / window.as_secs_f64(),
+        agent_rss_kib: rss,
+    })
+}
+
+/// Starts the agent in its own process group; returns once every worker is
+/// ready.
+fn start_agent(
+    agent: &Path,
+    app: &Path,
+    dir: &Path,
+    port: u16,
+    workers: usize,
+    extra: &[&str],
+) -> anyhow::Result<Group> {
+    let log = dir.join("agent.log");
+    let _ = fs::remove_file(&log);
+    let mut cmd = Command::new(agent);
+    cmd.arg("run")
+        .args([
+            "--workers",
+            &workers.to_string(),
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--host", "127.0.0.1", "--admin", "off"])
+        .args(extra)
+        .arg("--")
+        .arg("node")
+        .arg(app)
+        .env_remove("PORT")
+        .env("NO_COLOR", "1");
+    let mut group = Group::spawn("watt-agent", &mut cmd, &log)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("worker ready").count() >= workers {
+            return Ok(group);
+        }
+        if group.exited().is_some() || Instant::now() > deadline {
+            group.stop(Duration::from_secs(5));
+            bail!(
+                "the agent did not get {workers} workers ready:\n{}",
+                procs::tail(&text, 20)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// utime + stime of `pid`.
+fn cpu_time(pid: i32) -> Option<Duration> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s[s.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc_sysconf(2) })
+        .unwrap_or(100)
+        .max(1);
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+unsafe extern "C" {
+    #[link_name = "sysconf"]
+    fn libc_sysconf(name: i32) -> i64;
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn util_date() -> String {
+    util::output(Command::new("date").args(["-u", "+%Y-%m-%d"]))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
+}
+
+fn write(root: &Path, r: &Results) -> anyhow::Result<()> {
+    let dir = root.join("bench/results");
+    fs::create_dir_all(&dir)?;
+    let json: PathBuf = dir.join(format!("skew-{}.json", r.date));
+    fs::write(&json, serde_json::to_string_pretty(r)?)?;
+    let mut md = format!(
+        "# Skew benchmark, {}\n\nMachine: {}. 4 workers of tests/fixtures/apps/test-app.js on Node {}. \
+         Open-loop load, new connection per request, latency from the scheduled start.\n\n\
+         | run | policy | tick | fast p50 | fast p99 | fast p99.9 | failed | agent CPU |\n|---|---|---|---|---|---|---|---|\n",
+        r.date,
+        r.machine,
+        util::output(Command::new("node").arg("--version"))
+            .unwrap_or_default()
+            .trim()
+    );
+    for run in &r.runs {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.2}% |\n",
+            run.name,
+            run.policy,
+            run.tick,
+            run.fast.p50_ms,
+            run.fast.p99_ms,
+            run.fast.p999_ms,
+            run.fast.failed + run.block.as_ref().map_or(0, |b| b.failed),
+            run.agent_cpu_percent
+        ));
+    }
+    if let Some(i) = &r.idle {
+        md.push_str(&format!(
+            "\nIdle: {} workers, no traffic for {} s: agent CPU {:.3}% of one core, RSS {} KiB.\n",
+            i.workers, i.seconds, i.agent_cpu_percent, i.agent_rss_kib
+        ));
+    }
+    fs::write(dir.join(format!("skew-{}.md", r.date)), &md)?;
+    fs::write(dir.join("skew-latest.md"), &md)?;
+    println!("\n{md}\nwritten: {}", json.display());
+    Ok(())
+}
