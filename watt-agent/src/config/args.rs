@@ -72,7 +72,7 @@ pub struct RunArgs {
     /// How connections are steered [default: rescue]
     #[arg(long, env = "WATT_POLICY", value_enum)]
     pub policy: Option<Policy>,
-    /// Sampling tick while connections arrive [default: 1ms]
+    /// Sampling tick while connections arrive [default: 2ms]
     #[arg(long, env = "WATT_TICK", value_parser = parse_duration)]
     pub tick: Option<Duration>,
     /// Ticks a worker's accept queue may stay non-empty before its

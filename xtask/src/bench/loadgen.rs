@@ -1175,7 +1175,7 @@ pub struct Sweep {
 }
 
 /// A rate ramp: `start`, then times `factor`, for at most `max_steps` steps
-/// and never past `max_rate`. A step passes when every class has p99 at
+/// and never past `max_rate`; a failed step is tried `retries` more times. A step passes when every class has p99 at
 /// most `p99_bound`, at most `max_error_ratio` failed, and the generator's
 /// own lag p99 stayed under `max_client_lag`.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -1187,6 +1187,10 @@ pub struct SweepSpec {
     pub p99_bound_ms: f64,
     pub max_error_ratio: f64,
     pub max_client_lag_ms: f64,
+    /// A failed step is run again up to this many times before the sweep
+    /// stops (one noisy second on a shared machine should not end it).
+    #[serde(default)]
+    pub retries: usize,
 }
 
 impl SweepSpec {
@@ -1237,7 +1241,10 @@ pub fn sweep(
     mut between: impl FnMut(&SweepStep),
 ) -> anyhow::Result<Sweep> {
     let mut out = Sweep::default();
-    for rate in spec.rates() {
+    let rates = spec.rates();
+    let mut tries = 0;
+    let mut i = 0;
+    while let Some(&rate) = rates.get(i) {
         let report = run(&plan_at(rate))?;
         let reason = judge_step(spec, &report);
         let client_limited = reason.as_deref().is_some_and(|r| r.contains("client lag"));
@@ -1252,10 +1259,16 @@ pub fn sweep(
         let passed = step.passed;
         out.steps.push(step);
         if !passed {
+            if tries < spec.retries {
+                tries += 1;
+                continue;
+            }
             out.client_limited = client_limited;
             break;
         }
+        tries = 0;
         out.max_rate = Some(rate);
+        i += 1;
     }
     Ok(out)
 }
@@ -1309,6 +1322,7 @@ mod tests {
             p99_bound_ms: 50.0,
             max_error_ratio: 0.0,
             max_client_lag_ms: 1.0,
+            retries: 0,
         };
         assert_eq!(spec.rates(), vec![1000.0, 1500.0, 2250.0, 3375.0]);
     }

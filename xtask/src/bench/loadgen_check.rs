@@ -39,6 +39,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             p99_bound_ms: 5.0,
             max_error_ratio: 0.0,
             max_client_lag_ms: 1.0,
+            retries: 0,
         };
         let step = Duration::from_secs_f64(args.step.clamp(0.5, 30.0));
         let sweep = loadgen::sweep(

@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1500.0)]
     pub uniform_rate: f64,
     /// Ticks to compare besides the default.
-    #[arg(long, value_delimiter = ',', default_value = "500us,2ms")]
+    #[arg(long, value_delimiter = ',', default_value = "500us,1ms")]
     pub ticks: Vec<String>,
     /// Seconds of the idle measurement with 16 workers (0 skips it).
     #[arg(long, default_value_t = 60)]
@@ -130,8 +130,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "skew: {} fast req/s + {} req/s blocking {} ms, new connection each, {} s per run, 4 workers",
         args.rate, args.block_rate, args.block_ms, args.duration
     );
-    one("baseline (no blocking)", "rescue", "1ms", &fast)?;
-    one("skew, rescue (default)", "rescue", "1ms", &skewed)?;
+    one("baseline (no blocking)", "rescue", "2ms", &fast)?;
+    one("skew, rescue (default)", "rescue", "2ms", &skewed)?;
     one("skew, hash", "hash", "1ms", &skewed)?;
     one("skew, kernel", "kernel", "1ms", &skewed)?;
     for tick in &args.ticks {

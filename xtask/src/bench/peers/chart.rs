@@ -125,7 +125,7 @@ fn lines(area: &Area<'_>, scn: &str, cells: &[&super::scenarios::Cell]) -> DrawR
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))
         .label_font(("sans-serif", 12))
@@ -159,6 +159,7 @@ fn bars(area: &Area<'_>, scn: &str, cells: &[&super::scenarios::Cell]) -> DrawRe
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
     for (i, (arm, label, rate)) in rates.iter().enumerate() {

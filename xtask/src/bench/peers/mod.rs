@@ -118,6 +118,7 @@ impl PeersArgs {
                 // lateness is inside p99 already; it only ends a step by
                 // itself when it alone passes the bound.
                 max_client_lag_ms: self.p99_bound,
+                retries: 1,
             },
             sweep_step_s: self.sweep_step,
             next_rate: 100.0,

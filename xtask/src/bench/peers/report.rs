@@ -251,7 +251,7 @@ fn scenario_title(s: &Settings, scn: &str) -> String {
             s.reload_fast_rate, s.reload_at_s
         ),
         "saturation" | "saturation-ka" | "next-saturation" => format!(
-            "rate from {}/s up x{} per {} s step until p99 > {} ms or a request fails, {}",
+            "rate from {}/s up x{} per {} s step until p99 > {} ms or a request fails (a failed step is run once more before the sweep stops), {}",
             if scn == "next-saturation" {
                 s.next_sweep_start
             } else {
@@ -463,8 +463,9 @@ pub fn markdown(r: &Results, chart_file: &str) -> String {
 
 const NOTES: &str = "## Notes\n\n\
 - **Keep-alive.** The agent steers connections, not requests: it chooses a worker when a connection is made. A keep-alive connection stays with its worker; if that worker's event loop blocks, the requests already sent on it wait, whoever balanced the connection. What steering can do with keep-alive: new connections avoid a busy worker, and with `--max-requests-per-socket` (the `watt-agent + max-requests-per-socket` arm) clients reconnect every so many requests and get steered again. The client here picks an idle connection from its pool for each request, as HTTP client pools do.\n\
-- **Crash.** The crashing worker first blocks for the stall (a request that blocks its event loop), so connections queue on its listener, then exits. Requests the worker had already accepted die with it under every arm. With plain SO_REUSEPORT (Watt's threads, the reusePort arm, `--policy kernel`) the connections still queued on its listener are reset when it exits; the agent's program moves them to another worker; Node cluster and PM2 keep them in the primary, which accepts every connection itself.\n\
+- **Crash.** The crashing worker first blocks for the stall (a request that blocks its event loop), so connections queue on its listener, then exits. Requests the worker had already accepted die with it under every arm. With plain SO_REUSEPORT (Watt's threads, the reusePort arm, `--policy kernel`) the connections still queued on its listener are reset when it exits; the agent's program moves them to another worker; Node cluster and PM2 keep them in the primary, which accepts every connection itself, but the one connection it is handing to the dying worker at that moment is neither answered nor closed (the client times out after 5 s). Watt restarts a crashed worker thread only after seconds on this machine (its log shows when), slower than one crash a second, so at times it has no worker left: its `refused` failures.\n\
 - **Reload.** watt-agent: SIGHUP. PM2: `pm2 reload all`. Watt: `wattpm restart` (workers replaced one at a time). Node cluster: the primary replaces workers one at a time on SIGHUP (bench/app/cluster-primary.js). Plain reusePort processes have no reload: the launcher (bench/app/reuseport-launcher.js) restarts them one at a time, new one first, as a user would.\n\
+- **Saturation.** With a new connection per request the client spends about 100 µs of CPU per request (loopback: both ends of the handshake run in its context), so at the top rates client and servers share the 2 cores; the client's lag p99 shows whether it kept its schedule. `cargo xtask bench loadgen` measures the client alone.\n\
 - Every arm runs the unchanged tests/fixtures/apps/test-app.js with the same Node 22; Node cluster, PM2 and reusePort workers get bench/app/graceful.js (stop accepting and finish in-flight requests on SIGTERM/SIGINT), the agent's workers its own shim, Watt its own handling. Watt's `restartOnError` is set to the same 100 ms as the others' restart delay (its default is 5 s).\n";
 
 /// Writes `peers-<stamp>.{json,md,svg}` and `latest.{md,svg}` under
