@@ -317,21 +317,27 @@ fn missing_and_unknown_commands_fail_fast_with_one_clear_line() {
     );
 }
 
-#[test]
-fn a_worker_that_never_listens_is_named_and_restarted() {
+/// Starts one worker with `env` and a short start timeout; returns the
+/// agent's port and its log once it said the worker is not ready.
+fn not_ready_log(env: &[(&str, &str)]) -> (u16, String) {
     let port = free_port("127.0.0.1");
     let agent = Agent::start_with_env(
         port,
         &["--workers", "1", "--start-timeout", "1s"],
         &["node", TEST_APP],
-        &[("TEST_APP_NEVER_LISTEN", "1")],
+        env,
     );
     assert!(
         agent.wait_log("not ready after", 1, Duration::from_secs(10)),
         "{}",
         agent.log_text()
     );
-    let log = agent.log_text();
+    (port, agent.log_text())
+}
+
+#[test]
+fn a_worker_that_never_listens_is_named_and_restarted() {
+    let (port, log) = not_ready_log(&[("TEST_APP_NEVER_LISTEN", "1")]);
     assert!(
         log.contains(&format!("it never listened on port {port}")),
         "{log}"
@@ -344,20 +350,8 @@ fn a_worker_that_never_listens_is_named_and_restarted() {
 
 #[test]
 fn a_worker_on_another_port_is_named_with_that_port() {
-    let port = free_port("127.0.0.1");
-    let other = free_port("127.0.0.1");
-    let agent = Agent::start_with_env(
-        port,
-        &["--workers", "1", "--start-timeout", "2s"],
-        &["node", TEST_APP],
-        &[("TEST_APP_OTHER_PORT", &other.to_string())],
-    );
-    assert!(
-        agent.wait_log("not ready after", 1, Duration::from_secs(10)),
-        "{}",
-        agent.log_text()
-    );
-    let log = agent.log_text();
+    let other = free_port("127.0.0.1").to_string();
+    let (port, log) = not_ready_log(&[("TEST_APP_OTHER_PORT", &other)]);
     assert!(
         log.contains(&format!("it listens on port {other}, not on port {port}")),
         "{log}"

@@ -291,34 +291,22 @@ impl Balancer {
                 Ok(s) => {
                     e.cpu_time = Some(s.cpu_time);
                     e.rss_bytes = Some(s.rss_bytes);
-                    if want_rss && e.view.lifecycle == SlotState::Ready {
-                        if self.active {
-                            e.pending_rss = Some(s.rss_bytes);
-                        } else {
-                            // No ticks while idle: observe now (queues are
-                            // empty, or the loop would be ticking).
-                            let verdict = e.tracker.observe(
-                                health::Sample {
-                                    at: now,
-                                    queue_nonempty: false,
-                                    loop_idle: s.syscall.loop_idle(),
-                                    progress: None,
-                                    rss: Some(s.rss_bytes),
-                                },
-                                &self.settings.health,
-                            );
-                            changed |=
-                                self.act(slot, verdict, self.settings.policy == Policy::Rescue);
-                        }
-                    } else if !self.active && e.view.busy {
-                        // A busy worker while nothing arrives: back when idle.
+                    let ready = e.view.lifecycle == SlotState::Ready;
+                    let rss = (want_rss && ready).then_some(s.rss_bytes);
+                    if self.active {
+                        // The next tick observes it with its queue state.
+                        e.pending_rss = rss.or(e.pending_rss);
+                    } else if ready && (rss.is_some() || e.view.busy) {
+                        // No ticks while idle, so observe now: the queues
+                        // are empty (or the loop would be ticking), and a
+                        // busy worker is back once its loop is idle.
                         let verdict = e.tracker.observe(
                             health::Sample {
                                 at: now,
                                 queue_nonempty: false,
                                 loop_idle: s.syscall.loop_idle(),
                                 progress: None,
-                                rss: None,
+                                rss,
                             },
                             &self.settings.health,
                         );

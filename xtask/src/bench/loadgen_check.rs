@@ -28,6 +28,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    super::peers::reexec_release()?;
     let (addr, _server) = trivial_server()?;
     println!("trivial server on {addr} (one thread); generator: one thread");
     for conns in [Connections::PerRequest, Connections::KeepAlive(64)] {

@@ -84,6 +84,7 @@ struct Results {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    super::peers::reexec_release()?;
     setup::run(&setup::Options {
         check: false,
         fixtures: true,

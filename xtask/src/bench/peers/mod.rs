@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use arms::{App, Arm, Ctx};
 use scenarios::{CellEnv, Scenario, Settings};
 
@@ -89,6 +89,10 @@ pub struct PeersArgs {
     /// Print the results but write nothing under bench/results.
     #[arg(long)]
     pub no_save: bool,
+    /// Run nothing: rewrite the report, chart (and, for a complete run, the
+    /// latest files) from a results JSON this command wrote.
+    #[arg(long, value_name = "JSON")]
+    pub render: Option<PathBuf>,
 }
 
 impl PeersArgs {
@@ -159,7 +163,57 @@ fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("::", port)).is_ok()
 }
 
+/// `cargo xtask` runs a debug build, whose load generator is several times
+/// slower: a benchmark re-runs itself from a release build of xtask (set
+/// `WATT_BENCH_DEBUG=1` to stay in the debug build).
+pub fn reexec_release() -> anyhow::Result<()> {
+    if !cfg!(debug_assertions) || std::env::var_os("WATT_BENCH_DEBUG").is_some() {
+        return Ok(());
+    }
+    let root = util::root();
+    eprintln!("bench: building xtask in release mode for an optimized load generator");
+    util::run(
+        std::process::Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["build", "--quiet", "--release", "-p", "xtask"]),
+    )?;
+    let bin = root.join("target/release/xtask");
+    let err = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new(&bin).args(std::env::args_os().skip(1)),
+    );
+    Err(anyhow::anyhow!("exec {}: {err}", bin.display()))
+}
+
+/// `--render`: the report and chart again from a saved results JSON.
+fn render(root: &std::path::Path, json: &std::path::Path) -> anyhow::Result<()> {
+    let text = fs::read_to_string(json).with_context(|| format!("read {}", json.display()))?;
+    let mut results: report::Results =
+        serde_json::from_str(&text).context("parse the results JSON")?;
+    results.targets = report::targets(&results);
+    let stamp = json
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.strip_prefix("peers-"))
+        .context("expected bench/results/peers-<stamp>.json")?
+        .to_owned();
+    let complete = Scenario::DEFAULT
+        .iter()
+        .all(|s| results.cells.iter().any(|c| c.scenario == s.id()))
+        && Arm::ALL
+            .iter()
+            .all(|a| results.cells.iter().any(|c| c.arm == a.id()));
+    let svg = chart::svg(&results)?;
+    for p in report::write(root, &results, &stamp, &svg, complete)? {
+        eprintln!("bench peers: wrote {}", p.display());
+    }
+    Ok(())
+}
+
 pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
+    if let Some(json) = &args.render {
+        return render(&util::root(), json);
+    }
+    reexec_release()?;
     // Before any other thread exists: signals go to the cleanup thread.
     procs::install_cleanup();
     let started = Instant::now();
@@ -321,8 +375,15 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
             json.display()
         );
     } else {
-        for p in report::write(&root, &results, &stamp, &svg)? {
+        // Only a complete run replaces latest.* and the README's table.
+        let complete = args.scenarios.is_empty() && args.arms.is_empty();
+        for p in report::write(&root, &results, &stamp, &svg, complete)? {
             eprintln!("bench peers: wrote {}", p.display());
+        }
+        if !complete {
+            eprintln!(
+                "bench peers: a subset of scenarios or arms: latest.* and bench/README.md left as they were"
+            );
         }
     }
     prune_runs(&cache.join("runs"), 5);

@@ -252,10 +252,10 @@ fn scenario_title(s: &Settings, scn: &str) -> String {
         ),
         "saturation" | "saturation-ka" | "next-saturation" => format!(
             "rate from {}/s up x{} per {} s step until p99 > {} ms or a request fails (a failed step is run once more before the sweep stops), {}",
-            if scn == "next-saturation" {
-                s.next_sweep_start
-            } else {
-                s.sweep.start
+            match scn {
+                "next-saturation" => s.next_sweep_start,
+                "saturation-ka" => s.sweep_start_ka,
+                _ => s.sweep.start,
             },
             s.sweep.factor,
             s.sweep_step_s,
@@ -468,13 +468,15 @@ const NOTES: &str = "## Notes\n\n\
 - **Saturation.** With a new connection per request the client spends about 100 µs of CPU per request (loopback: both ends of the handshake run in its context), so at the top rates client and servers share the 2 cores; the client's lag p99 shows whether it kept its schedule. `cargo xtask bench loadgen` measures the client alone.\n\
 - Every arm runs the unchanged tests/fixtures/apps/test-app.js with the same Node 22; Node cluster, PM2 and reusePort workers get bench/app/graceful.js (stop accepting and finish in-flight requests on SIGTERM/SIGINT), the agent's workers its own shim, Watt its own handling. Watt's `restartOnError` is set to the same 100 ms as the others' restart delay (its default is 5 s).\n";
 
-/// Writes `peers-<stamp>.{json,md,svg}` and `latest.{md,svg}` under
-/// bench/results/, and the latest table into bench/README.md.
+/// Writes `peers-<stamp>.{json,md,svg}` under bench/results/ and, when
+/// `latest` (a run of every scenario and arm), `latest.{md,svg}` and the
+/// table in bench/README.md.
 pub fn write(
     root: &Path,
     r: &Results,
     stamp: &str,
     svg: &str,
+    latest: bool,
 ) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let dir = root.join("bench/results");
     fs::create_dir_all(&dir)?;
@@ -485,6 +487,9 @@ pub fn write(
     fs::write(&svg_path, svg)?;
     let md_path = dir.join(format!("{base}.md"));
     fs::write(&md_path, markdown(r, &format!("{base}.svg")))?;
+    if !latest {
+        return Ok(vec![json, md_path, svg_path]);
+    }
     fs::write(dir.join("latest.svg"), svg)?;
     fs::write(dir.join("latest.md"), markdown(r, "latest.svg"))?;
     update_readme(root, r)?;
