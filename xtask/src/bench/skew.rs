@@ -347,7 +347,7 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let cores = thread::available_parallelism().map_or(0, std::num::NonZero::get);
     format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
 }
 
