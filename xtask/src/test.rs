@@ -32,14 +32,33 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     };
     if !opts.no_lint {
         util::run(cargo().args(["fmt", "--all", "--check"]))?;
+        // The eBPF crate only builds for the BPF target, with nightly.
         util::run(cargo().args([
             "clippy",
             "--workspace",
+            "--exclude",
+            "watt-ebpf",
             "--all-targets",
             "--",
             "-D",
             "warnings",
         ]))?;
+        util::run(
+            Command::new("cargo")
+                .current_dir(root.join("watt-ebpf"))
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "--release",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]),
+        )?;
     }
     util::run(cargo().args([
         "test",
