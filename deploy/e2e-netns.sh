@@ -245,6 +245,15 @@ APP_URL="http://${NODE_IP}:${M_APP_PORT}/"
 # PID 1 of the new PID namespace runs this, then execs setpriv -> env -> agent.
 cat > "${WORK}/launch.sh" <<'SH'
 set -eu
+# A checkout under /tmp or /run (CI clones often live there) would vanish
+# under the container's own /tmp and /run: keep it visible by moving a bind
+# of it aside first and binding it back after (this namespace only).
+keep=""
+case "${E2E_REPO}" in /tmp/*|/run/*) keep="${E2E_REPO}" ;; esac
+if [ -n "${keep}" ]; then
+  aside=$(mktemp -d /dev/shm/watt-e2e-repo.XXXXXX)
+  mount --bind "${keep}" "${aside}"
+fi
 # A container's /run and /tmp are its own; Kubernetes mounts the emptyDirs.
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
@@ -259,6 +268,12 @@ for d in ${E2E_EMPTYDIRS}; do
     echo "e2e: emptyDir ${d}: not emulated (no such directory on this machine)"
   fi
 done
+if [ -n "${keep}" ]; then
+  mkdir -p "${keep}"
+  mount --move "${aside}" "${keep}"
+  rmdir "${aside}"
+  echo "e2e: checkout ${keep} kept visible under the container's /tmp, /run"
+fi
 if [ "${E2E_READ_ONLY_ROOT}" = 1 ]; then
   mount -o remount,bind,ro /
   echo "e2e: root filesystem read-only"
@@ -294,7 +309,7 @@ log "e2e: overlay ${OVERLAY}: capabilities ${M_CAPS} (CapEff ${M_CAP_MASK}), no_
 log "e2e: agent ${AGENT_SRC}; app: ${APP[*]}; workers ${WORKERS_WANTED} as ${WORKER_USER}"
 log "e2e: pod IP ${NODE_IP} (netns ${NS_NODE}); probes from ${CLIENT_IP} (netns ${NS_CLIENT})"
 
-E2E_EMPTYDIRS="${M_EMPTYDIRS[*]}" E2E_READ_ONLY_ROOT="${M_READ_ONLY_ROOT}" \
+E2E_REPO="${REPO_ROOT}" E2E_EMPTYDIRS="${M_EMPTYDIRS[*]}" E2E_READ_ONLY_ROOT="${M_READ_ONLY_ROOT}" \
 E2E_NO_NEW_PRIVS="${M_NO_NEW_PRIVS}" E2E_CAPS="${CAPS_SETPRIV}" E2E_UID="${M_RUN_AS_USER}" \
   ip netns exec "${NS_NODE}" \
   unshare --pid --fork --kill-child --mount --propagation private --mount-proc \
