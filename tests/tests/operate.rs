@@ -247,7 +247,58 @@ fn admin_endpoints_answer_and_metrics_parse_as_prometheus_text() {
         "{}",
         agent.log_text()
     );
-    assert!(agent.worker_pids().is_disjoint(&before));
+    let after = agent.worker_pids();
+    assert!(
+        after.is_disjoint(&before),
+        "old workers {before:?} still run beside {after:?}:\n{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn reload_wait_returns_after_the_old_workers_exit_and_fails_on_a_bad_deploy() {
+    let admin_port = free_port("127.0.0.1");
+    let admin = format!("127.0.0.1:{admin_port}");
+    // The app exits at start while this file exists: a deploy that is broken.
+    let broken = std::env::temp_dir().join(format!("watt-bad-deploy-{}", std::process::id()));
+    let _ = std::fs::remove_file(&broken);
+    let broken_env = broken.to_str().expect("utf-8 temp path");
+    let agent = Agent::start_with_env(
+        free_port("127.0.0.1"),
+        &["--workers", "2", &admin_arg(admin_port)],
+        &["node", TEST_APP],
+        &[("TEST_APP_EXIT_IF", broken_env)],
+    );
+    agent.wait_ready(2, Duration::from_secs(30));
+
+    let before = agent.worker_pids();
+    let o = watt(&["reload", "--wait", "--admin", &admin]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "rolling reload of 2 workers started\nrolling reload finished: 2 replaced, 0 failed\n"
+    );
+    // When --wait returns, none of the old processes runs any more.
+    let after = agent.worker_pids();
+    assert_eq!(after.len(), 2, "{}", agent.log_text());
+    assert!(after.is_disjoint(&before), "{before:?} then {after:?}");
+
+    std::fs::write(&broken, b"").expect("create the marker file");
+    let o = watt(&["reload", "--wait", "--admin", &admin]);
+    let _ = std::fs::remove_file(&broken);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert_eq!(
+        stdout(&o),
+        "rolling reload of 2 workers started\nrolling reload finished: 0 replaced, 2 failed\n"
+    );
+    assert!(
+        stderr(&o).contains("2 replacement(s) did not become ready"),
+        "{}",
+        stderr(&o)
+    );
+    // The old workers kept serving through it.
+    assert_eq!(agent.worker_pids(), after, "{}", agent.log_text());
+    http::get(agent.addr(), "/").expect("the app still answers");
 }
 
 #[test]

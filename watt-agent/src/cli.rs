@@ -59,6 +59,19 @@ pub struct StatusArgs {
 }
 
 #[derive(Args, Clone, Debug, Default)]
+pub struct ReloadArgs {
+    /// Return only when the reload has finished (every old worker has
+    /// exited); exit 1 if a replacement failed or the wait timed out
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits
+    #[arg(long, default_value = "10m", value_parser = config::values::parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Clone, Debug, Default)]
 pub struct RestartArgs {
     /// The worker's id (0..N-1, as in `watt-agent status`)
     pub worker: u32,
@@ -168,6 +181,65 @@ pub fn command(client: &ClientArgs, worker: Option<u32>) -> i32 {
             exit::FAILURE,
         ),
         Err(code) => code,
+    }
+}
+
+/// `watt-agent reload [--wait]`.
+#[must_use]
+pub fn reload(args: &ReloadArgs) -> i32 {
+    if !args.wait {
+        return command(&args.client, None);
+    }
+    // The count before asking tells this reload's end from an earlier one's.
+    let before = match fetch_status(&args.client) {
+        Ok((s, _)) => s.reloads_finished,
+        Err(code) => return code,
+    };
+    let code = command(&args.client, None);
+    if code != exit::OK {
+        return code;
+    }
+    let deadline = Instant::now() + args.timeout;
+    loop {
+        let status = match fetch_status(&args.client) {
+            Ok((s, _)) => s,
+            Err(code) => return code,
+        };
+        if status.reloads_finished > before {
+            let outcome = status.last_reload.unwrap_or_default();
+            println!(
+                "rolling reload finished: {} replaced, {} failed",
+                outcome.replaced, outcome.failed
+            );
+            return if outcome.failed == 0 {
+                exit::OK
+            } else {
+                fail(
+                    format!(
+                        "{} replacement(s) did not become ready; the old workers keep serving \
+                         (see the agent's log)",
+                        outcome.failed
+                    ),
+                    exit::FAILURE,
+                )
+            };
+        }
+        if status.shutting_down {
+            return fail(
+                "the agent began shutting down during the reload",
+                exit::FAILURE,
+            );
+        }
+        if Instant::now() >= deadline {
+            return fail(
+                format!(
+                    "the reload has not finished after {}; it goes on in the agent",
+                    humantime::format_duration(args.timeout)
+                ),
+                exit::FAILURE,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -392,6 +464,8 @@ mod tests {
             min_ready: 1,
             is_ready: true,
             reloading: false,
+            reloads_finished: 0,
+            last_reload: None,
             shutting_down: false,
             workers: vec![
                 WorkerStatus {

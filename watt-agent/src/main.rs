@@ -34,7 +34,7 @@ enum Command {
     /// Show the running agent's workers: state, pid, uptime, restarts, load
     Status(cli::StatusArgs),
     /// Rolling reload: replace every worker, one at a time, without dropping a connection
-    Reload(cli::ClientArgs),
+    Reload(cli::ReloadArgs),
     /// Replace one worker (a new process starts, then the old one drains)
     Restart(cli::RestartArgs),
     /// Live view of the workers, refreshed every second
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
             cli::check_config(&a)
         }
         Command::Status(a) => cli::status(&a),
-        Command::Reload(a) => cli::command(&a, None),
+        Command::Reload(a) => cli::reload(&a),
         Command::Restart(a) => cli::command(&a.client, Some(a.worker)),
         Command::Top(a) => cli::top(&a),
         Command::Doctor(a) => cli::doctor(&a),

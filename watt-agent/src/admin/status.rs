@@ -8,7 +8,7 @@ use watt_common::SlotState;
 use crate::{
     balancer::{SlotSnapshot, Snapshot},
     supervisor::{
-        Shared,
+        ReloadOutcome, Shared,
         lifecycle::{Phase, WorkerView},
     },
 };
@@ -93,6 +93,12 @@ pub struct Status {
     /// What `/readyz` answers: at least `min_ready` ready, not shutting down.
     pub is_ready: bool,
     pub reloading: bool,
+    /// Rolling reloads finished since the agent started.
+    #[serde(default)]
+    pub reloads_finished: u64,
+    /// How the last finished reload went.
+    #[serde(default)]
+    pub last_reload: Option<ReloadOutcome>,
     pub shutting_down: bool,
     pub workers: Vec<WorkerStatus>,
     /// The eBPF program's totals (absent under `--policy kernel`).
@@ -218,6 +224,8 @@ pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Sta
         min_ready: info.min_ready,
         is_ready: is_ready(info, shared),
         reloading: shared.reloading,
+        reloads_finished: shared.reloads_finished,
+        last_reload: shared.last_reload,
         shutting_down: shared.shutting_down,
         workers,
         program,

@@ -64,10 +64,23 @@ pub struct Shared {
     pub workers: Vec<WorkerView>,
     pub ready: usize,
     pub reloading: bool,
+    /// Rolling reloads finished since the agent started, and the last one's
+    /// outcome (for `watt-agent reload --wait`).
+    pub reloads_finished: u64,
+    pub last_reload: Option<ReloadOutcome>,
     pub shutting_down: bool,
     pub started: Option<Instant>,
     /// Last time the loop went round (for /healthz).
     pub heartbeat: Option<Instant>,
+}
+
+/// How a finished rolling reload went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReloadOutcome {
+    /// Workers now running a new process.
+    pub replaced: usize,
+    /// Workers whose replacement never became ready (the old one kept serving).
+    pub failed: usize,
 }
 
 pub struct Channels {
@@ -98,6 +111,7 @@ pub async fn run(
         notice_tx,
         queue: VecDeque::new(),
         exit: None,
+        reloads: (0, None),
     };
     if let Ok(mut s) = shared.lock() {
         s.started = Some(Instant::now());
@@ -143,6 +157,8 @@ struct Driver<'a> {
     notice_tx: mpsc::UnboundedSender<Notice>,
     queue: VecDeque<Event>,
     exit: Option<i32>,
+    /// Reloads finished so far and the last one's outcome.
+    reloads: (u64, Option<ReloadOutcome>),
 }
 
 impl Driver<'_> {
@@ -169,7 +185,12 @@ impl Driver<'_> {
                 self.balancer.send(Command::Close { slot });
             }
             Action::Signal { pid, sig } => send_signal(pid, sig),
-            Action::Note(note) => self.log(note),
+            Action::Note(note) => {
+                if let Note::ReloadFinished { replaced, failed } = note {
+                    self.reloads = (self.reloads.0 + 1, Some(ReloadOutcome { replaced, failed }));
+                }
+                self.log(note);
+            }
             Action::Exit { code } => self.exit = Some(code),
         }
     }
@@ -349,6 +370,7 @@ impl Driver<'_> {
             s.workers = self.machine.workers();
             s.ready = self.machine.ready_count();
             s.reloading = self.machine.is_reloading();
+            (s.reloads_finished, s.last_reload) = self.reloads;
             s.shutting_down = self.machine.is_shutting_down();
             s.heartbeat = Some(Instant::now());
         }

@@ -215,6 +215,8 @@ pub enum Note {
     ReloadStarted {
         workers: usize,
     },
+    /// Every worker was replaced (or failed to be) and every old instance
+    /// the reload drained has exited.
     ReloadFinished {
         replaced: usize,
         failed: usize,

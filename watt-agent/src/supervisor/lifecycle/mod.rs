@@ -20,7 +20,7 @@
 //! steering to its slot, then stop its listener (the kernel program migrates
 //! what is queued on it to the ready slots), then close the slot.
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -76,6 +76,9 @@ struct Reload {
     current: Option<WorkerId>,
     replaced: usize,
     failed: usize,
+    /// Old instances this reload drained that have not exited yet: the
+    /// reload is finished only when the old code no longer runs.
+    draining: BTreeSet<Slot>,
 }
 
 pub struct Lifecycle {
@@ -326,6 +329,7 @@ impl Lifecycle {
                 && r.current == Some(worker)
             {
                 r.replaced += 1;
+                r.draining.extend(old);
                 self.advance_reload(now, out);
             }
         }
@@ -368,6 +372,11 @@ impl Lifecycle {
         out.push(Action::StopSlot { slot });
         out.push(Action::CloseSlot { slot });
         self.instance_gone(now, slot, &inst, !expected, out);
+        if let Some(r) = &mut self.reload
+            && r.draining.remove(&slot)
+        {
+            self.finish_reload_if_done(out);
+        }
     }
 
     /// Bookkeeping after an instance left `slot`.
@@ -540,13 +549,24 @@ impl Lifecycle {
                 self.begin_replace(now, next, ReplaceReason::Reload, out);
             }
             None => {
-                out.push(Action::Note(Note::ReloadFinished {
-                    replaced: r.replaced,
-                    failed: r.failed,
-                }));
-                self.reload = None;
+                r.current = None;
+                self.finish_reload_if_done(out);
             }
         }
+    }
+
+    /// Ends the reload once every worker had its turn and every old instance
+    /// it drained has exited (`exited` calls this again as they go).
+    fn finish_reload_if_done(&mut self, out: &mut Vec<Action>) {
+        let Some(r) = &self.reload else { return };
+        if r.current.is_some() || !r.pending.is_empty() || !r.draining.is_empty() {
+            return;
+        }
+        out.push(Action::Note(Note::ReloadFinished {
+            replaced: r.replaced,
+            failed: r.failed,
+        }));
+        self.reload = None;
     }
 
     fn begin_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {

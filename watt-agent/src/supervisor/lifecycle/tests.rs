@@ -263,18 +263,35 @@ fn reload_replaces_one_worker_at_a_time_new_ready_before_old_drains() {
             .any(|a| matches!(a, Action::Spawn { worker: 1, .. }))
     );
     let new1 = h.incoming_pid(1);
-    h.feed(Event::Ready { pid: new1 });
+    let finished = |actions: &[Action]| {
+        has_note(actions, |n| {
+            matches!(
+                n,
+                Note::ReloadFinished {
+                    replaced: 2,
+                    failed: 0
+                }
+            )
+        })
+    };
+    // The first old worker exits while the second replacement still starts.
     let actions = h.feed(Event::Exited {
         pid: old0,
         status: ExitStatus::Code(0),
     });
     assert!(has_note(&actions, |n| matches!(n, Note::Stopped { .. })));
     assert!(actions.contains(&Action::CloseSlot { slot: slot0 }));
+    assert!(!finished(&actions));
+    let actions = h.feed(Event::Ready { pid: new1 });
+    // Both replacements serve, but the old code still runs: not finished.
+    assert!(!finished(&actions));
+    assert!(h.m.is_reloading());
     let actions = h.feed(Event::Exited {
         pid: old1,
         status: ExitStatus::Code(0),
     });
     assert!(!has_note(&actions, |n| matches!(n, Note::RestartIn { .. })));
+    assert!(finished(&actions), "{actions:?}");
     assert_eq!(h.pid(0), new0);
     assert_eq!(h.pid(1), new1);
     assert!(!h.m.is_reloading());
