@@ -6,7 +6,7 @@ use std::{
     net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -30,6 +30,8 @@ pub struct Agent {
     pub child: Child,
     pub port: u16,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Disconnects when the log reader has read stderr to its end.
+    log_done: mpsc::Receiver<()>,
 }
 
 impl Agent {
@@ -72,7 +74,9 @@ impl Agent {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("piped");
         let sink = Arc::clone(&log);
+        let (done, log_done) = mpsc::channel::<()>();
         thread::spawn(move || {
+            let _done = done; // dropped at EOF: wait_exit's signal
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("WATT_TEST_VERBOSE").is_some() {
                     eprintln!("agent: {line}");
@@ -80,7 +84,12 @@ impl Agent {
                 sink.lock().expect("log").push(line);
             }
         });
-        Self { child, port, log }
+        Self {
+            child,
+            port,
+            log,
+            log_done,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -141,6 +150,9 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // The agent's last lines may still be in the pipe: read them
+                // before anyone looks at the log.
+                let _ = self.log_done.recv_timeout(Duration::from_secs(5));
                 return Some(status.code().unwrap_or(-1));
             }
             thread::sleep(Duration::from_millis(20));

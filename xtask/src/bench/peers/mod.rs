@@ -19,7 +19,7 @@ use std::{
     fs,
     net::TcpListener,
     path::PathBuf,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
@@ -135,28 +135,14 @@ impl PeersArgs {
     }
 }
 
-/// UTC civil time of `secs` since the epoch: (y, m, d, H, M, S).
-fn utc(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
+/// `20261127-085612` (a file-name stamp) and `2026-11-27T08:56:12Z`.
+fn stamp_and_date(now: SystemTime) -> (String, String) {
+    let date = humantime::format_rfc3339_seconds(now).to_string();
+    let stamp = date
+        .trim_end_matches('Z')
+        .replace(['-', ':'], "")
+        .replace('T', "-");
+    (stamp, date)
 }
 
 fn port_free(port: u16) -> bool {
@@ -260,13 +246,7 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
     let test_app = App::test_app(&root);
     let next_app = App::nextjs(&root);
 
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let (y, mo, d, h, mi, s) = utc(now);
-    let stamp = format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}");
-    let date = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z");
+    let (stamp, date) = stamp_and_date(SystemTime::now());
     let cache = root.join("bench/cache");
     let run_dir = cache.join("runs").join(&stamp);
     fs::create_dir_all(&run_dir)?;
@@ -404,15 +384,22 @@ fn prune_runs(dir: &std::path::Path, keep: usize) {
     for p in &runs[..n] {
         let _ = fs::remove_dir_all(p);
     }
-    let _ = Duration::ZERO;
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
     #[test]
-    fn utc_dates() {
-        assert_eq!(super::utc(0), (1970, 1, 1, 0, 0, 0));
-        assert_eq!(super::utc(1_795_762_285), (2026, 11, 27, 6, 51, 25));
-        assert_eq!(super::utc(951_782_400), (2000, 2, 29, 0, 0, 0));
+    fn stamps_and_dates() {
+        let at = |secs| super::stamp_and_date(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(
+            at(1_795_762_285),
+            (
+                "20261127-065125".to_owned(),
+                "2026-11-27T06:51:25Z".to_owned()
+            )
+        );
+        assert_eq!(at(951_782_400).1, "2000-02-29T00:00:00Z");
     }
 }
