@@ -3,7 +3,11 @@
 //! SIGKILL. Those connections die with it; every other client must be
 //! served. Logging accepts from inside the app would leave a gap between
 //! `accept` and the log line; the frozen process has none.
-use std::{collections::HashSet, fs, thread, time::Duration};
+use std::{
+    collections::HashSet,
+    fs, thread,
+    time::{Duration, Instant},
+};
 
 /// Socket inodes `pid` holds.
 fn socket_inodes(pid: i32) -> HashSet<u64> {
@@ -57,6 +61,12 @@ fn state(pid: i32) -> Option<char> {
     s[s.rfind(')')? + 2..].chars().next()
 }
 
+/// Client ports of the connections `pid` holds (has accepted) on `port`.
+#[must_use]
+pub fn accepted(pid: i32, port: u16) -> HashSet<u16> {
+    remote_ports(&socket_inodes(pid), port)
+}
+
 /// Freezes `pid`, records the client ports of the connections it accepted
 /// on `port`, keeps it frozen for `hold` (connections keep arriving and
 /// queue on its listener, as on a worker that stalls before it dies), and
@@ -64,15 +74,15 @@ fn state(pid: i32) -> Option<char> {
 pub fn freeze_and_kill(pid: i32, port: u16, hold: Duration) -> HashSet<u16> {
     // SAFETY: signalling a worker process started by the agent under test.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    for _ in 0..200 {
-        if matches!(state(pid), Some('T') | None) {
-            break;
-        }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !matches!(state(pid), Some('T') | None) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(1));
     }
-    let accepted = remote_ports(&socket_inodes(pid), port);
+    let mut held = accepted(pid, port);
     thread::sleep(hold);
+    // Frozen, it accepts nothing more; read again in case it was not yet.
+    held.extend(accepted(pid, port));
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    accepted
+    held
 }

@@ -131,6 +131,44 @@ impl Group {
 
 /// A port with nothing listening on `host` right now (the kernel's pick,
 /// released at once; the group then binds it explicitly).
+/// Polls `f` every 50 ms until it holds or `timeout` passes; whether it
+/// held. For state that becomes true eventually (a process reaped, a
+/// counter refreshed): a loaded machine gets the whole timeout.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether `pid`'s main thread sleeps in `futex(2)` (syscall 202 on
+/// x86-64): where the test app's `Atomics.wait` blocks its event loop.
+#[must_use]
+pub fn main_thread_in_futex(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/syscall"))
+        .is_ok_and(|s| s.starts_with("202 "))
+}
+
+/// Waits (polling every millisecond, up to `timeout`) until `pid`'s event
+/// loop is blocked in `Atomics.wait`; whether it was seen blocked.
+#[must_use]
+pub fn wait_blocked(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if main_thread_in_futex(pid) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
 pub fn free_port(host: &str) -> u16 {
     std::net::TcpListener::bind(spec(host, 0).addr)
         .and_then(|l| l.local_addr())

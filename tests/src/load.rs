@@ -41,6 +41,9 @@ pub struct Outcome {
     pub local_port: u16,
     /// When the request was due to start.
     pub scheduled: Instant,
+    /// When its connect began (later than `scheduled` when the load
+    /// thread runs late; on loopback the SYN is queued within the call).
+    pub sent: Instant,
     /// From the scheduled start (coordinated omission corrected).
     pub latency: Duration,
     pub result: Result<Response, Failure>,
@@ -89,6 +92,7 @@ async fn one(spec: &Spec, scheduled: Instant) -> Outcome {
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     };
     let mut local_port = 0;
+    let mut sent = Instant::now();
     let result = match socket {
         Err(e) => Err(Failure::Connect(e.to_string())),
         Ok(socket) => {
@@ -99,6 +103,7 @@ async fn one(spec: &Spec, scheduled: Instant) -> Outcome {
             };
             let _ = socket.bind(any);
             local_port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+            sent = Instant::now();
             match tokio::time::timeout(spec.timeout, exchange(socket, spec)).await {
                 Ok(r) => r,
                 Err(_) => Err(Failure::Timeout),
@@ -108,6 +113,7 @@ async fn one(spec: &Spec, scheduled: Instant) -> Outcome {
     Outcome {
         local_port,
         scheduled,
+        sent,
         latency: scheduled.elapsed(),
         result,
     }

@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use watt_tests::{agent::Agent, free_port};
+use watt_tests::{agent::Agent, free_port, wait_until};
 
 const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
 
@@ -62,10 +62,14 @@ fn program_diagnostics_reach_the_log_when_asked_for() {
         &[("TEST_APP_NEVER_LISTEN", "1")],
     );
     assert!(agent.wait_log("worker started", 1, Duration::from_secs(10)));
-    let _c = TcpStream::connect(agent.addr()).expect("connect");
-    assert!(
-        agent.wait_log("no ready slot", 1, Duration::from_secs(10)),
-        "{}",
-        agent.log_text()
-    );
+    // The balancer attaches the program just after "worker started": connect
+    // until a connection has met it, not just once.
+    let mut connections = Vec::new();
+    let said = wait_until(Duration::from_secs(10), || {
+        if let Ok(c) = TcpStream::connect(agent.addr()) {
+            connections.push(c);
+        }
+        agent.log_count("no ready slot") > 0
+    });
+    assert!(said, "{}", agent.log_text());
 }

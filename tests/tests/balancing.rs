@@ -8,13 +8,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use watt_tests::{agent::Agent, free_port, http, load};
+use watt_tests::{agent::Agent, free_port, http, kill, load, wait_blocked, wait_until};
 
 const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
 const BLOCK: Duration = Duration::from_millis(1000);
-/// Margin around the block: signal delivery at the start, the last
-/// in-flight request at the end. Much longer than a tick (1 ms).
-const MARGIN: Duration = Duration::from_millis(20);
+/// Margin inside the block, at both ends: a connect counted as "during the
+/// block" began at least this long after the worker was seen blocked and
+/// this long before the block can have ended. Many ticks (2 ms) long.
+const MARGIN: Duration = Duration::from_millis(50);
 
 fn start(args: &[&str], env: &[(&str, &str)]) -> Agent {
     let port = free_port("127.0.0.1");
@@ -45,16 +46,24 @@ fn block_one_worker(agent: &Agent) -> BlockResult {
     });
     thread::sleep(Duration::from_millis(800));
     let victim = *agent.worker_pids().iter().next().expect("a worker");
-    let t0 = Instant::now();
+    let signalled = Instant::now();
     // SAFETY: signalling a worker of the agent under test.
     unsafe { libc::kill(victim, libc::SIGUSR2) };
+    // The block starts when the worker runs its signal handler, somewhere
+    // between the signal and the moment it is seen blocked; it lasts BLOCK.
+    assert!(
+        wait_blocked(victim, Duration::from_secs(5)),
+        "worker {victim} never blocked"
+    );
+    let seen_blocked = Instant::now();
     let outcomes = load.join().expect("load");
     let answered_by_victim = |o: &&load::Outcome| {
         o.result.as_ref().ok().and_then(|r| http::pid_of(&r.body)) == Some(victim)
     };
-    let during =
-        |o: &&load::Outcome| o.scheduled >= t0 + MARGIN && o.scheduled + MARGIN <= t0 + BLOCK;
-    let after = |o: &&load::Outcome| o.scheduled >= t0 + BLOCK + Duration::from_millis(200);
+    let during = |o: &&load::Outcome| {
+        o.sent >= seen_blocked + MARGIN && o.sent + MARGIN <= signalled + BLOCK
+    };
+    let after = |o: &&load::Outcome| o.sent >= seen_blocked + BLOCK + Duration::from_millis(200);
     let r = BlockResult {
         waited_out: outcomes
             .iter()
@@ -128,21 +137,34 @@ fn a_stuck_worker_is_replaced() {
     thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling a worker of the agent under test.
     unsafe { libc::kill(victim, libc::SIGUSR2) };
+    assert!(
+        wait_blocked(victim, Duration::from_secs(5)),
+        "worker {victim} never blocked"
+    );
+    // A connection it accepted in the same loop turn as the signal waits
+    // with it and dies with it: no one can serve that one. Everything else
+    // must be served.
+    let held = kill::accepted(victim, agent.port);
     let outcomes = load.join().expect("load");
     assert!(
-        agent.wait_log("worker stopped", 1, Duration::from_secs(10))
-            || agent.log_count("SIGKILL") > 0,
+        agent.wait_log("worker stopped", 1, Duration::from_secs(20)),
         "{}",
         agent.log_text()
     );
     let log = agent.log_text();
     assert!(log.contains("replacing worker: busy for"), "{log}");
     assert!(
-        !agent.worker_pids().contains(&victim),
+        wait_until(Duration::from_secs(10), || !agent
+            .worker_pids()
+            .contains(&victim)),
         "the stuck worker must be gone"
     );
     assert_eq!(agent.worker_pids().len(), 4);
-    assert_eq!(load::failures(&outcomes).len(), 0, "{log}");
+    let failed: Vec<_> = load::failures(&outcomes)
+        .into_iter()
+        .filter(|o| !held.contains(&o.local_port))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}\n{log}");
 }
 
 #[test]
@@ -159,14 +181,21 @@ fn an_over_memory_worker_is_replaced_without_failed_requests() {
     let r = http::get(agent.addr(), "/alloc?mb=200").expect("alloc");
     let victim = http::pid_of(&r.body).expect("pid");
     let outcomes = load.join().expect("load");
-    let log = agent.log_text();
-    assert!(log.contains("above the limit"), "{log}");
     assert!(
-        agent.wait_log("worker stopped", 1, Duration::from_secs(10)),
-        "{log}"
+        agent.wait_log("above the limit", 1, Duration::from_secs(10)),
+        "{}",
+        agent.log_text()
     );
     assert!(
-        !agent.worker_pids().contains(&victim),
+        agent.wait_log("worker stopped", 1, Duration::from_secs(20)),
+        "{}",
+        agent.log_text()
+    );
+    let log = agent.log_text();
+    assert!(
+        wait_until(Duration::from_secs(10), || !agent
+            .worker_pids()
+            .contains(&victim)),
         "the over-memory worker must be gone"
     );
     assert_eq!(load::failures(&outcomes).len(), 0, "{log}");

@@ -13,7 +13,7 @@ use std::{
 
 use watt_tests::{
     agent::{self, Agent},
-    free_port, http,
+    free_port, http, wait_until,
 };
 
 const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
@@ -117,17 +117,6 @@ fn admin_arg(port: u16) -> String {
     format!("--admin=127.0.0.1:{port}")
 }
 
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 #[test]
 fn admin_endpoints_answer_and_metrics_parse_as_prometheus_text() {
     let admin_port = free_port("127.0.0.1");
@@ -189,7 +178,7 @@ fn admin_endpoints_answer_and_metrics_parse_as_prometheus_text() {
     }
     assert!(metric(&scrape, "watt_program_connections_total", &[]).is_some());
     // The balancer refreshes its counters about once a second.
-    let counted = wait_until(Duration::from_secs(5), || {
+    let counted = wait_until(Duration::from_secs(10), || {
         metric(&self::scrape(admin), "watt_program_connections_total", &[])
             .is_some_and(|n| n >= 20.0)
     });
@@ -309,7 +298,7 @@ fn admin_api_with_bpf_stats_reports_the_decision_cost() {
     for _ in 0..10 {
         http::get(agent.addr(), "/").expect("the app answers");
     }
-    let ok = wait_until(Duration::from_secs(5), || {
+    let ok = wait_until(Duration::from_secs(10), || {
         metric(&scrape(admin), "watt_program_runs_total", &[]).is_some_and(|n| n >= 10.0)
     });
     assert!(
@@ -332,7 +321,7 @@ fn readyz_flips_when_workers_go_down_and_back() {
             "--min-ready",
             "2",
             "--restart-delay",
-            "7s",
+            "10s",
         ],
     );
     assert_eq!(get(admin, "/readyz").status, 200);
@@ -341,13 +330,13 @@ fn readyz_flips_when_workers_go_down_and_back() {
     unsafe { libc::kill(victim, libc::SIGKILL) };
     let killed = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(3), || get(admin, "/readyz").status
+        wait_until(Duration::from_secs(5), || get(admin, "/readyz").status
             == 503),
         "/readyz did not flip to 503"
     );
     let down = get(admin, "/readyz");
     assert_eq!(down.body, "not ready: 1 of 2 workers ready, 2 needed\n");
-    // The loop's next deadline is the restart, 7s away; /healthz (stale
+    // The loop's next deadline is the restart, 10s away; /healthz (stale
     // after 5s without a heartbeat) must stay 200 meanwhile.
     thread::sleep(Duration::from_secs(6).saturating_sub(killed.elapsed()));
     assert_eq!(get(admin, "/healthz").status, 200);
@@ -359,7 +348,7 @@ fn readyz_flips_when_workers_go_down_and_back() {
         .find(|w| w["state"] == "down")
         .expect("a worker down");
     assert!(
-        w["restart_in_seconds"].as_f64().is_some_and(|t| t <= 7.0),
+        w["restart_in_seconds"].as_f64().is_some_and(|t| t <= 10.0),
         "{w}"
     );
     let id = w["id"].as_u64().unwrap().to_string();

@@ -8,7 +8,9 @@ use std::{
 
 use watt_tests::{
     agent::{Agent, alive, port_open, same_alive, start_time},
-    free_port, http, kill, load,
+    free_port, http, kill, load, main_thread_in_futex,
+    sysctl::Sysctl,
+    wait_until,
 };
 
 const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
@@ -94,7 +96,9 @@ fn crash_under_load(agent: &Agent) -> (usize, usize, usize) {
     }
     // (pids are compared with their start time: pid_max is small on some
     // machines and a busy one reuses pids within seconds.)
-    assert!(killed.iter().all(|&(p, t)| !same_alive(p, t)));
+    assert!(wait_until(Duration::from_secs(10), || killed
+        .iter()
+        .all(|&(p, t)| !same_alive(p, t))));
     (outcomes.len(), failed.len(), unexpected.len())
 }
 
@@ -114,7 +118,9 @@ fn sigkill_a_worker_every_second_under_load_loses_only_what_it_had_accepted() {
 #[test]
 fn without_the_program_the_same_crashes_reset_queued_connections() {
     // The control for the test above: plain SO_REUSEPORT (`--policy
-    // kernel`) resets what waited in the dead worker's queue.
+    // kernel`) resets what waited in the dead worker's queue (unless the
+    // kernel's own migration, off by default, is switched on).
+    let _sysctl = Sysctl::set("net.ipv4.tcp_migrate_req", "0");
     let agent = start(
         4,
         &[
@@ -189,19 +195,30 @@ fn killing_the_agent_kills_every_worker_and_frees_the_port() {
     agent
         .wait_exit(Duration::from_secs(5))
         .expect("agent exits");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while workers.iter().any(|p| alive(*p)) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(10), || {
+        !workers.iter().any(|p| alive(*p))
+    });
     let survivors: Vec<_> = workers.iter().filter(|p| alive(**p)).collect();
     assert!(
         survivors.is_empty(),
-        "workers alive 2 s after the agent died: {survivors:?}"
+        "workers alive 10 s after the agent died: {survivors:?}"
     );
     assert!(
         !port_open(agent.addr()),
         "port {} still accepts",
         agent.port
+    );
+}
+
+/// Waits until a worker is inside a `/block` request (its loop blocked),
+/// so the request is in flight, not still in a queue, when a test signals.
+fn wait_handling_block(agent: &Agent) {
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .worker_pids()
+            .into_iter()
+            .any(main_thread_in_futex)),
+        "no worker started the blocking request"
     );
 }
 
@@ -211,7 +228,7 @@ fn sigterm_stops_gracefully_and_finishes_in_flight_requests() {
     let addr = agent.addr();
     // A request that takes 1 s is in flight when SIGTERM arrives.
     let slow = thread::spawn(move || http::get(addr, "/block?ms=1000"));
-    thread::sleep(Duration::from_millis(300));
+    wait_handling_block(&agent);
     agent.signal(libc::SIGTERM);
     let r = slow
         .join()
@@ -232,7 +249,7 @@ fn a_worker_ignoring_sigterm_is_killed_and_the_exit_code_says_so() {
     let addr = agent.addr();
     // Blocks the loop for 5 s: it cannot act on SIGTERM in time.
     let _slow = thread::spawn(move || http::get(addr, "/block?ms=5000"));
-    thread::sleep(Duration::from_millis(300));
+    wait_handling_block(&agent);
     agent.signal(libc::SIGTERM);
     assert_eq!(
         agent.wait_exit(Duration::from_secs(10)),
@@ -323,12 +340,12 @@ fn not_ready_log(env: &[(&str, &str)]) -> (u16, String) {
     let port = free_port("127.0.0.1");
     let agent = Agent::start_with_env(
         port,
-        &["--workers", "1", "--start-timeout", "1s"],
+        &["--workers", "1", "--start-timeout", "3s"],
         &["node", TEST_APP],
         env,
     );
     assert!(
-        agent.wait_log("not ready after", 1, Duration::from_secs(10)),
+        agent.wait_log("not ready after", 1, Duration::from_secs(20)),
         "{}",
         agent.log_text()
     );
