@@ -72,6 +72,10 @@ pub struct PeersArgs {
     /// A sweep step fails when p99 passes this (ms).
     #[arg(long, default_value_t = 50.0)]
     pub p99_bound: f64,
+    /// Runs of every cell, round after round with the arms in a rotated
+    /// order; the report shows each cell's median run and every run's figure.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
     /// First port; each cell takes the next free one.
     #[arg(long, default_value_t = 24300)]
     pub port: u16,
@@ -133,6 +137,71 @@ impl PeersArgs {
             realtime: !self.no_realtime,
         }
     }
+}
+
+/// Every (scenario, arm) cell `repeats` times: round after round, each
+/// round with the arms rotated by one, so that order effects (the first
+/// cell on a cold machine) do not always favour the same arm.
+fn plan(scenarios: &[Scenario], arms: &[Arm], repeats: usize) -> Vec<(Scenario, Arm)> {
+    let mut out = Vec::new();
+    for round in 0..repeats {
+        let mut order = arms.to_vec();
+        order.rotate_left(round % arms.len().max(1));
+        for &scn in scenarios {
+            out.extend(order.iter().filter(|&&a| scn.applies(a)).map(|&a| (scn, a)));
+        }
+    }
+    out
+}
+
+/// One cell per (scenario, arm), in the first round's order: the run with
+/// the median key figure (the lower middle of an even count); and, when
+/// there was more than one run, every run's figure.
+fn medians(
+    plan: &[(Scenario, Arm)],
+    mut runs: Vec<(Scenario, Arm, scenarios::Cell)>,
+    repeats: usize,
+) -> (Vec<scenarios::Cell>, Vec<report::Repeat>) {
+    let per_round = plan.len() / repeats.max(1);
+    let mut cells = Vec::new();
+    let mut spread = Vec::new();
+    for &(scn, arm) in &plan[..per_round] {
+        let mut mine: Vec<scenarios::Cell> = Vec::new();
+        let mut rest = Vec::new();
+        for (s, a, c) in runs {
+            if (s, a) == (scn, arm) {
+                mine.push(c);
+            } else {
+                rest.push((s, a, c));
+            }
+        }
+        runs = rest;
+        let values: Vec<Option<f64>> = mine
+            .iter()
+            .map(|c| if c.ok() { scn.key(c) } else { None })
+            .collect();
+        if repeats > 1 {
+            spread.push(report::Repeat {
+                scenario: scn.id().into(),
+                label: arm.label().into(),
+                figure: scn.figure().into(),
+                values: values.clone(),
+            });
+        }
+        let mut ranked: Vec<(f64, usize)> = values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| (v, i)))
+            .collect();
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let pick = ranked
+            .get(ranked.len().saturating_sub(1) / 2)
+            .map_or(0, |&(_, i)| i);
+        if pick < mine.len() {
+            cells.push(mine.swap_remove(pick));
+        }
+    }
+    (cells, spread)
 }
 
 /// `20261127-085612` (a file-name stamp) and `2026-11-27T08:56:12Z`.
@@ -214,6 +283,9 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
     } else {
         args.arms.clone()
     };
+    if !(1..=20).contains(&args.repeats) {
+        bail!("--repeats must be within 1..=20");
+    }
     if args.workers == 0 || args.workers > 64 {
         bail!("--workers must be within 1..=64");
     }
@@ -251,19 +323,13 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
     let run_dir = cache.join("runs").join(&stamp);
     fs::create_dir_all(&run_dir)?;
 
-    let plan: Vec<(Scenario, Arm)> = scenarios
-        .iter()
-        .flat_map(|&scn| {
-            arms.iter()
-                .filter(move |&&a| scn.applies(a))
-                .map(move |&a| (scn, a))
-        })
-        .collect();
+    let plan = plan(&scenarios, &arms, args.repeats);
     eprintln!(
-        "bench peers: {} cells ({} scenarios x {} arms), {} workers each; logs in {}",
+        "bench peers: {} cells ({} scenarios x {} arms x {} runs), {} workers each; logs in {}",
         plan.len(),
         scenarios.len(),
         arms.len(),
+        args.repeats,
         args.workers,
         run_dir.display()
     );
@@ -329,9 +395,10 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
                     .join("\n        ")
             ),
         }
-        cells.push(cell);
+        cells.push((scn, arm, cell));
         port = port.wrapping_add(1).max(1024);
     }
+    let (cells, repeats) = medians(&plan, cells, args.repeats);
 
     let mut results = report::Results {
         date,
@@ -339,6 +406,7 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
         versions,
         settings,
         cells,
+        repeats,
         targets: Vec::new(),
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -389,6 +457,67 @@ fn prune_runs(dir: &std::path::Path, keep: usize) {
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn repeats_rotate_the_arms_and_report_the_median_run() {
+        use super::{Arm, Scenario, scenarios::Cell};
+        let arms = [Arm::Agent, Arm::Reuseport];
+        let plan = super::plan(&[Scenario::Crash], &arms, 3);
+        assert_eq!(
+            plan.iter().map(|p| p.1).collect::<Vec<_>>(),
+            [
+                Arm::Agent,
+                Arm::Reuseport,
+                Arm::Reuseport,
+                Arm::Agent,
+                Arm::Agent,
+                Arm::Reuseport
+            ]
+        );
+        let cell = |arm: Arm, lost: u64, ok: bool| Cell {
+            scenario: "crash".into(),
+            arm: arm.id().into(),
+            label: arm.label().into(),
+            status: if ok { "ok" } else { "error" }.into(),
+            crash: Some(super::scenarios::CrashStats {
+                lost,
+                ..Default::default()
+            }),
+            ..Cell::default()
+        };
+        let runs = vec![
+            (Scenario::Crash, Arm::Agent, cell(Arm::Agent, 5, true)),
+            (
+                Scenario::Crash,
+                Arm::Reuseport,
+                cell(Arm::Reuseport, 80, true),
+            ),
+            (
+                Scenario::Crash,
+                Arm::Reuseport,
+                cell(Arm::Reuseport, 0, false),
+            ),
+            (Scenario::Crash, Arm::Agent, cell(Arm::Agent, 0, true)),
+            (Scenario::Crash, Arm::Agent, cell(Arm::Agent, 1, true)),
+            (
+                Scenario::Crash,
+                Arm::Reuseport,
+                cell(Arm::Reuseport, 90, true),
+            ),
+        ];
+        let (cells, repeats) = super::medians(&plan, runs, 3);
+        let lost: Vec<(String, u64)> = cells
+            .iter()
+            .map(|c| (c.arm.clone(), c.crash.as_ref().unwrap().lost))
+            .collect();
+        // Agent: 0, 1, 5 -> 1. reusePort: 80, 90 (one run failed) -> 80.
+        assert_eq!(
+            lost,
+            [("agent".to_owned(), 1), ("reuseport".to_owned(), 80)]
+        );
+        assert_eq!(repeats[1].values, [Some(80.0), None, Some(90.0)]);
+        assert_eq!(repeats[0].figure, "lost requests");
+    }
 
     #[test]
     fn stamps_and_dates() {

@@ -17,10 +17,24 @@ pub struct Results {
     pub machine: BTreeMap<String, String>,
     pub versions: BTreeMap<String, String>,
     pub settings: Settings,
+    /// One cell per scenario and arm: with `--repeats`, the median run.
     pub cells: Vec<Cell>,
+    /// With `--repeats`: every run's figure, per scenario and arm.
+    #[serde(default)]
+    pub repeats: Vec<Repeat>,
     pub targets: Vec<Target>,
     /// Wall time of the whole run.
     pub seconds: f64,
+}
+
+/// The runs of one scenario on one arm, by the scenario's key figure.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Repeat {
+    pub scenario: String,
+    pub label: String,
+    pub figure: String,
+    /// In run order; `None` for a run that failed.
+    pub values: Vec<Option<f64>>,
 }
 
 /// One of the targets, checked on this run's numbers.
@@ -333,6 +347,35 @@ pub fn markdown(r: &Results, chart_file: &str) -> String {
         );
     }
     md.push('\n');
+
+    if !r.repeats.is_empty() {
+        let runs = r.repeats.iter().map(|x| x.values.len()).max().unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "## Repeats\n\nEvery cell ran {runs} times, round after round, the arms in a rotated order each round (so no arm always goes first); the tables below show each cell's median run by this figure.\n\n| scenario | arm | figure | runs | median |\n|---|---|---|---|---:|"
+        );
+        for x in &r.repeats {
+            let shown: Vec<String> = x
+                .values
+                .iter()
+                .map(|v| v.map_or_else(|| "failed".into(), f))
+                .collect();
+            let mut ok: Vec<f64> = x.values.iter().flatten().copied().collect();
+            ok.sort_by(f64::total_cmp);
+            let median = ok
+                .get(ok.len().saturating_sub(1) / 2)
+                .map_or_else(|| "-".into(), |v| f(*v));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {median} |",
+                x.scenario,
+                x.label,
+                x.figure,
+                shown.join(", ")
+            );
+        }
+        md.push('\n');
+    }
 
     let mut scenarios: Vec<&str> = Vec::new();
     for c in &r.cells {

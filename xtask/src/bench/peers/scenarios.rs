@@ -91,6 +91,37 @@ impl Scenario {
         matches!(self, Self::Next | Self::NextSaturation)
     }
 
+    /// The figure repeated runs are compared by (the report shows the run
+    /// with the median one).
+    #[must_use]
+    pub fn figure(self) -> &'static str {
+        match self {
+            Self::Uniform | Self::UniformKa | Self::Next => "p50 ms",
+            Self::Skew | Self::SkewKa => "fast p99 ms",
+            Self::Crash => "lost requests",
+            Self::Reload => "failed requests",
+            Self::Saturation | Self::SaturationKa | Self::NextSaturation => {
+                "max sustainable rate /s"
+            }
+        }
+    }
+
+    /// That figure in `cell`.
+    #[must_use]
+    pub fn key(self, cell: &Cell) -> Option<f64> {
+        let first = cell.classes.first();
+        #[allow(clippy::cast_precision_loss)] // request counts
+        match self {
+            Self::Uniform | Self::UniformKa | Self::Next => first.map(|c| c.p50_ms),
+            Self::Skew | Self::SkewKa => cell.class("fast").map(|c| c.p99_ms),
+            Self::Crash => cell.crash.as_ref().map(|c| c.lost as f64),
+            Self::Reload => first.map(|c| c.failed as f64),
+            Self::Saturation | Self::SaturationKa | Self::NextSaturation => {
+                cell.sweep.as_ref().and_then(|s| s.max_rate)
+            }
+        }
+    }
+
     /// Does `arm` take part? The re-steering variant only matters with
     /// keep-alive, where it differs from the plain agent.
     #[must_use]
