@@ -32,10 +32,6 @@ pub mod exit {
     pub const FORCED: i32 = crate::supervisor::lifecycle::exit_code::FORCED;
 }
 
-/// Without the syscall signal (no ptrace access to the workers), how long a
-/// busy worker stays out of the table before it is tried again.
-const PROBATION: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// A failure before any worker ran, with its exit code.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -145,7 +141,7 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
                 rescue_after: config.rescue_after,
                 stuck_after: config.stuck_after,
                 max_memory: config.max_memory_restart.map(|m| m.0),
-                probation: PROBATION,
+                probation: balancer::health::PROBATION,
             },
             addr: spec.addr,
         },

@@ -3,7 +3,8 @@
 //! Fed one [`Sample`] per tick, [`Tracker::observe`] returns the worker's
 //! [`Health`] and whether its queue should be rescued now. Everything it
 //! knows is in the tracker and the samples, so recorded sample sequences
-//! replay deterministically in tests.
+//! replay deterministically in tests (`health_recorded.rs` replays
+//! sequences the agent took on real workers).
 //!
 //! Why these rules: a blocked event loop is only visible once a connection
 //! waits in its accept queue; a healthy loop accepts within microseconds of
@@ -21,6 +22,10 @@
 //! `Atomics.wait` or synchronous I/O block a loop without using any, and a
 //! healthy loaded loop uses a lot.
 use std::time::{Duration, Instant};
+
+/// Without the syscall signal (no ptrace access to the workers), how long a
+/// busy worker stays out of the table before it is tried again.
+pub const PROBATION: Duration = Duration::from_millis(50);
 
 /// One observation of one worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +152,10 @@ impl Tracker {
 }
 
 #[cfg(test)]
+#[path = "health_recorded.rs"]
+mod recorded;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -161,8 +170,9 @@ mod tests {
         }
     }
 
-    /// The recorded sequences below come without the I/O signal unless a
-    /// test says otherwise; `None` keeps them about the syscall signal.
+    /// The hand-made sequences below (the recorded ones are replayed in
+    /// `recorded`) come without the I/O signal unless a test says
+    /// otherwise; `None` keeps them about the syscall signal.
     fn progress_of(_idle: Option<bool>) -> Option<bool> {
         None
     }
@@ -203,8 +213,8 @@ mod tests {
 
     #[test]
     fn a_blocked_loop_is_busy_after_two_ticks_and_rescued() {
-        // Recorded: a worker blocks in Atomics.wait (futex) while
-        // connections arrive, then returns to epoll.
+        // A worker blocks in Atomics.wait (futex) while connections
+        // arrive, then returns to epoll.
         let blocked = Some(false);
         let seq = [
             (false, Some(true)),
@@ -274,9 +284,9 @@ mod tests {
 
     #[test]
     fn a_loaded_worker_doing_io_is_never_busy() {
-        // Recorded under uniform load on 2 cores: the queue is non-empty
-        // tick after tick, the main thread is running (not in epoll), and
-        // it reads and writes sockets between every two ticks.
+        // As under heavy load on 2 cores: the queue is non-empty tick
+        // after tick, the main thread is running (not in epoll), and it
+        // reads and writes sockets between every two ticks.
         let seq: Vec<_> = std::iter::repeat_n((true, Some(false), Some(true)), 20).collect();
         assert_eq!(replay3(&seq), "r".repeat(20));
     }

@@ -143,6 +143,7 @@ impl Handle {
             active: false,
             quiet_ticks: 0,
             next_slow: Instant::now(),
+            started: Instant::now(),
             ticks: 0,
             tick_time: Duration::ZERO,
             rescues: 0,
@@ -252,6 +253,8 @@ struct Balancer {
     active: bool,
     quiet_ticks: u32,
     next_slow: Instant,
+    /// Time base of the recorded samples (see `SAMPLES`).
+    started: Instant,
     ticks: u64,
     tick_time: Duration,
     rescues: u64,

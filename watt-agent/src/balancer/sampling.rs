@@ -29,6 +29,12 @@ use crate::{
     supervisor::lifecycle::{Event, ReplaceReason},
 };
 
+/// Tracing target of one event per health sample, at trace level: off
+/// unless asked for (`RUST_LOG=info,watt_agent::samples=trace`), and then
+/// the input of the health model as it ran. `record_samples` (tests crate)
+/// turns them into the recorded sequences the model's unit tests replay.
+pub const SAMPLES: &str = "watt_agent::samples";
+
 /// Between slow samples (CPU, memory, queue depths).
 const SLOW: Duration = Duration::from_secs(1);
 /// Ticks with every queue empty before going back to sleep.
@@ -175,15 +181,24 @@ impl Balancer {
             } else {
                 (None, None)
             };
-            let verdict = e.tracker.observe(
-                health::Sample {
-                    at: now,
-                    queue_nonempty,
-                    loop_idle,
-                    progress,
-                    rss: e.pending_rss.take(),
-                },
-                &self.settings.health,
+            let sample = health::Sample {
+                at: now,
+                queue_nonempty,
+                loop_idle,
+                progress,
+                rss: e.pending_rss.take(),
+            };
+            let verdict = e.tracker.observe(sample, &self.settings.health);
+            tracing::trace!(
+                target: SAMPLES,
+                slot,
+                pid = e.pid,
+                t_us = u64::try_from(now.duration_since(self.started).as_micros()).unwrap_or(u64::MAX),
+                queue = queue_nonempty,
+                idle = loop_idle.map_or("-", |b| if b { "1" } else { "0" }),
+                progress = progress.map_or("-", |b| if b { "1" } else { "0" }),
+                busy = !matches!(verdict.health, health::Health::Ready),
+                "sample"
             );
             changed |= self.act(slot, verdict, steer);
             if verdict.rescue && steer && capacity(slot, self) {
