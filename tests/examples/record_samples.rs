@@ -6,8 +6,11 @@
 //! ```text
 //! cargo build --release -p watt-agent
 //! sudo -E WATT_AGENT_BIN=target/release/watt-agent \
-//!     cargo run -p watt-tests --example record_samples
+//!     cargo run -p watt-tests --example record_samples [-- OUT_DIR]
 //! ```
+//!
+//! `OUT_DIR` writes the files elsewhere (to look at a run without
+//! replacing the committed recordings).
 //!
 //! Scenarios (4 workers, a new connection per request, 127.0.0.1 only,
 //! bounded in count):
@@ -99,7 +102,10 @@ fn record(name: &str, rate: f64, block_after: Option<Duration>) {
             u8::from(s["busy"].as_bool().unwrap_or(false)),
         ));
     }
-    let dir = root().join("watt-agent/src/balancer/recorded");
+    let dir = std::env::args_os().nth(1).map_or_else(
+        || root().join("watt-agent/src/balancer/recorded"),
+        std::path::PathBuf::from,
+    );
     fs::create_dir_all(&dir).expect("create the recorded/ folder");
     let path = dir.join(format!("{name}.txt"));
     fs::write(&path, out).expect("write the recording");
