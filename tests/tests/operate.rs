@@ -158,6 +158,7 @@ fn admin_endpoints_answer_and_metrics_parse_as_prometheus_text() {
     assert_eq!(metric(&scrape, "watt_workers", &[]), Some(2.0));
     assert_eq!(metric(&scrape, "watt_workers_ready", &[]), Some(2.0));
     assert_eq!(metric(&scrape, "watt_ready", &[]), Some(1.0));
+    assert_eq!(metric(&scrape, "watt_reloads_total", &[]), Some(0.0));
     for w in ["0", "1"] {
         assert_eq!(
             metric(
@@ -236,6 +237,16 @@ fn admin_endpoints_answer_and_metrics_parse_as_prometheus_text() {
         "{}",
         agent.log_text()
     );
+    // The status the metrics read is refreshed right after the log line.
+    assert!(wait_until(Duration::from_secs(5), || metric(
+        &self::scrape(admin),
+        "watt_reloads_total",
+        &[]
+    ) == Some(1.0)));
+    assert_eq!(
+        metric(&self::scrape(admin), "watt_last_reload_failed", &[]),
+        Some(0.0)
+    );
     let after = agent.worker_pids();
     assert!(
         after.is_disjoint(&before),
@@ -285,6 +296,9 @@ fn reload_wait_returns_after_the_old_workers_exit_and_fails_on_a_bad_deploy() {
         "{}",
         stderr(&o)
     );
+    let s = scrape(SocketAddr::from(([127, 0, 0, 1], admin_port)));
+    assert_eq!(metric(&s, "watt_reloads_total", &[]), Some(2.0));
+    assert_eq!(metric(&s, "watt_last_reload_failed", &[]), Some(2.0));
     // The old workers kept serving through it.
     assert_eq!(agent.worker_pids(), after, "{}", agent.log_text());
     http::get(agent.addr(), "/").expect("the app still answers");

@@ -149,6 +149,20 @@ impl Collector for Scrape {
         )?;
         single(
             enc,
+            "watt_reloads",
+            "Rolling reloads finished (every old worker exited)",
+            None,
+            counter(s.reloads_finished),
+        )?;
+        single(
+            enc,
+            "watt_last_reload_failed",
+            "Workers whose replacement did not become ready in the last finished reload (the old one kept serving)",
+            None,
+            int(s.last_reload.map_or(0, |r| r.failed as u64)),
+        )?;
+        single(
+            enc,
             "watt_uptime",
             "Time since the agent started",
             Some(&Unit::Seconds),
