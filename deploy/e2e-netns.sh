@@ -477,7 +477,7 @@ else
     fail "GET /status" "not JSON"
   fi
   code="$(http_code POST "${ADMIN}/reload")"
-  [[ "${code}" =~ ^(4..|5..)$ ]] && pass "POST /reload from outside refused (${code})" ||
+  [[ "${code}" == 403 ]] && pass "POST /reload from outside refused (${code})" ||
     fail "POST /reload from outside must be refused (loopback/unix only)" "got ${code}"
   if out="$(in_container "${AGENT}" status 2>&1)"; then
     pass "kubectl-exec emulation: watt-agent status (exit 0)"
@@ -582,9 +582,11 @@ if [[ ${exited} -eq 1 ]]; then
 else
   fail "SIGTERM: graceful exit" "still running after ${limit}s"
 fi
-left=""
-for p in "${WORKERS_LAST[@]}"; do [[ -d "/proc/${p}" ]] && left+="${p} "; done
-[[ -z "${left}" ]] && pass "no worker outlived the agent" || fail "no worker outlived the agent" "${left}"
+# (The kernel reaps a PID namespace with its PID 1, so "no worker outlived
+# the agent" holds by construction; what the agent must do is drain them.)
+stopped="$(grep -c 'worker stopped (exit code 0)' "${WORK}/agent.log" || true)"
+[[ ${stopped} -ge ${#WORKERS_LAST[@]} ]] && pass "every worker drained and exited 0 (${stopped} of ${#WORKERS_LAST[@]})" ||
+  fail "every worker drained and exited 0" "${stopped} of ${#WORKERS_LAST[@]} in the agent log"
 lost="$(awk '$1 != 200' "${WORK}/traffic3" | wc -l)"
 [[ ${lost} -eq 0 ]] && pass "requests during the emulated preStop: none failed" ||
   fail "requests during the emulated preStop" "${lost} failed"

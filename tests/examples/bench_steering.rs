@@ -126,11 +126,11 @@ fn main() {
         "program counters: {} new connections, {} fallbacks, {} select errors",
         counters.new_connections, counters.fallback, counters.select_errors
     );
-    // The floor: the same program with a pass-through table does only its
+    // The floor: the same program with the empty table does only its
     // entry checks (two array lookups) and one counter; what it costs is the
     // price of running any program here, BPF stats' clock reads included.
     with.steering()
-        .publish(&watt_agent::table::passthrough())
+        .publish(&watt_common::Table::empty())
         .expect("publish");
     let before = with.steering().program_stats().unwrap_or_default();
     let _ = round(&with);

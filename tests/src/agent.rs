@@ -25,6 +25,25 @@ pub fn binary() -> PathBuf {
     target.join("debug/watt-agent")
 }
 
+/// The app the lifecycle tests run as workers (plain `node:http`).
+pub const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
+
+/// Starts `workers` workers of [`TEST_APP`] on a free loopback port with
+/// `args` and `env`, and waits until they are ready.
+pub fn start_test_app(workers: usize, args: &[&str], env: &[(&str, &str)]) -> Agent {
+    let n = workers.to_string();
+    let mut all = vec!["--workers", n.as_str()];
+    all.extend_from_slice(args);
+    let agent = Agent::start_with_env(
+        crate::free_port("127.0.0.1"),
+        &all,
+        &["node", TEST_APP],
+        env,
+    );
+    agent.wait_ready(workers, Duration::from_secs(30));
+    agent
+}
+
 /// A running agent; stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Agent {
     pub child: Child,

@@ -73,7 +73,7 @@ impl Group {
                 steering.attach(l).expect("attach");
                 steering.set_listener(slot as u32, l).expect("set listener");
                 steering
-                    .set_slot(slot as u32, SlotState::Ready, 1)
+                    .set_slot(slot as u32, SlotState::Ready)
                     .expect("set slot");
             }
             steering

@@ -109,9 +109,12 @@ fn serves_with_four_workers(node: &str, app: &App) {
     );
     agent.wait_ready(4, Duration::from_secs(60));
     let workers = agent.worker_pids();
-    let pids: BTreeSet<i32> = (0..80)
-        .filter_map(|_| request(app.client, port, app.path))
+    let answers: Vec<Option<i32>> = (0..80)
+        .map(|_| request(app.client, port, app.path))
         .collect();
+    let failed = answers.iter().filter(|a| a.is_none()).count();
+    assert_eq!(failed, 0, "{}: {failed} of 80 requests failed", app.name);
+    let pids: BTreeSet<i32> = answers.into_iter().flatten().collect();
     assert_eq!(
         pids,
         workers,

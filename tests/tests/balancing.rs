@@ -8,9 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use watt_tests::{agent::Agent, free_port, http, kill, load, wait_blocked, wait_until};
+use watt_tests::{
+    agent::{self, Agent},
+    http, kill, load, wait_blocked, wait_until,
+};
 
-const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Margin inside the block, at both ends: a connect counted as "during the
 /// block" began at least this long after the worker was seen blocked and
@@ -18,12 +20,7 @@ const BLOCK: Duration = Duration::from_millis(1000);
 const MARGIN: Duration = Duration::from_millis(50);
 
 fn start(args: &[&str], env: &[(&str, &str)]) -> Agent {
-    let port = free_port("127.0.0.1");
-    let mut all = vec!["--workers", "4"];
-    all.extend_from_slice(args);
-    let agent = Agent::start_with_env(port, &all, &["node", TEST_APP], env);
-    agent.wait_ready(4, Duration::from_secs(30));
-    agent
+    agent::start_test_app(4, args, env)
 }
 
 struct BlockResult {
@@ -64,6 +61,13 @@ fn block_one_worker(agent: &Agent) -> BlockResult {
         o.sent >= seen_blocked + MARGIN && o.sent + MARGIN <= signalled + BLOCK
     };
     let after = |o: &&load::Outcome| o.sent >= seen_blocked + BLOCK + Duration::from_millis(200);
+    // The window must hold enough requests for "none waited" to mean
+    // something (about 250 at 300/s).
+    let in_window = outcomes.iter().filter(during).count();
+    assert!(
+        in_window >= 100,
+        "only {in_window} requests sent while the worker was surely blocked"
+    );
     let r = BlockResult {
         waited_out: outcomes
             .iter()
@@ -197,6 +201,10 @@ fn an_over_memory_worker_is_replaced_without_failed_requests() {
             .worker_pids()
             .contains(&victim)),
         "the over-memory worker must be gone"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || agent.worker_pids().len() == 4),
+        "its replacement must run"
     );
     assert_eq!(load::failures(&outcomes).len(), 0, "{log}");
 }

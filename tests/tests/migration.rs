@@ -16,7 +16,7 @@ fn closing_a_listener_migrates_its_whole_queue() {
     let mut clients = connect_many(group.addr, QUEUED);
 
     // Stop steering to slot 0 first, then close it (the agent's order).
-    group.steering().set_slot(0, SlotState::Down, 0).unwrap();
+    group.steering().set_slot(0, SlotState::Down).unwrap();
     group.weights(&[0, 1, 1, 1]);
     drop(group.listeners[0].take());
 
@@ -41,7 +41,7 @@ fn shutdown_of_a_listener_also_migrates_and_it_can_listen_again() {
     let mut group = Group::new("127.0.0.1", 3);
     group.weights(&[1, 0, 0]);
     let mut clients = connect_many(group.addr, 300);
-    group.steering().set_slot(0, SlotState::Busy, 0).unwrap();
+    group.steering().set_slot(0, SlotState::Busy).unwrap();
     group.weights(&[0, 1, 1]);
     let listener = group.listeners[0].as_ref().unwrap();
     listener.rescue().unwrap();
@@ -58,7 +58,7 @@ fn shutdown_of_a_listener_also_migrates_and_it_can_listen_again() {
     // Back in its slot, it receives connections again.
     let l0 = group.listeners[0].take().unwrap();
     group.steering().set_listener(0, &l0).unwrap();
-    group.steering().set_slot(0, SlotState::Ready, 1).unwrap();
+    group.steering().set_slot(0, SlotState::Ready).unwrap();
     group.listeners[0] = Some(l0);
     group.weights(&[1, 0, 0]);
     let clients = connect_many(group.addr, 50);

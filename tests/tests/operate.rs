@@ -12,22 +12,12 @@ use std::{
 };
 
 use watt_tests::{
-    agent::{self, Agent},
+    agent::{self, Agent, TEST_APP},
     free_port, http, wait_until,
 };
 
-const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
-
-/// Starts `workers` workers of the test app with `args` and waits until
-/// they are ready.
 fn start(workers: usize, args: &[&str]) -> Agent {
-    let port = free_port("127.0.0.1");
-    let mut all = vec!["--workers".to_owned(), workers.to_string()];
-    all.extend(args.iter().map(|s| (*s).to_owned()));
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    let agent = Agent::start(port, &all, &["node", TEST_APP]);
-    agent.wait_ready(workers, Duration::from_secs(30));
-    agent
+    agent::start_test_app(workers, args, &[])
 }
 
 /// One HTTP/1.1 request (the admin API answers with a content length).

@@ -87,11 +87,8 @@ fn draining_and_down_slots_receive_nothing() {
     let mut group = Group::new("127.0.0.1", 4);
     // Every slot has a share of the table; the states alone must keep
     // slots 1 and 3 out, the probe moving their share to the next ready slot.
-    group
-        .steering()
-        .set_slot(1, SlotState::Draining, 1)
-        .unwrap();
-    group.steering().set_slot(3, SlotState::Down, 1).unwrap();
+    group.steering().set_slot(1, SlotState::Draining).unwrap();
+    group.steering().set_slot(3, SlotState::Down).unwrap();
     let counts = spread(&group);
     assert_eq!(counts[1], 0, "draining slot got connections: {counts:?}");
     assert_eq!(counts[3], 0, "down slot got connections: {counts:?}");
@@ -100,8 +97,8 @@ fn draining_and_down_slots_receive_nothing() {
     assert_eq!(counters.no_ready_slot, 0);
 
     // And both serve again once ready.
-    group.steering().set_slot(1, SlotState::Ready, 1).unwrap();
-    group.steering().set_slot(3, SlotState::Ready, 1).unwrap();
+    group.steering().set_slot(1, SlotState::Ready).unwrap();
+    group.steering().set_slot(3, SlotState::Ready).unwrap();
     let counts = spread(&group);
     assert!(counts.iter().all(|&c| c > 0), "{counts:?}");
 }
@@ -109,11 +106,8 @@ fn draining_and_down_slots_receive_nothing() {
 #[test]
 fn starting_and_busy_slots_receive_nothing() {
     let mut group = Group::new("127.0.0.1", 4);
-    group
-        .steering()
-        .set_slot(0, SlotState::Starting, 1)
-        .unwrap();
-    group.steering().set_slot(2, SlotState::Busy, 1).unwrap();
+    group.steering().set_slot(0, SlotState::Starting).unwrap();
+    group.steering().set_slot(2, SlotState::Busy).unwrap();
     let counts = spread(&group);
     assert_eq!((counts[0], counts[2]), (0, 0), "{counts:?}");
 }
@@ -122,7 +116,7 @@ fn starting_and_busy_slots_receive_nothing() {
 fn with_no_ready_slot_the_kernel_decides_and_nothing_is_dropped() {
     let mut group = Group::new("127.0.0.1", 4);
     for slot in 0..4 {
-        group.steering().set_slot(slot, SlotState::Down, 1).unwrap();
+        group.steering().set_slot(slot, SlotState::Down).unwrap();
     }
     let mut clients = connect_many(group.addr, 100);
     let (counts, mut servers) = group.accept(100, Duration::from_secs(10));

@@ -7,30 +7,14 @@ use std::{
 };
 
 use watt_tests::{
-    agent::{Agent, alive, port_open, same_alive, start_time},
+    agent::{Agent, TEST_APP, alive, port_open, same_alive, start_test_app, start_time},
     free_port, http, kill, load, main_thread_in_futex,
     sysctl::Sysctl,
     wait_until,
 };
 
-const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
-
-fn node_app(extra: &[&str]) -> Vec<String> {
-    let mut v = vec!["node".to_owned(), TEST_APP.to_owned()];
-    v.extend(extra.iter().map(|s| (*s).to_owned()));
-    v
-}
-
 fn start(workers: usize, args: &[&str]) -> Agent {
-    let port = free_port("127.0.0.1");
-    let mut all = vec!["--workers".to_owned(), workers.to_string()];
-    all.extend(args.iter().map(|s| (*s).to_owned()));
-    let args: Vec<&str> = all.iter().map(String::as_str).collect();
-    let cmd = node_app(&[]);
-    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let agent = Agent::start(port, &args, &cmd);
-    agent.wait_ready(workers, Duration::from_secs(30));
-    agent
+    start_test_app(workers, args, &[])
 }
 
 /// Distinct worker pids that answer within `tries` requests.
@@ -171,10 +155,9 @@ fn rolling_reload_under_load_fails_nothing_and_replaces_every_worker() {
         failed.iter().take(10).collect::<Vec<_>>()
     );
     // Old workers drain and exit; the new ones serve.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while before.iter().any(|p| alive(*p)) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(15), || {
+        !before.iter().any(|p| alive(*p))
+    });
     let after = agent.worker_pids();
     assert_eq!(after.len(), 4, "{after:?}");
     assert!(
@@ -349,6 +332,11 @@ fn not_ready_log(env: &[(&str, &str)]) -> (u16, String) {
         "{}",
         agent.log_text()
     );
+    assert!(
+        agent.wait_log("restarting worker in", 1, Duration::from_secs(10)),
+        "{}",
+        agent.log_text()
+    );
     (port, agent.log_text())
 }
 
@@ -373,4 +361,40 @@ fn a_worker_on_another_port_is_named_with_that_port() {
         log.contains(&format!("it listens on port {other}, not on port {port}")),
         "{log}"
     );
+}
+
+#[test]
+fn node_options_from_the_configured_env_reach_the_workers_with_the_shim() {
+    // The agent's own NODE_OPTIONS is overridden by `--env`; the workers
+    // get the configured one with the shim's --require appended. (The
+    // shim takes its own --require back out of process.env, so the app and
+    // its children see the user's options only; that it ran shows in the
+    // worker becoming ready.) Before the fix the agent's own (=99) won.
+    let port = free_port("127.0.0.1");
+    let agent = Agent::start_with_env(
+        port,
+        &[
+            "--workers",
+            "1",
+            "--env",
+            "NODE_OPTIONS=--max-old-space-size=123",
+        ],
+        &[
+            "node",
+            "-e",
+            "console.log('node-options: ' + process.env.NODE_OPTIONS); require('./tests/fixtures/apps/test-app.js')",
+        ],
+        &[("NODE_OPTIONS", "--max-old-space-size=99")],
+    );
+    agent.wait_ready(1, Duration::from_secs(30));
+    let log = agent.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("node-options: "))
+        .unwrap_or_else(|| panic!("no node-options line:\n{log}"));
+    assert!(
+        line.contains("node-options: --max-old-space-size=123 worker="),
+        "{line}"
+    );
+    assert!(http::get(agent.addr(), "/").is_ok());
 }

@@ -132,7 +132,9 @@ pub fn checks(opts: &Options) -> Vec<Check> {
         // Nothing below the program matters to `--policy kernel`: report
         // what the BPF checks found, but not as failures.
         for c in &mut out {
-            if c.level == Level::Fail && matches!(c.what, "bpf syscall" | "CAP_BPF" | "steering") {
+            if c.level == Level::Fail
+                && matches!(c.what, "kernel" | "bpf syscall" | "CAP_BPF" | "steering")
+            {
                 c.level = Level::Info;
                 c.fix = None;
                 c.detail.push_str(" (not needed with --policy kernel)");
@@ -150,7 +152,7 @@ pub fn checks(opts: &Options) -> Vec<Check> {
         SocketAddr::new(opts.host, opts.port),
         running.as_ref(),
     ));
-    out.extend(admin(&opts.admin, running.as_ref()));
+    out.push(admin(&opts.admin, running.as_ref()));
     out
 }
 
@@ -317,15 +319,21 @@ fn capabilities(caps: Option<u64>, opts: &Options) -> Vec<Check> {
             CAP_FIX,
         ));
     }
-    if opts.bpf_stats && !preflight::has_cap(caps, cap::SYS_ADMIN) {
-        out.push(Check::fail(
+    // `run` only warns and runs without the metrics: so does doctor.
+    if opts.bpf_stats && opts.policy != Policy::Kernel && !preflight::has_cap(caps, cap::SYS_ADMIN)
+    {
+        out.push(Check::warn(
             "CAP_SYS_ADMIN",
-            "--bpf-stats needs CAP_SYS_ADMIN (BPF_ENABLE_STATS)",
+            "--bpf-stats needs CAP_SYS_ADMIN (BPF_ENABLE_STATS): the decision-cost metrics will be absent",
             "grant CAP_SYS_ADMIN, or leave --bpf-stats off (only the decision-cost metrics need it)",
         ));
     }
     if opts.user.is_some() {
-        let missing: Vec<&str> = [
+        // What `run` needs: uid 0 (it refuses otherwise), and the
+        // capabilities to switch to the user and signal its workers.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut missing: Vec<&str> = [
             (cap::SETUID, "CAP_SETUID"),
             (cap::SETGID, "CAP_SETGID"),
             (cap::KILL, "CAP_KILL"),
@@ -334,6 +342,9 @@ fn capabilities(caps: Option<u64>, opts: &Options) -> Vec<Check> {
         .filter(|(c, _)| !preflight::has_cap(caps, *c))
         .map(|(_, n)| *n)
         .collect();
+        if !root {
+            missing.insert(0, "uid 0");
+        }
         if !missing.is_empty() {
             out.push(Check::fail(
                 "user",
@@ -604,34 +615,34 @@ fn port(addr: SocketAddr, running: Option<&Status>) -> Check {
     }
 }
 
-fn admin(addr: &AdminAddr, running: Option<&Status>) -> Option<Check> {
+fn admin(addr: &AdminAddr, running: Option<&Status>) -> Check {
     const WHAT: &str = "admin API";
     if let Some(s) = running {
-        return Some(Check::pass(
+        return Check::pass(
             WHAT,
             format!("watt-agent {} (pid {}) answers at {addr}", s.version, s.pid),
-        ));
+        );
     }
     match addr {
-        AdminAddr::Off => Some(Check::info(WHAT, "off")),
-        AdminAddr::Tcp(a) => Some(match std::net::TcpListener::bind(a) {
+        AdminAddr::Off => Check::info(WHAT, "off"),
+        AdminAddr::Tcp(a) => match std::net::TcpListener::bind(a) {
             Ok(_) => Check::pass(WHAT, format!("{a} is free")),
             Err(e) => Check::warn(
                 WHAT,
                 format!("cannot listen on {a}: {e}"),
                 "stop the other agent, or choose another --admin address",
             ),
-        }),
+        },
         AdminAddr::Unix(p) => {
             let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
-            Some(match dir {
+            match dir {
                 Some(d) if !d.is_dir() => Check::warn(
                     WHAT,
                     format!("{} does not exist", d.display()),
                     "create the directory of the admin socket",
                 ),
                 _ => Check::pass(WHAT, format!("unix:{}", p.display())),
-            })
+            }
         }
     }
 }

@@ -87,12 +87,6 @@ impl Listener {
         Ok(Self { socket, spec })
     }
 
-    /// The address and backlog this listener was created with.
-    #[must_use]
-    pub fn spec(&self) -> ListenSpec {
-        self.spec
-    }
-
     /// The address the socket is bound to (with the real port if 0 was asked).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket

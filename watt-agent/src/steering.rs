@@ -200,12 +200,6 @@ impl Steering {
             .map_err(SteeringError::Attach)
     }
 
-    /// Detaches whatever program the group of `listener` has (used by tests
-    /// and benchmarks to compare against plain `SO_REUSEPORT`).
-    pub fn detach(listener: impl AsFd) -> Result<(), SteeringError> {
-        SkReuseport::detach(listener).map_err(SteeringError::Attach)
-    }
-
     /// Puts `listener` in `slot` of the socket array. It must already listen
     /// in the group the program is attached to.
     pub fn set_listener(&mut self, slot: u32, listener: &impl AsFd) -> Result<(), SteeringError> {
@@ -253,16 +247,11 @@ impl Steering {
         self.slot_counters.set(slot, zeros, 0).map_err(map_err)
     }
 
-    /// Sets the state and weight of `slot` as the program sees it.
-    pub fn set_slot(
-        &mut self,
-        slot: u32,
-        state: SlotState,
-        weight: u32,
-    ) -> Result<(), SteeringError> {
+    /// Sets the state of `slot` as the program sees it.
+    pub fn set_slot(&mut self, slot: u32, state: SlotState) -> Result<(), SteeringError> {
         check_slot(slot)?;
         self.slots
-            .set(slot, SlotInfo::new(state, weight), 0)
+            .set(slot, SlotInfo::new(state), 0)
             .map_err(|source| SteeringError::Map {
                 map: maps::SLOTS,
                 op: format!("set slot {slot} to {state:?}"),
@@ -305,17 +294,6 @@ impl Steering {
         Ok(())
     }
 
-    /// The table the program reads now.
-    pub fn active_table(&self) -> Result<Table, SteeringError> {
-        self.tables
-            .get(&self.active_index, 0)
-            .map_err(|source| SteeringError::Map {
-                map: maps::TABLES,
-                op: "read".into(),
-                source,
-            })
-    }
-
     /// Sums the per-CPU counters of every slot.
     pub fn counters(&self) -> Result<Counters, SteeringError> {
         self.counters_of(0..MAX_SLOTS)
@@ -348,16 +326,8 @@ impl Steering {
                         migrated_in: acc.migrated_in + c.migrated_in,
                     });
         }
-        let global = |index| -> Result<u64, SteeringError> {
-            Ok(self
-                .global_counters
-                .get(&index, 0)
-                .map_err(map_err(maps::GLOBAL_COUNTERS))?
-                .iter()
-                .sum())
-        };
-        let migrations = global(global::MIGRATIONS)?;
-        let fallback = global(global::FALLBACK)?;
+        let migrations = self.global(global::MIGRATIONS)?;
+        let fallback = self.global(global::FALLBACK)?;
         let selected: u64 = slots.iter().map(|s| s.selected).sum();
         let migrated: u64 = slots.iter().map(|s| s.migrated_in).sum();
         // Every migration run either picked a slot or fell back.
@@ -367,17 +337,22 @@ impl Steering {
             new_connections: selected + fallback.saturating_sub(migration_fallbacks),
             migrations,
             fallback,
-            no_ready_slot: global(global::NO_READY_SLOT)?,
-            select_errors: global(global::SELECT_ERROR)?,
+            no_ready_slot: self.global(global::NO_READY_SLOT)?,
+            select_errors: self.global(global::SELECT_ERROR)?,
         })
     }
 
     /// The migration runs so far (one per-CPU read; the queue rescue uses
     /// it to count the connections it moved).
     pub fn migrations(&self) -> Result<u64, SteeringError> {
+        self.global(global::MIGRATIONS)
+    }
+
+    /// One global counter, summed over the CPUs.
+    fn global(&self, index: u32) -> Result<u64, SteeringError> {
         Ok(self
             .global_counters
-            .get(&global::MIGRATIONS, 0)
+            .get(&index, 0)
             .map_err(|source| SteeringError::Map {
                 map: maps::GLOBAL_COUNTERS,
                 op: "read".into(),

@@ -4,13 +4,13 @@
 //! to its weight. Buckets are dealt out interleaved (smooth weighted
 //! round-robin), so a slot's buckets are spread over the hash space and the
 //! program's "probe to the next slot" on a miss spreads evenly too.
-use watt_common::{MAX_SLOTS, TABLE_SIZE, Table, mode};
+use watt_common::{MAX_SLOTS, TABLE_SIZE, Table};
 
 /// Builds a table that gives slot `i` a share `weights[i] / sum(weights)`.
 ///
 /// Returns `None` if every weight is zero (no slot to send anything to); the
-/// caller then publishes a table of zero slots, which makes the program fall
-/// back to the kernel's hash.
+/// caller then publishes [`Table::empty`], which makes the program leave
+/// the choice to the kernel's hash at once.
 #[must_use]
 pub fn weighted(weights: &[u32]) -> Option<Table> {
     let slot_count = weights.len().min(MAX_SLOTS as usize);
@@ -37,23 +37,6 @@ pub fn weighted(weights: &[u32]) -> Option<Table> {
         *bucket = u8::try_from(best).expect("MAX_SLOTS fits in a byte");
     }
     Some(table)
-}
-
-/// A table of `slot_count` slots and no selectable bucket: with every slot
-/// weighted out, the program probes from slot 0 for any ready slot.
-#[must_use]
-pub fn unweighted(slot_count: u32) -> Table {
-    let mut table = Table::empty();
-    table.slot_count = slot_count.min(MAX_SLOTS);
-    table
-}
-
-/// A table that selects nothing; the kernel's own hash decides.
-#[must_use]
-pub fn passthrough() -> Table {
-    let mut table = Table::empty();
-    table.mode = mode::PASSTHROUGH;
-    table
 }
 
 /// Buckets per slot in `table` (for logs, metrics and tests).
@@ -110,11 +93,5 @@ mod tests {
         let weights = vec![1; MAX_SLOTS as usize + 10];
         let table = weighted(&weights).unwrap();
         assert_eq!(table.slot_count, MAX_SLOTS);
-    }
-
-    #[test]
-    fn passthrough_selects_nothing() {
-        assert_eq!(passthrough().mode, mode::PASSTHROUGH);
-        assert_eq!(unweighted(3).slot_count, 3);
     }
 }

@@ -50,37 +50,20 @@ pub enum SlotState {
     Down = 5,
 }
 
-impl SlotState {
-    /// Decodes the raw word stored in the map; unknown values read as `Empty`.
-    #[must_use]
-    pub const fn from_raw(raw: u32) -> Self {
-        match raw {
-            1 => Self::Starting,
-            2 => Self::Ready,
-            3 => Self::Busy,
-            4 => Self::Draining,
-            5 => Self::Down,
-            _ => Self::Empty,
-        }
-    }
-}
-
 /// One entry of the slot-state map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotInfo {
-    /// A `SlotState` as its raw `u32`.
+    /// A `SlotState` as its raw `u32`. (Shares of new connections are the
+    /// table's business, not the slot's.)
     pub state: u32,
-    /// Relative share of the table the agent gives this slot (0 = none).
-    pub weight: u32,
 }
 
 impl SlotInfo {
     #[must_use]
-    pub const fn new(state: SlotState, weight: u32) -> Self {
+    pub const fn new(state: SlotState) -> Self {
         Self {
             state: state as u32,
-            weight,
         }
     }
 
@@ -90,27 +73,17 @@ impl SlotInfo {
     }
 }
 
-/// Program mode, in `Table::mode`.
-pub mod mode {
-    /// Select through the table, probe to the next ready slot on a miss.
-    pub const TABLE: u32 = 0;
-    /// Select nothing: the kernel's own hash decides.
-    pub const PASSTHROUGH: u32 = 1;
-}
-
 /// One selection table: the slot for each value of `hash & TABLE_MASK`.
 ///
 /// The tables map holds two of these; the one-word `ACTIVE` map says which
 /// one the program reads. The agent writes the other one whole (one map
 /// update) and then flips `ACTIVE`, so the program never sees a half-written
-/// table, and `slot_count`/`mode` always match the entries they came with.
+/// table, and `slot_count` always matches the entries it came with.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Table {
     /// Slots `0..slot_count` exist; probing wraps around at this bound.
     pub slot_count: u32,
-    /// One of the `mode` constants.
-    pub mode: u32,
     /// Slot index per hash bucket (`MAX_SLOTS` fits in a byte).
     pub slots: [u8; TABLE_SIZE as usize],
 }
@@ -122,7 +95,6 @@ impl Table {
     pub const fn empty() -> Self {
         Self {
             slot_count: 0,
-            mode: mode::TABLE,
             slots: [0; TABLE_SIZE as usize],
         }
     }

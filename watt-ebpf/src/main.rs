@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::SkReuseportContext,
 };
 use aya_log_ebpf::debug;
-use watt_common::{MAX_SLOTS, SlotCounters, SlotInfo, TABLE_MASK, Table, global, mode};
+use watt_common::{MAX_SLOTS, SlotCounters, SlotInfo, TABLE_MASK, Table, global};
 
 /// Listener of each slot. The kernel empties a slot when its socket closes or
 /// stops listening.
@@ -58,20 +58,14 @@ pub fn watt_select(ctx: SkReuseportContext) -> u32 {
         bump(global::FALLBACK);
         return SK_PASS;
     };
-    if table.mode == mode::PASSTHROUGH {
-        bump(global::FALLBACK);
-        return SK_PASS;
-    }
-
     let slot_count = if table.slot_count > MAX_SLOTS {
         MAX_SLOTS
     } else {
         table.slot_count
     };
     if slot_count == 0 {
-        // Nothing published yet: the kernel's hash decides.
-        bump(global::FALLBACK);
-        return SK_PASS;
+        // The empty table: no slot is ready (or nothing is published yet).
+        return no_ready_slot(&ctx, migrating);
     }
     let bucket = (ctx.hash() & TABLE_MASK) as usize;
     let start = u32::from(table.slots[bucket]);
@@ -94,9 +88,16 @@ pub fn watt_select(ctx: SkReuseportContext) -> u32 {
         }
     }
 
+    // A slot went out of service since the table was built.
+    no_ready_slot(&ctx, migrating)
+}
+
+/// No slot to choose: the kernel's own hash decides (never a drop).
+#[inline(always)]
+fn no_ready_slot(ctx: &SkReuseportContext, migrating: bool) -> u32 {
     bump(global::NO_READY_SLOT);
     bump(global::FALLBACK);
-    debug!(&ctx, "no ready slot (migrating: {})", u32::from(migrating));
+    debug!(ctx, "no ready slot (migrating: {})", u32::from(migrating));
     SK_PASS
 }
 

@@ -236,6 +236,16 @@ impl Collector for Scrape {
         )?;
         family(
             enc,
+            "watt_worker_run_queue_wait",
+            "Time the worker's main thread waited for a CPU (runnable, not running)",
+            Some(&Unit::Seconds),
+            s.workers
+                .iter()
+                .filter_map(|x| Some((ws(x)?, ConstCounter::new(x.load.run_queue_wait_seconds?))))
+                .collect(),
+        )?;
+        family(
+            enc,
             "watt_worker_resident_memory",
             "Resident memory (RSS) of the worker's process",
             Some(&Unit::Bytes),
@@ -407,7 +417,6 @@ mod tests {
             workers: vec![view(0, Some(0)), view(1, None)],
             ready: 1,
             heartbeat: Some(Instant::now()),
-            started: Some(Instant::now()),
             ..Shared::default()
         };
         let mut snap = Snapshot {
@@ -466,6 +475,25 @@ mod tests {
         }
         // Worker 1 has no process: no per-process series for it.
         assert!(!text.contains("watt_worker_cpu_seconds_total{worker=\"1\""));
+        // Every family: the watt_ prefix, HELP and TYPE, counters in _total,
+        // units in the name (seconds, bytes) as Prometheus names them.
+        let families: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        assert!(families.len() >= 20, "{text}");
+        for (name, kind) in &families {
+            assert!(name.starts_with("watt_"), "{name}");
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP"
+            );
+            if *kind == "counter" {
+                assert!(name.ends_with("_total"), "counter {name} without _total");
+            }
+            assert!(!name.contains("_ms") && !name.contains("_kib"), "{name}");
+        }
         let open = encode(&status::tests::info(), &shared, &snap, Instant::now(), true).unwrap();
         assert!(open.ends_with("# EOF\n"), "{open}");
     }

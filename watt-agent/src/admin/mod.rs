@@ -181,11 +181,6 @@ impl Server {
             addr: shown,
         }))
     }
-
-    /// Stops serving; open connections are closed.
-    pub fn stop(self) {
-        drop(self);
-    }
 }
 
 impl Drop for Server {
@@ -318,7 +313,7 @@ fn handle(req: &Request<Incoming>, sources: &Sources, peer: Peer) -> Reply {
         "/healthz" => healthz(sources),
         "/readyz" => readyz(sources),
         "/status" => status(sources),
-        "/reload" | "/restart" if !post => method_not_allowed("POST"),
+        "/reload" if !post => method_not_allowed("POST"),
         "/reload" => command(req, sources, peer, None),
         _ => match restart_target(path) {
             Some(_) if !post => method_not_allowed("POST"),

@@ -138,6 +138,10 @@ pub struct Load {
     pub queue_depth: Option<u32>,
     /// CPU time of the process.
     pub cpu_seconds: Option<f64>,
+    /// Time its main thread waited for a CPU, runnable but not running
+    /// (`/proc/<pid>/schedstat`): CPU contention on the node.
+    #[serde(default)]
+    pub run_queue_wait_seconds: Option<f64>,
     /// Resident memory of the process.
     pub rss_bytes: Option<u64>,
     /// New connections the program steered to its slot (counted per slot
@@ -192,6 +196,7 @@ pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Sta
                 load: Load {
                     queue_depth: slot.and_then(|s| s.queue_depth),
                     cpu_seconds: slot.and_then(|s| s.cpu_time).map(millis),
+                    run_queue_wait_seconds: slot.and_then(|s| s.run_delay).map(millis),
                     rss_bytes: slot.and_then(|s| s.rss_bytes),
                     connections: counters.map(|c| c.selected),
                     migrated_in: counters.map(|c| c.migrated_in),
@@ -216,7 +221,7 @@ pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Sta
     Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
-        uptime_seconds: since(shared.started.or(Some(info.started))).unwrap_or_default(),
+        uptime_seconds: since(Some(info.started)).unwrap_or_default(),
         listen: info.listen.to_string(),
         policy: info.policy.to_string(),
         workers_configured: shared.workers.len(),

@@ -170,32 +170,11 @@ mod tests {
         }
     }
 
-    /// The hand-made sequences below (the recorded ones are replayed in
-    /// `recorded`) come without the I/O signal unless a test says
-    /// otherwise; `None` keeps them about the syscall signal.
-    fn progress_of(_idle: Option<bool>) -> Option<bool> {
-        None
-    }
-
-    /// Replays `(queue_nonempty, loop_idle)` one tick apart.
-    fn replay(seq: &[(bool, Option<bool>)]) -> Vec<Verdict> {
-        let mut t = Tracker::default();
-        let start = Instant::now();
-        seq.iter()
-            .enumerate()
-            .map(|(i, &(q, idle))| {
-                t.observe(
-                    Sample {
-                        at: start + TICK * i as u32,
-                        queue_nonempty: q,
-                        loop_idle: idle,
-                        progress: progress_of(idle),
-                        rss: None,
-                    },
-                    &params(),
-                )
-            })
-            .collect()
+    /// Replays hand-made `(queue_nonempty, loop_idle)` ticks without the
+    /// I/O signal (the recorded ones are replayed in `recorded`).
+    fn replay(seq: &[(bool, Option<bool>)]) -> String {
+        let seq: Vec<_> = seq.iter().map(|&(q, idle)| (q, idle, None)).collect();
+        replay3(&seq)
     }
 
     fn kinds(v: &[Verdict]) -> String {
@@ -226,7 +205,7 @@ mod tests {
             (false, Some(true)), // back in epoll: ready
             (false, Some(true)),
         ];
-        assert_eq!(kinds(&replay(&seq)), "rrRbbRrr");
+        assert_eq!(replay(&seq), "rrRbbRrr");
     }
 
     #[test]
@@ -237,21 +216,21 @@ mod tests {
             (true, Some(true)),
             (false, None),
         ];
-        assert_eq!(kinds(&replay(&seq)), "rrrr");
+        assert_eq!(replay(&seq), "rrrr");
         let seq = [
             (true, Some(false)),
             (false, Some(false)),
             (true, Some(false)),
             (false, None),
         ];
-        assert_eq!(kinds(&replay(&seq)), "rrrr");
+        assert_eq!(replay(&seq), "rrrr");
     }
 
     #[test]
     fn without_the_syscall_signal_probation_readmits() {
         let mut seq = vec![(true, None), (true, None)];
         seq.extend(std::iter::repeat_n((false, None), 25));
-        let k = kinds(&replay(&seq));
+        let k = replay(&seq);
         assert!(k.starts_with("rR"), "{k}");
         // Busy through the probation (20 ticks after it became busy)...
         assert_eq!(&k[2..21], "b".repeat(19));
@@ -308,7 +287,7 @@ mod tests {
     #[test]
     fn busy_for_longer_than_stuck_after_is_stuck() {
         let seq: Vec<_> = std::iter::repeat_n((true, Some(false)), 60).collect();
-        let k = kinds(&replay(&seq));
+        let k = replay(&seq);
         assert!(k[..51].chars().all(|c| c != 's'), "{k}");
         assert!(k[52..].chars().all(|c| c == 's'), "{k}");
     }

@@ -22,7 +22,7 @@ use watt_common::SlotState;
 use crate::{
     config::Policy,
     listeners::Listener,
-    sampler::{SockDiag, WorkerProbe},
+    sampler::{QueueSource, WorkerProbe},
     steering::{Counters, Steering},
     supervisor::lifecycle::{Event, Pid, Slot, WorkerId},
 };
@@ -84,8 +84,10 @@ pub struct SlotSnapshot {
     pub rescued_connections: u64,
     /// Accept-queue length at the last sample.
     pub queue_depth: Option<u32>,
-    /// The worker's main-thread CPU time and resident memory.
+    /// The worker's main-thread CPU time, time it waited for a CPU
+    /// (run-queue wait), and resident memory.
     pub cpu_time: Option<Duration>,
+    pub run_delay: Option<Duration>,
     pub rss_bytes: Option<u64>,
 }
 
@@ -123,13 +125,7 @@ impl Handle {
             EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
         )?);
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
-        let diag = match SockDiag::open() {
-            Ok(d) => Some(d),
-            Err(e) => {
-                tracing::warn!("sock_diag unavailable ({e}); queue depths come from /proc/net/tcp");
-                None
-            }
-        };
+        let queues = QueueSource::open();
         let mut steering = steering;
         let logger = steering.as_mut().and_then(Steering::take_logger);
         let mut balancer = Balancer {
@@ -139,7 +135,7 @@ impl Handle {
             snapshot: Arc::clone(&snapshot),
             settings,
             health,
-            diag,
+            queues,
             active: false,
             quiet_ticks: 0,
             next_slow: Instant::now(),
@@ -203,17 +199,40 @@ struct Entry {
     reported: bool,
     /// RSS read by the slow sample, for the next health observation.
     pending_rss: Option<u64>,
-    queue_nonempty: bool,
     /// The worker's read+write syscall count at the previous observation.
     last_io: Option<u64>,
     queue_depth: Option<u32>,
     cpu_time: Option<Duration>,
+    /// Time its main thread waited for a CPU (`schedstat`).
+    run_delay: Option<Duration>,
     rss_bytes: Option<u64>,
     rescues: u64,
     rescued_connections: u64,
 }
 
 impl Entry {
+    /// The worker's main-thread signals, for a worker whose queue waits or
+    /// that is out of the table: read/write progress since the last look
+    /// (`io`), and only when that shows none, whether it idles in epoll
+    /// (`syscall`): progress alone decides the model otherwise, and this
+    /// runs every tick under load.
+    fn loop_signals(&mut self) -> (Option<bool>, Option<bool>) {
+        let Some(p) = self.probe.as_mut() else {
+            return (None, None);
+        };
+        let io = p.io_syscalls().ok().flatten();
+        let progress = io.zip(self.last_io).map(|(now, before)| now != before);
+        self.last_io = io;
+        let idle = if progress == Some(true) {
+            None
+        } else {
+            p.syscall()
+                .ok()
+                .and_then(crate::sampler::SyscallState::loop_idle)
+        };
+        (idle, progress)
+    }
+
     fn new(listener: Listener) -> Self {
         let inode = crate::sampler::socket_inode(std::os::fd::AsFd::as_fd(&listener)).ok();
         Self {
@@ -229,10 +248,10 @@ impl Entry {
             tracker: health::Tracker::default(),
             reported: false,
             pending_rss: None,
-            queue_nonempty: false,
             last_io: None,
             queue_depth: None,
             cpu_time: None,
+            run_delay: None,
             rss_bytes: None,
             rescues: 0,
             rescued_connections: 0,
@@ -248,7 +267,8 @@ struct Balancer {
     snapshot: Arc<Mutex<Snapshot>>,
     settings: Settings,
     health: UnboundedSender<Event>,
-    diag: Option<SockDiag>,
+    /// Queue depths, for metrics (the tick only polls).
+    queues: Option<QueueSource>,
     /// Ticking (connections are arriving) rather than waiting for them.
     active: bool,
     quiet_ticks: u32,
@@ -270,7 +290,7 @@ impl Balancer {
                     // Attach on every new listener: the program belongs to the
                     // group, and a group whose listeners all closed is gone.
                     log_err(st.attach(&listener), "attach program");
-                    log_err(st.set_slot(slot, SlotState::Starting, 0), "set slot");
+                    log_err(st.set_slot(slot, SlotState::Starting), "set slot");
                     log_err(st.reset_slot_counters(slot), "reset slot counters");
                     log_err(st.set_listener(slot, &listener), "insert listener");
                 }
@@ -303,7 +323,7 @@ impl Balancer {
                 }
                 let effective = policy::effective_state(e.view);
                 if let Some(st) = &mut self.steering {
-                    log_err(st.set_slot(slot, effective, 1), "set slot");
+                    log_err(st.set_slot(slot, effective), "set slot");
                 }
                 true
             }
@@ -320,7 +340,7 @@ impl Balancer {
             Command::Close { slot } => {
                 if let Some(e) = self.slots.remove(&slot) {
                     if let Some(st) = &mut self.steering {
-                        log_err(st.set_slot(slot, SlotState::Empty, 0), "set slot");
+                        log_err(st.set_slot(slot, SlotState::Empty), "set slot");
                         log_err(st.clear_listener(slot), "clear listener");
                     }
                     drop(e.listener);
@@ -381,6 +401,7 @@ impl Balancer {
                         rescued_connections: e.rescued_connections,
                         queue_depth: e.queue_depth,
                         cpu_time: e.cpu_time,
+                        run_delay: e.run_delay,
                         rss_bytes: e.rss_bytes,
                     },
                 )

@@ -27,8 +27,8 @@ pub fn effective_state(view: SlotView) -> SlotState {
 }
 
 /// The table: every effectively ready slot gets an equal share. With no
-/// ready slot, a table of zero weights makes the program probe every slot
-/// and, finding none ready, leave the choice to the kernel's hash.
+/// ready slot, the empty table: the program leaves the choice to the
+/// kernel's hash without probing every slot for each connection.
 #[must_use]
 pub fn build_table(slots: &BTreeMap<Slot, SlotView>) -> Table {
     let slot_count = slots.keys().next_back().map_or(0, |&s| s + 1);
@@ -39,7 +39,7 @@ pub fn build_table(slots: &BTreeMap<Slot, SlotView>) -> Table {
                 .map_or(0, |&v| u32::from(effective_state(v) == SlotState::Ready))
         })
         .collect();
-    table::weighted(&weights).unwrap_or_else(|| table::unweighted(slot_count))
+    table::weighted(&weights).unwrap_or_else(Table::empty)
 }
 
 #[cfg(test)]
@@ -81,9 +81,11 @@ mod tests {
     }
 
     #[test]
-    fn no_ready_slot_gives_an_unweighted_table() {
-        let slots = BTreeMap::from([(2, view(SlotState::Starting, false))]);
-        let t = build_table(&slots);
-        assert_eq!(t.slot_count, 3);
+    fn no_ready_slot_gives_the_empty_table() {
+        let slots = BTreeMap::from([
+            (0, view(SlotState::Ready, true)),
+            (2, view(SlotState::Starting, false)),
+        ]);
+        assert_eq!(build_table(&slots), Table::empty());
     }
 }

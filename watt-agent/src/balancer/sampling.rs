@@ -5,7 +5,8 @@
 //! its accept queue. Then it ticks (every `--tick`) until the queues have
 //! stayed empty for a while: each tick is one `poll(2)` over every listener
 //! (is its queue non-empty?) and, only for workers whose queue waits or who
-//! are busy, one read of the main thread's `syscall` file. That keeps the
+//! are busy, one read of the main thread's `io` file (read/write progress)
+//! and, when that shows none, one of its `syscall` file (idle in epoll?). That keeps the
 //! agent at zero wake-ups when nothing happens and at two or three cheap
 //! syscalls per tick under load. Once a second, a slow sample reads each
 //! worker's CPU time and memory and every listener's queue depth
@@ -158,7 +159,6 @@ impl Balancer {
                 continue;
             }
             let queue_nonempty = nonempty.contains(&slot);
-            e.queue_nonempty = queue_nonempty;
             if !queue_nonempty && e.tracker.is_calm() && e.pending_rss.is_none() {
                 // Nothing to watch: the next suspicion starts afresh.
                 e.last_io = None;
@@ -166,18 +166,7 @@ impl Balancer {
             }
             activity |= e.view.busy;
             let (loop_idle, progress) = if queue_nonempty || e.view.busy {
-                let probe = e.probe.as_mut();
-                let (idle, io) = probe.map_or((None, None), |p| {
-                    (
-                        p.syscall()
-                            .ok()
-                            .and_then(crate::sampler::SyscallState::loop_idle),
-                        p.io_syscalls().ok().flatten(),
-                    )
-                });
-                let progress = io.zip(e.last_io).map(|(now, before)| now != before);
-                e.last_io = io;
-                (idle, progress)
+                e.loop_signals()
             } else {
                 (None, None)
             };
@@ -188,19 +177,8 @@ impl Balancer {
                 progress,
                 rss: e.pending_rss.take(),
             };
-            let verdict = e.tracker.observe(sample, &self.settings.health);
-            tracing::trace!(
-                target: SAMPLES,
-                slot,
-                pid = e.pid,
-                t_us = u64::try_from(now.duration_since(self.started).as_micros()).unwrap_or(u64::MAX),
-                queue = queue_nonempty,
-                idle = loop_idle.map_or("-", |b| if b { "1" } else { "0" }),
-                progress = progress.map_or("-", |b| if b { "1" } else { "0" }),
-                busy = !matches!(verdict.health, health::Health::Ready),
-                "sample"
-            );
-            changed |= self.act(slot, verdict, steer);
+            let (verdict, acted) = self.observe(slot, sample);
+            changed |= acted;
             if verdict.rescue && steer && capacity(slot, self) {
                 let moved = self.rescue(slot);
                 tracing::debug!(slot, moved, "rescued the queue of a busy worker");
@@ -223,14 +201,40 @@ impl Balancer {
         self.tick_time += started.elapsed();
     }
 
-    /// Slots whose listener has a connection waiting: one `poll(2)`.
+    /// Feeds one sample to the slot's health model, traces it (`SAMPLES`)
+    /// and acts on the verdict. Returns the verdict and whether the table
+    /// must be republished.
+    fn observe(&mut self, slot: u32, sample: health::Sample) -> (health::Verdict, bool) {
+        let e = self.slots.get_mut(&slot).expect("caller checked");
+        let verdict = e.tracker.observe(sample, &self.settings.health);
+        let flag = |v: Option<bool>| v.map_or("-", |b| if b { "1" } else { "0" });
+        tracing::trace!(
+            target: SAMPLES,
+            slot,
+            pid = e.pid,
+            t_us = u64::try_from(sample.at.duration_since(self.started).as_micros())
+                .unwrap_or(u64::MAX),
+            queue = sample.queue_nonempty,
+            idle = flag(sample.loop_idle),
+            progress = flag(sample.progress),
+            busy = !matches!(verdict.health, health::Health::Ready),
+            "sample"
+        );
+        let acted = self.act(slot, verdict, self.settings.policy == Policy::Rescue);
+        (verdict, acted)
+    }
+
+    /// Slots with a ready worker whose listener has a connection waiting:
+    /// one `poll(2)`. (The others' queues mean nothing to the model, and
+    /// must not keep the loop ticking.)
     fn queues_nonempty(&self) -> Vec<u32> {
         let (slots, mut fds): (Vec<u32>, Vec<PollFd<'_>>) = self
             .slots
             .iter()
+            .filter(|(_, e)| e.view.lifecycle == SlotState::Ready)
             .map(|(&s, e)| (s, PollFd::new(e.listener.as_fd(), PollFlags::POLLIN)))
             .unzip();
-        if poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) <= 0 {
+        if fds.is_empty() || poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) <= 0 {
             return Vec::new();
         }
         slots
@@ -264,7 +268,7 @@ impl Balancer {
             }
             if let Some(st) = &mut self.steering {
                 let state = policy::effective_state(e.view);
-                super::log_err(st.set_slot(slot, state, 1), "set slot");
+                super::log_err(st.set_slot(slot, state), "set slot");
             }
             changed = true;
         }
@@ -286,6 +290,7 @@ impl Balancer {
             tracing::warn!(worker = e.worker, pid = e.pid, "replacing worker: {why}");
             let _ = self.health.send(Event::Replace {
                 worker: e.worker,
+                pid: e.pid,
                 reason,
             });
         }
@@ -305,6 +310,7 @@ impl Balancer {
             match probe.sample() {
                 Ok(s) => {
                     e.cpu_time = Some(s.cpu_time);
+                    e.run_delay = Some(s.run_delay);
                     e.rss_bytes = Some(s.rss_bytes);
                     let ready = e.view.lifecycle == SlotState::Ready;
                     let rss = (want_rss && ready).then_some(s.rss_bytes);
@@ -315,17 +321,18 @@ impl Balancer {
                         // No ticks while idle, so observe now: the queues
                         // are empty (or the loop would be ticking), and a
                         // busy worker is back once its loop is idle.
-                        let verdict = e.tracker.observe(
-                            health::Sample {
-                                at: now,
-                                queue_nonempty: false,
-                                loop_idle: s.syscall.loop_idle(),
-                                progress: None,
-                                rss,
-                            },
-                            &self.settings.health,
-                        );
-                        changed |= self.act(slot, verdict, self.settings.policy == Policy::Rescue);
+                        let loop_idle = probe
+                            .syscall()
+                            .ok()
+                            .and_then(crate::sampler::SyscallState::loop_idle);
+                        let sample = health::Sample {
+                            at: now,
+                            queue_nonempty: false,
+                            loop_idle,
+                            progress: None,
+                            rss,
+                        };
+                        changed |= self.observe(slot, sample).1;
                     }
                 }
                 Err(ProcError::Vanished { .. }) => e.probe = None,
@@ -339,14 +346,12 @@ impl Balancer {
     }
 
     fn sample_queue_depths(&mut self) {
-        let Some(diag) = self.diag.as_mut() else {
+        let Some(queues) = self.queues.as_mut() else {
             return;
         };
         let mut found = Vec::new();
-        if diag
-            .listeners(&ListenerQuery::for_addr(self.settings.addr), &mut found)
-            .is_err()
-        {
+        if let Err(e) = queues.listeners(&ListenerQuery::for_addr(self.settings.addr), &mut found) {
+            tracing::debug!("reading queue depths failed: {e}");
             return;
         }
         for e in self.slots.values_mut() {

@@ -134,13 +134,10 @@ fn probe_of_a_sleeping_child_then_its_exit() {
     let mut probe = WorkerProbe::open(kid.pid()).expect("open probe");
     let s = probe.sample().expect("sample");
     assert_eq!(s.state, 'S', "{text}");
-    assert_eq!(
-        s.syscall,
-        SyscallState::InSyscall(libc::SYS_clock_nanosleep)
-    );
-    assert_eq!(s.syscall.loop_idle(), Some(false));
+    let syscall = probe.syscall().expect("syscall");
+    assert_eq!(syscall, SyscallState::InSyscall(libc::SYS_clock_nanosleep));
+    assert_eq!(syscall.loop_idle(), Some(false));
     assert!(s.rss_bytes > 0 && s.cpu_time < Duration::from_secs(5));
-    assert_eq!(probe.syscall().expect("syscall"), s.syscall);
     // Exited, not yet reaped: a zombie.
     kid.0.kill().expect("kill");
     let mut gone = None;
@@ -181,10 +178,10 @@ fn probe_sees_an_idle_node_event_loop() {
     let idle = |s: &str| ["232 ", "281 ", "441 "].iter().any(|p| s.starts_with(p));
     let text = kid.wait_syscall(Duration::from_secs(10), idle);
     assert!(idle(&text), "node never idle: {text:?}");
-    let s = WorkerProbe::open(kid.pid())
-        .and_then(|mut p| p.sample())
-        .expect("sample");
-    assert_eq!(s.syscall.loop_idle(), Some(true), "{s:?}");
+    let mut probe = WorkerProbe::open(kid.pid()).expect("probe");
+    let s = probe.sample().expect("sample");
+    let syscall = probe.syscall().expect("syscall");
+    assert_eq!(syscall.loop_idle(), Some(true), "{syscall:?}");
     assert!(s.rss_bytes > 1 << 20);
 }
 
@@ -196,10 +193,7 @@ fn syscall_file_without_ptrace_access() {
     if !is_root() {
         // As an ordinary user, pid 1 (root's) is out of reach.
         let mut probe = WorkerProbe::open(1).expect("stat of pid 1 is world-readable");
-        assert_eq!(
-            probe.sample().expect("sample").syscall,
-            SyscallState::Unavailable
-        );
+        assert_eq!(probe.syscall().expect("syscall"), SyscallState::Unavailable);
         return;
     }
     let kid = Kid::spawn("sleep", &["30"]).expect("sleep");

@@ -137,6 +137,52 @@ impl ListenerQuery {
     }
 }
 
+/// Where the listeners' queue depths come from: sock_diag, or
+/// `/proc/net/tcp{,6}` where sock_diag is refused (see the table above for
+/// why the order).
+#[derive(Debug)]
+pub enum QueueSource {
+    Diag(SockDiag),
+    Proc(NetTcp),
+}
+
+impl QueueSource {
+    /// sock_diag if it opens, else the procfs tables; `None` if neither.
+    #[must_use]
+    pub fn open() -> Option<Self> {
+        let diag_err = match SockDiag::open() {
+            Ok(d) => return Some(Self::Diag(d)),
+            Err(e) => e,
+        };
+        match NetTcp::open() {
+            Ok(n) => {
+                tracing::warn!(
+                    "sock_diag unavailable ({diag_err}); queue depths come from /proc/net/tcp"
+                );
+                Some(Self::Proc(n))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "no source of queue depths: sock_diag ({diag_err}), /proc/net/tcp ({e})"
+                );
+                None
+            }
+        }
+    }
+
+    /// Replaces `out`'s contents with the listeners that match `query`.
+    pub fn listeners(
+        &mut self,
+        query: &ListenerQuery,
+        out: &mut Vec<ListenerQueue>,
+    ) -> Result<(), String> {
+        match self {
+            Self::Diag(d) => d.listeners(query, out).map_err(|e| e.to_string()),
+            Self::Proc(n) => n.listeners(query, out).map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// The entry of `found` for the socket with this inode.
 #[must_use]
 pub fn find_inode(found: &[ListenerQueue], inode: u64) -> Option<&ListenerQueue> {

@@ -165,7 +165,9 @@ pub fn parse_listeners(
             line
         });
     let header = lines.next().unwrap_or_default();
-    if !header.trim_ascii_start().starts_with(b"sl") || !contains(header, b"local_address") {
+    if !header.trim_ascii_start().starts_with(b"sl")
+        || memchr::memmem::find(header, b"local_address").is_none()
+    {
         return Err(bad(1, "no header line"));
     }
     let query = ListenerQuery {
@@ -179,10 +181,6 @@ pub fn parse_listeners(
         }
     }
     Ok(())
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// One table line: `None` unless it is a matching listener.

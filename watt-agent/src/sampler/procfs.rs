@@ -14,13 +14,7 @@
 //! this use (`stat`, `statm`, `schedstat`); `syscall` has a parser of its own
 //! (see [`parse_syscall`]). Each parse function is pure and tested on files
 //! captured on a real machine (`tests-data/proc/`).
-use std::{
-    fmt,
-    fs::File,
-    io,
-    os::unix::fs::FileExt,
-    time::{Duration, Instant},
-};
+use std::{fmt, fs::File, io, os::unix::fs::FileExt, time::Duration};
 
 use procfs_core::{
     FromRead,
@@ -238,14 +232,6 @@ impl SyscallState {
             Self::Running | Self::NotInSyscall => Some(false),
         }
     }
-
-    /// Blocked in `futex` or `futex_waitv`: `Atomics.wait`, a lock, or a
-    /// synchronous call waiting on another thread.
-    #[must_use]
-    pub fn is_futex_wait(self) -> bool {
-        matches!(self, Self::InSyscall(nr)
-            if nr == libc::SYS_futex || nr == libc::SYS_futex_waitv)
-    }
 }
 
 fn is_epoll_wait(nr: i64) -> bool {
@@ -323,8 +309,6 @@ pub fn parse_io(text: &str) -> Result<u64, ProcError> {
 /// One reading of a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkerSample {
-    /// When the reading started.
-    pub at: Instant,
     /// Main thread's state letter (`R`, `S`, `D`, ...).
     pub state: char,
     /// Main thread's CPU time, user + system. Only the main thread, so the
@@ -334,8 +318,6 @@ pub struct WorkerSample {
     pub run_delay: Duration,
     /// Resident set size of the process, in bytes.
     pub rss_bytes: u64,
-    /// What the main thread is doing right now.
-    pub syscall: SyscallState,
 }
 
 /// The open files of one worker, re-read on every [`sample`](Self::sample).
@@ -385,12 +367,6 @@ impl WorkerProbe {
         })
     }
 
-    /// The pid this probe reads.
-    #[must_use]
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
     /// Reads only the main thread's `syscall` file: the cheap, fast-tick
     /// signal (one `pread`, ~2 µs) for a worker whose queue is not empty,
     /// when the full [`sample`](Self::sample) (~11 µs) is taken less often.
@@ -415,11 +391,11 @@ impl WorkerProbe {
         }
     }
 
-    /// Reads all four files once. [`ProcError::Vanished`] when the worker
-    /// has exited (also when it is a zombie not yet reaped).
+    /// Reads `stat`, `schedstat` and `statm` once (`syscall` and `io` are
+    /// the tick's, read on their own). [`ProcError::Vanished`] when the
+    /// worker has exited (also when it is a zombie not yet reaped).
     pub fn sample(&mut self) -> Result<WorkerSample, ProcError> {
         let pid = self.pid;
-        let at = Instant::now();
         let stat = parse_stat(read_at0(&self.stat, &mut self.buf, pid, ProcFile::Stat)?)
             .map_err(|e| e.with_pid(pid))?;
         if matches!(stat.state, 'Z' | 'X') {
@@ -439,9 +415,7 @@ impl WorkerProbe {
         .map_err(|e| e.with_pid(pid))?;
         let pages = parse_statm(read_at0(&self.statm, &mut self.buf, pid, ProcFile::Statm)?)
             .map_err(|e| e.with_pid(pid))?;
-        let syscall = self.syscall()?;
         Ok(WorkerSample {
-            at,
             state: stat.state,
             cpu_time: ticks_to_duration(
                 stat.utime_ticks.saturating_add(stat.stime_ticks),
@@ -449,7 +423,6 @@ impl WorkerProbe {
             ),
             run_delay: sched.run_delay,
             rss_bytes: pages.saturating_mul(self.page_size),
-            syscall,
         })
     }
 }

@@ -25,7 +25,6 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
-use watt_common::SlotState;
 
 use crate::{
     balancer::{self, Command},
@@ -69,7 +68,6 @@ pub struct Shared {
     pub reloads_finished: u64,
     pub last_reload: Option<ReloadOutcome>,
     pub shutting_down: bool,
-    pub started: Option<Instant>,
     /// Last time the loop went round (for /healthz).
     pub heartbeat: Option<Instant>,
 }
@@ -113,9 +111,6 @@ pub async fn run(
         exit: None,
         reloads: (0, None),
     };
-    if let Ok(mut s) = shared.lock() {
-        s.started = Some(Instant::now());
-    }
     driver.feed(Event::Start);
     loop {
         driver.publish(&shared);
@@ -265,8 +260,18 @@ impl Driver<'_> {
         } else {
             format!("--require {shim}")
         };
-        let node_options = match std::env::var("NODE_OPTIONS") {
-            Ok(existing) if !existing.trim().is_empty() => format!("{existing} {require}"),
+        // The workers' NODE_OPTIONS (the agent's, or the config's `env`
+        // table's, which wins), with the shim added.
+        let existing = self
+            .plan
+            .program
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "NODE_OPTIONS")
+            .map(|(_, v)| v.to_string_lossy().into_owned());
+        let node_options = match existing {
+            Some(existing) if !existing.trim().is_empty() => format!("{existing} {require}"),
             _ => require,
         };
         let mut env: Vec<(OsString, OsString)> = vec![
@@ -321,7 +326,7 @@ impl Driver<'_> {
     fn signal_shutdown(&mut self, name: &str) {
         if self.machine.is_shutting_down() {
             tracing::warn!("{name} again: killing the workers now");
-            self.feed(Event::ForceShutdown);
+            self.feed(Event::Shutdown);
         } else {
             tracing::info!(
                 "{name}: stopping the workers (SIGKILL after {:?}; send it again to force)",
@@ -359,6 +364,7 @@ impl Driver<'_> {
                 tracing::info!(worker, "restart requested");
                 self.feed(Event::Replace {
                     worker,
+                    pid: None,
                     reason: lifecycle::ReplaceReason::Restart,
                 });
             }
@@ -484,18 +490,5 @@ fn human(d: Duration) -> String {
         format!("{}ms", d.as_millis())
     } else {
         format!("{:.1}s", d.as_secs_f64())
-    }
-}
-
-/// `SlotState` names for logs and the API.
-#[must_use]
-pub fn state_name(state: SlotState) -> &'static str {
-    match state {
-        SlotState::Empty => "empty",
-        SlotState::Starting => "starting",
-        SlotState::Ready => "ready",
-        SlotState::Busy => "busy",
-        SlotState::Draining => "draining",
-        SlotState::Down => "down",
     }
 }

@@ -442,7 +442,14 @@ fn check_any(text: &str) -> Result<(), TestCaseError> {
                 command: Some(vec!["node".into()]),
                 ..Layer::default()
             };
-            let _ = config::resolve(&[&cli, &file.layer]);
+            // The command line gives the command, so the only refusal left
+            // is a value rule, and it names one of the keys.
+            if let Err(e) = config::resolve(&[&cli, &file.layer]) {
+                prop_assert!(
+                    matches!(&e, config::ConfigError::Invalid { key, .. } if Layer::KEYS.contains(key)),
+                    "{e}"
+                );
+            }
         }
         Err(FileError::Parse { line, message, .. }) => {
             prop_assert!(

@@ -102,14 +102,16 @@ pub enum Event {
         status: ExitStatus,
     },
     Reload,
+    /// Replace `worker` gracefully; `pid`: only if that process still
+    /// serves it (a health verdict), `None`: whatever serves it (an
+    /// operator's restart).
     Replace {
         worker: WorkerId,
+        pid: Option<Pid>,
         reason: ReplaceReason,
     },
-    /// First SIGTERM/SIGINT: graceful.
+    /// SIGTERM/SIGINT: the first drains, a second one SIGKILLs everything.
     Shutdown,
-    /// Second one: SIGKILL everything.
-    ForceShutdown,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

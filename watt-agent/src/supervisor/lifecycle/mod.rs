@@ -119,19 +119,20 @@ impl Lifecycle {
             Event::Ready { pid } => self.ready(now, pid, &mut out),
             Event::Exited { pid, status } => self.exited(now, pid, status, &mut out),
             Event::Reload => self.begin_reload(now, &mut out),
-            Event::Replace { worker, reason } => {
-                if !self.shutdown && (worker as usize) < self.workers.len() {
+            Event::Replace {
+                worker,
+                pid,
+                reason,
+            } => {
+                // A verdict about a process that has since been replaced
+                // is not about its successor.
+                let current = pid.is_none_or(|p| self.serving_pid(worker) == Some(p));
+                if !self.shutdown && (worker as usize) < self.workers.len() && current {
                     self.begin_replace(now, worker, reason, &mut out);
                 }
             }
             Event::Shutdown if self.shutdown => self.force(&mut out),
             Event::Shutdown => self.begin_shutdown(now, &mut out),
-            Event::ForceShutdown => {
-                if !self.shutdown {
-                    self.begin_shutdown(now, &mut out);
-                }
-                self.force(&mut out);
-            }
         }
         if self.shutdown && self.instances.is_empty() {
             let code = if self.forced {
@@ -179,11 +180,10 @@ impl Lifecycle {
             .collect()
     }
 
-    /// Worker and pid of every live instance by slot (for the sampler).
-    pub fn instances(&self) -> impl Iterator<Item = (Slot, WorkerId, Option<Pid>, Phase)> + '_ {
-        self.instances
-            .iter()
-            .map(|(&s, i)| (s, i.worker, i.pid, i.phase))
+    /// The pid of the instance serving `worker`, if any.
+    fn serving_pid(&self, worker: WorkerId) -> Option<Pid> {
+        let slot = self.workers.get(worker as usize)?.serving?;
+        self.instances.get(&slot)?.pid
     }
 
     #[must_use]
@@ -300,8 +300,10 @@ impl Lifecycle {
         let Some((&slot, inst)) = self.instances.iter().find(|(_, i)| i.pid == Some(pid)) else {
             return;
         };
-        if inst.phase != Phase::Starting {
-            return; // a repeated READY=1, or one that raced a stop
+        if inst.phase != Phase::Starting || inst.killed {
+            // A repeated READY=1, or one that raced a stop or the start
+            // timeout's SIGKILL: that process is on its way out.
+            return;
         }
         let (worker, started) = (inst.worker, inst.started);
         self.set_phase(slot, Phase::Ready, out);

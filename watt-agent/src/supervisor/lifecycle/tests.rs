@@ -199,6 +199,10 @@ fn a_worker_not_ready_in_time_is_killed_and_restarted() {
     let pid = h.pid(0);
     let actions = h.advance(START);
     assert_eq!(signals(&actions), vec![(pid, Sig::Kill)]);
+    // Its READY=1 can still arrive between the SIGKILL and its exit: the
+    // dying process gets no connections.
+    let late = h.feed(Event::Ready { pid });
+    assert!(states(&late).is_empty(), "{late:?}");
     let actions = h.feed(Event::Exited {
         pid,
         status: ExitStatus::Signal(9),
@@ -330,8 +334,16 @@ fn a_stuck_worker_is_replaced_gracefully_and_killed_if_it_ignores_sigterm() {
     h.feed(Event::Start);
     h.all_ready();
     let old = h.pid(0);
+    // A verdict about another (earlier) process of the worker is ignored.
+    let stale = h.feed(Event::Replace {
+        worker: 0,
+        pid: Some(old + 1000),
+        reason: ReplaceReason::Stuck,
+    });
+    assert!(stale.is_empty(), "{stale:?}");
     h.feed(Event::Replace {
         worker: 0,
+        pid: Some(old),
         reason: ReplaceReason::Stuck,
     });
     let new = h.incoming_pid(0);
