@@ -194,21 +194,12 @@ fn ensure_bpffs(opts: &Options) -> anyhow::Result<()> {
 /// Raise RLIMIT_MEMLOCK for this process and the test and run processes it
 /// starts (kernels before 5.11 charge BPF maps against it).
 fn raise_memlock() {
-    #[repr(C)]
-    struct Rlimit {
-        cur: u64,
-        max: u64,
-    }
-    unsafe extern "C" {
-        fn setrlimit(resource: i32, rlim: *const Rlimit) -> i32;
-    }
-    const RLIMIT_MEMLOCK: i32 = 8;
-    let unlimited = Rlimit {
-        cur: u64::MAX,
-        max: u64::MAX,
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: valid pointer to a local; failure (not root) is harmless.
-    let _ = unsafe { setrlimit(RLIMIT_MEMLOCK, &unlimited) };
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
 }
 
 fn ensure_node() -> anyhow::Result<()> {

@@ -35,12 +35,7 @@ pub fn output(cmd: &mut Command) -> Option<String> {
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc_geteuid() == 0 }
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// `sudo -E` when not root, as aya's own test runner does; empty when root.

@@ -20,7 +20,6 @@
 //! the server, is the limit). The run is bounded: warm-up + duration +
 //! timeout, and at most `max_in_flight` requests at once.
 // A library for every bench: not each of them uses each part of it.
-#![allow(dead_code)]
 
 use std::{
     cell::{Cell, RefCell},
@@ -181,12 +180,6 @@ impl Plan {
     }
 
     #[must_use]
-    pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = n.max(1);
-        self
-    }
-
-    #[must_use]
     pub fn realtime(mut self, on: bool) -> Self {
         self.realtime = on;
         self
@@ -299,17 +292,11 @@ impl ErrorKind {
 }
 
 /// One failed request, for attribution.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Failure {
-    /// Scheduled start, from the start of the run (warm-up included).
-    pub at: Duration,
-    /// When it was seen to fail, from its scheduled start.
-    pub after: Duration,
     /// The client port, when a connection was made.
     pub local_port: Option<u16>,
     pub kind: ErrorKind,
-    /// Sent on a keep-alive connection that had served earlier requests.
-    pub reused: bool,
 }
 
 /// What happened to one class of requests in the measured window.
@@ -396,7 +383,6 @@ impl ClassReport {
 #[derive(Clone, Debug)]
 pub struct Report {
     pub classes: Vec<ClassReport>,
-    pub connections: Connections,
     /// The measured window (the plan's duration).
     pub measured: Duration,
     /// Microseconds between a request's scheduled start and the moment the
@@ -447,14 +433,6 @@ impl Report {
             cpu_share: self.cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9),
             connects: self.connects,
         }
-    }
-
-    /// Every class's ok, failed and total.
-    #[must_use]
-    pub fn totals(&self) -> (u64, u64) {
-        self.classes
-            .iter()
-            .fold((0, 0), |(ok, f), c| (ok + c.ok, f + c.failed()))
     }
 }
 
@@ -588,7 +566,6 @@ struct Ticket {
 }
 
 struct Shared {
-    start: Instant,
     timeout: Duration,
     classes: Vec<ClassStats>,
     /// Started and not finished (new-connection requests, raw requests, and
@@ -602,13 +579,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn record(
-        &mut self,
-        t: &Ticket,
-        result: Result<(), ErrorKind>,
-        port: Option<u16>,
-        reused: bool,
-    ) {
+    fn record(&mut self, t: &Ticket, result: Result<(), ErrorKind>, port: Option<u16>) {
         if !t.measured {
             return;
         }
@@ -624,11 +595,8 @@ impl Shared {
                 *c.errors.entry(kind).or_default() += 1;
                 if c.failures.len() < MAX_FAILURES_KEPT {
                     c.failures.push(Failure {
-                        at: t.at.saturating_duration_since(self.start),
-                        after,
                         local_port: port,
                         kind,
-                        reused,
                     });
                 }
             }
@@ -686,7 +654,6 @@ async fn drive(plan: Plan) -> anyhow::Result<Report> {
     let hist =
         || Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).expect("histogram bounds");
     let state: State = Rc::new(RefCell::new(Shared {
-        start,
         timeout: plan.timeout,
         classes: plan
             .classes
@@ -794,7 +761,7 @@ async fn drive(plan: Plan) -> anyhow::Result<Report> {
     // Still queued or open at the deadline: timed out.
     let left: Vec<Ticket> = s.queue.drain(..).collect();
     for t in &left {
-        s.record(t, Err(ErrorKind::Timeout), None, false);
+        s.record(t, Err(ErrorKind::Timeout), None);
     }
     let connects = s.connects;
     let classes = plan
@@ -822,7 +789,6 @@ async fn drive(plan: Plan) -> anyhow::Result<Report> {
         .collect();
     Ok(Report {
         classes,
-        connections: plan.connections,
         measured: plan.duration,
         lag,
         connects,
@@ -837,7 +803,7 @@ fn dispatch(ctx: &Rc<Ctx>, plan: &Plan, t: Ticket) {
         s.classes[t.class].sent += 1;
     }
     if s.in_flight + s.queue.len() >= plan.max_in_flight {
-        s.record(&t, Err(ErrorKind::ClientOverload), None, false);
+        s.record(&t, Err(ErrorKind::ClientOverload), None);
         return;
     }
     if matches!(plan.connections, Connections::KeepAlive(_)) && !ctx.raw[t.class] {
@@ -932,7 +898,7 @@ async fn one_shot(ctx: Rc<Ctx>, t: Ticket) {
                 .unwrap_or(Err(ErrorKind::Timeout))
         }
     };
-    ctx.state.borrow_mut().record(&t, result, port.get(), false);
+    ctx.state.borrow_mut().record(&t, result, port.get());
     finish(&ctx);
 }
 
@@ -955,7 +921,6 @@ async fn next_ticket(ctx: &Ctx) -> Option<Ticket> {
 
 async fn keep_alive_conn(ctx: Rc<Ctx>) {
     let mut conn: Option<TcpStream> = None;
-    let mut served = 0u64;
     let mut buf = Vec::with_capacity(4096);
     while let Some(t) = next_ticket(&ctx).await {
         let port = Cell::new(
@@ -963,14 +928,12 @@ async fn keep_alive_conn(ctx: Rc<Ctx>) {
                 .and_then(|c| c.local_addr().ok())
                 .map(|a| a.port()),
         );
-        let reused = conn.is_some() && served > 0;
         let result = match budget(&ctx, t.at) {
             None => Err(ErrorKind::Timeout),
             Some(left) => {
                 let work = async {
                     if conn.is_none() {
                         conn = Some(connect(&ctx, &port).await?);
-                        served = 0;
                     }
                     let stream = conn.as_mut().expect("connected");
                     stream
@@ -987,7 +950,6 @@ async fn keep_alive_conn(ctx: Rc<Ctx>) {
         };
         let result = match result {
             Ok(resp) => {
-                served += 1;
                 if resp.close {
                     conn = None;
                 }
@@ -998,9 +960,7 @@ async fn keep_alive_conn(ctx: Rc<Ctx>) {
                 Err(e)
             }
         };
-        ctx.state
-            .borrow_mut()
-            .record(&t, result, port.get(), reused);
+        ctx.state.borrow_mut().record(&t, result, port.get());
         finish(&ctx);
     }
 }

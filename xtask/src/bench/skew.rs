@@ -24,7 +24,10 @@ use serde::Serialize;
 
 use super::{
     loadgen::{self, Plan, Summary},
-    peers::procs::{self, Group},
+    peers::{
+        install,
+        procs::{self, Group},
+    },
 };
 use crate::{build, setup, util};
 
@@ -50,7 +53,8 @@ pub struct Args {
     /// Seconds of the idle measurement with 16 workers (0 skips it).
     #[arg(long, default_value_t = 60)]
     pub idle: u64,
-    /// Only the runs whose name contains this (e.g. `uniform`).
+    /// Only the runs whose name contains this (e.g. `uniform`); skips the
+    /// idle measurement.
     #[arg(long)]
     pub only: Option<String>,
 }
@@ -72,13 +76,21 @@ struct Idle {
     workers: usize,
     seconds: u64,
     agent_cpu_percent: f64,
+    /// CPU time is counted in clock ticks (10 ms): the resolution of the
+    /// percentage above.
+    cpu_resolution_percent: f64,
     agent_rss_kib: u64,
+    agent_threads: u64,
 }
 
 #[derive(Serialize)]
 struct Results {
+    /// UTC, e.g. 2026-11-27T10:50:00Z.
     date: String,
-    machine: String,
+    machine: std::collections::BTreeMap<String, String>,
+    /// The agent's build (`git rev-parse`, `-dirty` when uncommitted).
+    commit: String,
+    node: String,
     runs: Vec<Run>,
     idle: Option<Idle>,
 }
@@ -111,6 +123,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                    tick: &str,
                    plan: &dyn Fn(Plan) -> Plan|
      -> anyhow::Result<()> {
+        if args
+            .only
+            .as_ref()
+            .is_some_and(|o| !name.contains(o.as_str()))
+        {
+            return Ok(());
+        }
         let r = measure(&agent, &app, &dir, name, policy, tick, 4, duration, plan)?;
         println!(
             "{:<28} fast p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  failed {:>3}  agent CPU {:>5.2}%{}",
@@ -133,8 +152,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     one("baseline (no blocking)", "rescue", "2ms", &fast)?;
     one("skew, rescue (default)", "rescue", "2ms", &skewed)?;
-    one("skew, hash", "hash", "1ms", &skewed)?;
-    one("skew, kernel", "kernel", "1ms", &skewed)?;
+    // (hash and kernel sample at a coarse tick whatever --tick says.)
+    one("skew, hash", "hash", "2ms", &skewed)?;
+    one("skew, kernel", "kernel", "2ms", &skewed)?;
     for tick in &args.ticks {
         one(
             &format!("skew, rescue, tick {tick}"),
@@ -145,19 +165,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let uniform = |plan: Plan| plan.get("fast", "/", args.uniform_rate);
     one(
-        &format!("uniform {}/s, rescue", args.uniform_rate),
+        &format!("uniform {}/s, rescue (default)", args.uniform_rate),
         "rescue",
-        "1ms",
+        "2ms",
         &uniform,
     )?;
     one(
         &format!("uniform {}/s, kernel", args.uniform_rate),
         "kernel",
-        "1ms",
+        "2ms",
         &uniform,
     )?;
 
-    let idle = (args.idle > 0)
+    let idle = (args.idle > 0 && args.only.is_none())
         .then(|| idle(&agent, &app, &dir, Duration::from_secs(args.idle)))
         .transpose()?;
     if let Some(i) = &idle {
@@ -167,8 +187,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     let results = Results {
-        date: util_date(),
-        machine: machine(),
+        date: super::peers::stamp_and_date(std::time::SystemTime::now()).1,
+        machine: install::machine(),
+        commit: install::git_rev(&root),
+        node: util::output(Command::new("node").arg("--version"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
         runs,
         idle,
     };
@@ -212,7 +237,11 @@ fn measure(
         cpu_time(pid).zip(a).map(|(b, a)| b.saturating_sub(a))
     });
     let report = loadgen::run(&p)?;
-    let cpu = sampler.join().ok().flatten().unwrap_or_default();
+    let cpu = sampler
+        .join()
+        .ok()
+        .flatten()
+        .context("the agent's CPU time could not be read (did it exit?)")?;
     let log = fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
     group.stop(Duration::from_secs(15));
     let summaries: Vec<Summary> = report
@@ -246,20 +275,23 @@ fn idle(agent: &Path, app: &Path, dir: &Path, window: Duration) -> anyhow::Resul
     let a = cpu_time(pid).context("agent CPU time")?;
     thread::sleep(window);
     let b = cpu_time(pid).context("agent CPU time")?;
-    let rss = fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0);
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).context("agent status")?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    let (rss, threads) = (field("VmRSS:")?, field("Threads:")?);
     group.stop(Duration::from_secs(15));
     Ok(Idle {
         workers: 16,
         seconds: window.as_secs(),
         agent_cpu_percent: 100.0 * b.saturating_sub(a).as_secs_f64() / window.as_secs_f64(),
+        cpu_resolution_percent: 100.0 / clk_tck() as f64 / window.as_secs_f64(),
         agent_rss_kib: rss,
+        agent_threads: threads,
     })
 }
 
@@ -313,16 +345,15 @@ fn cpu_time(pid: i32) -> Option<Duration> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let f: Vec<&str> = s[s.rfind(')')? + 2..].split_whitespace().collect();
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc_sysconf(2) })
-        .unwrap_or(100)
-        .max(1);
-    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / clk_tck()))
 }
 
-unsafe extern "C" {
-    #[link_name = "sysconf"]
-    fn libc_sysconf(name: i32) -> i64;
+/// Clock ticks a second (`utime`/`stime` units).
+fn clk_tck() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -331,40 +362,24 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn util_date() -> String {
-    util::output(Command::new("date").args(["-u", "+%Y-%m-%d"]))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn machine() -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
-}
-
 fn write(root: &Path, r: &Results) -> anyhow::Result<()> {
     let dir = root.join("bench/results");
     fs::create_dir_all(&dir)?;
-    let json: PathBuf = dir.join(format!("skew-{}.json", r.date));
+    let day = &r.date[..10];
+    let json: PathBuf = dir.join(format!("skew-{day}.json"));
     fs::write(&json, serde_json::to_string_pretty(r)?)?;
     let mut md = format!(
-        "# Skew benchmark, {}\n\nMachine: {}. 4 workers of tests/fixtures/apps/test-app.js on Node {}. \
+        "# Skew benchmark, {}\n\nMachine: {}. watt-agent {}. 4 workers of tests/fixtures/apps/test-app.js on Node {}. \
          Open-loop load, new connection per request, latency from the scheduled start.\n\n\
          | run | policy | tick | fast p50 | fast p99 | fast p99.9 | failed | agent CPU |\n|---|---|---|---|---|---|---|---|\n",
         r.date,
-        r.machine,
-        util::output(Command::new("node").arg("--version"))
-            .unwrap_or_default()
-            .trim()
+        r.machine
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        r.commit,
+        r.node
     );
     for run in &r.runs {
         md.push_str(&format!(
@@ -381,11 +396,16 @@ fn write(root: &Path, r: &Results) -> anyhow::Result<()> {
     }
     if let Some(i) = &r.idle {
         md.push_str(&format!(
-            "\nIdle: {} workers, no traffic for {} s: agent CPU {:.3}% of one core, RSS {} KiB.\n",
-            i.workers, i.seconds, i.agent_cpu_percent, i.agent_rss_kib
+            "\nIdle: {} workers, no traffic for {} s: agent CPU {:.3}% of one core (resolution {:.3}%), RSS {} KiB, {} threads.\n",
+            i.workers,
+            i.seconds,
+            i.agent_cpu_percent,
+            i.cpu_resolution_percent,
+            i.agent_rss_kib,
+            i.agent_threads
         ));
     }
-    fs::write(dir.join(format!("skew-{}.md", r.date)), &md)?;
+    fs::write(dir.join(format!("skew-{day}.md")), &md)?;
     fs::write(dir.join("skew-latest.md"), &md)?;
     println!("\n{md}\nwritten: {}", json.display());
     Ok(())

@@ -254,7 +254,6 @@ pub fn start(
             cmd.arg(&ctx.peers.wattpm)
                 .arg("start")
                 .arg(&wdir)
-                .current_dir(&wdir)
                 .env("TMPDIR", &t);
             tmpdir = Some(t);
             ready = ("Platformatic is now listening", 1);

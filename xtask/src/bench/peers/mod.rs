@@ -10,7 +10,7 @@
 //! panic and on Ctrl-C (procs.rs).
 mod arms;
 mod chart;
-mod install;
+pub(crate) mod install;
 pub(crate) mod procs;
 mod report;
 mod scenarios;
@@ -205,7 +205,7 @@ fn medians(
 }
 
 /// `20261127-085612` (a file-name stamp) and `2026-11-27T08:56:12Z`.
-fn stamp_and_date(now: SystemTime) -> (String, String) {
+pub(crate) fn stamp_and_date(now: SystemTime) -> (String, String) {
     let date = humantime::format_rfc3339_seconds(now).to_string();
     let stamp = date
         .trim_end_matches('Z')

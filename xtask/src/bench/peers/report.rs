@@ -75,7 +75,14 @@ fn f(v: f64) -> String {
 #[must_use]
 pub fn targets(r: &Results) -> Vec<Target> {
     let mut out = Vec::new();
-    let fast = |scn: Scenario, arm: Arm| r.cell(scn, arm).and_then(|c| c.class("fast")).cloned();
+    // A class with no answer has no latency (its figures read 0): not a
+    // measurement a target may pass on.
+    let fast = |scn: Scenario, arm: Arm| {
+        r.cell(scn, arm)
+            .and_then(|c| c.class("fast"))
+            .filter(|s| s.ok > 0)
+            .cloned()
+    };
 
     for scn in [Scenario::Skew, Scenario::SkewKa] {
         let agent = fast(scn, Arm::Agent);
@@ -114,7 +121,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 .collect();
             (
                 format!(
-                    "watt-agent: {} failed, {} of them accepted by the crashing worker, {} lost before any worker accepted them; lost by peers: {}",
+                    "watt-agent: {} failed, {} of them already accepted by a worker, {} lost before any worker accepted them; lost by peers: {}",
                     a.failed,
                     a.accepted,
                     a.lost,
@@ -198,16 +205,18 @@ pub fn targets(r: &Results) -> Vec<Target> {
     }
 
     for scn in [Scenario::Saturation, Scenario::SaturationKa] {
+        // `Some(None)`: the sweep ran and not even its first step passed.
         let max = |arm| {
             r.cell(scn, arm)
                 .and_then(|c| c.sweep.as_ref())
-                .map(|s| s.max_rate.unwrap_or(0.0))
+                .map(|s| s.max_rate)
         };
-        let (measured, pass) = match (max(Arm::Agent), max(Arm::Reuseport)) {
+        let (measured, pass) = match (max(Arm::Agent).flatten(), max(Arm::Reuseport).flatten()) {
             (Some(a), Some(rp)) => {
+                // A peer whose first step failed sustains less than any rate.
                 let others: Vec<(Arm, f64)> = [Arm::Pm2, Arm::Cluster]
                     .iter()
-                    .filter_map(|&x| max(x).map(|v| (x, v)))
+                    .filter_map(|&x| max(x).map(|v| (x, v.unwrap_or(0.0))))
                     .collect();
                 let beats = others.iter().all(|(_, v)| a > *v);
                 (
@@ -463,7 +472,7 @@ pub fn markdown(r: &Results, chart_file: &str) -> String {
         if scn == "crash" {
             let _ = writeln!(
                 md,
-                "Failed fast requests, split by the app's own accept log (client ports are unique within a cell):\n\n| arm | crashes | fast failed | accepted by the crashing worker | lost before any worker accepted them |\n|---|---:|---:|---:|---|"
+                "Failed fast requests, split by the app's own accept log (client ports are unique within a cell):\n\n| arm | crashes | fast failed | accepted by a worker (in its accept log) | lost before any worker accepted them |\n|---|---:|---:|---:|---|"
             );
             for c in &cells {
                 if let Some(x) = &c.crash {
@@ -506,7 +515,7 @@ pub fn markdown(r: &Results, chart_file: &str) -> String {
 
 const NOTES: &str = "## Notes\n\n\
 - **Keep-alive.** The agent steers connections, not requests: it chooses a worker when a connection is made. A keep-alive connection stays with its worker; if that worker's event loop blocks, the requests already sent on it wait, whoever balanced the connection. What steering can do with keep-alive: new connections avoid a busy worker, and with `--max-requests-per-socket` (the `watt-agent + max-requests-per-socket` arm) clients reconnect every so many requests and get steered again. The client here picks an idle connection from its pool for each request, as HTTP client pools do.\n\
-- **Crash.** The crashing worker first blocks for the stall (a request that blocks its event loop), so connections queue on its listener, then exits. Requests the worker had already accepted die with it under every arm. With plain SO_REUSEPORT (Watt's threads, the reusePort arm, `--policy kernel`) the connections still queued on its listener are reset when it exits; the agent's program moves them to another worker; Node cluster and PM2 keep them in the primary, which accepts every connection itself, but the one connection it is handing to the dying worker at that moment is neither answered nor closed (the client times out after 5 s). Watt restarts a crashed worker thread only after seconds on this machine (its log shows when), slower than one crash a second, so at times it has no worker left: its `refused` failures.\n\
+- **Crash.** The crashing worker first blocks for the stall (a request that blocks its event loop), so connections queue on its listener, then exits. Requests the worker had already accepted die with it under every arm. With plain SO_REUSEPORT (Watt's threads, the reusePort arm, `--policy kernel`) the connections still queued on its listener are reset when it exits; the agent's program moves them to another worker; Node cluster and PM2 keep them in the primary, which accepts every connection itself, but the one connection it is handing to the dying worker at that moment is neither answered nor closed (the client times out after 5 s). Watt restarts a crashed worker thread only after seconds on this machine (its log shows when), slower than one crash a second, so at times it has fewer workers left (the failure kinds are in the crash table).\n\
 - **Reload.** watt-agent: SIGHUP. PM2: `pm2 reload all`. Watt: `wattpm restart` (workers replaced one at a time). Node cluster: the primary replaces workers one at a time on SIGHUP (bench/app/cluster-primary.js). Plain reusePort processes have no reload: the launcher (bench/app/reuseport-launcher.js) restarts them one at a time, new one first, as a user would.\n\
 - **Saturation.** With a new connection per request the client spends about 100 µs of CPU per request (loopback: both ends of the handshake run in its context), so at the top rates client and servers share the 2 cores; the client's lag p99 shows whether it kept its schedule. `cargo xtask bench loadgen` measures the client alone.\n\
 - Every arm runs the unchanged tests/fixtures/apps/test-app.js with the same Node 22; Node cluster, PM2 and reusePort workers get bench/app/graceful.js (stop accepting and finish in-flight requests on SIGTERM/SIGINT), the agent's workers its own shim, Watt its own handling. Watt's `restartOnError` is set to the same 100 ms as the others' restart delay (its default is 5 s).\n";

@@ -110,10 +110,14 @@ impl Scenario {
     #[must_use]
     pub fn key(self, cell: &Cell) -> Option<f64> {
         let first = cell.classes.first();
+        // Latencies only of a class that got answers (otherwise they read 0).
+        let answered = |c: &&Summary| c.ok > 0;
         #[allow(clippy::cast_precision_loss)] // request counts
         match self {
-            Self::Uniform | Self::UniformKa | Self::Next => first.map(|c| c.p50_ms),
-            Self::Skew | Self::SkewKa => cell.class("fast").map(|c| c.p99_ms),
+            Self::Uniform | Self::UniformKa | Self::Next => {
+                first.filter(answered).map(|c| c.p50_ms)
+            }
+            Self::Skew | Self::SkewKa => cell.class("fast").filter(answered).map(|c| c.p99_ms),
             Self::Crash => cell.crash.as_ref().map(|c| c.lost as f64),
             Self::Reload => first.map(|c| c.failed as f64),
             Self::Saturation | Self::SaturationKa | Self::NextSaturation => {
@@ -470,6 +474,8 @@ fn load(
 /// Splits the crash cell's failed fast requests into those a worker had
 /// accepted (the app logs every accepted connection's client port; the
 /// client ports are unique within the run) and those no worker accepted.
+/// Which worker is not told apart: Watt's workers are threads of one
+/// process and share one log. In practice only the crashing worker's fail.
 fn attribute(report: &Report, accept_dir: &Path) -> CrashStats {
     let mut accepted_ports = HashSet::new();
     if let Ok(dir) = fs::read_dir(accept_dir) {
