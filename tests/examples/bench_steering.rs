@@ -138,7 +138,7 @@ fn main() {
     let runs = after.run_count.saturating_sub(before.run_count);
     if runs > 0 {
         println!(
-            "floor (same program, pass-through table): {:.1} ns per run",
+            "floor (same program, empty table: no slot to choose): {:.1} ns per run",
             after.run_time.saturating_sub(before.run_time).as_nanos() as f64 / runs as f64
         );
     }
