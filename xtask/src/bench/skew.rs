@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long, default_value_t = 60)]
     pub idle: u64,
     /// Only the runs whose name contains this (e.g. `uniform`); skips the
-    /// idle measurement.
+    /// idle measurement and writes no results file.
     #[arg(long)]
     pub only: Option<String>,
 }
@@ -132,7 +132,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         let r = measure(&agent, &app, &dir, name, policy, tick, 4, duration, plan)?;
         println!(
-            "{:<28} fast p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  failed {:>3}  agent CPU {:>5.2}%{}",
+            "{:<28} fast p50 {:>7.3} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  failed {:>3}  agent CPU {:>5.2}%{}",
             r.name,
             r.fast.p50_ms,
             r.fast.p99_ms,
@@ -197,6 +197,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         runs,
         idle,
     };
+    if args.only.is_some() {
+        // A subset: printed above, but it does not replace the full results.
+        return Ok(());
+    }
     write(&root, &results)
 }
 
