@@ -82,8 +82,8 @@ function activate() {
 
     if (target.port !== wattPort) {
       if (managed === null) {
+        // The agent logs it once, naming both ports.
         notify(`WATT_OTHER_PORT=${target.port}`);
-        notify(`STATUS=app listens on TCP port ${target.port}, not on WATT_PORT ${wattPort}; the agent only serves ${wattPort}`);
       }
       return origListen.apply(this, args);
     }
