@@ -9,8 +9,7 @@ use watt_common::{MAX_SLOTS, TABLE_SIZE, Table};
 /// Builds a table that gives slot `i` a share `weights[i] / sum(weights)`.
 ///
 /// Returns `None` if every weight is zero (no slot to send anything to); the
-/// caller then publishes [`Table::empty`], which makes the program leave
-/// the choice to the kernel's hash at once.
+/// caller then publishes [`unweighted`].
 #[must_use]
 pub fn weighted(weights: &[u32]) -> Option<Table> {
     let slot_count = weights.len().min(MAX_SLOTS as usize);
@@ -37,6 +36,16 @@ pub fn weighted(weights: &[u32]) -> Option<Table> {
         *bucket = u8::try_from(best).expect("MAX_SLOTS fits in a byte");
     }
     Some(table)
+}
+
+/// A table of `slot_count` slots and no selectable bucket: with every slot
+/// out of service, the program probes for a ready one, finds none, counts
+/// and logs "no ready slot" and leaves the choice to the kernel's hash.
+#[must_use]
+pub fn unweighted(slot_count: u32) -> Table {
+    let mut table = Table::empty();
+    table.slot_count = slot_count.min(MAX_SLOTS);
+    table
 }
 
 /// Buckets per slot in `table` (for logs, metrics and tests).

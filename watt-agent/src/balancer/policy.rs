@@ -27,8 +27,9 @@ pub fn effective_state(view: SlotView) -> SlotState {
 }
 
 /// The table: every effectively ready slot gets an equal share. With no
-/// ready slot, the empty table: the program leaves the choice to the
-/// kernel's hash without probing every slot for each connection.
+/// ready slot, a table of zero weights: the program probes every slot,
+/// finds none ready, counts it (`watt_program_no_ready_slot_total`) and
+/// leaves the choice to the kernel's hash.
 #[must_use]
 pub fn build_table(slots: &BTreeMap<Slot, SlotView>) -> Table {
     let slot_count = slots.keys().next_back().map_or(0, |&s| s + 1);
@@ -39,7 +40,7 @@ pub fn build_table(slots: &BTreeMap<Slot, SlotView>) -> Table {
                 .map_or(0, |&v| u32::from(effective_state(v) == SlotState::Ready))
         })
         .collect();
-    table::weighted(&weights).unwrap_or_else(Table::empty)
+    table::weighted(&weights).unwrap_or_else(|| table::unweighted(slot_count))
 }
 
 #[cfg(test)]
@@ -81,11 +82,13 @@ mod tests {
     }
 
     #[test]
-    fn no_ready_slot_gives_the_empty_table() {
+    fn no_ready_slot_gives_a_table_without_buckets_over_every_slot() {
         let slots = BTreeMap::from([
             (0, view(SlotState::Ready, true)),
             (2, view(SlotState::Starting, false)),
         ]);
-        assert_eq!(build_table(&slots), Table::empty());
+        let t = build_table(&slots);
+        assert_eq!(t.slot_count, 3);
+        assert_eq!(table::shares(&t), vec![1024, 0, 0]);
     }
 }
