@@ -10,7 +10,8 @@ use std::{
 
 use watt_agent::{
     listeners::{ListenSpec, Listener},
-    steering::{ProgramLog, Steering},
+    preflight,
+    steering::{ProgramMode, Steering},
     table,
 };
 use watt_common::SlotState;
@@ -48,26 +49,38 @@ pub struct Group {
 }
 
 impl Group {
-    /// `n` listeners on `host` (port picked by the kernel), program loaded,
-    /// attached and every slot marked ready with weight 1.
+    /// `n` listeners on `host` (port picked by the kernel), the program the
+    /// agent would choose loaded, attached and every slot marked ready with
+    /// weight 1.
     pub fn new(host: &str, n: usize) -> Self {
-        Self::build(host, n, true)
+        Self::build(host, n, Some(None))
+    }
+
+    /// The same with exactly the program of `mode`.
+    pub fn with_mode(host: &str, n: usize, mode: ProgramMode) -> Self {
+        Self::build(host, n, Some(Some(mode)))
     }
 
     /// The same group with no program attached: plain `SO_REUSEPORT`.
     pub fn without_program(host: &str, n: usize) -> Self {
-        Self::build(host, n, false)
+        Self::build(host, n, None)
     }
 
-    fn build(host: &str, n: usize, with_program: bool) -> Self {
+    /// `program`: `None` for no program, `Some(None)` for the agent's own
+    /// choice, `Some(Some(mode))` for that mode.
+    fn build(host: &str, n: usize, program: Option<Option<ProgramMode>>) -> Self {
         require_root();
         let port = free_port(host);
         let listeners: Vec<_> = (0..n)
             .map(|_| Some(Listener::open(spec(host, port)).expect("listener")))
             .collect();
         let addr = spec(host, port).addr;
-        let steering = with_program.then(|| {
-            let mut steering = Steering::load(ProgramLog::Off).expect("load program");
+        let steering = program.map(|mode| {
+            let mut steering = match mode {
+                None => Steering::load(),
+                Some(mode) => Steering::load_mode(mode),
+            }
+            .unwrap_or_else(|e| panic!("load program: {}", watt_agent::error_chain(&e)));
             for (slot, l) in listeners.iter().enumerate() {
                 let l = l.as_ref().expect("listener");
                 steering.attach(l).expect("attach");
@@ -127,6 +140,23 @@ impl Group {
         }
         (counts, streams)
     }
+}
+
+/// The program modes this kernel can run: both from 5.14 on, select-only
+/// before.
+#[must_use]
+pub fn program_modes() -> Vec<ProgramMode> {
+    if kernel_has_migration() {
+        vec![ProgramMode::SelectOrMigrate, ProgramMode::SelectOnly]
+    } else {
+        vec![ProgramMode::SelectOnly]
+    }
+}
+
+/// Whether the running kernel has connection migration (5.14+).
+#[must_use]
+pub fn kernel_has_migration() -> bool {
+    preflight::has_migration(&preflight::kernel_release().expect("kernel release"))
 }
 
 /// A port with nothing listening on `host` right now (the kernel's pick,

@@ -168,6 +168,26 @@ fn admin_endpoints_answer_and_metrics_parse_as_prometheus_text() {
         );
     }
     assert!(metric(&scrape, "watt_program_connections_total", &[]).is_some());
+    // The mode and the queue-depth source are what this kernel gives.
+    let mode = if watt_tests::kernel_has_migration() {
+        "select-or-migrate"
+    } else {
+        "select-only"
+    };
+    assert_eq!(
+        metric(&scrape, "watt_program_mode", &[("mode", mode)]),
+        Some(1.0)
+    );
+    assert_eq!(json["program"]["mode"], mode);
+    assert_eq!(
+        metric(
+            &scrape,
+            "watt_queue_depth_source",
+            &[("source", "sock_diag")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(json["queue_depth_source"], "sock_diag");
     // The balancer refreshes its counters about once a second.
     let counted = wait_until(Duration::from_secs(10), || {
         metric(&self::scrape(admin), "watt_program_connections_total", &[])

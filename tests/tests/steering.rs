@@ -1,9 +1,15 @@
 //! The kernel program steering new connections: tables, slot states,
-//! address families. Real kernel, root.
+//! address families. Real kernel, root. Each test runs under every program
+//! mode the kernel can run (`program_modes`): select-or-migrate and
+//! select-only from 5.14 on, select-only alone before.
 use std::time::Duration;
 
+use watt_agent::{
+    preflight,
+    steering::{ProgramMode, Steering},
+};
 use watt_common::SlotState;
-use watt_tests::{Group, connect_many, exchange};
+use watt_tests::{Group, connect_many, exchange, kernel_has_migration, program_modes};
 
 const CONNECTIONS: usize = 400;
 
@@ -34,14 +40,29 @@ fn assert_quarter_split(counts: &[usize]) {
 }
 
 fn table_steering(host: &str) {
-    let mut group = Group::new(host, 4);
-    group.weights(&[1, 0, 3, 0]);
-    let counts = spread(&group);
-    assert_quarter_split(&counts);
-    let counters = group.steering().counters().unwrap();
-    assert_eq!(counters.slots[0].selected as usize, counts[0]);
-    assert_eq!(counters.slots[2].selected as usize, counts[2]);
-    assert_eq!(counters.fallback, 0);
+    for mode in program_modes() {
+        let mut group = Group::with_mode(host, 4, mode);
+        group.weights(&[1, 0, 3, 0]);
+        let counts = spread(&group);
+        assert_quarter_split(&counts);
+        let counters = group.steering().counters().unwrap();
+        assert_eq!(counters.slots[0].selected as usize, counts[0], "{mode:?}");
+        assert_eq!(counters.slots[2].selected as usize, counts[2], "{mode:?}");
+        assert_eq!(counters.fallback, 0, "{mode:?}");
+    }
+}
+
+#[test]
+fn the_agent_runs_the_migrating_program_exactly_where_the_kernel_has_migration() {
+    let release = preflight::kernel_release().unwrap();
+    let steering = Steering::load()
+        .unwrap_or_else(|e| panic!("load on {release}: {}", watt_agent::error_chain(&e)));
+    let expected = if kernel_has_migration() {
+        ProgramMode::SelectOrMigrate
+    } else {
+        ProgramMode::SelectOnly
+    };
+    assert_eq!(steering.mode(), expected, "Linux {release}");
 }
 
 #[test]
@@ -57,16 +78,22 @@ fn table_steers_ipv6() {
 #[test]
 fn table_steers_dual_stack_for_both_families() {
     // `::` accepts IPv4 (as v4-mapped) and IPv6 on one group.
-    let mut group = Group::new("[::]", 4);
-    group.weights(&[1, 0, 3, 0]);
-    let port = group.addr.port();
-    for client_host in ["127.0.0.1", "[::1]"] {
-        let addr = format!("{client_host}:{port}").parse().unwrap();
-        let clients = connect_many(addr, CONNECTIONS);
-        let (counts, _servers) = group.accept(CONNECTIONS, Duration::from_secs(10));
-        drop(clients);
-        assert_eq!(counts.iter().sum::<usize>(), CONNECTIONS, "{client_host}");
-        assert_quarter_split(&counts);
+    for mode in program_modes() {
+        let mut group = Group::with_mode("[::]", 4, mode);
+        group.weights(&[1, 0, 3, 0]);
+        let port = group.addr.port();
+        for client_host in ["127.0.0.1", "[::1]"] {
+            let addr = format!("{client_host}:{port}").parse().unwrap();
+            let clients = connect_many(addr, CONNECTIONS);
+            let (counts, _servers) = group.accept(CONNECTIONS, Duration::from_secs(10));
+            drop(clients);
+            assert_eq!(
+                counts.iter().sum::<usize>(),
+                CONNECTIONS,
+                "{client_host} {mode:?}"
+            );
+            assert_quarter_split(&counts);
+        }
     }
 }
 
@@ -84,7 +111,13 @@ fn without_the_program_the_hash_reaches_every_slot() {
 
 #[test]
 fn draining_and_down_slots_receive_nothing() {
-    let mut group = Group::new("127.0.0.1", 4);
+    for mode in program_modes() {
+        draining_and_down_slots_receive_nothing_under(mode);
+    }
+}
+
+fn draining_and_down_slots_receive_nothing_under(mode: ProgramMode) {
+    let mut group = Group::with_mode("127.0.0.1", 4, mode);
     // Every slot has a share of the table; the states alone must keep
     // slots 1 and 3 out, the probe moving their share to the next ready slot.
     group.steering().set_slot(1, SlotState::Draining).unwrap();
@@ -105,16 +138,24 @@ fn draining_and_down_slots_receive_nothing() {
 
 #[test]
 fn starting_and_busy_slots_receive_nothing() {
-    let mut group = Group::new("127.0.0.1", 4);
-    group.steering().set_slot(0, SlotState::Starting).unwrap();
-    group.steering().set_slot(2, SlotState::Busy).unwrap();
-    let counts = spread(&group);
-    assert_eq!((counts[0], counts[2]), (0, 0), "{counts:?}");
+    for mode in program_modes() {
+        let mut group = Group::with_mode("127.0.0.1", 4, mode);
+        group.steering().set_slot(0, SlotState::Starting).unwrap();
+        group.steering().set_slot(2, SlotState::Busy).unwrap();
+        let counts = spread(&group);
+        assert_eq!((counts[0], counts[2]), (0, 0), "{mode:?}: {counts:?}");
+    }
 }
 
 #[test]
 fn with_no_ready_slot_the_kernel_decides_and_nothing_is_dropped() {
-    let mut group = Group::new("127.0.0.1", 4);
+    for mode in program_modes() {
+        no_ready_slot_under(mode);
+    }
+}
+
+fn no_ready_slot_under(mode: ProgramMode) {
+    let mut group = Group::with_mode("127.0.0.1", 4, mode);
     for slot in 0..4 {
         group.steering().set_slot(slot, SlotState::Down).unwrap();
     }
@@ -139,5 +180,34 @@ fn program_passes_the_verifier_and_counts() {
     assert_eq!(
         after.slots.iter().map(|s| s.selected).sum::<u64>() as usize,
         CONNECTIONS
+    );
+}
+
+#[test]
+fn the_program_loads_with_the_daemonsets_capabilities_alone() {
+    // The DaemonSet grants CAP_BPF but not CAP_PERFMON. Without it the
+    // verifier also checks mis-speculated paths, which refused earlier
+    // shapes of the program (a log call on 6.1 and 6.12, the probe loop on
+    // 6.18). `doctor` loads and attaches the program the agent would run.
+    watt_tests::require_root();
+    let caps = "-all,+bpf,+setuid,+setgid,+setpcap,+kill,+sys_ptrace";
+    let out = std::process::Command::new("setpriv")
+        .args(["--securebits", "+noroot,+noroot_locked"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(format!("--bounding-set={caps}"))
+        .arg("--")
+        .arg(watt_tests::agent::binary())
+        .args(["doctor", "--admin", "off"])
+        .output()
+        .expect("run setpriv (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("PASS  steering")),
+        "the program must load without CAP_PERFMON:\n{text}"
+    );
+    assert!(
+        text.contains("CAP_BPF") && !text.contains("CAP_PERFMON"),
+        "the capability set was not applied:\n{text}"
     );
 }

@@ -19,6 +19,7 @@ use crate::{
     config::{self, AdminAddr, Layer, args::RunArgs, file},
     doctor,
     run::exit,
+    sampler::QueueSourceKind,
 };
 
 /// Where the agent's admin API is.
@@ -324,8 +325,12 @@ pub fn render_status(s: &Status, rates: Option<(f64, &Status)>) -> String {
     if let Some(p) = &s.program {
         let _ = write!(
             out,
-            "program: {} connections, {} migrated, {} fallbacks, {} while none ready",
-            p.connections, p.migrations, p.fallbacks, p.no_ready_slot
+            "program ({}): {} connections, {} migrated, {} fallbacks, {} while none ready",
+            p.mode.as_str(),
+            p.connections,
+            p.migrations,
+            p.fallbacks,
+            p.no_ready_slot
         );
         if let (Some(t), Some(n)) = (p.run_time_seconds, p.runs)
             && n > 0
@@ -335,6 +340,13 @@ pub fn render_status(s: &Status, rates: Option<(f64, &Status)>) -> String {
             let _ = write!(out, ", {per:.0}ns per decision");
         }
         out.push('\n');
+    }
+    match s.queue_depth_source {
+        Some(QueueSourceKind::SockDiag) => {}
+        Some(QueueSourceKind::ProcNetTcp) => {
+            out.push_str("queue depths: from /proc/net/tcp (sock_diag does not work here)\n");
+        }
+        None => out.push_str("queue depths: NONE (neither sock_diag nor /proc/net/tcp works)\n"),
     }
     out.push('\n');
     let (cpu_head, conn_head) = if rates.is_some() {
@@ -467,6 +479,7 @@ mod tests {
             reloads_finished: 0,
             last_reload: None,
             shutting_down: false,
+            queue_depth_source: Some(QueueSourceKind::SockDiag),
             workers: vec![
                 WorkerStatus {
                     id: 0,

@@ -17,7 +17,8 @@ use crate::{
     listeners, preflight,
     preflight::cap,
     run::exit,
-    steering::{ProgramLog, Steering, SteeringError},
+    sampler::{ListenerQuery, QueueSource, QueueSourceKind},
+    steering::{Steering, SteeringError},
 };
 
 /// Node versions the shim supports.
@@ -142,6 +143,7 @@ pub fn checks(opts: &Options) -> Vec<Check> {
         }
     }
     out.push(sampling(caps, opts.user.is_some()));
+    out.push(queue_depths(SocketAddr::new(opts.host, opts.port)));
     out.push(bpffs());
     out.push(memlock());
     out.push(node(&opts.node));
@@ -184,30 +186,57 @@ pub fn run(opts: &Options) -> i32 {
 
 fn kernel() -> Check {
     const WHAT: &str = "kernel";
+    let (major, minor) = preflight::MIGRATION_KERNEL;
     match preflight::kernel_release() {
-        Ok(release) => match preflight::check_kernel(&release) {
-            Ok(()) => Check::pass(
-                WHAT,
-                format!(
-                    "Linux {release} (needs {}.{} or newer for connection migration)",
-                    preflight::MIN_KERNEL.0,
-                    preflight::MIN_KERNEL.1
-                ),
+        Ok(release) if preflight::has_migration(&release) => Check::pass(
+            WHAT,
+            format!(
+                "Linux {release}: connection migration ({major}.{minor}+), lossless crash and drain"
             ),
-            Err(e) => Check::fail(
-                WHAT,
-                e,
-                format!(
-                    "upgrade to Linux {}.{} or newer, or use --policy kernel",
-                    preflight::MIN_KERNEL.0,
-                    preflight::MIN_KERNEL.1
-                ),
+        ),
+        Ok(release) => Check::warn(
+            WHAT,
+            format!(
+                "Linux {release} predates connection migration ({major}.{minor}): the agent runs \
+                 its select-only program, which steers new connections but cannot move a leaving \
+                 worker's queue, so a crash or drain resets the connections queued on it (as plain \
+                 SO_REUSEPORT does), and there is no queue rescue"
             ),
-        },
+            format!("upgrade to Linux {major}.{minor} or newer for lossless crash and drain"),
+        ),
         Err(e) => Check::warn(
             WHAT,
             format!("cannot read /proc/sys/kernel/osrelease: {e}"),
             "mount /proc",
+        ),
+    }
+}
+
+/// Can the balancer read the listeners' accept-queue depths, and from
+/// where? sock_diag is asked for a real dump: a socket that opens while
+/// every dump fails (no `tcp_diag` module) would otherwise pass.
+fn queue_depths(addr: SocketAddr) -> Check {
+    const WHAT: &str = "queue depths";
+    match QueueSource::open(&ListenerQuery::for_addr(addr)) {
+        Ok(q) if q.kind() == QueueSourceKind::SockDiag => {
+            Check::pass(WHAT, "sock_diag dumps work (microseconds per read)")
+        }
+        Ok(_) => Check::warn(
+            WHAT,
+            "sock_diag does not work here; the agent reads /proc/net/tcp instead, which costs \
+             milliseconds per read on a host with many connections",
+            "load the tcp_diag and inet_diag modules (`modprobe tcp_diag`), or allow \
+             NETLINK_SOCK_DIAG sockets in the seccomp/LSM policy",
+        ),
+        Err((diag, proc)) => Check::warn(
+            WHAT,
+            format!(
+                "no source of queue depths: sock_diag ({}), /proc/net/tcp ({}); busy detection \
+                 still works, /status and the metrics show no queue depths",
+                crate::error_chain(&diag),
+                crate::error_chain(&proc)
+            ),
+            "load tcp_diag (`modprobe tcp_diag`) or mount /proc",
         ),
     }
 }
@@ -410,10 +439,10 @@ fn unprivileged_port_start() -> u16 {
 }
 
 /// Loads the embedded program and attaches it to a throwaway listener:
-/// proves SK_REUSEPORT with select-or-migrate end to end.
+/// proves SK_REUSEPORT steering end to end, and says which mode runs.
 fn program(needed: bool) -> Check {
     const WHAT: &str = "steering";
-    let steering = match Steering::load(ProgramLog::Off) {
+    let steering = match Steering::load() {
         Ok(s) => s,
         Err(e) => {
             let detail = format!(
@@ -425,23 +454,23 @@ fn program(needed: bool) -> Check {
                 SteeringError::NoObject => {
                     "rebuild the agent with its eBPF program: `cargo xtask build`".to_owned()
                 }
-                SteeringError::Kernel(_) | SteeringError::Verify(_) => format!(
-                    "use Linux {}.{} or newer with CONFIG_BPF_SYSCALL, or --policy kernel",
-                    preflight::MIN_KERNEL.0,
-                    preflight::MIN_KERNEL.1
-                ),
+                SteeringError::Verify { .. } => "the verifier's last lines above say what it \
+                    refused: report them with `uname -r`; meanwhile --policy kernel runs without \
+                    the program"
+                    .to_owned(),
                 _ => "check the kernel's BPF support, or use --policy kernel".to_owned(),
             };
             return Check::fail(WHAT, detail, fix);
         }
     };
+    let mode = steering.mode().as_str();
     if !needed {
-        return Check::pass(WHAT, "the SK_REUSEPORT select-or-migrate program loads");
+        return Check::pass(WHAT, format!("the SK_REUSEPORT {mode} program loads"));
     }
     match probe_listener().map(|l| steering.attach(&l)) {
         Ok(Ok(())) => Check::pass(
             WHAT,
-            "the SK_REUSEPORT select-or-migrate program loads and attaches",
+            format!("the SK_REUSEPORT {mode} program loads and attaches"),
         ),
         Ok(Err(e)) => Check::fail(
             WHAT,

@@ -70,14 +70,14 @@ pub fn run(args: &RunArgs) -> i32 {
             return e.code;
         }
     };
-    // The program's diagnostics arrive as `log` records of target `watt`
-    // (the eBPF crate): let them through at the level asked for.
-    let filter = if config.program_log == ProgramLog::Off {
-        config.log_level.clone()
-    } else {
-        format!("{},watt=trace", config.log_level)
-    };
-    logging::init(config.log_format, &filter);
+    logging::init(config.log_format, &config.log_level);
+    if config.program_log != ProgramLog::Off {
+        tracing::warn!(
+            "program_log has no effect any more: the kernel program does not log (its log path \
+             failed the verifier on kernels before 6.17 without CAP_PERFMON); what it would have \
+             logged is counted in /metrics (watt_program_*)"
+        );
+    }
     match start(&config) {
         Ok(code) => code,
         Err(e) => {
@@ -102,9 +102,9 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
     listeners::ensure_port_free(spec.addr).map_err(|e| environment(e.to_string()))?;
     let steering = match config.policy {
         Policy::Kernel => None,
-        Policy::Hash | Policy::Rescue => Some(
-            Steering::load(config.program_log).map_err(|e| environment(crate::error_chain(&e)))?,
-        ),
+        Policy::Hash | Policy::Rescue => {
+            Some(Steering::load().map_err(|e| environment(crate::error_chain(&e)))?)
+        }
     };
     // Decision-cost metrics: the kernel counts program run time while this
     // fd stays open (until the end of `start`).

@@ -18,9 +18,10 @@ use crate::preflight;
 /// on disk at run time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watt"));
 
-/// Verbosity of the program's own diagnostics (aya-log). `Off` compiles the
-/// log statements out at load time: the verifier drops the dead branches, so
-/// they cost nothing per connection.
+/// Former setting of the program's own log (aya-log). The program no longer
+/// logs (see `watt-ebpf`: its log path failed the verifier on kernels before
+/// 6.17 without CAP_PERFMON), so every level but `Off` only earns a warning
+/// at start-up; it stays accepted so existing configs keep starting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum ProgramLog {
     #[default]
@@ -32,10 +33,54 @@ pub enum ProgramLog {
     Trace = 5,
 }
 
+/// Which of the object's two programs runs, decided by what the kernel
+/// accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProgramMode {
+    /// `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE` (Linux 5.14+): steering, and a
+    /// closing or rescued listener's queue moves to a ready worker.
+    #[default]
+    SelectOrMigrate,
+    /// `BPF_SK_REUSEPORT_SELECT` only (kernels before 5.14): steering of new
+    /// connections; a closing listener's queue is reset by the kernel, as
+    /// with plain `SO_REUSEPORT`, and there is no queue rescue.
+    SelectOnly,
+}
+
+impl ProgramMode {
+    /// The program of the object that implements this mode.
+    #[must_use]
+    pub const fn program(self) -> &'static str {
+        match self {
+            Self::SelectOrMigrate => watt_common::PROGRAM,
+            Self::SelectOnly => watt_common::PROGRAM_SELECT_ONLY,
+        }
+    }
+
+    /// Name in `/status`, metrics and `doctor`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::SelectOrMigrate => "select-or-migrate",
+            Self::SelectOnly => "select-only",
+        }
+    }
+
+    /// Whether a closing listener's queue is migrated (lossless crash,
+    /// drain and queue rescue).
+    #[must_use]
+    pub const fn migrates(self) -> bool {
+        matches!(self, Self::SelectOrMigrate)
+    }
+}
+
+/// Lines of the verifier's log kept in a load error: the end is where the
+/// verifier says what it refused.
+const VERIFIER_TAIL_LINES: usize = 30;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SteeringError {
-    #[error("{0}")]
-    Kernel(String),
     #[error(
         "loading the eBPF program needs CAP_BPF (or root); run as root or grant CAP_BPF \
          (`watt-agent doctor` checks this)"
@@ -48,12 +93,26 @@ pub enum SteeringError {
     #[error("loading the eBPF object")]
     Load(#[source] aya::EbpfError),
     #[error(
-        "the kernel refused the SK_REUSEPORT select-or-migrate program \
-         (kernel without connection migration support?)"
+        "the kernel (Linux {kernel}) refused the SK_REUSEPORT {mode} program: {reason}; \
+         the verifier's last lines:\n{log_tail}",
+        mode = mode.as_str()
     )]
-    Verify(#[source] ProgramError),
+    Verify {
+        mode: ProgramMode,
+        kernel: String,
+        reason: io::Error,
+        log_tail: String,
+    },
+    #[error("the eBPF object's program {program} is not an SK_REUSEPORT program")]
+    ProgramType {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("slot {slot} is out of range (the maps hold {MAX_SLOTS})")]
+    SlotOutOfRange { slot: u32 },
     #[error("map {map}: {op}")]
     Map {
         map: &'static str,
@@ -63,8 +122,6 @@ pub enum SteeringError {
     },
     #[error("attaching the program to the listeners' reuseport group")]
     Attach(#[source] ProgramError),
-    #[error("starting the program's log reader")]
-    Logger(#[source] aya_log::Error),
 }
 
 /// Counters of the program, summed over CPUs.
@@ -96,27 +153,38 @@ pub struct Steering {
     slot_counters: PerCpuArray<MapData, SlotCounters>,
     global_counters: PerCpuArray<MapData, u64>,
     active_index: u32,
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    mode: ProgramMode,
 }
 
 impl std::fmt::Debug for Steering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Steering")
             .field("active_index", &self.active_index)
+            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }
 
 impl Steering {
-    /// Checks the kernel and privileges, loads the program and its maps.
-    /// Nothing is attached yet and nothing is pinned: everything this creates
-    /// goes away with the process.
-    pub fn load(log: ProgramLog) -> Result<Self, SteeringError> {
+    /// Checks the privileges, loads the program and its maps. The
+    /// select-or-migrate program first; on a kernel older than 5.14 that
+    /// refuses it, the select-only one (`ProgramMode`). Nothing is attached
+    /// yet and nothing is pinned: everything this creates goes away with the
+    /// process.
+    pub fn load() -> Result<Self, SteeringError> {
+        Self::load_with(None)
+    }
+
+    /// Loads exactly the program of `mode`, with no fallback: for tests and
+    /// benchmarks that exercise the select-only program on a kernel that
+    /// would run the other one.
+    pub fn load_mode(mode: ProgramMode) -> Result<Self, SteeringError> {
+        Self::load_with(Some(mode))
+    }
+
+    fn load_with(choice: Option<ProgramMode>) -> Result<Self, SteeringError> {
         if OBJECT.is_empty() {
             return Err(SteeringError::NoObject);
-        }
-        if let Ok(release) = preflight::kernel_release() {
-            preflight::check_kernel(&release).map_err(SteeringError::Kernel)?;
         }
         if let Ok(caps) = preflight::effective_caps()
             && !preflight::can_load_bpf(caps)
@@ -125,36 +193,21 @@ impl Steering {
         }
         preflight::raise_memlock();
 
-        let level = log as u8;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &level, true)
-            .load(OBJECT)
-            .map_err(|e| {
-                if is_permission(&e) {
-                    SteeringError::Permission
-                } else {
-                    SteeringError::Load(e)
-                }
-            })?;
-        let logger = if log == ProgramLog::Off {
-            None
-        } else {
-            Some(aya_log::EbpfLogger::init(&mut ebpf).map_err(SteeringError::Logger)?)
-        };
-        let program: &mut SkReuseport = ebpf
-            .program_mut(watt_common::PROGRAM)
-            .ok_or(SteeringError::Missing("program"))?
-            .try_into()
-            .map_err(SteeringError::Verify)?;
-        program.load().map_err(|e| match &e {
-            ProgramError::LoadError { io_error, .. }
-                if io_error.raw_os_error() == Some(libc::EPERM) =>
-            {
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
+            if is_permission(&e) {
                 SteeringError::Permission
+            } else {
+                SteeringError::Load(e)
             }
-            _ => SteeringError::Verify(e),
         })?;
+        let kernel = preflight::kernel_release().unwrap_or_else(|_| "unknown".into());
+        let mode = match choice {
+            Some(mode) => load_program(&mut ebpf, mode, &kernel).map(|()| mode)?,
+            None => load_auto(&mut ebpf, &kernel)?,
+        };
 
+        // Only a kernel that predates migration gets the fallback: on a
+        // newer one a refusal is a bug to report, not a mode to hide in.
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(SteeringError::Missing(name));
         let sockets = take(maps::SOCKETS)?;
         let slots = take(maps::SLOTS)?;
@@ -182,13 +235,19 @@ impl Steering {
                 .map_err(convert(maps::GLOBAL_COUNTERS))?,
             ebpf,
             active_index: 0,
-            logger,
+            mode,
         };
         // Both halves start as "no slots": until the first publish the
         // program leaves every choice to the kernel.
         steering.publish(&Table::empty())?;
         steering.publish(&Table::empty())?;
         Ok(steering)
+    }
+
+    /// Which program runs.
+    #[must_use]
+    pub const fn mode(&self) -> ProgramMode {
+        self.mode
     }
 
     /// Attaches the program to the reuseport group `listener` belongs to.
@@ -373,18 +432,13 @@ impl Steering {
         })
     }
 
-    /// The program's log reader, when `ProgramLog` is not `Off`. The caller
-    /// polls its fd and calls `flush` when it is readable.
-    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
-        self.logger.take()
-    }
-
     fn program(&self) -> Result<&SkReuseport, SteeringError> {
+        let program = self.mode.program();
         self.ebpf
-            .program(watt_common::PROGRAM)
+            .program(program)
             .ok_or(SteeringError::Missing("program"))?
             .try_into()
-            .map_err(SteeringError::Verify)
+            .map_err(|source| SteeringError::ProgramType { program, source })
     }
 }
 
@@ -394,11 +448,82 @@ pub fn enable_stats() -> io::Result<std::os::fd::OwnedFd> {
     aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.io_error)
 }
 
+/// The select-or-migrate program; on a kernel older than 5.14 that refuses
+/// it, the select-only one. Only such a kernel gets the fallback: on a newer
+/// one a refusal is a bug to report, not a mode to hide in.
+fn load_auto(ebpf: &mut Ebpf, kernel: &str) -> Result<ProgramMode, SteeringError> {
+    match load_program(ebpf, ProgramMode::SelectOrMigrate, kernel) {
+        Ok(()) => Ok(ProgramMode::SelectOrMigrate),
+        Err(SteeringError::Verify { .. }) if !preflight::has_migration(kernel) => {
+            load_program(ebpf, ProgramMode::SelectOnly, kernel)?;
+            tracing::warn!(
+                "Linux {kernel} predates connection migration (5.14): running the select-only \
+                 program, so a crashed or drained worker's queued connections are reset and \
+                 there is no queue rescue"
+            );
+            Ok(ProgramMode::SelectOnly)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Loads the program of `mode` from the object (into the kernel).
+fn load_program(ebpf: &mut Ebpf, mode: ProgramMode, kernel: &str) -> Result<(), SteeringError> {
+    let name = mode.program();
+    let program: &mut SkReuseport = ebpf
+        .program_mut(name)
+        .ok_or(SteeringError::Missing("program"))?
+        .try_into()
+        .map_err(|source| SteeringError::ProgramType {
+            program: name,
+            source,
+        })?;
+    program.load().map_err(|e| match e {
+        ProgramError::LoadError { io_error, .. }
+            if io_error.raw_os_error() == Some(libc::EPERM) =>
+        {
+            SteeringError::Permission
+        }
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => SteeringError::Verify {
+            mode,
+            kernel: kernel.to_owned(),
+            reason: io_error,
+            log_tail: log_tail(&verifier_log.to_string(), VERIFIER_TAIL_LINES),
+        },
+        other => SteeringError::ProgramType {
+            program: name,
+            source: other,
+        },
+    })
+}
+
+/// The last `lines` non-empty lines of a verifier log, indented.
+fn log_tail(log: &str, lines: usize) -> String {
+    let kept: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let from = kept.len().saturating_sub(lines);
+    let mut out = String::new();
+    if from > 0 {
+        out.push_str(&format!("  ... ({from} earlier lines)\n"));
+    }
+    for line in &kept[from..] {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    if kept.is_empty() {
+        out.push_str("  (the verifier wrote no log)\n");
+    }
+    out.trim_end().to_owned()
+}
+
 fn check_slot(slot: u32) -> Result<(), SteeringError> {
     if slot < MAX_SLOTS {
         Ok(())
     } else {
-        Err(SteeringError::Missing("such slot (beyond MAX_SLOTS)"))
+        Err(SteeringError::SlotOutOfRange { slot })
     }
 }
 
@@ -413,4 +538,21 @@ fn is_permission(err: &aya::EbpfError) -> bool {
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_tail;
+
+    #[test]
+    fn a_refusal_keeps_the_verifier_logs_end() {
+        let log: String = (0..100).map(|i| format!("{i}: insn\n\n")).collect();
+        let tail = log_tail(&log, 3);
+        assert_eq!(
+            tail,
+            "  ... (97 earlier lines)\n  97: insn\n  98: insn\n  99: insn"
+        );
+        assert_eq!(log_tail("0: R1=ctx()\n", 30), "  0: R1=ctx()");
+        assert_eq!(log_tail("", 30), "  (the verifier wrote no log)");
+    }
 }

@@ -31,6 +31,9 @@ pub mod maps {
 /// Name of the `sk_reuseport/migrate` program in the object file.
 pub const PROGRAM: &str = "watt_select";
 
+/// Name of the select-only `sk_reuseport` program (kernels before 5.14).
+pub const PROGRAM_SELECT_ONLY: &str = "watt_select_only";
+
 /// State of a slot as the kernel program sees it. Only `Ready` slots are
 /// chosen, for new connections and for migrated ones alike.
 #[repr(u32)]

@@ -1,13 +1,24 @@
-//! The kernel side of watt-agent: one `sk_reuseport/migrate` program.
+//! The kernel side of watt-agent: one steering decision, in two programs.
 //!
-//! It runs for every new connection to the port (choose the worker), and,
-//! because it is loaded with `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`, once for
-//! every connection still queued on a listener that is closing or being shut
-//! down (choose who inherits it). Both paths do the same thing: look the
-//! connection's hash up in the live selection table and, if that slot is not
-//! ready or its socket is gone, probe the following slots in order. The
-//! program never returns `SK_DROP`: when no slot is ready it passes without
-//! a selection and the kernel's own hash decides.
+//! `watt_select` (`sk_reuseport/migrate`) runs for every new connection to
+//! the port (choose the worker), and, because it is loaded with
+//! `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`, once for every connection still
+//! queued on a listener that is closing or being shut down (choose who
+//! inherits it). Kernels before 5.14 know neither that attach type nor the
+//! context's `migrating_sk`, so `watt_select_only` (`sk_reuseport`) carries
+//! the same decision for new connections only; the agent loads it when the
+//! kernel refuses the first (see `steering::ProgramMode`).
+//!
+//! The decision: look the connection's hash up in the live selection table
+//! and, if that slot is not ready or its socket is gone, probe the following
+//! slots in order. The program never returns `SK_DROP`: when no slot is ready
+//! it passes without a selection and the kernel's own hash decides.
+//!
+//! There is no logging here on purpose. Without CAP_PERFMON (the DaemonSet's
+//! capability set) kernels before 6.17 also verify the paths a CPU may take
+//! by mis-speculating a branch, and on such a path aya-log's record buffer
+//! write failed the verifier on 6.1 and 6.12. Every event that a log line
+//! would report is a per-CPU counter the agent exports instead.
 #![no_std]
 #![no_main]
 
@@ -17,7 +28,6 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, ReusePortSockArray},
     programs::SkReuseportContext,
 };
-use aya_log_ebpf::debug;
 use watt_common::{MAX_SLOTS, SlotCounters, SlotInfo, TABLE_MASK, Table, global};
 
 /// Listener of each slot. The kernel empties a slot when its socket closes or
@@ -25,7 +35,7 @@ use watt_common::{MAX_SLOTS, SlotCounters, SlotInfo, TABLE_MASK, Table, global};
 #[map(name = "WATT_SOCKETS")]
 static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SLOTS, 0);
 
-/// State and weight of each slot, written by the agent.
+/// State of each slot, written by the agent.
 #[map(name = "WATT_SLOTS")]
 static SLOTS: Array<SlotInfo> = Array::with_max_entries(MAX_SLOTS, 0);
 
@@ -45,10 +55,23 @@ static GLOBAL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global:
 
 #[sk_reuseport(migrate)]
 pub fn watt_select(ctx: SkReuseportContext) -> u32 {
+    let migrating = ctx.migrating_sk().is_some();
+    choose(&ctx, migrating)
+}
+
+/// For kernels without connection migration (before 5.14): the same choice
+/// for new connections. A closing listener's queue is reset there, as with
+/// plain `SO_REUSEPORT`, so the agent does no queue rescue in this mode.
+#[sk_reuseport]
+pub fn watt_select_only(ctx: SkReuseportContext) -> u32 {
+    choose(&ctx, false)
+}
+
+#[inline(always)]
+fn choose(ctx: &SkReuseportContext, migrating: bool) -> u32 {
     // The fast path (a new connection, the table's slot ready) touches one
     // global map only on its rare branches: new connections are counted
     // per slot, and the agent derives the total.
-    let migrating = ctx.migrating_sk().is_some();
     if migrating {
         bump(global::MIGRATIONS);
     }
@@ -64,44 +87,64 @@ pub fn watt_select(ctx: SkReuseportContext) -> u32 {
         table.slot_count
     };
     if slot_count == 0 {
-        // Nothing published yet: the kernel's hash decides. (Not through
-        // `no_ready_slot`: a second copy of its log call takes the verifier
-        // past its jump-history limit when the agent lacks CAP_PERFMON, as
-        // the DaemonSet does; `deploy/e2e-netns.sh` catches that.)
-        bump(global::FALLBACK);
-        return SK_PASS;
+        // Nothing published yet, or no slot ready: the kernel's hash decides.
+        return no_ready_slot();
     }
     let bucket = (ctx.hash() & TABLE_MASK) as usize;
     let start = u32::from(table.slots[bucket]);
 
     // The table's slot first (no division on this, the common path)...
-    if start < slot_count && try_slot(&ctx, start, migrating) {
+    if start < slot_count && try_slot(ctx, start, migrating) {
         return SK_PASS;
     }
-    // ...then the following slots in order, wrapping around: deterministic,
-    // and at most every slot once. Only the loop counter varies between
-    // iterations (the slot is computed from it), which keeps the verifier's
-    // work linear in MAX_SLOTS.
-    for i in 1..MAX_SLOTS {
-        if i >= slot_count {
-            break;
-        }
-        let slot = (start + i) % slot_count;
-        if try_slot(&ctx, slot, migrating) {
-            return SK_PASS;
-        }
+    // ...then the following slots in order, wrapping around: every slot at
+    // most once. Unrolled on purpose. Without CAP_PERFMON (the DaemonSet's
+    // capability set) the verifier also walks the paths a CPU may take by
+    // mis-speculating a branch, a loop's exit included, so the loop this
+    // used to be (bounded by `slot_count`, or by a counter against a
+    // constant) could end in "sequence of 8193 jumps is too complex",
+    // depending on how LLVM laid it out.
+    //
+    // Each step's slot is `(start + i) % slot_count` with `i` a constant:
+    // to the verifier an opaque value below `slot_count`, the same on every
+    // path, so the paths of one step merge and its work stays linear in the
+    // steps. (A running `slot` that wraps by subtraction is known exactly on
+    // each path; wrapped and unwrapped paths never merge, and 16 such steps
+    // already hit the verifier's million-instruction limit.)
+    let mut i = 0;
+    macro_rules! step {
+        () => {
+            i += 1;
+            if i >= slot_count {
+                return no_ready_slot();
+            }
+            if try_slot(ctx, (start + i) % slot_count, migrating) {
+                return SK_PASS;
+            }
+        };
     }
+    macro_rules! twice {
+        ($($body:tt)*) => { $($body)* $($body)* };
+    }
+    // MAX_SLOTS - 1 = 127 steps: 64 + 32 + 16 + 8 + 4 + 2 + 1.
+    const _: () = assert!(MAX_SLOTS == 128, "the unrolled probe below has 127 steps");
+    twice! { twice! { twice! { twice! { twice! { twice! { step!(); } } } } } }
+    twice! { twice! { twice! { twice! { twice! { step!(); } } } } }
+    twice! { twice! { twice! { twice! { step!(); } } } }
+    twice! { twice! { twice! { step!(); } } }
+    twice! { twice! { step!(); } }
+    twice! { step!(); }
+    step!();
 
     // No slot in the table is ready.
-    no_ready_slot(&ctx, migrating)
+    no_ready_slot()
 }
 
 /// No slot to choose: the kernel's own hash decides (never a drop).
 #[inline(always)]
-fn no_ready_slot(ctx: &SkReuseportContext, migrating: bool) -> u32 {
+fn no_ready_slot() -> u32 {
     bump(global::NO_READY_SLOT);
     bump(global::FALLBACK);
-    debug!(ctx, "no ready slot (migrating: {})", u32::from(migrating));
     SK_PASS
 }
 

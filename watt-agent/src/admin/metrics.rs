@@ -305,7 +305,24 @@ impl Collector for Scrape {
                 .collect(),
         )?;
 
+        if let Some(source) = s.queue_depth_source {
+            family(
+                enc,
+                "watt_queue_depth_source",
+                "Where accept-queue depths come from (1 for the source in use; absent: none)",
+                None,
+                vec![(vec![("source", source.as_str().to_owned())], int(1u32))],
+            )?;
+        }
         if let Some(p) = &s.program {
+            family(
+                enc,
+                "watt_program_mode",
+                "Which steering program runs (1 for the mode in use): select-or-migrate, or \
+                 select-only on kernels before 5.14 (no lossless crash or drain)",
+                None,
+                vec![(vec![("mode", p.mode.as_str().to_owned())], int(1u32))],
+            )?;
             single(
                 enc,
                 "watt_program_connections",

@@ -7,6 +7,8 @@ use watt_common::SlotState;
 
 use crate::{
     balancer::{SlotSnapshot, Snapshot},
+    sampler::QueueSourceKind,
+    steering::ProgramMode,
     supervisor::{
         ReloadOutcome, Shared,
         lifecycle::{Phase, WorkerView},
@@ -103,6 +105,10 @@ pub struct Status {
     pub workers: Vec<WorkerStatus>,
     /// The eBPF program's totals (absent under `--policy kernel`).
     pub program: Option<ProgramStatus>,
+    /// Where accept-queue depths come from: `sock_diag`, `proc_net_tcp`, or
+    /// absent when neither works.
+    #[serde(default)]
+    pub queue_depth_source: Option<QueueSourceKind>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -156,6 +162,10 @@ pub struct Load {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProgramStatus {
+    /// `select-or-migrate`, or `select-only` on kernels before 5.14 (no
+    /// lossless crash and drain, no queue rescue).
+    #[serde(default)]
+    pub mode: ProgramMode,
     pub connections: u64,
     pub migrations: u64,
     /// Connections left to the kernel's own choice (no usable table entry).
@@ -210,6 +220,7 @@ pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Sta
     // system-wide by someone else).
     let stats = snap.program.filter(|p| info.bpf_stats || p.run_count > 0);
     let program = snap.counters.as_ref().map(|c| ProgramStatus {
+        mode: snap.program_mode.unwrap_or_default(),
         connections: c.new_connections,
         migrations: c.migrations,
         fallbacks: c.fallback,
@@ -234,6 +245,7 @@ pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Sta
         shutting_down: shared.shutting_down,
         workers,
         program,
+        queue_depth_source: snap.queue_source,
     }
 }
 

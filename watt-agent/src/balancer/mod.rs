@@ -22,8 +22,8 @@ use watt_common::SlotState;
 use crate::{
     config::Policy,
     listeners::Listener,
-    sampler::{QueueSource, WorkerProbe},
-    steering::{Counters, Steering},
+    sampler::{ListenerQuery, QueueSource, QueueSourceKind, WorkerProbe},
+    steering::{Counters, ProgramMode, Steering},
     supervisor::lifecycle::{Event, Pid, Slot, WorkerId},
 };
 
@@ -71,6 +71,10 @@ pub struct Snapshot {
     /// Queue rescues done and connections they moved (all slots, ever).
     pub rescues: u64,
     pub rescued_connections: u64,
+    /// Which program runs (`None` under `--policy kernel`).
+    pub program_mode: Option<ProgramMode>,
+    /// Where the queue depths come from (`None`: nowhere).
+    pub queue_source: Option<QueueSourceKind>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -125,17 +129,27 @@ impl Handle {
             EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
         )?);
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
-        let queues = QueueSource::open();
-        let mut steering = steering;
-        let logger = steering.as_mut().and_then(Steering::take_logger);
+        let queues = match QueueSource::open(&ListenerQuery::for_addr(settings.addr)) {
+            Ok(q) => Some(q),
+            Err((diag, proc)) => {
+                tracing::error!(
+                    "no source of accept-queue depths: sock_diag ({}), /proc/net/tcp ({}); busy \
+                     detection still works from poll(2), but /status and the metrics show no \
+                     queue depths",
+                    crate::error_chain(&diag),
+                    crate::error_chain(&proc)
+                );
+                None
+            }
+        };
         let mut balancer = Balancer {
             steering,
-            logger,
             slots: BTreeMap::new(),
             snapshot: Arc::clone(&snapshot),
             settings,
             health,
             queues,
+            queue_error_logged: false,
             active: false,
             quiet_ticks: 0,
             next_slow: Instant::now(),
@@ -262,13 +276,14 @@ impl Entry {
 struct Balancer {
     steering: Option<Steering>,
     /// The program's own diagnostics (aya-log), when `--program-log` is on.
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     slots: BTreeMap<Slot, Entry>,
     snapshot: Arc<Mutex<Snapshot>>,
     settings: Settings,
     health: UnboundedSender<Event>,
     /// Queue depths, for metrics (the tick only polls).
     queues: Option<QueueSource>,
+    /// A failed queue-depth read was logged (once; then debug level).
+    queue_error_logged: bool,
     /// Ticking (connections are arriving) rather than waiting for them.
     active: bool,
     quiet_ticks: u32,
@@ -354,6 +369,15 @@ impl Balancer {
     /// migrates to ready slots; the socket stays the worker's. Returns the
     /// number of connections moved.
     fn rescue(&mut self, slot: Slot) -> u64 {
+        // Without migration (the select-only program of kernels before
+        // 5.14) stopping a listener resets its queue: no rescue there.
+        if !self
+            .steering
+            .as_ref()
+            .is_some_and(|st| st.mode().migrates())
+        {
+            return 0;
+        }
         let before = self.migrations();
         let Some(e) = self.slots.get_mut(&slot) else {
             return 0;
@@ -424,6 +448,8 @@ impl Balancer {
                 tick_time: self.tick_time,
                 rescues: self.rescues,
                 rescued_connections: self.rescued_connections,
+                program_mode: self.steering.as_ref().map(Steering::mode),
+                queue_source: self.queues.as_ref().map(QueueSource::kind),
             };
         }
     }

@@ -102,10 +102,6 @@ impl Balancer {
             self.next_slow.saturating_duration_since(now)
         };
         let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
-        let logger_at = self.logger.as_ref().map(|l| {
-            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
-            fds.len() - 1
-        });
         let listeners_from = fds.len();
         if !self.active {
             fds.extend(
@@ -119,18 +115,12 @@ impl Balancer {
         let queued = fds[listeners_from..]
             .iter()
             .any(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)));
-        let readable = |i: usize| {
-            fds[i]
-                .revents()
-                .is_some_and(|r| r.contains(PollFlags::POLLIN))
-        };
-        let (woken, log_ready) = (readable(0), logger_at.is_some_and(readable));
+        let woken = fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
         drop(fds);
         if woken {
             let _ = wake.read();
-        }
-        if log_ready && let Some(l) = self.logger.as_mut() {
-            l.flush();
         }
         queued
     }
@@ -351,7 +341,12 @@ impl Balancer {
         };
         let mut found = Vec::new();
         if let Err(e) = queues.listeners(&ListenerQuery::for_addr(self.settings.addr), &mut found) {
-            tracing::debug!("reading queue depths failed: {e}");
+            if self.queue_error_logged {
+                tracing::debug!("reading queue depths failed: {}", crate::error_chain(&e));
+            } else {
+                self.queue_error_logged = true;
+                tracing::warn!("reading queue depths failed: {}", crate::error_chain(&e));
+            }
             return;
         }
         for e in self.slots.values_mut() {

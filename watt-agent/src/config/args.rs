@@ -98,8 +98,9 @@ pub struct RunArgs {
     /// Log level or filter, e.g. info, debug, watt_agent=debug [default: info]
     #[arg(long, env = "WATT_LOG_LEVEL")]
     pub log_level: Option<String>,
-    /// Level of the eBPF program's own diagnostics [default: off]
-    #[arg(long, env = "WATT_PROGRAM_LOG", value_enum)]
+    /// Retired: the eBPF program no longer logs; accepted with a warning so
+    /// existing deployments keep starting.
+    #[arg(long, env = "WATT_PROGRAM_LOG", value_enum, hide = true)]
     pub program_log: Option<ProgramLog>,
     /// Keep the kernel's BPF run-time statistics on, for the decision-cost
     /// metrics (costs about 20ns per connection) [default: false]
