@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the deployment files without a cluster or a container engine:
 #
-#   1. renders deploy/base and both overlays with kustomize
+#   1. renders deploy/base and the overlays with kustomize
 #   2. validates every rendered object against the Kubernetes OpenAPI schemas
 #      (kubernetes-validate, strict: unknown fields fail) for the oldest and
 #      newest Kubernetes versions we support
@@ -44,7 +44,7 @@ fi
 # Oldest: the first release with lifecycle.preStop.sleep enabled by default
 # (1.30); newest: the newest schema kubernetes-validate ships.
 read -r -a K8S_VERSIONS <<< "${WATT_K8S_VERSIONS:-1.30.0 1.37.0}"
-OVERLAYS=(base overlays/eks overlays/privileged)
+OVERLAYS=(base overlays/eks overlays/eks-al2 overlays/privileged)
 OUT="${CACHE_DIR}/rendered"
 
 started=${SECONDS}
@@ -115,7 +115,7 @@ checkov() {
   BC_SKIP_MAPPING=TRUE CHECKOV_NO_OUTPUT_COLOR=1 \
     "${VENV}/bin/checkov" --skip-download --compact --quiet "$@"
 }
-step "checkov kubernetes (base, eks, privileged)" checkov --framework kubernetes -d "${OUT}"
+step "checkov kubernetes (base, eks, eks-al2, privileged)" checkov --framework kubernetes -d "${OUT}"
 step "checkov dockerfile" checkov --framework dockerfile -f "${REPO_ROOT}/Dockerfile"
 
 # 5. linters -----------------------------------------------------------------

@@ -29,11 +29,14 @@
 # everything within the kill timeout with exit status 0.
 #
 # Options:
-#   --overlay NAME         overlay to mirror: eks (default) or privileged
+#   --overlay NAME         overlay to mirror: eks (default), eks-al2 or privileged
 #   --workers N            WATT_WORKERS for this run (default: the manifest's)
 #   --user USER            WATT_USER for this run (default: the manifest's if
 #                          that user exists here, else nobody)
 #   --requests N           requests per traffic phase (default 200)
+#   --client-timeout S     curl's --max-time per request (default 3); longer
+#                          under emulation (the kernel matrix's TCG guests),
+#                          where a slow answer is not a lost connection
 #   --prestop SECONDS      emulated preStop sleep (default 2; the manifest's
 #                          value only waits for a load balancer)
 #   --allow-missing-admin  for agents built before the admin API: the admin,
@@ -62,6 +65,7 @@ OVERLAY=eks
 WORKERS=""
 WORKER_USER=""
 REQUESTS=200
+CLIENT_TIMEOUT=3
 PRESTOP=2
 ALLOW_MISSING_ADMIN=0
 KEEP=0
@@ -73,6 +77,7 @@ while [[ $# -gt 0 ]]; do
     --workers) WORKERS="$2"; shift 2 ;;
     --user) WORKER_USER="$2"; shift 2 ;;
     --requests) REQUESTS="$2"; shift 2 ;;
+    --client-timeout) CLIENT_TIMEOUT="$2"; shift 2 ;;
     --prestop) PRESTOP="$2"; shift 2 ;;
     --allow-missing-admin) ALLOW_MISSING_ADMIN=1; shift ;;
     --keep) KEEP=1; shift ;;
@@ -503,13 +508,24 @@ fi
 
 # --- traffic through the veth ------------------------------------------------
 # N sequential connections from the client namespace (bounded).
-traffic() { # N URL OUTFILE: one line per request: "<code> <body>"
+traffic() { # N URL OUTFILE: one line per request: "<code> <body>", and
+  # for a request curl gave up on, "000 curl-exit-<its exit code>" (28: the
+  # timeout; 7, 52, 56: refused or reset)
   # shellcheck disable=SC2016 # expanded by the inner bash
   ip netns exec "${NS_CLIENT}" bash -c '
     for _ in $(seq 1 "$1"); do
-      body="$(curl -s --max-time 3 -w " %{http_code}" "$2" 2>/dev/null)" || true
-      printf "%s %s\n" "${body##* }" "${body% *}"
-    done' _ "$1" "$2" > "$3"
+      rc=0
+      body="$(curl -s --max-time "$3" -w " %{http_code}" "$2" 2>/dev/null)" || rc=$?
+      if [[ ${rc} -ne 0 ]]; then
+        printf "000 curl-exit-%s\n" "${rc}"
+      else
+        printf "%s %s\n" "${body##* }" "${body% *}"
+      fi
+    done' _ "$1" "$2" "${CLIENT_TIMEOUT}" > "$3"
+}
+failures() { # OUTFILE: the failed requests, counted by code
+  awk '$1 != 200 { print ($2 ~ /^curl-exit/ ? $2 : "HTTP " $1) }' "$1" | sort | uniq -c |
+    awk '{ printf "%s%s x%s", (NR > 1 ? ", " : ""), $2 " " $3, $1 }'
 }
 traffic "${REQUESTS}" "${APP_URL}" "${WORK}/traffic1"
 ok="$(awk '$1 == 200' "${WORK}/traffic1" | wc -l)"
@@ -526,7 +542,7 @@ print(len(seen))')"
 if [[ ${ok} -eq ${REQUESTS} ]]; then
   pass "${REQUESTS} requests to the pod IP :${M_APP_PORT}: all 200, ${distinct} distinct workers answered"
 else
-  fail "${REQUESTS} requests to the pod IP :${M_APP_PORT}" "$((REQUESTS - ok)) not 200"
+  fail "${REQUESTS} requests to the pod IP :${M_APP_PORT}" "$((REQUESTS - ok)) not 200 ($(failures "${WORK}/traffic1"))"
 fi
 if [[ ${n} -ge 2 && ${distinct} -lt 2 ]]; then
   fail "connections spread over the workers" "${distinct} of ${n} answered (or the app does not say which)"
@@ -549,7 +565,7 @@ lost="$(awk '$1 != 200' "${WORK}/traffic2" | wc -l)"
 if [[ ${replaced} -eq 1 && ${lost} -eq 0 ]]; then
   pass "SIGHUP rolling reload: all ${n} workers replaced, ${REQUESTS} requests meanwhile, none failed"
 else
-  fail "SIGHUP rolling reload" "workers replaced: ${replaced}; failed requests: ${lost} of ${REQUESTS}"
+  fail "SIGHUP rolling reload" "all workers replaced: ${replaced}; failed requests: ${lost} of ${REQUESTS} ($(failures "${WORK}/traffic2"))"
 fi
 if [[ ${admin_missing} -eq 0 ]]; then
   code="$(http_code GET "${READY_URL}")"
@@ -589,7 +605,7 @@ stopped="$(grep -c 'worker stopped (exit code 0)' "${WORK}/agent.log" || true)"
   fail "every worker drained and exited 0" "${stopped} of ${#WORKERS_LAST[@]} in the agent log"
 lost="$(awk '$1 != 200' "${WORK}/traffic3" | wc -l)"
 [[ ${lost} -eq 0 ]] && pass "requests during the emulated preStop: none failed" ||
-  fail "requests during the emulated preStop" "${lost} failed"
+  fail "requests during the emulated preStop" "${lost} failed ($(failures "${WORK}/traffic3"))"
 
 if [[ ${failed} -gt 0 ]]; then show_log; fi
 echo

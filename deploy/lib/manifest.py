@@ -37,7 +37,9 @@ CAPS = {
 # What the agent uses (docs/deploy-eks.md). BPF may be replaced by SYS_ADMIN
 # (privileged overlay); NET_BIND_SERVICE may be added for ports < 1024.
 MINIMAL = {"BPF", "SETUID", "SETGID", "SETPCAP", "KILL", "SYS_PTRACE"}
-OPTIONAL = {"NET_BIND_SERVICE"}
+# SYS_RESOURCE: raising RLIMIT_MEMLOCK for the BPF maps on kernels before
+# 5.11 (the eks-al2 overlay only).
+OPTIONAL = {"NET_BIND_SERVICE", "SYS_RESOURCE"}
 BPF_STANDINS = {"SYS_ADMIN"}
 
 

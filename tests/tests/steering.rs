@@ -204,7 +204,9 @@ fn the_program_loads_with_the_daemonsets_capabilities_alone() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.lines().any(|l| l.starts_with("PASS  steering")),
-        "the program must load without CAP_PERFMON:\n{text}"
+        "the program must load without CAP_PERFMON ({}):\n{text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         text.contains("CAP_BPF") && !text.contains("CAP_PERFMON"),

@@ -125,16 +125,24 @@ const CAP_FIX: &str = "run the agent as root, or give it CAP_BPF: \
 #[must_use]
 pub fn checks(opts: &Options) -> Vec<Check> {
     let needs_bpf = opts.policy != Policy::Kernel;
+    // As the agent does before its first map: kernels before 5.11 charge
+    // maps to RLIMIT_MEMLOCK, and the probe map below would fail on a
+    // container's 64 KiB default. (The memlock line reports what remains.)
+    preflight::raise_memlock();
     let mut out = vec![kernel(), bpf_syscall()];
     let caps = preflight::effective_caps().ok();
     out.extend(capabilities(caps, opts));
     out.push(program(needs_bpf));
+    out.push(memlock());
     if !needs_bpf {
         // Nothing below the program matters to `--policy kernel`: report
         // what the BPF checks found, but not as failures.
         for c in &mut out {
             if c.level == Level::Fail
-                && matches!(c.what, "kernel" | "bpf syscall" | "CAP_BPF" | "steering")
+                && matches!(
+                    c.what,
+                    "kernel" | "bpf syscall" | "CAP_BPF" | "steering" | "memlock"
+                )
             {
                 c.level = Level::Info;
                 c.fix = None;
@@ -145,7 +153,6 @@ pub fn checks(opts: &Options) -> Vec<Check> {
     out.push(sampling(caps, opts.user.is_some()));
     out.push(queue_depths(SocketAddr::new(opts.host, opts.port)));
     out.push(bpffs());
-    out.push(memlock());
     out.push(node(&opts.node));
     // Inside a running deployment the port and the admin address are the
     // running agent's own: recognise it instead of failing.
@@ -451,6 +458,7 @@ fn program(needed: bool) -> Check {
             );
             let fix = match e {
                 SteeringError::Permission => "grant CAP_BPF (see the CAP_BPF line)".to_owned(),
+                SteeringError::Memlock { .. } => "see the memlock line".to_owned(),
                 SteeringError::NoObject => {
                     "rebuild the agent with its eBPF program: `cargo xtask build`".to_owned()
                 }
@@ -549,6 +557,22 @@ fn memlock() -> Check {
             Check::pass(
                 WHAT,
                 format!("{} (the agent raises it)", show(lim.rlim_cur)),
+            )
+        }
+        (true, false)
+            if !preflight::effective_caps()
+                .is_ok_and(|c| preflight::has_cap(c, cap::SYS_RESOURCE)) =>
+        {
+            Check::fail(
+                WHAT,
+                format!(
+                    "{} and the hard limit is {}: kernels before 5.11 charge BPF maps to it, and \
+                 without CAP_SYS_RESOURCE the agent cannot raise it",
+                    show(lim.rlim_cur),
+                    show(lim.rlim_max)
+                ),
+                "grant CAP_SYS_RESOURCE (deploy/overlays/eks-al2), or raise the limit: \
+             `ulimit -l unlimited`, LimitMEMLOCK=infinity, or the container runtime's memlock ulimit",
             )
         }
         (true, false) => Check::warn(

@@ -13,6 +13,7 @@ pub mod cap {
     pub const NET_ADMIN: u32 = 12;
     pub const SYS_PTRACE: u32 = 19;
     pub const SYS_ADMIN: u32 = 21;
+    pub const SYS_RESOURCE: u32 = 24;
     pub const KILL: u32 = 5;
     pub const SETUID: u32 = 7;
     pub const SETGID: u32 = 6;
@@ -43,6 +44,30 @@ pub fn kernel_release() -> io::Result<String> {
 #[must_use]
 pub fn has_migration(release: &str) -> bool {
     parse_kernel_release(release).is_none_or(|v| v >= MIGRATION_KERNEL)
+}
+
+/// First kernel that charges BPF memory to the cgroup instead of
+/// `RLIMIT_MEMLOCK`.
+pub const MEMCG_KERNEL: (u32, u32) = (5, 11);
+
+/// Whether `release` charges BPF maps to `RLIMIT_MEMLOCK` (before 5.11), so
+/// a low limit that cannot be raised keeps the maps from being created.
+#[must_use]
+pub fn bpf_memory_in_memlock(release: &str) -> bool {
+    parse_kernel_release(release).is_some_and(|v| v < MEMCG_KERNEL)
+}
+
+/// The current `RLIMIT_MEMLOCK` soft limit in bytes (`None`: unlimited or
+/// unreadable).
+#[must_use]
+pub fn memlock_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid local.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut lim) } == 0;
+    (ok && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
 }
 
 /// Parses the effective capability mask from the text of `/proc/<pid>/status`.
@@ -103,6 +128,14 @@ mod tests {
         assert!(!has_migration("5.13.19"));
         assert!(!has_migration("5.10.215-203.850.amzn2.x86_64"));
         assert!(has_migration("x"));
+    }
+
+    #[test]
+    fn bpf_memory_moves_to_the_cgroup_at_5_11() {
+        assert!(bpf_memory_in_memlock("5.10.0-46-cloud-amd64"));
+        assert!(!bpf_memory_in_memlock("5.11.0"));
+        assert!(!bpf_memory_in_memlock("6.1.0-57-cloud-amd64"));
+        assert!(!bpf_memory_in_memlock("x"));
     }
 
     #[test]

@@ -87,6 +87,12 @@ pub enum SteeringError {
     )]
     Permission,
     #[error(
+        "Linux {kernel} charges BPF maps to RLIMIT_MEMLOCK (kernels before 5.11), which is \
+         {limit_kib} KiB here and could not be raised: grant CAP_SYS_RESOURCE (the eks-al2 \
+         overlay does) or raise the memlock limit (`ulimit -l unlimited`, LimitMEMLOCK=infinity)"
+    )]
+    Memlock { kernel: String, limit_kib: u64 },
+    #[error(
         "this binary was built without its eBPF program (AYA_BUILD_SKIP); rebuild with `cargo xtask build`"
     )]
     NoObject,
@@ -191,16 +197,24 @@ impl Steering {
         {
             return Err(SteeringError::Permission);
         }
-        preflight::raise_memlock();
-
+        let raised = preflight::raise_memlock();
+        let kernel = preflight::kernel_release().unwrap_or_else(|_| "unknown".into());
         let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
-            if is_permission(&e) {
-                SteeringError::Permission
-            } else {
-                SteeringError::Load(e)
+            if !is_permission(&e) {
+                return SteeringError::Load(e);
+            }
+            // With CAP_BPF held, EPERM on a kernel before 5.11 is the memlock
+            // limit (the maps are charged to it), not a missing capability.
+            match preflight::memlock_limit() {
+                Some(limit) if !raised && preflight::bpf_memory_in_memlock(&kernel) => {
+                    SteeringError::Memlock {
+                        kernel: kernel.clone(),
+                        limit_kib: limit / 1024,
+                    }
+                }
+                _ => SteeringError::Permission,
             }
         })?;
-        let kernel = preflight::kernel_release().unwrap_or_else(|_| "unknown".into());
         let mode = match choice {
             Some(mode) => load_program(&mut ebpf, mode, &kernel).map(|()| mode)?,
             None => load_auto(&mut ebpf, &kernel)?,

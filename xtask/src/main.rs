@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod build;
+mod kernels;
 mod run;
 mod setup;
 mod test;
@@ -29,6 +30,10 @@ enum Command {
     Run(run::Options),
     /// Run every test: unit tests, then the root/BPF/Node integration tests.
     Test(test::Options),
+    /// The kernel matrix: boot Debian's cloud kernels under qemu and run the
+    /// kernel tests, doctor and the DaemonSet e2e inside each (and, on arm64,
+    /// the kernel tests, doctor and an agent smoke test).
+    Kernels(kernels::Options),
     /// Benchmarks: programs that print numbers.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -41,6 +46,9 @@ fn main() -> ExitCode {
         Command::Build => setup::run(&setup::Options::default()).and_then(|()| build::release()),
         Command::Run(opts) => run::run(opts),
         Command::Test(opts) => test::run(&opts),
+        Command::Kernels(opts) => {
+            setup::run(&setup::Options::default()).and_then(|()| kernels::run(&opts))
+        }
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

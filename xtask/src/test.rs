@@ -17,6 +17,9 @@ pub struct Options {
     /// Skip the deployment checks (manifests, Dockerfile, the namespace e2e).
     #[arg(long)]
     no_deploy: bool,
+    /// Skip the kernel matrix (`cargo xtask kernels`: qemu guests).
+    #[arg(long)]
+    no_kernels: bool,
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -88,10 +91,26 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         integration.arg(filter);
     }
     util::run(&mut integration)?;
-    if opts.no_deploy || opts.filter.is_some() {
+    if opts.filter.is_some() {
         return Ok(());
     }
-    deploy(&root)
+    if !opts.no_deploy {
+        deploy(&root)?;
+    }
+    if opts.no_kernels {
+        return Ok(());
+    }
+    // The same kernel tests, doctor and DaemonSet e2e on the kernels EKS
+    // nodes run, each booted under qemu.
+    let mut matrix = match util::elevate().split_first() {
+        Some((sudo, rest)) => {
+            let mut c = Command::new(sudo);
+            c.args(rest).arg(env!("CARGO"));
+            c
+        }
+        None => Command::new(env!("CARGO")),
+    };
+    util::run(matrix.current_dir(&root).args(["xtask", "kernels"]))
 }
 
 /// The deployment checks: rendered manifests validated and scanned, and the
