@@ -9,6 +9,7 @@ use std::{
     process::Command,
 };
 
+use nix::sys::resource::RLIM_INFINITY;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::{
@@ -521,70 +522,51 @@ fn bpffs() -> Check {
 
 fn memlock() -> Check {
     const WHAT: &str = "memlock";
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Some((soft, hard)) = preflight::memlock_limits() else {
+        return Check::warn(
+            WHAT,
+            "cannot read RLIMIT_MEMLOCK",
+            "none needed on Linux 5.11+",
+        );
     };
-    // SAFETY: getrlimit writes into the valid local.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut lim) } == 0;
-    let show = |v: libc::rlim_t| {
-        if v == libc::RLIM_INFINITY {
+    let show = |v: u64| {
+        if v == RLIM_INFINITY {
             "unlimited".to_owned()
         } else {
             format!("{} KiB", v / 1024)
         }
     };
-    let memcg = preflight::kernel_release()
-        .ok()
-        .and_then(|r| preflight::parse_kernel_release(&r))
-        .is_some_and(|v| v >= (5, 11));
-    match (ok, memcg) {
-        (false, _) => Check::warn(
-            WHAT,
-            "cannot read RLIMIT_MEMLOCK",
-            "none needed on Linux 5.11+",
-        ),
-        (true, true) => Check::pass(
+    let release = preflight::kernel_release().unwrap_or_default();
+    if !preflight::bpf_memory_in_memlock(&release) {
+        return Check::pass(
             WHAT,
             format!(
                 "{} (not used: since Linux 5.11 BPF memory is charged to the cgroup)",
-                show(lim.rlim_cur)
+                show(soft)
             ),
-        ),
-        (true, false)
-            if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_max == libc::RLIM_INFINITY =>
-        {
-            Check::pass(
-                WHAT,
-                format!("{} (the agent raises it)", show(lim.rlim_cur)),
-            )
-        }
-        (true, false)
-            if !preflight::effective_caps()
-                .is_ok_and(|c| preflight::has_cap(c, cap::SYS_RESOURCE)) =>
-        {
-            Check::fail(
-                WHAT,
-                format!(
-                    "{} and the hard limit is {}: kernels before 5.11 charge BPF maps to it, and \
-                 without CAP_SYS_RESOURCE the agent cannot raise it",
-                    show(lim.rlim_cur),
-                    show(lim.rlim_max)
-                ),
-                "grant CAP_SYS_RESOURCE (deploy/overlays/eks-al2), or raise the limit: \
-             `ulimit -l unlimited`, LimitMEMLOCK=infinity, or the container runtime's memlock ulimit",
-            )
-        }
-        (true, false) => Check::warn(
+        );
+    }
+    if soft == RLIM_INFINITY || hard == RLIM_INFINITY {
+        return Check::pass(WHAT, format!("{} (the agent raises it)", show(soft)));
+    }
+    if !preflight::effective_caps().is_ok_and(|c| preflight::has_cap(c, cap::SYS_RESOURCE)) {
+        return Check::fail(
             WHAT,
             format!(
-                "{} and the hard limit is {}",
-                show(lim.rlim_cur),
-                show(lim.rlim_max)
+                "{} and the hard limit is {}: kernels before 5.11 charge BPF maps to it, and \
+                 without CAP_SYS_RESOURCE the agent cannot raise it",
+                show(soft),
+                show(hard)
             ),
-            "raise it: `ulimit -l unlimited`, LimitMEMLOCK=infinity in systemd, or run as root",
-        ),
+            "grant CAP_SYS_RESOURCE (deploy/overlays/eks-al2), or raise the limit: \
+             `ulimit -l unlimited`, LimitMEMLOCK=infinity, or the container runtime's memlock ulimit",
+        );
     }
+    Check::warn(
+        WHAT,
+        format!("{} and the hard limit is {}", show(soft), show(hard)),
+        "raise it: `ulimit -l unlimited`, LimitMEMLOCK=infinity in systemd, or run as root",
+    )
 }
 
 /// `v20.11.1` → 20.

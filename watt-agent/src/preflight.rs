@@ -3,6 +3,8 @@
 //! bare EPERM into an explanation) and by `watt-agent doctor`.
 use std::{fs, io};
 
+use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
+
 /// First kernel with `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE` (`migrating_sk`):
 /// older ones get the select-only program (`steering::ProgramMode`).
 pub const MIGRATION_KERNEL: (u32, u32) = (5, 14);
@@ -57,17 +59,11 @@ pub fn bpf_memory_in_memlock(release: &str) -> bool {
     parse_kernel_release(release).is_some_and(|v| v < MEMCG_KERNEL)
 }
 
-/// The current `RLIMIT_MEMLOCK` soft limit in bytes (`None`: unlimited or
-/// unreadable).
+/// `RLIMIT_MEMLOCK` as (soft, hard) in bytes, `RLIM_INFINITY` for
+/// unlimited; `None` if it cannot be read.
 #[must_use]
-pub fn memlock_limit() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the valid local.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut lim) } == 0;
-    (ok && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+pub fn memlock_limits() -> Option<(u64, u64)> {
+    getrlimit(Resource::RLIMIT_MEMLOCK).ok()
 }
 
 /// Parses the effective capability mask from the text of `/proc/<pid>/status`.
@@ -101,12 +97,7 @@ pub fn can_load_bpf(caps: u64) -> bool {
 /// Raises `RLIMIT_MEMLOCK` to infinity where allowed. Kernels since 5.11
 /// charge BPF memory to the cgroup instead, so failure is not fatal.
 pub fn raise_memlock() -> bool {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: plain syscall with a valid pointer to a local.
-    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 }
+    setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_ok()
 }
 
 #[cfg(test)]

@@ -205,11 +205,11 @@ impl Steering {
             }
             // With CAP_BPF held, EPERM on a kernel before 5.11 is the memlock
             // limit (the maps are charged to it), not a missing capability.
-            match preflight::memlock_limit() {
-                Some(limit) if !raised && preflight::bpf_memory_in_memlock(&kernel) => {
+            match preflight::memlock_limits() {
+                Some((soft, _)) if !raised && preflight::bpf_memory_in_memlock(&kernel) => {
                     SteeringError::Memlock {
                         kernel: kernel.clone(),
-                        limit_kib: limit / 1024,
+                        limit_kib: soft / 1024,
                     }
                 }
                 _ => SteeringError::Permission,

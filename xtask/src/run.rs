@@ -1,5 +1,5 @@
 //! `cargo xtask run`: the agent on the bundled example app.
-use std::{os::unix::process::CommandExt as _, process::Command};
+use std::os::unix::process::CommandExt as _;
 
 use anyhow::Context as _;
 
@@ -34,14 +34,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         args.extend(opts.args);
         args
     };
-    let elevate = util::elevate();
-    let mut cmd = if let Some((sudo, rest)) = elevate.split_first() {
-        let mut c = Command::new(sudo);
-        c.args(rest).arg(&agent);
-        c
-    } else {
-        Command::new(&agent)
-    };
+    let mut cmd = util::elevated(&agent);
     cmd.args(&args).current_dir(&root);
     eprintln!("xtask run: {cmd:?}");
     // Replace this process so signals (Ctrl-C) go straight to the agent.

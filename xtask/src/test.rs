@@ -102,32 +102,23 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     // The same kernel tests, doctor and DaemonSet e2e on the kernels EKS
     // nodes run, each booted under qemu.
-    let mut matrix = match util::elevate().split_first() {
-        Some((sudo, rest)) => {
-            let mut c = Command::new(sudo);
-            c.args(rest).arg(env!("CARGO"));
-            c
-        }
-        None => Command::new(env!("CARGO")),
-    };
-    util::run(matrix.current_dir(&root).args(["xtask", "kernels"]))
+    util::run(
+        util::elevated(env!("CARGO"))
+            .current_dir(&root)
+            .args(["xtask", "kernels"]),
+    )
 }
 
 /// The deployment checks: rendered manifests validated and scanned, and the
 /// DaemonSet's container emulated in namespaces with its exact capabilities.
 fn deploy(root: &std::path::Path) -> anyhow::Result<()> {
     let elevated = |script: &str, args: &[&str]| {
-        let elevate = util::elevate();
-        let mut cmd = match elevate.split_first() {
-            Some((sudo, rest)) => {
-                let mut c = Command::new(sudo);
-                c.args(rest).arg("bash");
-                c
-            }
-            None => Command::new("bash"),
-        };
-        cmd.current_dir(root).arg(root.join(script)).args(args);
-        util::run(&mut cmd)
+        util::run(
+            util::elevated("bash")
+                .current_dir(root)
+                .arg(root.join(script))
+                .args(args),
+        )
     };
     elevated("deploy/check.sh", &[])?;
     let agent = root.join("target/release/watt-agent");

@@ -38,6 +38,18 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// `program`, run through [`elevate`] when not root.
+pub fn elevated(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match elevate().split_first() {
+        Some((sudo, rest)) => {
+            let mut c = Command::new(sudo);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// `sudo -E` when not root, as aya's own test runner does; empty when root.
 pub fn elevate() -> Vec<String> {
     if is_root() {

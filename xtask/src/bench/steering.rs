@@ -16,14 +16,5 @@ pub fn run() -> anyhow::Result<()> {
         "bench_steering",
     ]))?;
     let bin = root.join("target/release/examples/bench_steering");
-    let elevate = util::elevate();
-    let mut cmd = match elevate.split_first() {
-        Some((sudo, rest)) => {
-            let mut c = Command::new(sudo);
-            c.args(rest).arg(&bin);
-            c
-        }
-        None => Command::new(&bin),
-    };
-    util::run(cmd.current_dir(&root))
+    util::run(util::elevated(&bin).current_dir(&root))
 }

@@ -10,9 +10,8 @@
 //! the report reads.
 use std::{
     fs,
-    os::unix::fs::PermissionsExt as _,
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -92,37 +91,30 @@ pub fn run(
         root.join("examples/app/server.js"),
         tree.join("watt/server.js"),
     )?;
-    // The kernel runs /init only if it is executable, whatever mode the
-    // checkout gave the scripts.
     for (from, to) in [
         ("init-arm64.sh", "init"),
         ("smoke-arm64.sh", "watt/smoke.sh"),
         ("smoke-client.js", "watt/smoke-client.js"),
     ] {
-        fs::copy(root.join("xtask/kernels").join(from), tree.join(to))?;
-        fs::set_permissions(tree.join(to), fs::Permissions::from_mode(0o755))?;
+        guest::install_executable(&root.join("xtask/kernels").join(from), &tree.join(to))?;
     }
     let initrd = guest::pack(&tree, &results.join("initrd.gz"))?;
 
     eprintln!("xtask kernels: booting {} (arm64, Tcg)", kernel.release);
     let started = Instant::now();
     let console = results.join("console.log");
-    let mut qemu = Command::new("qemu-system-aarch64");
-    qemu.args(["-nodefaults", "-no-user-config", "-machine", "virt"])
+    let mut qemu = guest::qemu(
+        "qemu-system-aarch64",
+        &kernel,
+        &initrd,
+        "console=ttyAMA0 panic=-1 quiet rdinit=/init",
+        &results,
+    )?;
+    qemu.args(["-machine", "virt"])
         // pauth-impdef: qemu's cheap pointer authentication (the
         // architected one is slow to emulate).
         .args(["-cpu", "max,pauth-impdef=on", "-accel", "tcg,thread=multi"])
-        .args(["-smp", "2", "-m", "2048"])
-        .arg("-kernel")
-        .arg(kernel.vmlinuz())
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", "console=ttyAMA0 panic=-1 quiet rdinit=/init"])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .args(["-display", "none", "-no-reboot"])
-        .stdin(Stdio::null())
-        .stderr(fs::File::create(results.join("qemu.log"))?);
+        .args(["-smp", "2", "-m", "2048"]);
     let child = qemu
         .spawn()
         .context("starting qemu-system-aarch64 (package qemu-system-arm)")?;

@@ -5,6 +5,7 @@ use std::{
     collections::HashMap,
     fs,
     io::Write as _,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -33,7 +34,7 @@ pub fn initramfs(kernel: &Kernel, work: &Path, init: &Path) -> anyhow::Result<Pa
     let busybox = Path::new("/bin/busybox");
     fs::copy(busybox, tree.join("bin/busybox"))
         .context("copying /bin/busybox (package busybox-static)")?;
-    fs::copy(init, tree.join("init"))?;
+    install_executable(init, &tree.join("init"))?;
     let order = load_order(&kernel.modules())?;
     let mut listing = String::new();
     for module in &order {
@@ -43,6 +44,40 @@ pub fn initramfs(kernel: &Kernel, work: &Path, init: &Path) -> anyhow::Result<Pa
     }
     fs::write(tree.join("modules/order"), listing)?;
     pack(&tree, &work.join("initrd.gz"))
+}
+
+/// Copies a script into an initramfs tree, executable whatever mode the
+/// checkout gave it (the kernel runs /init only if it is).
+pub(super) fn install_executable(from: &Path, to: &Path) -> anyhow::Result<()> {
+    fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// The qemu command line both architectures share: no default devices, the
+/// kernel and initramfs, the console into `results/console.log`, qemu's
+/// own messages into `results/qemu.log`, and no reboot (a guest that
+/// panics or powers off ends the run).
+pub(super) fn qemu(
+    binary: &str,
+    kernel: &Kernel,
+    initrd: &Path,
+    append: &str,
+    results: &Path,
+) -> anyhow::Result<Command> {
+    let mut qemu = Command::new(binary);
+    qemu.args(["-nodefaults", "-no-user-config"])
+        .arg("-kernel")
+        .arg(kernel.vmlinuz())
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", append])
+        .arg("-serial")
+        .arg(format!("file:{}", results.join("console.log").display()))
+        .args(["-display", "none", "-no-reboot"])
+        .stdin(Stdio::null())
+        .stderr(fs::File::create(results.join("qemu.log"))?);
+    Ok(qemu)
 }
 
 /// Packs the folder `tree` into the gzip'd cpio archive `out`.
@@ -179,8 +214,8 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<bool> {
         b.script.display(),
         b.kernel.modules().display()
     );
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-nodefaults", "-no-user-config", "-machine", "q35"])
+    let mut qemu = qemu("qemu-system-x86_64", b.kernel, b.initrd, &append, b.results)?;
+    qemu.args(["-machine", "q35"])
         .args(b.accel.qemu_args())
         .args(["-smp", "2", "-m", "3072"])
         .args(["-object", "memory-backend-memfd,id=mem,size=3072M,share=on"])
@@ -193,17 +228,7 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<bool> {
             "socket,id=results,path={}",
             sock("results").display()
         ))
-        .args(["-device", "vhost-user-fs-pci,chardev=results,tag=results"])
-        .arg("-kernel")
-        .arg(b.kernel.vmlinuz())
-        .arg("-initrd")
-        .arg(b.initrd)
-        .args(["-append", &append])
-        .arg("-serial")
-        .arg(format!("file:{}", b.results.join("console.log").display()))
-        .args(["-display", "none", "-no-reboot"])
-        .stdin(Stdio::null())
-        .stderr(fs::File::create(b.results.join("qemu.log"))?);
+        .args(["-device", "vhost-user-fs-pci,chardev=results,tag=results"]);
     let qemu = qemu
         .spawn()
         .context("starting qemu-system-x86_64 (package qemu-system-x86)")?;
