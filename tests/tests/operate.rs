@@ -242,6 +242,16 @@ fn admin_endpoints_answer_and_metrics_parse_as_prometheus_text() {
         "{}",
         reload.body
     );
+    // The 202 came after the lifecycle took the reload; a second one while
+    // it runs is the lifecycle's refusal (a new worker takes far longer to
+    // start than this request).
+    let again = request(admin, "POST", "/reload", &[]);
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(
+        again.body.contains("a rolling reload is already running"),
+        "{}",
+        again.body
+    );
     assert!(
         agent.wait_log("rolling reload finished", 1, Duration::from_secs(30)),
         "{}",

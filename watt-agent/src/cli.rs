@@ -17,8 +17,7 @@ use crate::{
         status::{Status, WorkerStatus},
     },
     config::{self, AdminAddr, Layer, args::RunArgs, file},
-    doctor,
-    run::exit,
+    doctor, exit,
     sampler::QueueSourceKind,
 };
 
@@ -385,9 +384,12 @@ pub fn render_status(s: &Status, rates: Option<(f64, &Status)>) -> String {
             w.state.name(),
             w.uptime_seconds.map_or_else(|| "-".into(), human_duration),
             w.restarts,
-            opt(w.load.queue_depth),
+            opt(w.load.measured.queue_depth),
             cpu,
-            w.load.rss_bytes.map_or_else(|| "-".into(), human_bytes),
+            w.load
+                .measured
+                .rss_bytes
+                .map_or_else(|| "-".into(), human_bytes),
             conns,
             note.join("; ")
         );
@@ -401,8 +403,10 @@ pub fn render_status(s: &Status, rates: Option<(f64, &Status)>) -> String {
 fn columns(w: &WorkerStatus, prev: Option<(f64, &WorkerStatus)>) -> (String, String) {
     match prev {
         Some((dt, p)) if dt > 0.0 => {
-            let cpu = match (w.load.cpu_seconds, p.load.cpu_seconds) {
-                (Some(a), Some(b)) => format!("{:.0}%", (a - b).max(0.0) / dt * 100.0),
+            let cpu = match (w.load.measured.cpu_time, p.load.measured.cpu_time) {
+                (Some(a), Some(b)) => {
+                    format!("{:.0}%", a.saturating_sub(b).as_secs_f64() / dt * 100.0)
+                }
                 _ => "-".into(),
             };
             #[allow(clippy::cast_precision_loss)]
@@ -414,8 +418,9 @@ fn columns(w: &WorkerStatus, prev: Option<(f64, &WorkerStatus)>) -> (String, Str
         }
         _ => (
             w.load
-                .cpu_seconds
-                .map_or_else(|| "-".into(), |c| format!("{c:.1}s")),
+                .measured
+                .cpu_time
+                .map_or_else(|| "-".into(), |c| format!("{:.1}s", c.as_secs_f64())),
             opt(w.load.connections),
         ),
     }
@@ -462,7 +467,10 @@ pub fn doctor(args: &DoctorArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::status::{Load, WorkerState};
+    use crate::{
+        admin::status::{Load, WorkerState},
+        balancer,
+    };
 
     fn status() -> Status {
         Status {
@@ -492,9 +500,12 @@ mod tests {
                     restart_in_seconds: None,
                     replacement: None,
                     load: Load {
-                        queue_depth: Some(0),
-                        cpu_seconds: Some(2.0),
-                        rss_bytes: Some(50 << 20),
+                        measured: balancer::Load {
+                            queue_depth: Some(0),
+                            cpu_time: Some(Duration::from_secs(2)),
+                            rss_bytes: Some(50 << 20),
+                            ..balancer::Load::default()
+                        },
                         connections: Some(100),
                         ..Load::default()
                     },
@@ -543,7 +554,7 @@ mod tests {
     fn top_shows_rates() {
         let before = status();
         let mut after = status();
-        after.workers[0].load.cpu_seconds = Some(2.5);
+        after.workers[0].load.measured.cpu_time = Some(Duration::from_millis(2500));
         after.workers[0].load.connections = Some(150);
         let text = render_status(&after, Some((1.0, &before)));
         let row0 = text

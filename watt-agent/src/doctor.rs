@@ -15,9 +15,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use crate::{
     admin::{client, status::Status},
     config::{AdminAddr, Policy},
-    listeners, preflight,
+    exit, listeners, preflight,
     preflight::cap,
-    run::exit,
     sampler::{ListenerQuery, QueueSource, QueueSourceKind},
     steering::{Steering, SteeringError},
 };

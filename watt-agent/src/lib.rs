@@ -19,6 +19,8 @@ pub mod cli;
 pub mod config;
 pub mod cpus;
 pub mod doctor;
+pub mod exit;
+pub mod ids;
 pub mod listeners;
 pub mod logging;
 pub mod preflight;

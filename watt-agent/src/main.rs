@@ -5,7 +5,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use watt_agent::{
     cli,
     config::args::{self, RunArgs},
-    run,
+    exit, run,
 };
 
 #[derive(Parser)]
@@ -51,11 +51,7 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                run::exit::USAGE as u8
-            } else {
-                0
-            });
+            return ExitCode::from(if e.use_stderr() { exit::USAGE as u8 } else { 0 });
         }
     };
     let from_env = matches

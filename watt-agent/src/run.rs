@@ -9,28 +9,13 @@ use tokio::sync::mpsc;
 use crate::{
     admin, balancer,
     config::{self, Policy, RunConfig, Workers, args::RunArgs},
-    cpus,
+    cpus, exit,
     listeners::{self, ListenSpec},
     logging,
     runtime_dir::RuntimeDir,
     steering::{self, ProgramLog, Steering},
     supervisor::{self, Channels, Plan, Shared, backoff::BackoffPolicy, lifecycle, spawn},
 };
-
-/// Exit codes of `watt-agent` (also in the README).
-pub mod exit {
-    /// Clean shutdown: every worker stopped within the kill timeout.
-    pub const OK: i32 = 0;
-    /// A runtime failure (the admin API could not start, an I/O error).
-    pub const FAILURE: i32 = 1;
-    /// Bad command line or config file.
-    pub const USAGE: i32 = 2;
-    /// The machine cannot run it: privileges, kernel, port in use, command
-    /// not found.
-    pub const ENVIRONMENT: i32 = 3;
-    /// Shutdown needed SIGKILL for some worker (timeout or second signal).
-    pub const FORCED: i32 = crate::supervisor::lifecycle::exit_code::FORCED;
-}
 
 /// A failure before any worker ran, with its exit code.
 #[derive(Debug, thiserror::Error)]

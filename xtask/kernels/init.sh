@@ -8,6 +8,9 @@
 # and reports the console log.
 /bin/busybox --install -s /bin
 export PATH=/bin
+# The host looks for this line to tell a kernel that died while booting
+# (before any of this ran) from a guest whose steps failed.
+echo "watt-init: started"
 die() { echo "watt-init: $*"; echo o > /proc/sysrq-trigger; sleep 5; }
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys

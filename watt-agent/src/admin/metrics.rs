@@ -231,7 +231,12 @@ impl Collector for Scrape {
             Some(&Unit::Seconds),
             s.workers
                 .iter()
-                .filter_map(|x| Some((ws(x)?, ConstCounter::new(x.load.cpu_seconds?))))
+                .filter_map(|x| {
+                    Some((
+                        ws(x)?,
+                        ConstCounter::new(x.load.measured.cpu_time?.as_secs_f64()),
+                    ))
+                })
                 .collect(),
         )?;
         family(
@@ -241,7 +246,12 @@ impl Collector for Scrape {
             Some(&Unit::Seconds),
             s.workers
                 .iter()
-                .filter_map(|x| Some((ws(x)?, ConstCounter::new(x.load.run_queue_wait_seconds?))))
+                .filter_map(|x| {
+                    Some((
+                        ws(x)?,
+                        ConstCounter::new(x.load.measured.run_delay?.as_secs_f64()),
+                    ))
+                })
                 .collect(),
         )?;
         family(
@@ -251,7 +261,7 @@ impl Collector for Scrape {
             Some(&Unit::Bytes),
             s.workers
                 .iter()
-                .filter_map(|x| Some((ws(x)?, int(x.load.rss_bytes?))))
+                .filter_map(|x| Some((ws(x)?, int(x.load.measured.rss_bytes?))))
                 .collect(),
         )?;
         family(
@@ -261,7 +271,7 @@ impl Collector for Scrape {
             None,
             s.workers
                 .iter()
-                .filter_map(|x| Some((ws(x)?, int(x.load.queue_depth?))))
+                .filter_map(|x| Some((ws(x)?, int(x.load.measured.queue_depth?))))
                 .collect(),
         )?;
         family(
@@ -291,7 +301,7 @@ impl Collector for Scrape {
             None,
             s.workers
                 .iter()
-                .filter_map(|x| Some((ws(x)?, counter(x.load.rescues))))
+                .filter_map(|x| Some((ws(x)?, counter(x.load.measured.rescues))))
                 .collect(),
         )?;
         family(
@@ -301,7 +311,7 @@ impl Collector for Scrape {
             None,
             s.workers
                 .iter()
-                .filter_map(|x| Some((ws(x)?, counter(x.load.rescued_connections))))
+                .filter_map(|x| Some((ws(x)?, counter(x.load.measured.rescued_connections))))
                 .collect(),
         )?;
 
@@ -413,7 +423,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        balancer::SlotSnapshot,
+        balancer::{Load, SlotSnapshot},
         steering::{Counters, ProgramStats},
         supervisor::lifecycle::{Phase, WorkerView},
     };
@@ -453,9 +463,12 @@ mod tests {
         snap.slots.insert(
             0,
             SlotSnapshot {
-                cpu_time: Some(Duration::from_millis(250)),
-                rss_bytes: Some(50 << 20),
-                queue_depth: Some(1),
+                load: Load {
+                    cpu_time: Some(Duration::from_millis(250)),
+                    rss_bytes: Some(50 << 20),
+                    queue_depth: Some(1),
+                    ..Load::default()
+                },
                 ..SlotSnapshot::default()
             },
         );

@@ -36,14 +36,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, UnixListener},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
     task::{JoinHandle, JoinSet},
 };
 
 use crate::{
     balancer::Snapshot,
     config::{AdminAddr, Policy},
-    supervisor::{Control, Shared, lifecycle::Phase},
+    supervisor::{Command, Control, Shared, lifecycle::Refused},
 };
 
 pub mod client;
@@ -54,6 +54,9 @@ pub mod status;
 const MAX_CONNECTIONS: usize = 32;
 /// A client must send its request headers within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The supervisor answers a command within this time, or the API says it
+/// is not responding (its loop goes round at least once a second).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Fixed facts about the agent, for status and metrics.
 #[derive(Clone, Debug)]
@@ -267,7 +270,7 @@ where
 {
     let service = service_fn(move |req| {
         let sources = Arc::clone(&sources);
-        async move { Ok::<_, Infallible>(handle(&req, &sources, peer)) }
+        async move { Ok::<_, Infallible>(handle(&req, &sources, peer).await) }
     });
     let served = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -303,7 +306,7 @@ fn json_message(status: StatusCode, message: impl Into<String>) -> Reply {
     reply(status, "application/json", format!("{body}\n"))
 }
 
-fn handle(req: &Request<Incoming>, sources: &Sources, peer: Peer) -> Reply {
+async fn handle(req: &Request<Incoming>, sources: &Sources, peer: Peer) -> Reply {
     let path = req.uri().path();
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     let post = *req.method() == Method::POST;
@@ -314,10 +317,10 @@ fn handle(req: &Request<Incoming>, sources: &Sources, peer: Peer) -> Reply {
         "/readyz" => readyz(sources),
         "/status" => status(sources),
         "/reload" if !post => method_not_allowed("POST"),
-        "/reload" => command(req, sources, peer, None),
+        "/reload" => command(req, sources, peer, Command::Reload).await,
         _ => match restart_target(path) {
             Some(_) if !post => method_not_allowed("POST"),
-            Some(Ok(worker)) => command(req, sources, peer, Some(worker)),
+            Some(Ok(worker)) => command(req, sources, peer, Command::Restart { worker }).await,
             Some(Err(())) => json_message(
                 StatusCode::NOT_FOUND,
                 "no such worker: use its id, e.g. /workers/0/restart",
@@ -439,8 +442,15 @@ fn status(sources: &Sources) -> Reply {
     }
 }
 
-/// `POST /reload` (`worker` None) or `POST /workers/{id}/restart`.
-fn command(req: &Request<Incoming>, sources: &Sources, peer: Peer, worker: Option<u32>) -> Reply {
+/// `POST /reload` or `POST /workers/{id}/restart`: who may ask is decided
+/// here; whether it runs, by the lifecycle (its answer comes back on the
+/// command's reply).
+async fn command(
+    req: &Request<Incoming>,
+    sources: &Sources,
+    peer: Peer,
+    command: Command,
+) -> Reply {
     if !peer.is_local() {
         return json_message(
             StatusCode::FORBIDDEN,
@@ -455,59 +465,32 @@ fn command(req: &Request<Incoming>, sources: &Sources, peer: Peer, worker: Optio
             "commands are not accepted from web pages (the request has an Origin header)",
         );
     }
-    let s = shared(sources);
-    if s.shutting_down {
-        return json_message(StatusCode::CONFLICT, "the agent is shutting down");
-    }
-    let (control, message) = match worker {
-        None => {
-            if s.reloading {
-                return json_message(StatusCode::CONFLICT, "a rolling reload is already running");
-            }
-            (
-                Control::Reload,
-                format!("rolling reload of {} workers started", s.workers.len()),
-            )
-        }
-        Some(id) => {
-            let Some(w) = s.workers.iter().find(|w| w.id == id) else {
-                return json_message(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "no worker {id}: the workers are 0..{}",
-                        s.workers.len().saturating_sub(1)
-                    ),
-                );
-            };
-            if w.incoming.is_some() {
-                return json_message(
-                    StatusCode::CONFLICT,
-                    format!("worker {id} is already being replaced"),
-                );
-            }
-            match w.phase {
-                None => {
-                    return json_message(
-                        StatusCode::CONFLICT,
-                        format!("worker {id} is not running (its restart is pending)"),
-                    );
-                }
-                Some(Phase::Draining) => {
-                    return json_message(StatusCode::CONFLICT, format!("worker {id} is stopping"));
-                }
-                _ => {}
-            }
-            (
-                Control::Restart { worker: id },
-                format!("restarting worker {id}: a new process starts, then the old one drains"),
-            )
-        }
-    };
-    match sources.control.send(control) {
-        Ok(()) => json_message(StatusCode::ACCEPTED, message),
-        Err(_) => json_message(
+    send_command(&sources.control, command).await
+}
+
+/// Sends `command` to the supervisor and answers with its verdict: 202 when
+/// it started, 404 for no such worker, 409 for any other refusal.
+async fn send_command(control: &mpsc::UnboundedSender<Control>, command: Command) -> Reply {
+    let not_running = || {
+        json_message(
             StatusCode::SERVICE_UNAVAILABLE,
             "the supervisor is not running",
+        )
+    };
+    let (reply, answer) = oneshot::channel();
+    if control.send(Control { command, reply }).is_err() {
+        return not_running();
+    }
+    match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+        Ok(Ok(Ok(message))) => json_message(StatusCode::ACCEPTED, message),
+        Ok(Ok(Err(refused @ Refused::NoSuchWorker { .. }))) => {
+            json_message(StatusCode::NOT_FOUND, refused.to_string())
+        }
+        Ok(Ok(Err(refused))) => json_message(StatusCode::CONFLICT, refused.to_string()),
+        Ok(Err(_)) => not_running(),
+        Err(_) => json_message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the supervisor did not answer within {COMMAND_TIMEOUT:?}"),
         ),
     }
 }
@@ -531,6 +514,93 @@ mod tests {
         assert!(tcp("[::ffff:10.1.2.3]:5000", "10.1.2.3:9090").is_local());
         assert!(!tcp("10.1.2.4:5000", "10.1.2.3:9090").is_local());
         assert!(!tcp("192.0.2.1:5000", "[::]:9090").is_local());
+    }
+
+    /// A lifecycle with `workers` ready workers, answering commands on a
+    /// channel as the supervisor's driver does.
+    fn supervisor_with_reload_running(workers: u32) -> mpsc::UnboundedSender<Control> {
+        use crate::supervisor::{
+            answer,
+            backoff::BackoffPolicy,
+            lifecycle::{Action, Event, Lifecycle, Settings},
+        };
+        let mut m = Lifecycle::new(Settings {
+            workers,
+            max_slots: 8,
+            start_timeout: Duration::from_secs(10),
+            kill_timeout: Duration::from_secs(5),
+            backoff: BackoffPolicy::default(),
+        });
+        let now = Instant::now();
+        let spawns: Vec<_> = m
+            .handle(now, Event::Start)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Spawn { slot, .. } => Some(slot),
+                _ => None,
+            })
+            .collect();
+        for (pid, slot) in (100..).zip(spawns) {
+            m.handle(now, Event::Spawned { slot, pid });
+            m.handle(now, Event::Ready { pid });
+        }
+        m.handle(now, Event::Reload);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Control>();
+        tokio::spawn(async move {
+            while let Some(c) = rx.recv().await {
+                let verdict = answer(&m, c.command).map(|(_, message)| message);
+                let _ = c.reply.send(verdict);
+            }
+        });
+        tx
+    }
+
+    async fn body(r: Reply) -> (u16, String) {
+        use http_body_util::BodyExt as _;
+        let status = r.status().as_u16();
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The API answers from the lifecycle's verdict, not from a snapshot:
+    /// the published `Shared` (which the API used to judge by) may still
+    /// say "not reloading" when the lifecycle already is.
+    #[tokio::test]
+    async fn a_command_the_lifecycle_refuses_gets_409() {
+        let control = supervisor_with_reload_running(2);
+        let (status, text) = body(send_command(&control, Command::Reload).await).await;
+        assert_eq!(status, 409, "{text}");
+        assert!(
+            text.contains("a rolling reload is already running"),
+            "{text}"
+        );
+        // Worker 0 is the reload's first: being replaced already.
+        let restart = |worker| Command::Restart { worker };
+        let (status, text) = body(send_command(&control, restart(0)).await).await;
+        assert_eq!(status, 409, "{text}");
+        assert!(
+            text.contains("worker 0 is already being replaced"),
+            "{text}"
+        );
+        // Worker 1 waits for its turn: a restart of it runs now.
+        let (status, text) = body(send_command(&control, restart(1)).await).await;
+        assert_eq!(status, 202, "{text}");
+        let (status, text) = body(send_command(&control, restart(7)).await).await;
+        assert_eq!(status, 404, "{text}");
+        assert!(text.contains("no worker 7: the workers are 0..1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_command_without_a_supervisor_gets_503() {
+        let (control, rx) = mpsc::unbounded_channel::<Control>();
+        drop(rx);
+        let (status, _) = body(send_command(&control, Command::Reload).await).await;
+        assert_eq!(status, 503);
+        // One that takes the command and drops it unanswered.
+        let (control, mut rx) = mpsc::unbounded_channel::<Control>();
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let (status, text) = body(send_command(&control, Command::Reload).await).await;
+        assert_eq!(status, 503, "{text}");
     }
 
     #[test]

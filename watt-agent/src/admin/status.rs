@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use watt_common::SlotState;
 
 use crate::{
-    balancer::{SlotSnapshot, Snapshot},
+    balancer::{self, SlotSnapshot, Snapshot},
     sampler::QueueSourceKind,
     steering::ProgramMode,
     supervisor::{
@@ -137,27 +137,17 @@ pub struct Replacement {
     pub pid: Option<i32>,
 }
 
-/// What the balancer measured of a worker's slot; `None` until sampled.
+/// A worker's slot as the balancer measured it (its own struct, as is) and
+/// as the program counted it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Load {
-    /// Connections waiting in its accept queue at the last sample.
-    pub queue_depth: Option<u32>,
-    /// CPU time of the process.
-    pub cpu_seconds: Option<f64>,
-    /// Time its main thread waited for a CPU, runnable but not running
-    /// (`/proc/<pid>/schedstat`): CPU contention on the node.
-    #[serde(default)]
-    pub run_queue_wait_seconds: Option<f64>,
-    /// Resident memory of the process.
-    pub rss_bytes: Option<u64>,
+    #[serde(flatten)]
+    pub measured: balancer::Load,
     /// New connections the program steered to its slot (counted per slot
     /// since the agent started).
     pub connections: Option<u64>,
     /// Queued connections migrated into its slot from a stopped listener.
     pub migrated_in: Option<u64>,
-    /// Times its queue was rescued, and the connections that moved.
-    pub rescues: u64,
-    pub rescued_connections: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -204,14 +194,9 @@ pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Sta
                     .map(|t| millis(t.saturating_duration_since(now))),
                 replacement: w.incoming.map(|(slot, pid)| Replacement { slot, pid }),
                 load: Load {
-                    queue_depth: slot.and_then(|s| s.queue_depth),
-                    cpu_seconds: slot.and_then(|s| s.cpu_time).map(millis),
-                    run_queue_wait_seconds: slot.and_then(|s| s.run_delay).map(millis),
-                    rss_bytes: slot.and_then(|s| s.rss_bytes),
+                    measured: slot.map(|s| s.load.clone()).unwrap_or_default(),
                     connections: counters.map(|c| c.selected),
                     migrated_in: counters.map(|c| c.migrated_in),
-                    rescues: slot.map_or(0, |s| s.rescues),
-                    rescued_connections: slot.map_or(0, |s| s.rescued_connections),
                 },
             }
         })
@@ -340,9 +325,12 @@ pub(crate) mod tests {
         snap.slots.insert(
             0,
             SlotSnapshot {
-                queue_depth: Some(3),
-                rss_bytes: Some(1 << 20),
-                cpu_time: Some(Duration::from_millis(1500)),
+                load: balancer::Load {
+                    queue_depth: Some(3),
+                    rss_bytes: Some(1 << 20),
+                    cpu_time: Some(Duration::from_millis(1500)),
+                    ..balancer::Load::default()
+                },
                 ..SlotSnapshot::default()
             },
         );
@@ -354,8 +342,8 @@ pub(crate) mod tests {
             (w0.slot, w0.pid, w0.state),
             (Some(0), Some(1000), WorkerState::Ready)
         );
-        assert_eq!(w0.load.queue_depth, Some(3));
-        assert_eq!(w0.load.cpu_seconds, Some(1.5));
+        assert_eq!(w0.load.measured.queue_depth, Some(3));
+        assert_eq!(w0.load.measured.cpu_time, Some(Duration::from_millis(1500)));
         assert_eq!(w0.load.connections, Some(5));
         let w1 = &s.workers[1];
         assert_eq!(w1.state, WorkerState::Down);

@@ -6,7 +6,8 @@
 //! The supervisor sends it commands. The load sampler runs inside its loop
 //! (`sampling`): it watches the listeners' accept queues and the workers'
 //! main threads, marks busy workers out of the table, rescues their queued
-//! connections, and tells the supervisor about stuck and over-memory ones.
+//! connections, and reports stuck and over-memory ones on its own channel
+//! (`HealthReport`); what to do about them is the supervisor's business.
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -21,16 +22,18 @@ use watt_common::SlotState;
 
 use crate::{
     config::Policy,
+    ids::{Pid, Slot, WorkerId},
     listeners::Listener,
     sampler::{ListenerQuery, QueueSource, QueueSourceKind, WorkerProbe},
     steering::{Counters, ProgramMode, Steering},
-    supervisor::lifecycle::{Event, Pid, Slot, WorkerId},
 };
 
 pub mod health;
+mod load;
 pub mod policy;
 mod sampling;
 
+pub use load::Load;
 use policy::SlotView;
 
 /// Commands from the supervisor, applied in the order sent.
@@ -54,6 +57,26 @@ pub enum Command {
     Rescue { slot: Slot },
     /// Close the agent's copy of the listener; the slot is empty.
     Close { slot: Slot },
+}
+
+/// A worker the balancer found unhealthy enough to be replaced. Sent once
+/// per process; the supervisor decides what becomes of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthReport {
+    pub worker: WorkerId,
+    /// The process the verdict is about (a report about a process that has
+    /// since been replaced is not about its successor).
+    pub pid: Option<Pid>,
+    pub reason: Unhealthy,
+}
+
+/// Why a worker should be replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// Its event loop did not accept for longer than `--stuck-after`.
+    Stuck,
+    /// Its memory passed `--max-memory`.
+    OverMemory,
 }
 
 /// What the balancer publishes for status and metrics (refreshed about
@@ -83,16 +106,7 @@ pub struct SlotSnapshot {
     pub pid: Option<Pid>,
     /// The state the kernel program sees.
     pub state: Option<SlotState>,
-    /// Rescues of this slot's queue, and the connections they moved.
-    pub rescues: u64,
-    pub rescued_connections: u64,
-    /// Accept-queue length at the last sample.
-    pub queue_depth: Option<u32>,
-    /// The worker's main-thread CPU time, time it waited for a CPU
-    /// (run-queue wait), and resident memory.
-    pub cpu_time: Option<Duration>,
-    pub run_delay: Option<Duration>,
-    pub rss_bytes: Option<u64>,
+    pub load: Load,
 }
 
 /// How the balancer samples and steers.
@@ -117,11 +131,11 @@ pub struct Handle {
 impl Handle {
     /// Starts the balancer thread. `steering` is `None` for the `kernel`
     /// policy: plain `SO_REUSEPORT`, listeners only. Stuck and over-memory
-    /// workers are reported on `health` as lifecycle events.
+    /// workers are reported on `health`.
     pub fn start(
         steering: Option<Steering>,
         settings: Settings,
-        health: UnboundedSender<Event>,
+        health: UnboundedSender<HealthReport>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let wake = Arc::new(EventFd::from_value_and_flags(
@@ -215,13 +229,7 @@ struct Entry {
     pending_rss: Option<u64>,
     /// The worker's read+write syscall count at the previous observation.
     last_io: Option<u64>,
-    queue_depth: Option<u32>,
-    cpu_time: Option<Duration>,
-    /// Time its main thread waited for a CPU (`schedstat`).
-    run_delay: Option<Duration>,
-    rss_bytes: Option<u64>,
-    rescues: u64,
-    rescued_connections: u64,
+    load: Load,
 }
 
 impl Entry {
@@ -263,12 +271,7 @@ impl Entry {
             reported: false,
             pending_rss: None,
             last_io: None,
-            queue_depth: None,
-            cpu_time: None,
-            run_delay: None,
-            rss_bytes: None,
-            rescues: 0,
-            rescued_connections: 0,
+            load: Load::default(),
         }
     }
 }
@@ -279,7 +282,7 @@ struct Balancer {
     slots: BTreeMap<Slot, Entry>,
     snapshot: Arc<Mutex<Snapshot>>,
     settings: Settings,
-    health: UnboundedSender<Event>,
+    health: UnboundedSender<HealthReport>,
     /// Queue depths, for metrics (the tick only polls).
     queues: Option<QueueSource>,
     /// A failed queue-depth read was logged (once; then debug level).
@@ -389,8 +392,8 @@ impl Balancer {
         }
         let moved = self.migrations().saturating_sub(before);
         let e = self.slots.get_mut(&slot).expect("checked above");
-        e.rescues += 1;
-        e.rescued_connections += moved;
+        e.load.rescues += 1;
+        e.load.rescued_connections += moved;
         self.rescues += 1;
         self.rescued_connections += moved;
         moved
@@ -421,12 +424,7 @@ impl Balancer {
                         worker: e.worker,
                         pid: e.pid,
                         state: Some(policy::effective_state(e.view)),
-                        rescues: e.rescues,
-                        rescued_connections: e.rescued_connections,
-                        queue_depth: e.queue_depth,
-                        cpu_time: e.cpu_time,
-                        run_delay: e.run_delay,
-                        rss_bytes: e.rss_bytes,
+                        load: e.load.clone(),
                     },
                 )
             })

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use watt_common::{SlotState, Table};
 
-use crate::{supervisor::lifecycle::Slot, table};
+use crate::{ids::Slot, table};
 
 /// What the balancer knows about one slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

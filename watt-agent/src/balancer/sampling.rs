@@ -23,11 +23,10 @@ use nix::{
 };
 use watt_common::SlotState;
 
-use super::{Balancer, Command, health, policy};
+use super::{Balancer, Command, HealthReport, Unhealthy, health, policy};
 use crate::{
     config::Policy,
     sampler::{ListenerQuery, ProcError},
-    supervisor::lifecycle::{Event, ReplaceReason},
 };
 
 /// Tracing target of one event per health sample, at trace level: off
@@ -263,12 +262,11 @@ impl Balancer {
             changed = true;
         }
         let replace = match verdict.health {
-            health::Health::Stuck { since } => Some((
-                ReplaceReason::Stuck,
-                format!("busy for {:?}", since.elapsed()),
-            )),
+            health::Health::Stuck { since } => {
+                Some((Unhealthy::Stuck, format!("busy for {:?}", since.elapsed())))
+            }
             health::Health::OverMemory { rss } => Some((
-                ReplaceReason::OverMemory,
+                Unhealthy::OverMemory,
                 format!("RSS {} MiB above the limit", rss >> 20),
             )),
             _ => None,
@@ -278,7 +276,7 @@ impl Balancer {
         {
             e.reported = true;
             tracing::warn!(worker = e.worker, pid = e.pid, "replacing worker: {why}");
-            let _ = self.health.send(Event::Replace {
+            let _ = self.health.send(HealthReport {
                 worker: e.worker,
                 pid: e.pid,
                 reason,
@@ -299,9 +297,9 @@ impl Balancer {
             };
             match probe.sample() {
                 Ok(s) => {
-                    e.cpu_time = Some(s.cpu_time);
-                    e.run_delay = Some(s.run_delay);
-                    e.rss_bytes = Some(s.rss_bytes);
+                    e.load.cpu_time = Some(s.cpu_time);
+                    e.load.run_delay = Some(s.run_delay);
+                    e.load.rss_bytes = Some(s.rss_bytes);
                     let ready = e.view.lifecycle == SlotState::Ready;
                     let rss = (want_rss && ready).then_some(s.rss_bytes);
                     if self.active {
@@ -350,7 +348,7 @@ impl Balancer {
             return;
         }
         for e in self.slots.values_mut() {
-            e.queue_depth = e
+            e.load.queue_depth = e
                 .inode
                 .and_then(|i| crate::sampler::find_inode(&found, i))
                 .map(|l| l.queued);

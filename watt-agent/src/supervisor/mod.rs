@@ -23,11 +23,12 @@ use nix::{
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
 };
 
 use crate::{
-    balancer::{self, Command},
+    balancer,
+    ids::{Pid, Slot, WorkerId},
     listeners::{ListenSpec, Listener},
 };
 
@@ -36,14 +37,51 @@ pub mod lifecycle;
 pub mod spawn;
 pub mod worker_io;
 
-use lifecycle::{Action, Event, Lifecycle, Note, Pid, Sig, Slot, WorkerId, WorkerView};
+use lifecycle::{Action, Event, Lifecycle, Note, Refused, Sig, WorkerView};
 use worker_io::Notice;
 
-/// Operator commands (admin API, CLI).
+/// An operator's command (admin API, CLI) and where its answer goes: the
+/// lifecycle's own verdict, `Ok` with what started or `Err` with why not.
 #[derive(Debug)]
-pub enum Control {
+pub struct Control {
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<String, Refused>>,
+}
+
+/// What an operator can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Rolling reload of every worker.
     Reload,
+    /// Replace one worker (rolling).
     Restart { worker: WorkerId },
+}
+
+/// The lifecycle's verdict on `command`, from its present state: the event
+/// to feed and the message to answer with, or why it will not act.
+///
+/// # Errors
+/// The lifecycle's refusal (`Lifecycle::admit`).
+pub fn answer(machine: &Lifecycle, command: Command) -> Result<(Event, String), Refused> {
+    let (event, message) = match command {
+        Command::Reload => (
+            Event::Reload,
+            format!(
+                "rolling reload of {} workers started",
+                machine.workers().len()
+            ),
+        ),
+        Command::Restart { worker } => (
+            Event::Replace {
+                worker,
+                pid: None,
+                reason: lifecycle::ReplaceReason::Restart,
+            },
+            format!("restarting worker {worker}: a new process starts, then the old one drains"),
+        ),
+    };
+    machine.admit(&event)?;
+    Ok((event, message))
 }
 
 /// Everything prepared before the loop starts.
@@ -83,8 +121,8 @@ pub struct ReloadOutcome {
 
 pub struct Channels {
     pub control: mpsc::UnboundedReceiver<Control>,
-    /// Health verdicts from the balancer, already as lifecycle events.
-    pub health: mpsc::UnboundedReceiver<Event>,
+    /// Workers the balancer found stuck or over their memory limit.
+    pub health: mpsc::UnboundedReceiver<balancer::HealthReport>,
 }
 
 /// Runs until every worker is gone after a shutdown; returns the exit code.
@@ -132,7 +170,7 @@ pub async fn run(
             }
             Some(notice) = notices.recv() => driver.notice(notice),
             Some(control) = channels.control.recv() => driver.control(control),
-            Some(event) = channels.health.recv() => driver.feed(event),
+            Some(report) = channels.health.recv() => driver.feed(health_event(report)),
             () = sleep => driver.feed(Event::Tick),
         }
     }
@@ -172,12 +210,14 @@ impl Driver<'_> {
         match action {
             Action::OpenSlot { slot } => self.open_slot(slot),
             Action::Spawn { slot, worker } => self.spawn(slot, worker),
-            Action::SetState { slot, state } => self.balancer.send(Command::State { slot, state }),
-            Action::StopSlot { slot } => self.balancer.send(Command::Stop { slot }),
-            Action::RescueSlot { slot } => self.balancer.send(Command::Rescue { slot }),
+            Action::SetState { slot, state } => {
+                self.balancer.send(balancer::Command::State { slot, state })
+            }
+            Action::StopSlot { slot } => self.balancer.send(balancer::Command::Stop { slot }),
+            Action::RescueSlot { slot } => self.balancer.send(balancer::Command::Rescue { slot }),
             Action::CloseSlot { slot } => {
                 self.pending.remove(&slot);
-                self.balancer.send(Command::Close { slot });
+                self.balancer.send(balancer::Command::Close { slot });
             }
             Action::Signal { pid, sig } => send_signal(pid, sig),
             Action::Note(note) => {
@@ -196,7 +236,7 @@ impl Driver<'_> {
             Ok((listener, copy)) => {
                 self.pending.insert(slot, listener);
                 // The balancer keeps its own copy for the slot's whole life.
-                self.balancer.send(Command::Add {
+                self.balancer.send(balancer::Command::Add {
                     slot,
                     listener: copy,
                 });
@@ -225,7 +265,7 @@ impl Driver<'_> {
             Ok(child) => {
                 let pid = child.pid;
                 self.pids.insert(pid, worker);
-                self.balancer.send(Command::Pid {
+                self.balancer.send(balancer::Command::Pid {
                     slot,
                     pid,
                     worker,
@@ -354,21 +394,22 @@ impl Driver<'_> {
         }
     }
 
+    /// Answers an operator's command with the lifecycle's verdict, then
+    /// feeds it if admitted: nothing changes the machine in between, so
+    /// what was answered is what runs.
     fn control(&mut self, control: Control) {
-        match control {
-            Control::Reload => {
-                tracing::info!("rolling reload requested");
-                self.feed(Event::Reload);
-            }
-            Control::Restart { worker } => {
-                tracing::info!(worker, "restart requested");
-                self.feed(Event::Replace {
-                    worker,
-                    pid: None,
-                    reason: lifecycle::ReplaceReason::Restart,
-                });
-            }
+        let verdict = answer(&self.machine, control.command);
+        match (&verdict, control.command) {
+            (Ok(_), Command::Reload) => tracing::info!("rolling reload requested"),
+            (Ok(_), Command::Restart { worker }) => tracing::info!(worker, "restart requested"),
+            (Err(refused), command) => tracing::info!("{command:?} refused: {refused}"),
         }
+        let reply = verdict.map(|(event, message)| {
+            self.feed(event);
+            message
+        });
+        // The API may have given up waiting; the command ran (or not) anyway.
+        let _ = control.reply.send(reply);
     }
 
     fn publish(&self, shared: &Mutex<Shared>) {
@@ -466,7 +507,23 @@ impl Driver<'_> {
             Note::Illegal { worker, from, to } => {
                 tracing::error!(worker, "bug: illegal transition {from:?} -> {to:?} ignored");
             }
+            // A health verdict that came after its process was replaced.
+            Note::Refused(r @ Refused::NotServing { .. }) => tracing::debug!("{r}"),
+            Note::Refused(r) => tracing::info!("not acting on it: {r}"),
         }
+    }
+}
+
+/// The balancer's report as the lifecycle's event: replace that process,
+/// if it still serves.
+fn health_event(report: balancer::HealthReport) -> Event {
+    Event::Replace {
+        worker: report.worker,
+        pid: report.pid,
+        reason: match report.reason {
+            balancer::Unhealthy::Stuck => lifecycle::ReplaceReason::Stuck,
+            balancer::Unhealthy::OverMemory => lifecycle::ReplaceReason::OverMemory,
+        },
     }
 }
 

@@ -8,7 +8,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::lifecycle::{Pid, WorkerId};
+use crate::ids::{Pid, WorkerId};
 
 /// A line from a worker's notify pipe that the supervisor acts on.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -195,6 +195,45 @@ impl Drop for Processes {
     }
 }
 
+/// Boots a guest that panics before its init script ran this many times in
+/// all, at most.
+const BOOT_ATTEMPTS: u32 = 3;
+
+/// Boots the guest as `boot` does, booting again (up to `BOOT_ATTEMPTS`)
+/// when the kernel panicked before the init script's first line. Under TCG
+/// with several vCPUs, the newest kernels now and then die of a stray
+/// `int3` while patching their own text at boot (seen with trixie's 7.3 in
+/// CI, in `sched_clock_cpu`), before anything of ours has run; that is the
+/// emulator, not the kernel or the agent. A panic after init started is a
+/// result and is never retried. Each panicked boot's console is kept as
+/// `console-panicked-N.log`. Returns whether the last boot powered off by
+/// itself, and how many boots panicked early.
+pub fn boot_retrying_early_panics(b: &Boot<'_>) -> anyhow::Result<(bool, u32)> {
+    let mut panicked = 0;
+    loop {
+        let powered_off = boot(b)?;
+        let console = b.results.join("console.log");
+        let text = fs::read_to_string(&console).unwrap_or_default();
+        if !died_before_init(&text) || panicked + 1 >= BOOT_ATTEMPTS {
+            return Ok((powered_off, panicked));
+        }
+        panicked += 1;
+        let kept = b.results.join(format!("console-panicked-{panicked}.log"));
+        fs::rename(&console, &kept)?;
+        eprintln!(
+            "xtask kernels: {} panicked while booting, before init ran (boot {panicked} of at most {BOOT_ATTEMPTS}); booting again, console kept in {}",
+            b.kernel.release,
+            kept.display()
+        );
+    }
+}
+
+/// Whether a console shows a kernel that panicked before the init script
+/// printed its first line.
+fn died_before_init(console: &str) -> bool {
+    !console.contains("watt-init: started") && console.contains("Kernel panic")
+}
+
 /// Boots the guest and waits until it powers off or `timeout` passes.
 /// Returns whether it powered off by itself.
 pub fn boot(b: &Boot<'_>) -> anyhow::Result<bool> {
@@ -308,6 +347,19 @@ mod tests {
     use std::collections::HashMap;
 
     use super::{module_name, order_of, visit};
+
+    #[test]
+    fn only_a_panic_before_init_is_an_early_panic() {
+        use super::died_before_init;
+        let boot_panic = "[ 2.4] Oops: int3\n[ 2.4] Kernel panic - not syncing: Fatal exception\n";
+        assert!(died_before_init(boot_panic));
+        let later = "watt-init: started\n==> watt-step test-steering\nKernel panic - not syncing\n";
+        assert!(
+            !died_before_init(later),
+            "a panic under our steps is a result"
+        );
+        assert!(!died_before_init("[ 9.0] reboot: Power down\n"));
+    }
 
     #[test]
     fn built_in_boot_modules_are_not_loaded() {

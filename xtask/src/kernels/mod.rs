@@ -80,15 +80,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         write_env(&results, &root, &tests, &opts.steps)?;
         eprintln!("xtask kernels: booting {} ({accel:?})", kernel.release);
         let started = std::time::Instant::now();
-        let powered_off = guest::boot(&guest::Boot {
+        let boot = guest::Boot {
             kernel: &kernel,
             initrd: &initrd,
             results: &results,
             script: &root.join("xtask/kernels/guest.sh"),
             accel,
             timeout: Duration::from_secs(opts.timeout),
-        })?;
-        let row = report::Row::read(
+        };
+        let (powered_off, panicked_boots) = guest::boot_retrying_early_panics(&boot)?;
+        let mut row = report::Row::read(
             line,
             &kernel.release,
             &results,
@@ -96,6 +97,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             powered_off,
             started.elapsed(),
         );
+        row.panicked_boots = panicked_boots;
         eprintln!("xtask kernels: {}", row.line());
         if !row.ok() {
             report::print_failure(&results);

@@ -45,6 +45,9 @@ pub struct Row {
     pub elapsed: Duration,
     /// The program mode `doctor` reported.
     pub mode: Option<String>,
+    /// Boots whose kernel panicked before the init script ran, each
+    /// followed by another boot (see `guest::boot_retrying_early_panics`).
+    pub panicked_boots: u32,
 }
 
 impl Row {
@@ -81,6 +84,7 @@ impl Row {
             powered_off,
             elapsed,
             mode,
+            panicked_boots: 0,
         }
     }
 
@@ -91,7 +95,7 @@ impl Row {
     pub fn line(&self) -> String {
         let cells: Vec<String> = self.steps.iter().map(Step::cell).collect();
         format!(
-            "{} {}: {}; mode {}; {:.0} s{}",
+            "{} {}: {}; mode {}; {:.0} s{}{}",
             if self.ok() { "PASS" } else { "FAIL" },
             self.release,
             cells.join(", "),
@@ -101,8 +105,17 @@ impl Row {
                 ""
             } else {
                 " (guest did not power off)"
-            }
+            },
+            self.retries_note()
         )
+    }
+
+    /// Said in the line and the table, so a retried boot is never hidden.
+    fn retries_note(&self) -> String {
+        match self.panicked_boots {
+            0 => String::new(),
+            n => format!(" (kernel panicked while booting {n}x before init; booted again)"),
+        }
     }
 }
 
@@ -161,7 +174,7 @@ pub fn table(rows: &[Row]) {
             r.mode.as_deref().unwrap_or("?"),
             cells.join("; "),
             r.elapsed.as_secs_f64(),
-            if r.ok() { "pass" } else { "FAIL" }
+            if r.ok() { "pass" } else { "FAIL" }.to_owned() + &r.retries_note()
         );
     }
     for r in rows {

@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 
 use watt_common::SlotState;
 
-pub type Slot = u32;
-pub type WorkerId = u32;
-pub type Pid = i32;
+use crate::ids::{Pid, Slot, WorkerId};
 
 /// Phase of one instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -228,20 +226,36 @@ pub enum Note {
         from: Phase,
         to: Phase,
     },
+    /// A `Reload` or `Replace` the machine did not act on, and why.
+    Refused(Refused),
+}
+
+/// Why the machine did not act on a `Reload` or `Replace`: its answer to
+/// an operator's command (409, or 404 for no such worker), and a log line
+/// for one from SIGHUP or the balancer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    #[error("a rolling reload is already running")]
+    Reloading,
+    #[error("no worker {worker}: the workers are 0..{last}")]
+    NoSuchWorker { worker: WorkerId, last: WorkerId },
+    #[error("worker {worker} is already being replaced")]
+    BeingReplaced { worker: WorkerId },
+    #[error("worker {worker} is not running (its restart is pending)")]
+    NotRunning { worker: WorkerId },
+    #[error("worker {worker} is stopping")]
+    Stopping { worker: WorkerId },
+    /// A health verdict about a process that no longer serves its worker.
+    #[error("worker {worker}: process {pid} no longer serves it")]
+    NotServing { worker: WorkerId, pid: Pid },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DrainReason {
     Replaced(ReplaceReason),
     Shutdown,
-}
-
-/// Exit codes of `watt-agent run` after a shutdown.
-pub mod exit_code {
-    /// Every worker stopped within the kill timeout.
-    pub const CLEAN: i32 = 0;
-    /// Some worker had to be killed (timeout, or a second signal).
-    pub const FORCED: i32 = 4;
 }
 
 /// A read-only view of one worker, for status and metrics.

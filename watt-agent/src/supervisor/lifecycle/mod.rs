@@ -32,8 +32,12 @@ mod events;
 
 use events::allowed;
 pub use events::{
-    Action, DrainReason, Event, ExitStatus, Note, Phase, Pid, ReplaceReason, Sig, Slot, WorkerId,
-    WorkerView, exit_code,
+    Action, DrainReason, Event, ExitStatus, Note, Phase, Refused, ReplaceReason, Sig, WorkerView,
+};
+
+use crate::{
+    exit,
+    ids::{Pid, Slot, WorkerId},
 };
 
 /// Fixed settings of the machine.
@@ -118,31 +122,67 @@ impl Lifecycle {
             Event::SpawnFailed { slot, reason } => self.spawn_failed(now, slot, reason, &mut out),
             Event::Ready { pid } => self.ready(now, pid, &mut out),
             Event::Exited { pid, status } => self.exited(now, pid, status, &mut out),
-            Event::Reload => self.begin_reload(now, &mut out),
-            Event::Replace {
-                worker,
-                pid,
-                reason,
-            } => {
-                // A verdict about a process that has since been replaced
-                // is not about its successor.
-                let current = pid.is_none_or(|p| self.serving_pid(worker) == Some(p));
-                if !self.shutdown && (worker as usize) < self.workers.len() && current {
-                    self.begin_replace(now, worker, reason, &mut out);
+            Event::Reload | Event::Replace { .. } => match self.admit(&event) {
+                Err(refused) => out.push(Action::Note(Note::Refused(refused))),
+                Ok(()) if event == Event::Reload => self.begin_reload(now, &mut out),
+                Ok(()) => {
+                    if let Event::Replace { worker, reason, .. } = event {
+                        self.begin_replace(now, worker, reason, &mut out);
+                    }
                 }
-            }
+            },
             Event::Shutdown if self.shutdown => self.force(&mut out),
             Event::Shutdown => self.begin_shutdown(now, &mut out),
         }
         if self.shutdown && self.instances.is_empty() {
-            let code = if self.forced {
-                exit_code::FORCED
-            } else {
-                exit_code::CLEAN
-            };
+            let code = if self.forced { exit::FORCED } else { exit::OK };
             out.push(Action::Exit { code });
         }
         out
+    }
+
+    /// Whether the machine acts on `event` (a `Reload` or a `Replace`) in
+    /// its present state; every other event is always admitted. `handle`
+    /// decides by this and nothing else, so the driver can answer an
+    /// operator's command with the machine's own verdict before feeding it.
+    ///
+    /// # Errors
+    /// Why the event would be dropped.
+    pub fn admit(&self, event: &Event) -> Result<(), Refused> {
+        if !matches!(event, Event::Reload | Event::Replace { .. }) {
+            return Ok(());
+        }
+        if self.shutdown {
+            return Err(Refused::ShuttingDown);
+        }
+        let &Event::Replace { worker, pid, .. } = event else {
+            return match self.reload {
+                Some(_) => Err(Refused::Reloading),
+                None => Ok(()),
+            };
+        };
+        let Some(w) = self.workers.get(worker as usize) else {
+            return Err(Refused::NoSuchWorker {
+                worker,
+                last: self.settings.workers.saturating_sub(1),
+            });
+        };
+        // A verdict about a process that has since been replaced is not
+        // about its successor.
+        if let Some(pid) = pid
+            && self.serving_pid(worker) != Some(pid)
+        {
+            return Err(Refused::NotServing { worker, pid });
+        }
+        if w.incoming.is_some() {
+            return Err(Refused::BeingReplaced { worker });
+        }
+        let serving = w.serving.and_then(|s| self.instances.get(&s));
+        match serving.map(|i| i.phase) {
+            None => Err(Refused::NotRunning { worker }),
+            Some(Phase::Draining) => Err(Refused::Stopping { worker }),
+            Some(_) => Ok(()),
+        }
     }
 
     /// The earliest time `Tick` has work to do.

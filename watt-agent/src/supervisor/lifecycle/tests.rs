@@ -340,7 +340,12 @@ fn a_stuck_worker_is_replaced_gracefully_and_killed_if_it_ignores_sigterm() {
         pid: Some(old + 1000),
         reason: ReplaceReason::Stuck,
     });
-    assert!(stale.is_empty(), "{stale:?}");
+    assert!(
+        stale
+            .iter()
+            .all(|a| matches!(a, Action::Note(Note::Refused(_)))),
+        "{stale:?}"
+    );
     h.feed(Event::Replace {
         worker: 0,
         pid: Some(old),
@@ -371,12 +376,7 @@ fn shutdown_drains_everyone_and_exits_clean() {
         pid: pids[1],
         status: ExitStatus::Code(0),
     });
-    assert_eq!(
-        actions.last(),
-        Some(&Action::Exit {
-            code: exit_code::CLEAN
-        })
-    );
+    assert_eq!(actions.last(), Some(&Action::Exit { code: exit::OK }));
 }
 
 #[test]
@@ -395,12 +395,7 @@ fn shutdown_kills_at_the_deadline_and_says_so_in_the_exit_code() {
         pid,
         status: ExitStatus::Signal(9),
     });
-    assert_eq!(
-        actions.last(),
-        Some(&Action::Exit {
-            code: exit_code::FORCED
-        })
-    );
+    assert_eq!(actions.last(), Some(&Action::Exit { code: exit::FORCED }));
 }
 
 #[test]
@@ -425,12 +420,7 @@ fn no_restarts_after_shutdown_and_crashes_during_it_are_expected() {
         status: ExitStatus::Code(1),
     });
     assert!(!has_note(&actions, |n| matches!(n, Note::RestartIn { .. })));
-    assert_eq!(
-        actions.last(),
-        Some(&Action::Exit {
-            code: exit_code::CLEAN
-        })
-    );
+    assert_eq!(actions.last(), Some(&Action::Exit { code: exit::OK }));
 }
 
 #[test]
@@ -470,4 +460,73 @@ fn next_deadline_tracks_start_timeouts() {
     assert_eq!(h.m.next_deadline(), Some(h.now + START));
     h.all_ready();
     assert_eq!(h.m.next_deadline(), None);
+}
+
+#[test]
+fn reload_and_replace_are_refused_by_the_same_rules_handle_drops_them_by() {
+    let mut h = Harness::new(2);
+    h.feed(Event::Start);
+    h.all_ready();
+    let restart = |worker| Event::Replace {
+        worker,
+        pid: None,
+        reason: ReplaceReason::Restart,
+    };
+    assert_eq!(h.m.admit(&Event::Reload), Ok(()));
+    assert_eq!(
+        h.m.admit(&restart(2)),
+        Err(Refused::NoSuchWorker { worker: 2, last: 1 })
+    );
+    // A verdict about a process that no longer serves.
+    let stale = Event::Replace {
+        worker: 0,
+        pid: Some(1),
+        reason: ReplaceReason::Stuck,
+    };
+    assert_eq!(
+        h.m.admit(&stale),
+        Err(Refused::NotServing { worker: 0, pid: 1 })
+    );
+    let dropped = h.feed(stale);
+    assert_eq!(
+        dropped,
+        vec![Action::Note(Note::Refused(Refused::NotServing {
+            worker: 0,
+            pid: 1
+        }))],
+        "refused means nothing else happens"
+    );
+
+    h.feed(Event::Reload);
+    assert_eq!(h.m.admit(&Event::Reload), Err(Refused::Reloading));
+    // Worker 0 is the reload's first: its replacement is on the way.
+    assert_eq!(
+        h.m.admit(&restart(0)),
+        Err(Refused::BeingReplaced { worker: 0 })
+    );
+    let again = h.feed(restart(0));
+    assert!(
+        !again.iter().any(|a| matches!(a, Action::Spawn { .. })),
+        "{again:?}"
+    );
+    assert!(has_note(&again, |n| matches!(
+        n,
+        Note::Refused(Refused::BeingReplaced { worker: 0 })
+    )));
+
+    // A crashed worker waiting for its restart cannot be restarted.
+    let pid1 = h.pid(1);
+    h.feed(Event::Exited {
+        pid: pid1,
+        status: ExitStatus::Code(1),
+    });
+    assert_eq!(
+        h.m.admit(&restart(1)),
+        Err(Refused::NotRunning { worker: 1 })
+    );
+
+    h.feed(Event::Shutdown);
+    assert_eq!(h.m.admit(&Event::Reload), Err(Refused::ShuttingDown));
+    assert_eq!(h.m.admit(&restart(0)), Err(Refused::ShuttingDown));
+    assert_eq!(h.m.admit(&Event::Tick), Ok(()), "only commands are judged");
 }
