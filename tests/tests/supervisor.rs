@@ -247,14 +247,18 @@ fn a_worker_ignoring_sigterm_is_killed_and_the_exit_code_says_so() {
     );
 }
 
+/// Worker 0 exits at once, every time; worker 1 serves. Once a worker has
+/// been ready, crashes restart with backoff, forever.
 #[test]
 fn a_crash_loop_backs_off_as_configured_and_the_agent_stays_up() {
     let port = free_port("127.0.0.1");
+    let script =
+        format!("if (process.env.WATT_WORKER_ID === '0') process.exit(3); require('./{TEST_APP}')");
     let mut agent = Agent::start(
         port,
         &[
             "--workers",
-            "1",
+            "2",
             "--restart-delay",
             "50ms",
             "--restart-backoff",
@@ -264,7 +268,7 @@ fn a_crash_loop_backs_off_as_configured_and_the_agent_stays_up() {
             "--max-restarts",
             "3",
         ],
-        &["node", "-e", "process.exit(3)"],
+        &["node", "-e", &script],
     );
     assert!(
         agent.wait_log("restarting worker in", 6, Duration::from_secs(20)),
@@ -293,6 +297,29 @@ fn a_crash_loop_backs_off_as_configured_and_the_agent_stays_up() {
         agent.child.try_wait().expect("wait").is_none(),
         "the agent must stay up"
     );
+}
+
+/// A command that can never start (a typo in the script's name): no worker
+/// is ever ready, so after each worker's first few starts the agent stops
+/// non-zero and shows what the worker wrote to stderr. Without the rule it
+/// restarts them forever and this test's wait runs out.
+#[test]
+fn a_command_that_can_never_start_stops_the_agent_with_the_workers_error() {
+    let port = free_port("127.0.0.1");
+    let mut agent = Agent::start(
+        port,
+        &["--workers", "2"],
+        &["node", "tests/fixtures/apps/no-such-app-typo.js"],
+    );
+    let code = agent.wait_exit(Duration::from_secs(60));
+    let log = agent.log_text();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("no worker ever became ready"), "{log}");
+    assert!(
+        log.contains("Cannot find module") && log.contains("no-such-app-typo.js"),
+        "the worker's own error is shown: {log}"
+    );
+    assert!(!port_open(agent.addr()), "nothing is left listening: {log}");
 }
 
 #[test]

@@ -3,16 +3,31 @@
 //!
 //! # Theory of operation
 //!
-//! - `listeners`: one `SO_REUSEPORT` listener per worker slot, all in one
-//!   reuseport group. The agent keeps its own copy of each.
-//! - `steering`: the kernel program and its maps. For each new connection the
-//!   program reads the live selection table and picks a ready slot; when a
-//!   listener stops (worker crash, drain, or a queue rescue) the same program
-//!   hands each queued connection to another ready slot.
-//! - `table`: pure functions building selection tables from slot weights.
-//! - `preflight`: kernel and privilege checks shared with `doctor`.
-//! - `admin`: the HTTP admin API (metrics, health, status, commands) and its
-//!   client; `cli` and `doctor`: the operator commands.
+//! `run` resolves the settings (`config`: command line, environment, file,
+//! defaults), loads the kernel program and starts three parts that talk over
+//! channels:
+//!
+//! - `supervisor`: the workers' lives. Its `lifecycle` is a state machine
+//!   without I/O (start, ready, crash, restart with backoff, drain, rolling
+//!   replace, shutdown); the supervisor performs what it decides: `spawn`s
+//!   processes on their listeners, reaps them, answers operator commands
+//!   with the lifecycle's verdict.
+//! - `balancer`: a thread of its own that owns the listeners' copies and
+//!   the `steering` maps. It measures each worker (`sampler`: readers of
+//!   `/proc`, `poll` on the listeners and sock_diag), judges health
+//!   (`balancer::health`: busy, stuck, over memory), publishes selection
+//!   `table`s, rescues the queue of a blocked worker, and reports a worker
+//!   to replace as a `HealthReport`.
+//! - `admin`: the HTTP admin API (metrics, health, status, commands) on the
+//!   supervisor's runtime, reading the views both publish.
+//!
+//! Below them: `listeners` (one `SO_REUSEPORT` listener per worker slot, all
+//! in one reuseport group), `steering` (the kernel program: for each new
+//! connection it reads the live table and picks a ready slot; when a
+//! listener stops it hands each queued connection to another ready slot),
+//! `preflight` (kernel and privilege checks shared with `doctor`), and the
+//! ground floor, `ids` and `exit`, which every layer may use. `cli` and
+//! `doctor` are the operator commands. No module imports one above it.
 pub mod admin;
 pub mod balancer;
 pub mod cli;

@@ -1,9 +1,15 @@
 //! `watt-agent run`: from settings to a running group of workers.
 use std::{
     ffi::OsString,
+    io,
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
+use nix::{
+    sys::prctl,
+    unistd::{geteuid, getpid},
+};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -17,42 +23,77 @@ use crate::{
     supervisor::{self, Channels, Plan, Shared, backoff::BackoffPolicy, lifecycle, spawn},
 };
 
-/// A failure before any worker ran, with its exit code.
+/// Why the agent could not start (or its supervisor failed), each with its
+/// exit code (`code`).
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct StartError {
-    pub code: i32,
-    pub message: String,
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::LoadError),
+    #[error("{}", config::ConfigError::NoCommand)]
+    NoCommand,
+    #[error("--group needs --user")]
+    GroupWithoutUser,
+    #[error(transparent)]
+    Port(#[from] listeners::ListenerError),
+    #[error("{}", crate::error_chain(.0))]
+    Steering(#[from] steering::SteeringError),
+    #[error("cannot create the runtime directory: {0}")]
+    RuntimeDir(#[source] io::Error),
+    #[error(transparent)]
+    Command(#[from] spawn::SpawnError),
+    #[error("--user needs the agent to run as root")]
+    UserNeedsRoot,
+    #[error("--user {0}: no such user")]
+    NoSuchUser(String),
+    #[error("--group {0}: no such group")]
+    NoSuchGroup(String),
+    #[error("cannot start the balancer thread: {0}")]
+    Balancer(#[source] io::Error),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] io::Error),
+    #[error("{}", crate::error_chain(.0))]
+    Admin(#[from] admin::AdminError),
+    #[error("supervisor failed: {0}")]
+    Supervisor(#[source] io::Error),
 }
 
-fn usage(message: impl Into<String>) -> StartError {
-    StartError {
-        code: exit::USAGE,
-        message: message.into(),
-    }
-}
-
-fn environment(message: impl Into<String>) -> StartError {
-    StartError {
-        code: exit::ENVIRONMENT,
-        message: message.into(),
+impl StartError {
+    /// The exit code (`crate::exit`): usage errors, the machine's, or a
+    /// runtime failure.
+    #[must_use]
+    pub fn code(&self) -> i32 {
+        match self {
+            Self::Config(_) | Self::NoCommand | Self::GroupWithoutUser => exit::USAGE,
+            Self::Port(_)
+            | Self::Steering(_)
+            | Self::RuntimeDir(_)
+            | Self::Command(_)
+            | Self::UserNeedsRoot
+            | Self::NoSuchUser(_)
+            | Self::NoSuchGroup(_) => exit::ENVIRONMENT,
+            Self::Balancer(_) | Self::Runtime(_) | Self::Admin(_) | Self::Supervisor(_) => {
+                exit::FAILURE
+            }
+        }
     }
 }
 
 /// Resolves the layers: command line, environment, the file, defaults.
+///
+/// # Errors
+/// A bad command line, environment variable or file.
 pub fn load_config(args: &RunArgs) -> Result<RunConfig, StartError> {
-    config::load(args)
-        .map(|(config, _)| config)
-        .map_err(|e| usage(e.to_string()))
+    Ok(config::load(args).map(|(config, _)| config)?)
 }
 
 /// Runs the agent; returns the process exit code.
+#[must_use]
 pub fn run(args: &RunArgs) -> i32 {
     let config = match load_config(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("watt-agent: {}", e.message);
-            return e.code;
+            eprintln!("watt-agent: {e}");
+            return e.code();
         }
     };
     logging::init(config.log_format, &config.log_level);
@@ -66,100 +107,37 @@ pub fn run(args: &RunArgs) -> i32 {
     match start(&config) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{}", e.message);
-            e.code
+            tracing::error!("{e}");
+            e.code()
         }
     }
 }
 
-fn start(config: &RunConfig) -> Result<i32, StartError> {
-    let started = std::time::Instant::now();
-    let workers = match config.workers {
-        Workers::Auto => cpus::available(),
-        Workers::Count(n) => n,
-    }
-    .min(crate::MAX_WORKERS);
-    let program = program(config)?;
-    let spec = ListenSpec {
-        addr: config.listen_addr(),
-        backlog: i32::try_from(config.backlog).unwrap_or(i32::MAX),
-    };
-    listeners::ensure_port_free(spec.addr).map_err(|e| environment(e.to_string()))?;
-    let steering = match config.policy {
-        Policy::Kernel => None,
-        Policy::Hash | Policy::Rescue => {
-            Some(Steering::load().map_err(|e| environment(crate::error_chain(&e)))?)
-        }
-    };
-    // Decision-cost metrics: the kernel counts program run time while this
-    // fd stays open (until the end of `start`).
-    let bpf_stats = match (&steering, config.bpf_stats) {
-        (Some(_), true) => match steering::enable_stats() {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                tracing::warn!(
-                    "--bpf-stats: cannot enable the kernel's BPF statistics ({e}; it needs \
-                     CAP_SYS_ADMIN): the decision-cost metrics stay absent"
-                );
-                None
-            }
-        },
-        _ => None,
-    };
-    let runtime = RuntimeDir::create()
-        .map_err(|e| environment(format!("cannot create the runtime directory: {e}")))?;
-    // SAFETY: getpid has no preconditions.
-    if unsafe { libc::getpid() } == 1 {
-        tracing::info!("running as PID 1: reaping orphans and forwarding signals to the workers");
-    } else {
-        // Orphans of crashed workers are reparented to us and reaped.
-        // SAFETY: plain prctl.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    }
-    let (health_tx, health) = mpsc::unbounded_channel();
-    let balancer = balancer::Handle::start(
-        steering,
-        balancer::Settings {
-            policy: config.policy,
-            tick: config.tick,
-            health: balancer::health::Params {
-                rescue_after: config.rescue_after,
-                stuck_after: config.stuck_after,
-                max_memory: config.max_memory_restart.map(|m| m.0),
-                probation: balancer::health::PROBATION,
-            },
-            addr: spec.addr,
-        },
-        health_tx,
-    )
-    .map_err(|e| StartError {
-        code: exit::FAILURE,
-        message: format!("cannot start the balancer thread: {e}"),
-    })?;
+/// What is set up before the balancer: checked in this order so that a
+/// bad command or a busy port fails before any BPF is loaded.
+struct Prepared {
+    plan: Plan,
+    steering: Option<Steering>,
+    /// Keeps the kernel's BPF run-time statistics on while open.
+    bpf_stats: Option<std::os::fd::OwnedFd>,
+    runtime: RuntimeDir,
+}
 
-    let plan = Plan {
-        settings: lifecycle::Settings {
-            workers,
-            max_slots: watt_common::MAX_SLOTS,
-            start_timeout: config.start_timeout,
-            kill_timeout: config.kill_timeout,
-            backoff: BackoffPolicy {
-                initial: config.restart_delay,
-                factor: config.restart_backoff,
-                max: config.restart_delay_max,
-                min_uptime: config.min_uptime,
-                max_restarts: config.max_restarts,
-                window: config.restart_window,
-            },
-        },
-        program,
-        spec,
-        shim: runtime.shim_path(),
-        max_requests_per_socket: config.max_requests_per_socket,
-        user_sets_port: config.env.iter().any(|(k, _)| k == "PORT"),
-    };
+fn start(config: &RunConfig) -> Result<i32, StartError> {
+    let started = Instant::now();
+    let Prepared {
+        plan,
+        steering,
+        bpf_stats,
+        runtime,
+    } = prepare(config)?;
+    become_subreaper();
+    let spec = plan.spec;
+    let (health_tx, health) = mpsc::unbounded_channel();
+    let balancer = balancer::Handle::start(steering, balancer_settings(config, spec), health_tx)
+        .map_err(StartError::Balancer)?;
     tracing::info!(
-        workers,
+        workers = plan.settings.workers,
         policy = %config.policy,
         "watt-agent listening on {} (backlog {})",
         spec.addr,
@@ -170,31 +148,22 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| StartError {
-            code: exit::FAILURE,
-            message: format!("cannot start the runtime: {e}"),
-        })?;
+        .map_err(StartError::Runtime)?;
     let admin = {
         let _in_runtime = rt.enter();
-        admin::Server::start(
-            &config.admin,
-            admin::Sources {
-                shared: Arc::clone(&shared),
-                snapshot: Arc::clone(&balancer.snapshot),
-                control: control_tx,
-                info: admin::Info {
-                    policy: config.policy,
-                    listen: spec.addr,
-                    min_ready: config.min_ready,
-                    bpf_stats: bpf_stats.is_some(),
-                    started,
-                },
+        let inputs = admin::Inputs {
+            shared: Arc::clone(&shared),
+            snapshot: Arc::clone(&balancer.snapshot),
+            control: control_tx,
+            info: admin::Info {
+                policy: config.policy,
+                listen: spec.addr,
+                min_ready: config.min_ready,
+                bpf_stats: bpf_stats.is_some(),
+                started,
             },
-        )
-        .map_err(|e| StartError {
-            code: exit::FAILURE,
-            message: crate::error_chain(&e),
-        })?
+        };
+        admin::Server::start(&config.admin, inputs)?
     };
     if let Some(a) = &admin {
         tracing::info!(
@@ -212,31 +181,109 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
     drop(admin);
     balancer.stop();
     drop(runtime);
-    match result {
-        Ok(code) => {
-            tracing::info!(code, "watt-agent stopped");
-            Ok(code)
-        }
-        Err(e) => Err(StartError {
-            code: exit::FAILURE,
-            message: format!("supervisor failed: {e}"),
-        }),
+    let code = result.map_err(StartError::Supervisor)?;
+    tracing::info!(code, "watt-agent stopped");
+    Ok(code)
+}
+
+fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
+    let workers = match config.workers {
+        Workers::Auto => cpus::available(),
+        Workers::Count(n) => n,
+    }
+    .min(crate::MAX_WORKERS);
+    let program = program(config)?;
+    let spec = ListenSpec {
+        addr: config.listen_addr(),
+        backlog: i32::try_from(config.backlog).unwrap_or(i32::MAX),
+    };
+    listeners::ensure_port_free(spec.addr)?;
+    let steering = match config.policy {
+        Policy::Kernel => None,
+        Policy::Hash | Policy::Rescue => Some(Steering::load()?),
+    };
+    // Decision-cost metrics: the kernel counts program run time while this
+    // fd stays open (until the end of `start`).
+    let bpf_stats = match (&steering, config.bpf_stats) {
+        (Some(_), true) => steering::enable_stats()
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "--bpf-stats: cannot enable the kernel's BPF statistics ({e}; it needs \
+                     CAP_SYS_ADMIN): the decision-cost metrics stay absent"
+                );
+            })
+            .ok(),
+        _ => None,
+    };
+    let runtime = RuntimeDir::create().map_err(StartError::RuntimeDir)?;
+    let plan = Plan {
+        settings: lifecycle_settings(config, workers),
+        program,
+        spec,
+        shim: runtime.shim_path(),
+        max_requests_per_socket: config.max_requests_per_socket,
+        user_sets_port: config.env.iter().any(|(k, _)| k == "PORT"),
+    };
+    Ok(Prepared {
+        plan,
+        steering,
+        bpf_stats,
+        runtime,
+    })
+}
+
+/// Orphans of crashed workers are reparented to the agent and reaped; as
+/// PID 1 it is their parent anyway.
+fn become_subreaper() {
+    if getpid().as_raw() == 1 {
+        tracing::info!("running as PID 1: reaping orphans and forwarding signals to the workers");
+    } else if let Err(e) = prctl::set_child_subreaper(true) {
+        tracing::warn!("cannot become the workers' subreaper ({e}): their orphans go to init");
+    }
+}
+
+fn balancer_settings(config: &RunConfig, spec: ListenSpec) -> balancer::Settings {
+    balancer::Settings {
+        policy: config.policy,
+        tick: config.tick,
+        health: balancer::health::Params {
+            rescue_after: config.rescue_after,
+            stuck_after: config.stuck_after,
+            max_memory: config.max_memory_restart.map(|m| m.0),
+            probation: balancer::health::PROBATION,
+        },
+        addr: spec.addr,
+    }
+}
+
+fn lifecycle_settings(config: &RunConfig, workers: u32) -> lifecycle::Settings {
+    lifecycle::Settings {
+        workers,
+        max_slots: watt_common::MAX_SLOTS,
+        start_timeout: config.start_timeout,
+        kill_timeout: config.kill_timeout,
+        backoff: BackoffPolicy {
+            initial: config.restart_delay,
+            factor: config.restart_backoff,
+            max: config.restart_delay_max,
+            min_uptime: config.min_uptime,
+            max_restarts: config.max_restarts,
+            window: config.restart_window,
+        },
+        startup_attempts: lifecycle::STARTUP_ATTEMPTS,
     }
 }
 
 /// The worker program: command resolved in PATH, environment, identity.
 fn program(config: &RunConfig) -> Result<spawn::Program, StartError> {
-    let (cmd, args) = config
-        .command
-        .split_first()
-        .ok_or_else(|| usage(config::ConfigError::NoCommand.to_string()))?;
+    let (cmd, args) = config.command.split_first().ok_or(StartError::NoCommand)?;
     let path_var = config
         .env
         .iter()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| OsString::from(v))
         .or_else(|| std::env::var_os("PATH"));
-    let path = spawn::resolve(cmd, path_var.as_deref()).map_err(|e| environment(e.to_string()))?;
+    let path = spawn::resolve(cmd, path_var.as_deref())?;
     if let Some(name) = path.file_name().and_then(|n| n.to_str())
         && matches!(name, "npm" | "npx" | "yarn" | "pnpm")
     {
@@ -270,13 +317,12 @@ fn identity(config: &RunConfig) -> Result<Option<spawn::Identity>, StartError> {
     use nix::unistd::{Gid, Group, User};
     let Some(user) = &config.user else {
         if config.group.is_some() {
-            return Err(usage("--group needs --user"));
+            return Err(StartError::GroupWithoutUser);
         }
         return Ok(None);
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(environment("--user needs the agent to run as root"));
+    if !geteuid().is_root() {
+        return Err(StartError::UserNeedsRoot);
     }
     let account = match user.parse::<u32>() {
         Ok(uid) => User::from_uid(uid.into()).ok().flatten(),
@@ -284,7 +330,7 @@ fn identity(config: &RunConfig) -> Result<Option<spawn::Identity>, StartError> {
             User::from_name(user)
                 .ok()
                 .flatten()
-                .ok_or_else(|| environment(format!("--user {user}: no such user")))?,
+                .ok_or_else(|| StartError::NoSuchUser(user.clone()))?,
         ),
     };
     let uid = account
@@ -296,7 +342,7 @@ fn identity(config: &RunConfig) -> Result<Option<spawn::Identity>, StartError> {
             Err(_) => Group::from_name(g)
                 .ok()
                 .flatten()
-                .ok_or_else(|| environment(format!("--group {g}: no such group")))?
+                .ok_or_else(|| StartError::NoSuchGroup(g.clone()))?
                 .gid
                 .as_raw(),
         },

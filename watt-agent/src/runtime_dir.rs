@@ -49,8 +49,7 @@ fn base_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let run = Path::new("/run");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 && run.is_dir() {
+    if nix::unistd::geteuid().is_root() && run.is_dir() {
         return run.to_path_buf();
     }
     std::env::temp_dir()

@@ -9,7 +9,7 @@ use watt_common::{MAX_SLOTS, TABLE_SIZE, Table};
 /// Builds a table that gives slot `i` a share `weights[i] / sum(weights)`.
 ///
 /// Returns `None` if every weight is zero (no slot to send anything to); the
-/// caller then publishes [`unweighted`].
+/// caller then publishes [`no_ready_slot`].
 #[must_use]
 pub fn weighted(weights: &[u32]) -> Option<Table> {
     let slot_count = weights.len().min(MAX_SLOTS as usize);
@@ -40,9 +40,9 @@ pub fn weighted(weights: &[u32]) -> Option<Table> {
 
 /// A table of `slot_count` slots and no selectable bucket: with every slot
 /// out of service, the program probes for a ready one, finds none, counts
-/// and logs "no ready slot" and leaves the choice to the kernel's hash.
+/// "no ready slot" and leaves the choice to the kernel's hash.
 #[must_use]
-pub fn unweighted(slot_count: u32) -> Table {
+pub fn no_ready_slot(slot_count: u32) -> Table {
     let mut table = Table::empty();
     table.slot_count = slot_count.min(MAX_SLOTS);
     table

@@ -108,45 +108,83 @@ fn counter(v: u64) -> ConstCounter<u64> {
     ConstCounter::new(v)
 }
 
+fn worker_labels(x: &status::WorkerStatus) -> Labels {
+    vec![("worker", x.id.to_string())]
+}
+
+/// What belongs to the worker's current listener: worker and slot.
+fn slot_labels(x: &status::WorkerStatus) -> Option<Labels> {
+    Some(vec![
+        ("worker", x.id.to_string()),
+        ("slot", x.slot?.to_string()),
+    ])
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let s = &self.status;
         let enc = &mut enc;
-        single(
-            enc,
-            "watt_workers",
-            "Workers the agent runs (--workers)",
-            None,
-            int(s.workers_configured as u64),
-        )?;
-        single(
-            enc,
-            "watt_workers_ready",
-            "Workers ready now",
-            None,
-            int(s.ready as u64),
-        )?;
-        single(
-            enc,
-            "watt_min_ready",
-            "Ready workers /readyz needs (--min-ready)",
-            None,
-            int(s.min_ready),
-        )?;
-        single(
-            enc,
-            "watt_ready",
-            "1 when /readyz answers 200",
-            None,
-            int(u8::from(s.is_ready)),
-        )?;
-        single(
-            enc,
-            "watt_reloading",
-            "1 while a rolling reload runs",
-            None,
-            int(u8::from(s.reloading)),
-        )?;
+        self.fleet(enc)?;
+        self.workers(enc)?;
+        self.listeners(enc)?;
+        self.program(enc)?;
+        self.sampler(enc)
+    }
+}
+
+impl Scrape {
+    /// One sample per worker that has a value.
+    fn per_worker<M: EncodeMetric>(
+        &self,
+        enc: &mut DescriptorEncoder,
+        (name, help, unit): (&str, &str, Option<&Unit>),
+        value: impl Fn(&status::WorkerStatus) -> Option<M>,
+    ) -> fmt::Result {
+        let samples = self.status.workers.iter();
+        let samples = samples.filter_map(|x| Some((worker_labels(x), value(x)?)));
+        family(enc, name, help, unit, samples.collect())
+    }
+
+    /// One sample per worker that has a listener (a slot) and a value.
+    fn per_slot<M: EncodeMetric>(
+        &self,
+        enc: &mut DescriptorEncoder,
+        (name, help, unit): (&str, &str, Option<&Unit>),
+        value: impl Fn(&status::WorkerStatus) -> Option<M>,
+    ) -> fmt::Result {
+        let samples = self.status.workers.iter();
+        let samples = samples.filter_map(|x| Some((slot_labels(x)?, value(x)?)));
+        family(enc, name, help, unit, samples.collect())
+    }
+
+    /// The agent as a whole: workers, readiness, reloads, uptime.
+    fn fleet(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let s = &self.status;
+        let ints: [(&str, &str, u64); 5] = [
+            (
+                "watt_workers",
+                "Workers the agent runs (--workers)",
+                s.workers_configured as u64,
+            ),
+            ("watt_workers_ready", "Workers ready now", s.ready as u64),
+            (
+                "watt_min_ready",
+                "Ready workers /readyz needs (--min-ready)",
+                u64::from(s.min_ready),
+            ),
+            (
+                "watt_ready",
+                "1 when /readyz answers 200",
+                u64::from(s.is_ready),
+            ),
+            (
+                "watt_reloading",
+                "1 while a rolling reload runs",
+                u64::from(s.reloading),
+            ),
+        ];
+        for (name, help, v) in ints {
+            single(enc, name, help, None, int(v))?;
+        }
         single(
             enc,
             "watt_reloads",
@@ -167,154 +205,139 @@ impl Collector for Scrape {
             "Time since the agent started",
             Some(&Unit::Seconds),
             gauge(s.uptime_seconds),
-        )?;
+        )
+    }
 
-        let w = |id: u32| -> Labels { vec![("worker", id.to_string())] };
+    /// Each worker's state and restarts (label `worker`).
+    fn workers(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         family(
             enc,
             "watt_worker_state",
             "1 for the state each worker is in (starting, ready, busy, draining, down), 0 for the others",
             None,
-            s.workers
+            self.status
+                .workers
                 .iter()
                 .flat_map(|worker| {
                     WorkerState::ALL.iter().map(move |st| {
-                        let mut l = w(worker.id);
+                        let mut l = worker_labels(worker);
                         l.push(("state", st.name().to_owned()));
                         (l, int(u8::from(worker.state == *st)))
                     })
                 })
                 .collect(),
         )?;
-        family(
+        self.per_worker(
             enc,
-            "watt_worker_restarts",
-            "Restarts of each worker after a crash",
-            None,
-            s.workers
-                .iter()
-                .map(|x| (w(x.id), counter(u64::from(x.restarts))))
-                .collect(),
+            (
+                "watt_worker_restarts",
+                "Restarts of each worker after a crash",
+                None,
+            ),
+            |x| Some(counter(u64::from(x.restarts))),
         )?;
-        family(
+        self.per_worker(
             enc,
-            "watt_worker_crash_looping",
-            "1 while a worker crashes more than --max-restarts times within --restart-window",
-            None,
-            s.workers
-                .iter()
-                .map(|x| (w(x.id), int(u8::from(x.crash_looping))))
-                .collect(),
+            (
+                "watt_worker_crash_looping",
+                "1 while a worker crashes more than --max-restarts times within --restart-window, \
+                 or more than --max-restarts times in a row each up less than --min-uptime",
+                None,
+            ),
+            |x| Some(int(u8::from(x.crash_looping))),
         )?;
-        family(
+        self.per_worker(
             enc,
-            "watt_worker_uptime",
-            "Time since the worker's process started",
-            Some(&Unit::Seconds),
-            s.workers
-                .iter()
-                .filter_map(|x| Some((w(x.id), gauge(x.uptime_seconds?))))
-                .collect(),
-        )?;
+            (
+                "watt_worker_uptime",
+                "Time since the worker's process started",
+                Some(&Unit::Seconds),
+            ),
+            |x| Some(gauge(x.uptime_seconds?)),
+        )
+    }
 
-        // What belongs to the worker's current listener: worker and slot.
-        let ws = |x: &status::WorkerStatus| -> Option<Labels> {
-            Some(vec![
-                ("worker", x.id.to_string()),
-                ("slot", x.slot?.to_string()),
-            ])
-        };
-        family(
+    /// What the balancer measured for each worker's listener (labels
+    /// `worker`, `slot`).
+    fn listeners(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let seconds = Some(&Unit::Seconds);
+        self.per_slot(
             enc,
-            "watt_worker_cpu",
-            "CPU time of the worker's process",
-            Some(&Unit::Seconds),
-            s.workers
-                .iter()
-                .filter_map(|x| {
-                    Some((
-                        ws(x)?,
-                        ConstCounter::new(x.load.measured.cpu_time?.as_secs_f64()),
-                    ))
-                })
-                .collect(),
+            (
+                "watt_worker_cpu",
+                "CPU time of the worker's process",
+                seconds,
+            ),
+            |x| Some(ConstCounter::new(x.load.measured.cpu_time?.as_secs_f64())),
         )?;
-        family(
+        self.per_slot(
             enc,
-            "watt_worker_run_queue_wait",
-            "Time the worker's main thread waited for a CPU (runnable, not running)",
-            Some(&Unit::Seconds),
-            s.workers
-                .iter()
-                .filter_map(|x| {
-                    Some((
-                        ws(x)?,
-                        ConstCounter::new(x.load.measured.run_delay?.as_secs_f64()),
-                    ))
-                })
-                .collect(),
+            (
+                "watt_worker_run_queue_wait",
+                "Time the worker's main thread waited for a CPU (runnable, not running)",
+                seconds,
+            ),
+            |x| Some(ConstCounter::new(x.load.measured.run_delay?.as_secs_f64())),
         )?;
-        family(
+        self.per_slot(
             enc,
-            "watt_worker_resident_memory",
-            "Resident memory (RSS) of the worker's process",
-            Some(&Unit::Bytes),
-            s.workers
-                .iter()
-                .filter_map(|x| Some((ws(x)?, int(x.load.measured.rss_bytes?))))
-                .collect(),
+            (
+                "watt_worker_resident_memory",
+                "Resident memory (RSS) of the worker's process",
+                Some(&Unit::Bytes),
+            ),
+            |x| Some(int(x.load.measured.rss_bytes?)),
         )?;
-        family(
+        self.per_slot(
             enc,
-            "watt_worker_accept_queue_depth",
-            "Connections waiting in the worker's accept queue at the last sample",
-            None,
-            s.workers
-                .iter()
-                .filter_map(|x| Some((ws(x)?, int(x.load.measured.queue_depth?))))
-                .collect(),
+            (
+                "watt_worker_accept_queue_depth",
+                "Connections waiting in the worker's accept queue at the last sample",
+                None,
+            ),
+            |x| Some(int(x.load.measured.queue_depth?)),
         )?;
-        family(
-            enc,
-            "watt_worker_connections",
-            "New connections the program steered to the worker's slot (per slot since the agent started)",
-            None,
-            s.workers
-                .iter()
-                .filter_map(|x| Some((ws(x)?, counter(x.load.connections?))))
-                .collect(),
-        )?;
-        family(
-            enc,
-            "watt_worker_migrated_connections",
-            "Queued connections migrated into the worker's slot from a stopped listener (per slot since the agent started)",
-            None,
-            s.workers
-                .iter()
-                .filter_map(|x| Some((ws(x)?, counter(x.load.migrated_in?))))
-                .collect(),
-        )?;
-        family(
-            enc,
-            "watt_worker_rescues",
-            "Times the worker's accept queue was rescued to other workers",
-            None,
-            s.workers
-                .iter()
-                .filter_map(|x| Some((ws(x)?, counter(x.load.measured.rescues))))
-                .collect(),
-        )?;
-        family(
-            enc,
-            "watt_worker_rescued_connections",
-            "Connections moved out of the worker's accept queue by rescues",
-            None,
-            s.workers
-                .iter()
-                .filter_map(|x| Some((ws(x)?, counter(x.load.measured.rescued_connections))))
-                .collect(),
-        )?;
+        self.listener_counters(enc)
+    }
 
+    /// The per-listener counters: steered, migrated, rescued.
+    fn listener_counters(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        type Counter = (
+            &'static str,
+            &'static str,
+            fn(&status::WorkerStatus) -> Option<u64>,
+        );
+        let counters: [Counter; 4] = [
+            (
+                "watt_worker_connections",
+                "New connections the program steered to the worker's slot (per slot since the agent started)",
+                |x| x.load.connections,
+            ),
+            (
+                "watt_worker_migrated_connections",
+                "Queued connections migrated into the worker's slot from a stopped listener (per slot since the agent started)",
+                |x| x.load.migrated_in,
+            ),
+            (
+                "watt_worker_rescues",
+                "Times the worker's accept queue was rescued to other workers",
+                |x| Some(x.load.measured.rescues),
+            ),
+            (
+                "watt_worker_rescued_connections",
+                "Connections moved out of the worker's accept queue by rescues",
+                |x| Some(x.load.measured.rescued_connections),
+            ),
+        ];
+        for (name, help, value) in counters {
+            self.per_slot(enc, (name, help, None), |x| value(x).map(counter))?;
+        }
+        Ok(())
+    }
+
+    /// The steering program: its mode, its decisions, its run time.
+    fn program(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let s = &self.status;
         if let Some(source) = s.queue_depth_source {
             family(
                 enc,
@@ -324,67 +347,68 @@ impl Collector for Scrape {
                 vec![(vec![("source", source.as_str().to_owned())], int(1u32))],
             )?;
         }
-        if let Some(p) = &s.program {
-            family(
-                enc,
-                "watt_program_mode",
-                "Which steering program runs (1 for the mode in use): select-or-migrate, or \
-                 select-only on kernels before 5.14 (no lossless crash or drain)",
-                None,
-                vec![(vec![("mode", p.mode.as_str().to_owned())], int(1u32))],
-            )?;
-            single(
-                enc,
+        let Some(p) = &s.program else {
+            return Ok(());
+        };
+        family(
+            enc,
+            "watt_program_mode",
+            "Which steering program runs (1 for the mode in use): select-or-migrate, or \
+             select-only on kernels before 5.14 (no lossless crash or drain)",
+            None,
+            vec![(vec![("mode", p.mode.as_str().to_owned())], int(1u32))],
+        )?;
+        let counters = [
+            (
                 "watt_program_connections",
                 "New connections the steering program decided",
-                None,
-                counter(p.connections),
-            )?;
-            single(
-                enc,
+                p.connections,
+            ),
+            (
                 "watt_program_migrations",
                 "Queued connections the program moved from a stopped listener",
-                None,
-                counter(p.migrations),
-            )?;
-            single(
-                enc,
+                p.migrations,
+            ),
+            (
                 "watt_program_fallbacks",
                 "Connections left to the kernel's hash (no usable table entry)",
-                None,
-                counter(p.fallbacks),
-            )?;
-            single(
-                enc,
+                p.fallbacks,
+            ),
+            (
                 "watt_program_no_ready_slot",
                 "Connections that arrived while no worker was ready",
-                None,
-                counter(p.no_ready_slot),
+                p.no_ready_slot,
+            ),
+            (
+                "watt_program_select_errors",
+                "Failed socket selections in the program",
+                p.select_errors,
+            ),
+        ];
+        for (name, help, v) in counters {
+            single(enc, name, help, None, counter(v))?;
+        }
+        if let (Some(t), Some(n)) = (p.run_time_seconds, p.runs) {
+            single(
+                enc,
+                "watt_program_run_time",
+                "Time the kernel spent in the program (--bpf-stats)",
+                Some(&Unit::Seconds),
+                ConstCounter::new(t),
             )?;
             single(
                 enc,
-                "watt_program_select_errors",
-                "Failed socket selections in the program",
+                "watt_program_runs",
+                "Runs of the program (--bpf-stats)",
                 None,
-                counter(p.select_errors),
+                counter(n),
             )?;
-            if let (Some(t), Some(n)) = (p.run_time_seconds, p.runs) {
-                single(
-                    enc,
-                    "watt_program_run_time",
-                    "Time the kernel spent in the program (--bpf-stats)",
-                    Some(&Unit::Seconds),
-                    ConstCounter::new(t),
-                )?;
-                single(
-                    enc,
-                    "watt_program_runs",
-                    "Runs of the program (--bpf-stats)",
-                    None,
-                    counter(n),
-                )?;
-            }
         }
+        Ok(())
+    }
+
+    /// The balancer's own work: ticks and rescues.
+    fn sampler(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         single(
             enc,
             "watt_sampler_ticks",
@@ -412,8 +436,7 @@ impl Collector for Scrape {
             "Connections moved by accept-queue rescues, all workers",
             None,
             counter(self.rescued_connections),
-        )?;
-        Ok(())
+        )
     }
 }
 

@@ -4,7 +4,7 @@
 //! the listener" is never reordered and two writers never race on a slot.
 //!
 //! The supervisor sends it commands. The load sampler runs inside its loop
-//! (`sampling`): it watches the listeners' accept queues and the workers'
+//! (`event_loop`): it watches the listeners' accept queues and the workers'
 //! main threads, marks busy workers out of the table, rescues their queued
 //! connections, and reports stuck and over-memory ones on its own channel
 //! (`HealthReport`); what to do about them is the supervisor's business.
@@ -28,10 +28,10 @@ use crate::{
     steering::{Counters, ProgramMode, Steering},
 };
 
+mod event_loop;
 pub mod health;
 mod load;
 pub mod policy;
-mod sampling;
 
 pub use load::Load;
 use policy::SlotView;

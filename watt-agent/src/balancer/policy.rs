@@ -40,7 +40,7 @@ pub fn build_table(slots: &BTreeMap<Slot, SlotView>) -> Table {
                 .map_or(0, |&v| u32::from(effective_state(v) == SlotState::Ready))
         })
         .collect();
-    table::weighted(&weights).unwrap_or_else(|| table::unweighted(slot_count))
+    table::weighted(&weights).unwrap_or_else(|| table::no_ready_slot(slot_count))
 }
 
 #[cfg(test)]

@@ -66,8 +66,11 @@ fn capture_proc() {
     busy.wait_syscall(wait, |s| s.starts_with("running"));
     save_proc("node-busy", &busy);
     // Stopped while running user code: blocked, but not in a syscall.
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(busy.pid(), libc::SIGSTOP) };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(busy.pid()),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("stop our own child");
     busy.wait_syscall(wait, |s| s.starts_with("-1 "));
     save_proc("node-stopped", &busy);
 

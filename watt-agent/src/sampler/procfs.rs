@@ -1,7 +1,7 @@
 //! Per-worker readers of `/proc/<pid>/...`: main-thread CPU time and state,
 //! run-queue wait, RSS, and the main thread's current syscall.
 //!
-//! A [`WorkerProbe`] opens its four files once and re-reads them with
+//! A [`WorkerProbe`] opens its files once and re-reads them with
 //! `pread(fd, buf, 0)`. Every file read here is a single-record `seq_file`,
 //! and the kernel regenerates such a file's text when it is read at offset 0,
 //! so one `pread` per file and tick is all it costs: no `open`/`close`, no
@@ -15,6 +15,8 @@
 //! (see [`parse_syscall`]). Each parse function is pure and tested on files
 //! captured on a real machine (`tests-data/proc/`).
 use std::{fmt, fs::File, io, os::unix::fs::FileExt, time::Duration};
+
+use nix::unistd::SysconfVar;
 
 use procfs_core::{
     FromRead,
@@ -362,8 +364,8 @@ impl WorkerProbe {
             syscall,
             io,
             buf: vec![0; 4096],
-            clk_tck: sysconf(libc::_SC_CLK_TCK, 100),
-            page_size: sysconf(libc::_SC_PAGESIZE, 4096),
+            clk_tck: sysconf(SysconfVar::CLK_TCK, 100),
+            page_size: sysconf(SysconfVar::PAGE_SIZE, 4096),
         })
     }
 
@@ -435,10 +437,13 @@ pub fn ticks_to_duration(ticks: u64, hz: u64) -> Duration {
     Duration::from_secs(ticks / hz) + Duration::from_nanos((ticks % hz) * 1_000_000_000 / hz)
 }
 
-fn sysconf(name: libc::c_int, fallback: u64) -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let v = unsafe { libc::sysconf(name) };
-    u64::try_from(v).ok().filter(|&v| v > 0).unwrap_or(fallback)
+fn sysconf(name: SysconfVar, fallback: u64) -> u64 {
+    nix::unistd::sysconf(name)
+        .ok()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(fallback)
 }
 
 /// Reads the whole file from offset 0 into `buf` (one `pread`; the buffer

@@ -20,7 +20,7 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr, SocketAddrV6},
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::BorrowedFd,
 };
 
 use netlink_packet_core::{
@@ -213,23 +213,9 @@ fn open_socket() -> Result<Socket, SockDiagError> {
         .map_err(err("connect"))?;
     // The kernel answers a dump synchronously, so a recv never waits long;
     // the timeout only keeps a bug from blocking the sampler forever.
-    let tv = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 0,
-    };
-    // SAFETY: valid fd, and a pointer/length pair to a live timeval.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(err("SO_RCVTIMEO")(io::Error::last_os_error()));
-    }
+    let timeout = nix::sys::time::TimeVal::new(1, 0);
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+        .map_err(|e| err("SO_RCVTIMEO")(e.into()))?;
     Ok(socket)
 }
 

@@ -189,6 +189,5 @@ pub fn errno_as_nobody(probe: impl FnOnce() -> i32) -> i32 {
 /// Whether this process is root (some permission tests need to drop
 /// privileges, which only root can do).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }

@@ -1,5 +1,7 @@
 //! Restart delays: exponential backoff with a cap, reset after a worker has
-//! stayed up long enough, and crash-loop detection over a sliding window.
+//! stayed up long enough, and crash-loop detection: over a sliding window,
+//! and by consecutive short-lived runs (which a window alone misses once the
+//! delay has grown past `window / max_restarts`).
 use std::{
     collections::VecDeque,
     time::{Duration, Instant},
@@ -18,7 +20,8 @@ pub struct BackoffPolicy {
     /// A worker that was up at least this long before crashing starts over
     /// at `initial`.
     pub min_uptime: Duration,
-    /// More than this many crashes within `window` is a crash loop.
+    /// More than this many crashes within `window`, or more than this many
+    /// in a row each up less than `min_uptime`, is a crash loop.
     pub max_restarts: u32,
     pub window: Duration,
 }
@@ -41,6 +44,8 @@ impl Default for BackoffPolicy {
 pub struct Backoff {
     next: Option<Duration>,
     crashes: VecDeque<Instant>,
+    /// Crashes in a row, each after less than `min_uptime`.
+    short_runs: u32,
 }
 
 impl Backoff {
@@ -54,6 +59,9 @@ impl Backoff {
     ) -> (Duration, bool) {
         if uptime >= policy.min_uptime {
             self.next = None;
+            self.short_runs = 0;
+        } else {
+            self.short_runs = self.short_runs.saturating_add(1);
         }
         let delay = self.next.unwrap_or(policy.initial).min(policy.max);
         self.next = Some(delay.mul_f64(policy.factor.max(1.0)).min(policy.max));
@@ -65,7 +73,8 @@ impl Backoff {
         {
             self.crashes.pop_front();
         }
-        let looping = self.crashes.len() > policy.max_restarts as usize;
+        let looping = self.crashes.len() > policy.max_restarts as usize
+            || self.short_runs > policy.max_restarts;
         (delay, looping)
     }
 
@@ -124,9 +133,27 @@ mod tests {
         let t = Instant::now();
         let looping: Vec<bool> = (0..5).map(|_| b.crashed(&p, t, Duration::ZERO).1).collect();
         assert_eq!(looping, vec![false, false, false, true, true]);
-        // Old crashes leave the window.
-        let (_, looping) = b.crashed(&p, t + Duration::from_secs(120), Duration::ZERO);
+        // Old crashes leave the window, and a run that lasted ends the
+        // streak of short ones.
+        let (_, looping) = b.crashed(&p, t + Duration::from_secs(120), Duration::from_secs(10));
         assert!(!looping);
         assert_eq!(b.recent_crashes(), 1);
+    }
+
+    /// A command that can never start, once the delay has reached its cap:
+    /// never more than two crashes in the window, still a loop.
+    #[test]
+    fn short_runs_in_a_row_are_a_loop_even_when_spread_past_the_window() {
+        let p = policy();
+        let mut b = Backoff::default();
+        let t = Instant::now();
+        let looping: Vec<bool> = (0..5)
+            .map(|i| {
+                let at = t + p.window.mul_f64(0.6) * i;
+                b.crashed(&p, at, Duration::from_millis(50)).1
+            })
+            .collect();
+        assert!(b.recent_crashes() <= 2, "the window alone sees no loop");
+        assert_eq!(looping, vec![false, false, false, true, true]);
     }
 }

@@ -8,7 +8,6 @@
 //! live as long as the agent.
 use std::{
     collections::{HashMap, VecDeque},
-    ffi::OsString,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -33,12 +32,14 @@ use crate::{
 };
 
 pub mod backoff;
+mod env;
 pub mod lifecycle;
+mod notes;
 pub mod spawn;
 pub mod worker_io;
 
 use lifecycle::{Action, Event, Lifecycle, Note, Refused, Sig, WorkerView};
-use worker_io::Notice;
+use worker_io::{Notice, Tail};
 
 /// An operator's command (admin API, CLI) and where its answer goes: the
 /// lifecycle's own verdict, `Ok` with what started or `Err` with why not.
@@ -144,6 +145,7 @@ pub async fn run(
         pending: HashMap::new(),
         pids: HashMap::new(),
         other_ports: HashMap::new(),
+        tails: HashMap::new(),
         notice_tx,
         queue: VecDeque::new(),
         exit: None,
@@ -187,6 +189,8 @@ struct Driver<'a> {
     /// Ports a worker listened on that are not the agent's (for the
     /// not-ready message).
     other_ports: HashMap<Pid, u16>,
+    /// The last stderr lines of each worker id, across its restarts.
+    tails: HashMap<WorkerId, Tail>,
     notice_tx: mpsc::UnboundedSender<Notice>,
     queue: VecDeque<Event>,
     exit: Option<i32>,
@@ -256,7 +260,7 @@ impl Driver<'_> {
             });
             return;
         };
-        let env = self.worker_env(worker);
+        let env = env::worker_env(&self.plan, worker);
         match spawn::spawn(
             &self.plan.program,
             std::os::fd::AsFd::as_fd(&listener),
@@ -271,8 +275,9 @@ impl Driver<'_> {
                     worker,
                     probe: child.probe,
                 });
-                worker_io::forward_output(child.stdout, worker, pid, "stdout");
-                worker_io::forward_output(child.stderr, worker, pid, "stderr");
+                let tail = self.tails.entry(worker).or_default().clone();
+                worker_io::forward_output(child.stdout, worker, pid, "stdout", None);
+                worker_io::forward_output(child.stderr, worker, pid, "stderr", Some(tail));
                 worker_io::watch_notify(child.notify, worker, pid, self.notice_tx.clone());
                 self.queue.push_back(Event::Spawned { slot, pid });
             }
@@ -284,57 +289,6 @@ impl Driver<'_> {
         // The worker has its copy at fd 3 and the balancer has one: this
         // process's third copy is not needed.
         drop(listener);
-    }
-
-    /// The per-worker part of the environment (docs/worker-contract.md).
-    fn worker_env(&self, worker: WorkerId) -> Vec<(OsString, OsString)> {
-        let port = self.plan.spec.addr.port().to_string();
-        let id = worker.to_string();
-        let shim = self.plan.shim.display().to_string();
-        // NODE_OPTIONS splits on spaces unless quoted.
-        let require = if shim.contains([' ', '"', '\\']) {
-            format!(
-                "--require \"{}\"",
-                shim.replace('\\', "\\\\").replace('"', "\\\"")
-            )
-        } else {
-            format!("--require {shim}")
-        };
-        // The workers' NODE_OPTIONS (the agent's, or the config's `env`
-        // table's, which wins), with the shim added.
-        let existing = self
-            .plan
-            .program
-            .env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "NODE_OPTIONS")
-            .map(|(_, v)| v.to_string_lossy().into_owned());
-        let node_options = match existing {
-            Some(existing) if !existing.trim().is_empty() => format!("{existing} {require}"),
-            _ => require,
-        };
-        let mut env: Vec<(OsString, OsString)> = vec![
-            ("LISTEN_FDS".into(), "1".into()),
-            ("LISTEN_FDNAMES".into(), "watt".into()),
-            ("WATT_PORT".into(), port.clone().into()),
-            (
-                "WATT_BACKLOG".into(),
-                self.plan.spec.backlog.to_string().into(),
-            ),
-            ("WATT_NOTIFY_FD".into(), "4".into()),
-            ("WATT_WORKER_ID".into(), id.clone().into()),
-            ("NODE_APP_INSTANCE".into(), id.into()),
-            ("WATT_SHIM".into(), shim.into()),
-            ("NODE_OPTIONS".into(), node_options.into()),
-        ];
-        if !self.plan.user_sets_port {
-            env.push(("PORT".into(), port.into()));
-        }
-        if let Some(n) = self.plan.max_requests_per_socket {
-            env.push(("WATT_MAX_REQUESTS_PER_SOCKET".into(), n.to_string().into()));
-        }
-        env
     }
 
     /// Collects every exited child (workers, and orphans when PID 1).
@@ -422,96 +376,6 @@ impl Driver<'_> {
             s.heartbeat = Some(Instant::now());
         }
     }
-
-    /// One log line per state change, with the reason.
-    fn log(&self, note: Note) {
-        let port = self.plan.spec.addr.port();
-        match note {
-            Note::Started { worker, slot, pid } => {
-                tracing::info!(worker, slot, pid, "worker started")
-            }
-            Note::Ready { worker, pid, after } => {
-                tracing::info!(worker, pid, "worker ready after {}", human(after));
-            }
-            Note::Crashed {
-                worker,
-                pid,
-                status,
-                uptime,
-                phase,
-            } => tracing::warn!(
-                worker,
-                pid,
-                "worker exited unexpectedly with {status} after {} ({phase:?})",
-                human(uptime)
-            ),
-            Note::NotReady {
-                worker,
-                pid,
-                timeout,
-            } => {
-                let why = self.other_ports.get(&pid).map_or_else(
-                    || format!("it never listened on port {port}"),
-                    |other| format!("it listens on port {other}, not on port {port}: make the app listen on $PORT"),
-                );
-                tracing::error!(
-                    worker,
-                    pid,
-                    "worker not ready after {}: {why}; restarting it",
-                    human(timeout)
-                );
-            }
-            Note::SpawnFailed { worker, reason } => {
-                tracing::error!(worker, "cannot start worker: {reason}");
-            }
-            Note::RestartIn { worker, delay } => {
-                tracing::info!(worker, "restarting worker in {}", human(delay))
-            }
-            Note::CrashLoop {
-                worker,
-                crashes,
-                window,
-            } => tracing::error!(
-                worker,
-                "worker is crash-looping: {crashes} crashes within {}; \
-                 restarts continue with the maximum delay, the other workers keep serving",
-                human(window)
-            ),
-            Note::Draining {
-                worker,
-                pid,
-                reason,
-            } => {
-                tracing::info!(worker, pid, "draining worker ({reason:?})");
-            }
-            Note::Stopped {
-                worker,
-                pid,
-                status,
-            } => tracing::info!(worker, pid, "worker stopped ({status})"),
-            Note::Killed { worker, pid } => {
-                tracing::warn!(
-                    worker,
-                    pid,
-                    "worker did not stop within the kill timeout: SIGKILL"
-                );
-            }
-            Note::ReplaceFailed { worker, reason } => tracing::error!(
-                worker,
-                "replacement for worker ({reason:?}) did not become ready; the old one keeps serving"
-            ),
-            Note::ReloadStarted { workers } => tracing::info!(workers, "rolling reload started"),
-            Note::ReloadFinished { replaced, failed } => {
-                tracing::info!(replaced, failed, "rolling reload finished");
-            }
-            Note::Illegal { worker, from, to } => {
-                tracing::error!(worker, "bug: illegal transition {from:?} -> {to:?} ignored");
-            }
-            // A health verdict that came after its process was replaced.
-            Note::Refused(r @ Refused::NotServing { .. }) => tracing::debug!("{r}"),
-            Note::Refused(r) => tracing::info!("not acting on it: {r}"),
-        }
-    }
 }
 
 /// The balancer's report as the lifecycle's event: replace that process,
@@ -539,13 +403,5 @@ fn send_signal(pid: Pid, sig: Sig) {
             let _ = killpg(target, Signal::SIGKILL);
             let _ = kill(target, Signal::SIGKILL);
         }
-    }
-}
-
-fn human(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
     }
 }

@@ -1,6 +1,10 @@
 //! Reading a worker's pipes: stdout and stderr lines go to the log tagged
 //! with the worker id; the notify pipe carries `READY=1` and friends.
-use std::os::fd::OwnedFd;
+use std::{
+    collections::VecDeque,
+    os::fd::OwnedFd,
+    sync::{Arc, Mutex},
+};
 
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
@@ -37,8 +41,45 @@ pub fn parse_notify(pid: Pid, line: &str) -> Option<Notice> {
     }
 }
 
-/// Forwards the worker's stdout/stderr lines to the log until EOF.
-pub fn forward_output(fd: OwnedFd, worker: WorkerId, pid: Pid, stream: &'static str) {
+/// The last lines a worker wrote to stderr, across its restarts: what the
+/// agent prints when a command can never start. A few lines rather than
+/// one, because Node ends an uncaught error with `Node.js v22.x`.
+#[derive(Clone, Debug, Default)]
+pub struct Tail(Arc<Mutex<VecDeque<String>>>);
+
+impl Tail {
+    pub const LINES: usize = 8;
+
+    fn push(&self, line: &str) {
+        if line.trim().is_empty() {
+            return;
+        }
+        if let Ok(mut lines) = self.0.lock() {
+            if lines.len() == Self::LINES {
+                lines.pop_front();
+            }
+            lines.push_back(line.to_owned());
+        }
+    }
+
+    #[must_use]
+    pub fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Forwards the worker's stdout/stderr lines to the log until EOF, keeping
+/// the last ones in `tail` if given.
+pub fn forward_output(
+    fd: OwnedFd,
+    worker: WorkerId,
+    pid: Pid,
+    stream: &'static str,
+    tail: Option<Tail>,
+) {
     let Ok(rx) = pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
@@ -46,6 +87,9 @@ pub fn forward_output(fd: OwnedFd, worker: WorkerId, pid: Pid, stream: &'static 
         let mut lines = BufReader::new(rx).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             tracing::info!(target: "worker", worker, pid, stream, "{line}");
+            if let Some(tail) = &tail {
+                tail.push(&line);
+            }
         }
     });
 }
@@ -85,5 +129,18 @@ mod tests {
         assert_eq!(parse_notify(7, "STATUS=hello"), None);
         assert_eq!(parse_notify(7, "garbage"), None);
         assert_eq!(parse_notify(7, "WATT_OTHER_PORT=x"), None);
+    }
+
+    #[test]
+    fn a_tail_keeps_the_last_non_blank_lines() {
+        let tail = Tail::default();
+        for i in 0..20 {
+            tail.push(&format!("line {i}"));
+            tail.push("  ");
+        }
+        let lines = tail.lines();
+        assert_eq!(lines.len(), Tail::LINES);
+        assert_eq!(lines.first().map(String::as_str), Some("line 12"));
+        assert_eq!(lines.last().map(String::as_str), Some("line 19"));
     }
 }

@@ -228,6 +228,11 @@ pub enum Note {
     },
     /// A `Reload` or `Replace` the machine did not act on, and why.
     Refused(Refused),
+    /// No worker was ever ready and each failed its first `attempts`
+    /// starts: the agent stops with `exit::FAILURE`.
+    NeverReady {
+        attempts: u32,
+    },
 }
 
 /// Why the machine did not act on a `Reload` or `Replace`: its answer to

@@ -20,7 +20,7 @@
 //! steering to its slot, then stop its listener (the kernel program migrates
 //! what is queued on it to the ready slots), then close the slot.
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
+    collections::BTreeMap,
     time::{Duration, Instant},
 };
 
@@ -28,12 +28,17 @@ use watt_common::SlotState;
 
 use super::backoff::{Backoff, BackoffPolicy};
 
+mod admit;
 mod events;
+mod reload;
+mod stop;
+mod views;
 
 use events::allowed;
 pub use events::{
     Action, DrainReason, Event, ExitStatus, Note, Phase, Refused, ReplaceReason, Sig, WorkerView,
 };
+use reload::Reload;
 
 use crate::{
     exit,
@@ -51,7 +56,18 @@ pub struct Settings {
     /// A worker asked to stop gets SIGKILL this long after SIGTERM.
     pub kill_timeout: Duration,
     pub backoff: BackoffPolicy,
+    /// Before any worker has ever been ready: once every worker has failed
+    /// this many starts, the agent gives up and exits non-zero (a command
+    /// that can never start, such as `node typo.js`). `0` never gives up.
+    pub startup_attempts: u32,
 }
+
+/// Failed starts per worker, before the fleet has ever served, after which
+/// the agent stops (PM2 marks such an app `errored`). Three, so that one
+/// slow dependency at boot is retried twice (after 100 and 200 ms with the
+/// default backoff) before the agent exits and its own supervisor (the
+/// kubelet, systemd) takes over with its backoff.
+pub const STARTUP_ATTEMPTS: u32 = 3;
 
 #[derive(Clone, Debug)]
 struct Instance {
@@ -72,17 +88,8 @@ struct Worker {
     backoff: Backoff,
     restarts: u32,
     crash_looping: bool,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Reload {
-    pending: VecDeque<WorkerId>,
-    current: Option<WorkerId>,
-    replaced: usize,
-    failed: usize,
-    /// Old instances this reload drained that have not exited yet: the
-    /// reload is finished only when the old code no longer runs.
-    draining: BTreeSet<Slot>,
+    /// Starts that ended before ready while no worker had ever been ready.
+    failed_starts: u32,
 }
 
 pub struct Lifecycle {
@@ -92,6 +99,11 @@ pub struct Lifecycle {
     reload: Option<Reload>,
     shutdown: bool,
     forced: bool,
+    /// Some instance has been ready since the agent started: from then on
+    /// crashes restart with backoff, forever.
+    served: bool,
+    /// The agent gave up at start-up (`Settings::startup_attempts`).
+    gave_up: bool,
 }
 
 impl Lifecycle {
@@ -105,6 +117,8 @@ impl Lifecycle {
             reload: None,
             shutdown: false,
             forced: false,
+            served: false,
+            gave_up: false,
         }
     }
 
@@ -134,114 +148,31 @@ impl Lifecycle {
             Event::Shutdown if self.shutdown => self.force(&mut out),
             Event::Shutdown => self.begin_shutdown(now, &mut out),
         }
+        if self.gave_up && !self.shutdown {
+            self.begin_shutdown(now, &mut out);
+        }
         if self.shutdown && self.instances.is_empty() {
-            let code = if self.forced { exit::FORCED } else { exit::OK };
+            let code = if self.gave_up {
+                exit::FAILURE
+            } else if self.forced {
+                exit::FORCED
+            } else {
+                exit::OK
+            };
             out.push(Action::Exit { code });
         }
         out
     }
 
-    /// Whether the machine acts on `event` (a `Reload` or a `Replace`) in
-    /// its present state; every other event is always admitted. `handle`
-    /// decides by this and nothing else, so the driver can answer an
-    /// operator's command with the machine's own verdict before feeding it.
-    ///
-    /// # Errors
-    /// Why the event would be dropped.
-    pub fn admit(&self, event: &Event) -> Result<(), Refused> {
-        if !matches!(event, Event::Reload | Event::Replace { .. }) {
-            return Ok(());
-        }
-        if self.shutdown {
-            return Err(Refused::ShuttingDown);
-        }
-        let &Event::Replace { worker, pid, .. } = event else {
-            return match self.reload {
-                Some(_) => Err(Refused::Reloading),
-                None => Ok(()),
-            };
-        };
-        let Some(w) = self.workers.get(worker as usize) else {
-            return Err(Refused::NoSuchWorker {
-                worker,
-                last: self.settings.workers.saturating_sub(1),
-            });
-        };
-        // A verdict about a process that has since been replaced is not
-        // about its successor.
-        if let Some(pid) = pid
-            && self.serving_pid(worker) != Some(pid)
-        {
-            return Err(Refused::NotServing { worker, pid });
-        }
-        if w.incoming.is_some() {
-            return Err(Refused::BeingReplaced { worker });
-        }
-        let serving = w.serving.and_then(|s| self.instances.get(&s));
-        match serving.map(|i| i.phase) {
-            None => Err(Refused::NotRunning { worker }),
-            Some(Phase::Draining) => Err(Refused::Stopping { worker }),
-            Some(_) => Ok(()),
-        }
-    }
-
-    /// The earliest time `Tick` has work to do.
-    #[must_use]
-    pub fn next_deadline(&self) -> Option<Instant> {
-        let instances = self.instances.values().filter_map(|i| i.deadline);
-        let restarts = self.workers.iter().filter_map(|w| w.restart_at);
-        instances.chain(restarts).min()
-    }
-
-    /// One view per worker id.
-    #[must_use]
-    pub fn workers(&self) -> Vec<WorkerView> {
-        self.workers
-            .iter()
-            .enumerate()
-            .map(|(id, w)| {
-                let serving = w
-                    .serving
-                    .and_then(|s| self.instances.get(&s).map(|i| (s, i)));
-                WorkerView {
-                    id: id as WorkerId,
-                    slot: serving.map(|(s, _)| s),
-                    pid: serving.and_then(|(_, i)| i.pid),
-                    phase: serving.map(|(_, i)| i.phase),
-                    started: serving.map(|(_, i)| i.started),
-                    restarts: w.restarts,
-                    crash_looping: w.crash_looping,
-                    restart_at: w.restart_at,
-                    incoming: w
-                        .incoming
-                        .map(|(s, _)| (s, self.instances.get(&s).and_then(|i| i.pid))),
-                }
-            })
-            .collect()
-    }
-
-    /// The pid of the instance serving `worker`, if any.
-    fn serving_pid(&self, worker: WorkerId) -> Option<Pid> {
-        let slot = self.workers.get(worker as usize)?.serving?;
-        self.instances.get(&slot)?.pid
-    }
-
-    #[must_use]
-    pub fn ready_count(&self) -> usize {
-        self.instances
-            .values()
-            .filter(|i| i.phase == Phase::Ready)
-            .count()
-    }
-
-    #[must_use]
-    pub fn is_reloading(&self) -> bool {
-        self.reload.is_some()
-    }
-
-    #[must_use]
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutdown
+    /// No worker has ever been ready and every one has failed its first
+    /// `startup_attempts` starts: the command cannot start, and restarting
+    /// it forever would only hide that.
+    fn never_started(&self) -> bool {
+        let attempts = self.settings.startup_attempts;
+        !self.served
+            && !self.shutdown
+            && attempts > 0
+            && self.workers.iter().all(|w| w.failed_starts >= attempts)
     }
 
     fn set_phase(&mut self, slot: Slot, to: Phase, out: &mut Vec<Action>) -> bool {
@@ -346,6 +277,7 @@ impl Lifecycle {
             return;
         }
         let (worker, started) = (inst.worker, inst.started);
+        self.served = true;
         self.set_phase(slot, Phase::Ready, out);
         self.instances.get_mut(&slot).expect("present").deadline = None;
         out.push(Action::SetState {
@@ -458,6 +390,18 @@ impl Lifecycle {
         if w.incoming.is_some() {
             return; // its replacement is already on the way
         }
+        if !self.served {
+            w.failed_starts += 1;
+            if self.never_started() {
+                // No restart: `handle` shuts down once this event is done.
+                self.gave_up = true;
+                out.push(Action::Note(Note::NeverReady {
+                    attempts: self.settings.startup_attempts,
+                }));
+                return;
+            }
+        }
+        let w = &mut self.workers[worker as usize];
         let uptime = now.duration_since(inst.started);
         let (delay, looping) = w.backoff.crashed(&policy, now, uptime);
         w.restarts += 1;
@@ -513,134 +457,6 @@ impl Lifecycle {
             .collect();
         for worker in due {
             self.start_instance(now, worker, None, out);
-        }
-    }
-
-    fn drain(&mut self, now: Instant, slot: Slot, reason: DrainReason, out: &mut Vec<Action>) {
-        if !self.set_phase(slot, Phase::Draining, out) {
-            return;
-        }
-        let kill_timeout = self.settings.kill_timeout;
-        let inst = self.instances.get_mut(&slot).expect("checked by set_phase");
-        inst.deadline = Some(now + kill_timeout);
-        out.push(Action::SetState {
-            slot,
-            state: SlotState::Draining,
-        });
-        // Hand what is queued to the ready slots now, rather than when the
-        // worker has finished draining.
-        out.push(Action::RescueSlot { slot });
-        if let Some(pid) = inst.pid {
-            out.push(Action::Note(Note::Draining {
-                worker: inst.worker,
-                pid,
-                reason,
-            }));
-            out.push(Action::Signal {
-                pid,
-                sig: Sig::Term,
-            });
-        }
-    }
-
-    fn begin_replace(
-        &mut self,
-        now: Instant,
-        worker: WorkerId,
-        reason: ReplaceReason,
-        out: &mut Vec<Action>,
-    ) {
-        let w = &self.workers[worker as usize];
-        if w.incoming.is_some() {
-            return;
-        }
-        if w.serving.is_none() {
-            // Down or backing off: its next start runs the new code anyway.
-            if let Some(r) = &mut self.reload
-                && r.current == Some(worker)
-            {
-                self.advance_reload(now, out);
-            }
-            return;
-        }
-        self.start_instance(now, worker, Some(reason), out);
-    }
-
-    fn begin_reload(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.shutdown || self.reload.is_some() {
-            return;
-        }
-        let pending: VecDeque<WorkerId> = (0..self.settings.workers).collect();
-        out.push(Action::Note(Note::ReloadStarted {
-            workers: pending.len(),
-        }));
-        self.reload = Some(Reload {
-            pending,
-            ..Reload::default()
-        });
-        self.advance_reload(now, out);
-    }
-
-    /// Moves the reload to the next worker: one at a time, each new
-    /// instance ready before the next starts.
-    fn advance_reload(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let Some(r) = &mut self.reload else { return };
-        match r.pending.pop_front() {
-            Some(next) => {
-                r.current = Some(next);
-                self.begin_replace(now, next, ReplaceReason::Reload, out);
-            }
-            None => {
-                r.current = None;
-                self.finish_reload_if_done(out);
-            }
-        }
-    }
-
-    /// Ends the reload once every worker had its turn and every old instance
-    /// it drained has exited (`exited` calls this again as they go).
-    fn finish_reload_if_done(&mut self, out: &mut Vec<Action>) {
-        let Some(r) = &self.reload else { return };
-        if r.current.is_some() || !r.pending.is_empty() || !r.draining.is_empty() {
-            return;
-        }
-        out.push(Action::Note(Note::ReloadFinished {
-            replaced: r.replaced,
-            failed: r.failed,
-        }));
-        self.reload = None;
-    }
-
-    fn begin_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
-        self.shutdown = true;
-        self.reload = None;
-        for w in &mut self.workers {
-            w.restart_at = None;
-        }
-        let live: Vec<Slot> = self
-            .instances
-            .iter()
-            .filter(|(_, i)| i.phase != Phase::Draining && i.pid.is_some())
-            .map(|(&s, _)| s)
-            .collect();
-        for slot in live {
-            self.drain(now, slot, DrainReason::Shutdown, out);
-        }
-    }
-
-    fn force(&mut self, out: &mut Vec<Action>) {
-        self.forced = true;
-        for inst in self.instances.values_mut() {
-            if let Some(pid) = inst.pid
-                && !inst.killed
-            {
-                inst.killed = true;
-                inst.deadline = None;
-                out.push(Action::Signal {
-                    pid,
-                    sig: Sig::Kill,
-                });
-            }
         }
     }
 }

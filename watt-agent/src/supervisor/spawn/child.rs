@@ -1,8 +1,56 @@
 //! The child side of a spawn: what runs between `fork` and `execve`.
-//! Only async-signal-safe calls on memory prepared by the parent.
+//! Only async-signal-safe calls on memory prepared by the parent. These
+//! are raw `libc` calls on purpose: nix's wrappers are thin, but whether
+//! each one stays free of allocation is not a promise nix makes.
 use std::os::fd::RawFd;
 
-use super::STEP_EXEC;
+/// The steps of the child that can fail, as reported to the parent over
+/// the error pipe (the discriminant, then errno).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub(super) enum ChildStep {
+    ProcessGroup = 0,
+    DeathSignal = 1,
+    Descriptors = 2,
+    Signals = 3,
+    Identity = 4,
+    Capabilities = 5,
+    NoNewPrivs = 6,
+    WorkingDir = 7,
+    Exec = 8,
+}
+
+impl ChildStep {
+    const ALL: [Self; 9] = [
+        Self::ProcessGroup,
+        Self::DeathSignal,
+        Self::Descriptors,
+        Self::Signals,
+        Self::Identity,
+        Self::Capabilities,
+        Self::NoNewPrivs,
+        Self::WorkingDir,
+        Self::Exec,
+    ];
+
+    pub(super) fn from_wire(n: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| *s as u32 == n)
+    }
+
+    pub(super) fn describe(self) -> &'static str {
+        match self {
+            Self::ProcessGroup => "setpgid",
+            Self::DeathSignal => "PR_SET_PDEATHSIG",
+            Self::Descriptors => "moving fds",
+            Self::Signals => "signals",
+            Self::Identity => "setgroups/setgid/setuid",
+            Self::Capabilities => "dropping capabilities",
+            Self::NoNewPrivs => "PR_SET_NO_NEW_PRIVS",
+            Self::WorkingDir => "chdir",
+            Self::Exec => "execve",
+        }
+    }
+}
 
 pub(super) struct ChildContext {
     pub(super) path: *const libc::c_char,
@@ -24,33 +72,63 @@ pub(super) struct ChildContext {
     pub(super) cap_last: u32,
 }
 
+/// Reports `step` and errno to the parent, then exits.
+///
+/// # Safety
+/// Between fork and exec: async-signal-safe calls only (it makes two).
+unsafe fn fail(ctx: &ChildContext, step: ChildStep) -> ! {
+    // SAFETY: errno is this thread's; `msg` is a local the write only reads.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+        msg[4..].copy_from_slice(&errno.to_ne_bytes());
+        libc::write(ctx.fail, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
 /// The child between fork and exec. Only async-signal-safe calls.
+///
+/// # Safety
+/// Only in the child of `fork`. Every pointer in `ctx` points into memory
+/// the parent prepared and does not touch until this process has exec'd or
+/// exited (the parent waits on the error pipe): the child's copy of it is
+/// not aliased by anything, and `pid_slot` is the only pointer written
+/// through, into a buffer that reserves room for ten digits and the NUL.
 pub(super) unsafe fn child_main(ctx: &ChildContext) -> ! {
     // SAFETY (whole function): raw syscalls on fds and memory owned by this
-    // process image; nothing allocates or locks.
+    // process image, as documented above; nothing allocates or locks.
     unsafe {
-        let fail = |step: u32| -> ! {
-            let errno = *libc::__errno_location();
-            let mut msg = [0u8; 8];
-            msg[..4].copy_from_slice(&step.to_ne_bytes());
-            msg[4..].copy_from_slice(&errno.to_ne_bytes());
-            libc::write(ctx.fail, msg.as_ptr().cast(), msg.len());
-            libc::_exit(127)
-        };
+        detach(ctx);
+        place_fds(ctx);
+        reset_signals(ctx);
+        drop_privileges(ctx);
+        if !ctx.cwd.is_null() && libc::chdir(ctx.cwd) != 0 {
+            fail(ctx, ChildStep::WorkingDir);
+        }
+        write_pid(ctx.pid_slot, libc::getpid());
+        libc::execve(ctx.path, ctx.argv, ctx.envp);
+        fail(ctx, ChildStep::Exec)
+    }
+}
 
+/// Own process group, death with the agent, then wait for the agent's go.
+unsafe fn detach(ctx: &ChildContext) {
+    // SAFETY: plain syscalls; `byte` is a local.
+    unsafe {
         // Own process group: the agent's terminal or group signals do not
         // reach workers, and the agent can kill a worker's whole tree.
         if libc::setpgid(0, 0) != 0 {
-            fail(0);
+            fail(ctx, ChildStep::ProcessGroup);
         }
         // Die with the agent. If it is already gone, do not run orphaned.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-            fail(1);
+            fail(ctx, ChildStep::DeathSignal);
         }
         if libc::getppid() != ctx.parent {
             libc::_exit(1);
         }
-
         // Wait until the agent has opened our /proc files (see
         // `Child::probe`); EOF (the agent died) also lets us go on, into
         // PR_SET_PDEATHSIG's SIGKILL.
@@ -59,7 +137,14 @@ pub(super) unsafe fn child_main(ctx: &ChildContext) -> ! {
             && *libc::__errno_location() == libc::EINTR
         {}
         libc::close(ctx.go);
+    }
+}
 
+/// fds 0..=4: /dev/null, stdout, stderr, the listener, the notify pipe;
+/// everything else closes at exec.
+unsafe fn place_fds(ctx: &ChildContext) {
+    // SAFETY: fd syscalls on fds this process holds.
+    unsafe {
         // Move every source above the target range first, so dup2 never
         // overwrites a source that happens to sit at 0..=4.
         let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
@@ -71,12 +156,12 @@ pub(super) unsafe fn child_main(ctx: &ChildContext) -> ! {
             high(ctx.notify),
         );
         if [null, out, err, lst, ntf].iter().any(|&fd| fd < 0) {
-            fail(2);
+            fail(ctx, ChildStep::Descriptors);
         }
         // dup2 clears close-on-exec on the target: these five survive exec.
         for (src, dst) in [(null, 0), (out, 1), (err, 2), (lst, 3), (ntf, 4)] {
             if libc::dup2(src, dst) < 0 {
-                fail(2);
+                fail(ctx, ChildStep::Descriptors);
             }
         }
         // Anything else this process holds is closed by exec.
@@ -86,9 +171,14 @@ pub(super) unsafe fn child_main(ctx: &ChildContext) -> ! {
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
+    }
+}
 
-        // Default dispositions and an empty mask: ignored signals (Rust
-        // ignores SIGPIPE) would otherwise stay ignored in the worker.
+/// Default dispositions and an empty mask: ignored signals (Rust ignores
+/// SIGPIPE) would otherwise stay ignored in the worker.
+unsafe fn reset_signals(ctx: &ChildContext) {
+    // SAFETY: `empty` is a local sigset initialised by sigemptyset.
+    unsafe {
         for sig in 1..libc::SIGRTMIN() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::signal(sig, libc::SIG_DFL);
@@ -97,9 +187,16 @@ pub(super) unsafe fn child_main(ctx: &ChildContext) -> ! {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&raw mut empty);
         if libc::sigprocmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut()) != 0 {
-            fail(3);
+            fail(ctx, ChildStep::Signals);
         }
+    }
+}
 
+/// The configured user and groups, no capabilities, no new privileges.
+unsafe fn drop_privileges(ctx: &ChildContext) {
+    // SAFETY: `groups` points to `groups.1` gids the parent owns (see
+    // `child_main`); the rest are plain syscalls.
+    unsafe {
         // Capabilities: empty the bounding set while we still hold
         // CAP_SETPCAP (a root worker would otherwise regain it on exec);
         // without CAP_SETPCAP this fails and the exec below still drops
@@ -119,21 +216,14 @@ pub(super) unsafe fn child_main(ctx: &ChildContext) -> ! {
                 || libc::setgid(gid) != 0
                 || libc::setuid(uid) != 0)
         {
-            fail(4);
+            fail(ctx, ChildStep::Identity);
         }
         if !drop_all_caps() {
-            fail(5);
+            fail(ctx, ChildStep::Capabilities);
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            fail(6);
+            fail(ctx, ChildStep::NoNewPrivs);
         }
-        if !ctx.cwd.is_null() && libc::chdir(ctx.cwd) != 0 {
-            fail(7);
-        }
-
-        write_pid(ctx.pid_slot, libc::getpid());
-        libc::execve(ctx.path, ctx.argv, ctx.envp);
-        fail(STEP_EXEC)
     }
 }
 

@@ -9,9 +9,9 @@
 //! environment before it.
 use std::{
     ffi::{CString, OsStr, OsString},
-    io,
+    io::{self, Read as _},
     os::{
-        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        fd::{AsRawFd, BorrowedFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
@@ -124,97 +124,134 @@ fn is_executable(path: &Path) -> bool {
 
 mod child;
 
-use child::{ChildContext, child_main};
+use child::{ChildContext, ChildStep, child_main};
+use nix::{
+    fcntl::OFlag,
+    unistd::{getpid, pipe2, write},
+};
 
 use crate::sampler::WorkerProbe;
 
-/// Steps of the child, reported back over the error pipe on failure.
-const STEPS: [&str; 9] = [
-    "setpgid",
-    "PR_SET_PDEATHSIG",
-    "moving fds",
-    "signals",
-    "setgroups/setgid/setuid",
-    "dropping capabilities",
-    "PR_SET_NO_NEW_PRIVS",
-    "chdir",
-    "execve",
-];
-pub(crate) const STEP_EXEC: u32 = 8;
+/// `LISTEN_PID=` and room for the child's pid: ten digits and the NUL.
+const PID_PREFIX: &[u8] = b"LISTEN_PID=";
+const PID_ENTRY: &[u8] = b"LISTEN_PID=0000000000\0";
 
-/// Starts `program` as worker `worker_id` on `listener` (placed at fd 3).
-/// `extra_env` are the per-worker variables; `LISTEN_PID` is added here.
+/// Everything `execve` reads, prepared before `fork` because the child may
+/// not allocate. The pointer arrays point into the owned strings, so they
+/// live together.
+struct ExecImage {
+    path: CString,
+    _args: Vec<CString>,
+    _env: Vec<CString>,
+    cwd: Option<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    /// The `LISTEN_PID=` entry the child writes its pid into. It is owned
+    /// here as mutable bytes, and both pointers to it (in `envp`, and
+    /// `pid_slot`) come from one `as_mut_ptr`; nothing else touches it
+    /// until the image is dropped, after the child has exec'd or failed.
+    _pid_entry: Vec<u8>,
+    pid_slot: *mut libc::c_char,
+}
+
+impl ExecImage {
+    fn new(program: &Program, extra_env: &[(OsString, OsString)]) -> Result<Self, SpawnError> {
+        let cstr =
+            |s: &OsStr| CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul(s.to_owned()));
+        let path = cstr(program.path.as_os_str())?;
+        let mut args = vec![path.clone()];
+        for a in &program.args {
+            args.push(cstr(a)?);
+        }
+        // The environment: the program's, then the per-worker variables
+        // (which win), then LISTEN_PID as a fixed-width placeholder the
+        // child fills in.
+        let mut env: Vec<CString> = Vec::new();
+        let overridden = |k: &OsStr| extra_env.iter().any(|(e, _)| e == k) || k == "LISTEN_PID";
+        let inherited = program.env.iter().filter(|(k, _)| !overridden(k));
+        for (k, v) in inherited.chain(extra_env) {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            env.push(CString::new(kv).map_err(|_| SpawnError::Nul(k.clone()))?);
+        }
+        let mut pid_entry = PID_ENTRY.to_vec();
+        let pid_entry_ptr = pid_entry.as_mut_ptr().cast::<libc::c_char>();
+        let nul = std::iter::once(std::ptr::null());
+        let argv = args.iter().map(|c| c.as_ptr()).chain(nul).collect();
+        let envp = env
+            .iter()
+            .map(|c| c.as_ptr())
+            .chain([pid_entry_ptr.cast_const(), std::ptr::null()])
+            .collect();
+        let cwd = program
+            .cwd
+            .as_deref()
+            .map(|p| cstr(p.as_os_str()))
+            .transpose()?;
+        Ok(Self {
+            path,
+            _args: args,
+            _env: env,
+            cwd,
+            argv,
+            envp,
+            _pid_entry: pid_entry,
+            pid_slot: pid_entry_ptr.wrapping_add(PID_PREFIX.len()),
+        })
+    }
+}
+
+/// The pipes between the agent and a new worker: the worker's ends go to
+/// the child, the agent keeps the others.
+struct Pipes {
+    stdout: (OwnedFd, OwnedFd),
+    stderr: (OwnedFd, OwnedFd),
+    notify: (OwnedFd, OwnedFd),
+    /// The child's failure report; EOF at a successful exec.
+    fail: (OwnedFd, OwnedFd),
+    /// One byte from the agent: go on to the identity change and exec.
+    go: (OwnedFd, OwnedFd),
+    devnull: OwnedFd,
+}
+
+impl Pipes {
+    fn new() -> Result<Self, SpawnError> {
+        let setup = |step| move |source| SpawnError::Setup { step, source };
+        Ok(Self {
+            stdout: pipe().map_err(setup("stdout pipe"))?,
+            stderr: pipe().map_err(setup("stderr pipe"))?,
+            notify: pipe().map_err(setup("notify pipe"))?,
+            fail: pipe().map_err(setup("error pipe"))?,
+            go: pipe().map_err(setup("start pipe"))?,
+            devnull: open_devnull().map_err(setup("/dev/null"))?,
+        })
+    }
+}
+
+/// Starts `program` on `listener` (placed at fd 3). `extra_env` are the
+/// per-worker variables; `LISTEN_PID` is added here.
 pub fn spawn(
     program: &Program,
     listener: BorrowedFd<'_>,
     extra_env: &[(OsString, OsString)],
 ) -> Result<Child, SpawnError> {
-    let setup = |step| move |source| SpawnError::Setup { step, source };
-    let cstr = |s: &OsStr| CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul(s.to_owned()));
-
-    let path = cstr(program.path.as_os_str())?;
-    let mut argv_owned = vec![path.clone()];
-    for a in &program.args {
-        argv_owned.push(cstr(a)?);
-    }
-    // The environment: the program's, then the per-worker variables (which
-    // win), then LISTEN_PID as a fixed-width placeholder the child fills in.
-    let mut env_owned: Vec<CString> = Vec::new();
-    let overridden = |k: &OsStr| extra_env.iter().any(|(e, _)| e == k) || k == "LISTEN_PID";
-    for (k, v) in program
-        .env
-        .iter()
-        .filter(|(k, _)| !overridden(k))
-        .chain(extra_env)
-    {
-        let mut kv = k.as_bytes().to_vec();
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
-        env_owned.push(CString::new(kv).map_err(|_| SpawnError::Nul(k.clone()))?);
-    }
-    const PID_PREFIX: &[u8] = b"LISTEN_PID=";
-    env_owned.push(CString::new([PID_PREFIX, b"0000000000"].concat()).expect("no NUL"));
-    let pid_slot = env_owned.last().expect("just pushed").as_ptr().cast_mut();
-    let argv: Vec<*const libc::c_char> = argv_owned
-        .iter()
-        .map(|c| c.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = env_owned
-        .iter()
-        .map(|c| c.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let cwd = program
-        .cwd
-        .as_deref()
-        .map(|p| cstr(p.as_os_str()))
-        .transpose()?;
-
-    let (out_r, out_w) = pipe().map_err(setup("stdout pipe"))?;
-    let (err_r, err_w) = pipe().map_err(setup("stderr pipe"))?;
-    let (notify_r, notify_w) = pipe().map_err(setup("notify pipe"))?;
-    let (fail_r, fail_w) = pipe().map_err(setup("error pipe"))?;
-    let (go_r, go_w) = pipe().map_err(setup("start pipe"))?;
-    let devnull = open_devnull().map_err(setup("/dev/null"))?;
-    let cap_last = cap_last_cap();
-    // SAFETY: no preconditions.
-    let parent = unsafe { libc::getpid() };
-
+    let image = ExecImage::new(program, extra_env)?;
+    let pipes = Pipes::new()?;
     let ctx = ChildContext {
-        path: path.as_ptr(),
-        argv: argv.as_ptr(),
-        envp: envp.as_ptr(),
-        pid_slot: pid_slot.wrapping_add(PID_PREFIX.len()),
-        cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-        parent,
+        path: image.path.as_ptr(),
+        argv: image.argv.as_ptr(),
+        envp: image.envp.as_ptr(),
+        pid_slot: image.pid_slot,
+        cwd: image.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        parent: getpid().as_raw(),
         listener: listener.as_raw_fd(),
-        stdout: out_w.as_raw_fd(),
-        stderr: err_w.as_raw_fd(),
-        notify: notify_w.as_raw_fd(),
-        devnull: devnull.as_raw_fd(),
-        fail: fail_w.as_raw_fd(),
-        go: go_r.as_raw_fd(),
+        stdout: pipes.stdout.1.as_raw_fd(),
+        stderr: pipes.stderr.1.as_raw_fd(),
+        notify: pipes.notify.1.as_raw_fd(),
+        devnull: pipes.devnull.as_raw_fd(),
+        fail: pipes.fail.1.as_raw_fd(),
+        go: pipes.go.0.as_raw_fd(),
         identity: program.identity.as_ref().map(|i| (i.uid, i.gid)),
         groups: program
             .identity
@@ -222,9 +259,8 @@ pub fn spawn(
             .map_or((std::ptr::null(), 0), |i| {
                 (i.groups.as_ptr(), i.groups.len())
             }),
-        cap_last,
+        cap_last: cap_last_cap(),
     };
-
     // SAFETY: the child branch only runs `child_main`, which is written to
     // use async-signal-safe calls on memory prepared above.
     let pid = unsafe { libc::fork() };
@@ -238,52 +274,71 @@ pub fn spawn(
         // SAFETY: in the child of fork, see above.
         unsafe { child_main(&ctx) }
     }
+    let child = handshake(program, pid, pipes);
+    drop(image);
+    child
+}
 
-    drop((out_w, err_w, notify_w, fail_w, devnull, go_r));
+/// The parent's side after `fork`: open the child's `/proc` files, let it
+/// go on, and wait for its exec (or its failure report).
+fn handshake(program: &Program, pid: i32, pipes: Pipes) -> Result<Child, SpawnError> {
+    let Pipes {
+        stdout,
+        stderr,
+        notify,
+        fail,
+        go,
+        devnull,
+    } = pipes;
+    drop((stdout.1, stderr.1, notify.1, fail.1, devnull, go.0));
     // The child waits on the start pipe before it changes user: open its
     // /proc files now, while they are still ours to open.
     let probe = WorkerProbe::open(pid).ok();
-    // SAFETY: writing one byte from a local to our end of the pipe.
-    unsafe { libc::write(go_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-    drop(go_w);
-    // The error pipe closes on a successful exec (close-on-exec), or carries
-    // (step, errno) from the child.
-    let mut report = [0u8; 8];
-    let n = read_full(&fail_r, &mut report).map_err(setup("reading the error pipe"))?;
-    if n == report.len() {
-        let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
-        let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
-        let source = io::Error::from_raw_os_error(errno);
+    // Its failure does not matter: the child then reads EOF and goes on.
+    let _ = write(&go.1, &[1]);
+    drop(go.1);
+    let report = child_failure(fail.0).map_err(|source| SpawnError::Setup {
+        step: "reading the error pipe",
+        source,
+    })?;
+    if let Some((step, source)) = report {
         // The child exits with 127; the reaper collects it.
-        return Err(if step == STEP_EXEC {
-            SpawnError::Exec {
+        return Err(match step {
+            Some(ChildStep::Exec) => SpawnError::Exec {
                 program: program.path.clone(),
                 source,
-            }
-        } else {
-            SpawnError::Child {
-                step: STEPS.get(step as usize).copied().unwrap_or("?"),
+            },
+            step => SpawnError::Child {
+                step: step.map_or("an unknown step", ChildStep::describe),
                 source,
-            }
+            },
         });
     }
     Ok(Child {
         pid,
-        stdout: out_r,
-        stderr: err_r,
-        notify: notify_r,
+        stdout: stdout.0,
+        stderr: stderr.0,
+        notify: notify.0,
         probe,
     })
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: valid array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two fresh fds we now own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(pipe2(OFlag::O_CLOEXEC)?)
+}
+
+/// The child's report on the error pipe: nothing (EOF at exec, thanks to
+/// close-on-exec), or the step that failed and its errno.
+fn child_failure(fail: OwnedFd) -> io::Result<Option<(Option<ChildStep>, io::Error)>> {
+    let mut report = Vec::with_capacity(8);
+    std::fs::File::from(fail).read_to_end(&mut report)?;
+    let Ok(report) = <[u8; 8]>::try_from(report.as_slice()) else {
+        return Ok(None);
+    };
+    let [s0, s1, s2, s3, e0, e1, e2, e3] = report;
+    let step = ChildStep::from_wire(u32::from_ne_bytes([s0, s1, s2, s3]));
+    let errno = i32::from_ne_bytes([e0, e1, e2, e3]);
+    Ok(Some((step, io::Error::from_raw_os_error(errno))))
 }
 
 fn open_devnull() -> io::Result<OwnedFd> {
@@ -300,31 +355,6 @@ fn cap_last_cap() -> u32 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(63)
-}
-
-fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        // SAFETY: writing into the unfilled tail of `buf`.
-        let n = unsafe {
-            libc::read(
-                fd.as_raw_fd(),
-                buf[got..].as_mut_ptr().cast(),
-                buf.len() - got,
-            )
-        };
-        match n {
-            0 => break,
-            n if n > 0 => got += n as usize,
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(got)
 }
 
 #[cfg(test)]
@@ -396,8 +426,7 @@ mod tests {
 
     #[test]
     fn a_worker_runs_as_the_configured_user_with_its_groups() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: changing user needs root");
             return;
         }

@@ -1,0 +1,53 @@
+//! The environment each worker starts with: the agent's contract
+//! (`LISTEN_FDS`, `WATT_*`, `PORT`) and the shim in `NODE_OPTIONS`.
+use std::ffi::OsString;
+
+use super::Plan;
+use crate::ids::WorkerId;
+
+/// The per-worker part of the environment (docs/worker-contract.md).
+pub(super) fn worker_env(plan: &Plan, worker: WorkerId) -> Vec<(OsString, OsString)> {
+    let port = plan.spec.addr.port().to_string();
+    let id = worker.to_string();
+    let shim = plan.shim.display().to_string();
+    // NODE_OPTIONS splits on spaces unless quoted.
+    let require = if shim.contains([' ', '"', '\\']) {
+        format!(
+            "--require \"{}\"",
+            shim.replace('\\', "\\\\").replace('"', "\\\"")
+        )
+    } else {
+        format!("--require {shim}")
+    };
+    // The workers' NODE_OPTIONS (the agent's, or the config's `env`
+    // table's, which wins), with the shim added.
+    let existing = plan
+        .program
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "NODE_OPTIONS")
+        .map(|(_, v)| v.to_string_lossy().into_owned());
+    let node_options = match existing {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing} {require}"),
+        _ => require,
+    };
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("LISTEN_FDS".into(), "1".into()),
+        ("LISTEN_FDNAMES".into(), "watt".into()),
+        ("WATT_PORT".into(), port.clone().into()),
+        ("WATT_BACKLOG".into(), plan.spec.backlog.to_string().into()),
+        ("WATT_NOTIFY_FD".into(), "4".into()),
+        ("WATT_WORKER_ID".into(), id.clone().into()),
+        ("NODE_APP_INSTANCE".into(), id.into()),
+        ("WATT_SHIM".into(), shim.into()),
+        ("NODE_OPTIONS".into(), node_options.into()),
+    ];
+    if !plan.user_sets_port {
+        env.push(("PORT".into(), port.into()));
+    }
+    if let Some(n) = plan.max_requests_per_socket {
+        env.push(("WATT_MAX_REQUESTS_PER_SOCKET".into(), n.to_string().into()));
+    }
+    env
+}

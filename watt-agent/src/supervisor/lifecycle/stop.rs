@@ -1,0 +1,76 @@
+//! Stopping instances: draining one (SIGTERM, its queue handed to the
+//! ready slots, SIGKILL at the deadline) and shutting everything down.
+use std::time::Instant;
+
+use watt_common::SlotState;
+
+use super::{Action, DrainReason, Lifecycle, Note, Phase, Sig};
+use crate::ids::Slot;
+
+impl Lifecycle {
+    pub(super) fn drain(
+        &mut self,
+        now: Instant,
+        slot: Slot,
+        reason: DrainReason,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.set_phase(slot, Phase::Draining, out) {
+            return;
+        }
+        let kill_timeout = self.settings.kill_timeout;
+        let inst = self.instances.get_mut(&slot).expect("checked by set_phase");
+        inst.deadline = Some(now + kill_timeout);
+        out.push(Action::SetState {
+            slot,
+            state: SlotState::Draining,
+        });
+        // Hand what is queued to the ready slots now, rather than when the
+        // worker has finished draining.
+        out.push(Action::RescueSlot { slot });
+        if let Some(pid) = inst.pid {
+            out.push(Action::Note(Note::Draining {
+                worker: inst.worker,
+                pid,
+                reason,
+            }));
+            out.push(Action::Signal {
+                pid,
+                sig: Sig::Term,
+            });
+        }
+    }
+
+    pub(super) fn begin_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.shutdown = true;
+        self.reload = None;
+        for w in &mut self.workers {
+            w.restart_at = None;
+        }
+        let live: Vec<Slot> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.phase != Phase::Draining && i.pid.is_some())
+            .map(|(&s, _)| s)
+            .collect();
+        for slot in live {
+            self.drain(now, slot, DrainReason::Shutdown, out);
+        }
+    }
+
+    pub(super) fn force(&mut self, out: &mut Vec<Action>) {
+        self.forced = true;
+        for inst in self.instances.values_mut() {
+            if let Some(pid) = inst.pid
+                && !inst.killed
+            {
+                inst.killed = true;
+                inst.deadline = None;
+                out.push(Action::Signal {
+                    pid,
+                    sig: Sig::Kill,
+                });
+            }
+        }
+    }
+}

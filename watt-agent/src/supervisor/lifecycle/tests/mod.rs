@@ -1,0 +1,358 @@
+//! Table-style tests of the lifecycle machine: fake clock, fake pids.
+use super::*;
+
+mod replace;
+
+const START: Duration = Duration::from_secs(10);
+const KILL: Duration = Duration::from_secs(5);
+
+struct Harness {
+    m: Lifecycle,
+    now: Instant,
+    next_pid: Pid,
+}
+
+impl Harness {
+    fn new(workers: u32) -> Self {
+        Self::with(workers, BackoffPolicy::default())
+    }
+
+    fn with(workers: u32, backoff: BackoffPolicy) -> Self {
+        Self {
+            m: Lifecycle::new(Settings {
+                workers,
+                max_slots: 8,
+                start_timeout: START,
+                kill_timeout: KILL,
+                backoff,
+                startup_attempts: STARTUP_ATTEMPTS,
+            }),
+            now: Instant::now(),
+            next_pid: 100,
+        }
+    }
+
+    /// Feeds `event` and answers every `Spawn` with `Spawned` (a new pid),
+    /// as the driver does. Returns all actions, answers included.
+    fn feed(&mut self, event: Event) -> Vec<Action> {
+        let mut all = Vec::new();
+        let mut queue = vec![event];
+        while let Some(ev) = queue.pop() {
+            let actions = self.m.handle(self.now, ev);
+            for a in &actions {
+                if let Action::Spawn { slot, .. } = a {
+                    self.next_pid += 1;
+                    queue.push(Event::Spawned {
+                        slot: *slot,
+                        pid: self.next_pid,
+                    });
+                }
+            }
+            all.extend(actions);
+        }
+        all
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Action> {
+        self.now += d;
+        self.feed(Event::Tick)
+    }
+
+    fn pid(&self, worker: WorkerId) -> Pid {
+        self.m.workers()[worker as usize]
+            .pid
+            .expect("worker has a pid")
+    }
+
+    fn slot(&self, worker: WorkerId) -> Slot {
+        self.m.workers()[worker as usize]
+            .slot
+            .expect("worker has a slot")
+    }
+
+    fn incoming_pid(&self, worker: WorkerId) -> Pid {
+        self.m.workers()[worker as usize]
+            .incoming
+            .and_then(|(_, p)| p)
+            .expect("incoming pid")
+    }
+
+    fn all_ready(&mut self) {
+        for w in self.m.workers() {
+            let pid = w.pid.expect("pid");
+            self.feed(Event::Ready { pid });
+        }
+    }
+}
+
+fn states(actions: &[Action]) -> Vec<(Slot, SlotState)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetState { slot, state } => Some((*slot, *state)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn signals(actions: &[Action]) -> Vec<(Pid, Sig)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Signal { pid, sig } => Some((*pid, *sig)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_note(actions: &[Action], f: impl Fn(&Note) -> bool) -> bool {
+    actions.iter().any(|a| matches!(a, Action::Note(n) if f(n)))
+}
+
+#[test]
+fn start_opens_a_slot_per_worker_and_marks_ready_only_on_ready() {
+    let mut h = Harness::new(3);
+    let actions = h.feed(Event::Start);
+    let opened: Vec<_> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::OpenSlot { .. }))
+        .collect();
+    assert_eq!(opened.len(), 3);
+    assert!(
+        states(&actions).is_empty(),
+        "nothing is ready before READY=1"
+    );
+    let pid = h.pid(1);
+    let actions = h.feed(Event::Ready { pid });
+    assert_eq!(states(&actions), vec![(h.slot(1), SlotState::Ready)]);
+    assert_eq!(h.m.ready_count(), 1);
+}
+
+#[test]
+fn a_crash_marks_down_then_stops_then_closes_and_restarts_with_backoff() {
+    let mut h = Harness::new(2);
+    h.feed(Event::Start);
+    h.all_ready();
+    let (pid, slot) = (h.pid(0), h.slot(0));
+    let actions = h.feed(Event::Exited {
+        pid,
+        status: ExitStatus::Signal(9),
+    });
+    let order: Vec<&Action> = actions
+        .iter()
+        .filter(|a| !matches!(a, Action::Note(_)))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            &Action::SetState {
+                slot,
+                state: SlotState::Down
+            },
+            &Action::StopSlot { slot },
+            &Action::CloseSlot { slot },
+        ]
+    );
+    assert!(has_note(
+        &actions,
+        |n| matches!(n, Note::RestartIn { delay, .. } if *delay == Duration::from_millis(100))
+    ));
+    // Not before the delay...
+    assert!(
+        h.advance(Duration::from_millis(50))
+            .iter()
+            .all(|a| !matches!(a, Action::Spawn { .. }))
+    );
+    // ...then a new instance of worker 0.
+    let actions = h.advance(Duration::from_millis(60));
+    assert!(actions.contains(&Action::Spawn { slot, worker: 0 }));
+    assert_eq!(h.m.workers()[0].restarts, 1);
+}
+
+#[test]
+fn a_crash_loop_is_reported_once_and_the_agent_keeps_going() {
+    let policy = BackoffPolicy {
+        max_restarts: 2,
+        ..BackoffPolicy::default()
+    };
+    let mut h = Harness::with(2, policy);
+    h.feed(Event::Start);
+    h.all_ready();
+    let mut loops = 0;
+    for _ in 0..6 {
+        let pid = h.pid(0);
+        let actions = h.feed(Event::Exited {
+            pid,
+            status: ExitStatus::Code(1),
+        });
+        loops += usize::from(has_note(&actions, |n| matches!(n, Note::CrashLoop { .. })));
+        h.advance(Duration::from_secs(60).min(policy.max));
+    }
+    assert_eq!(loops, 1);
+    assert!(h.m.workers()[0].crash_looping);
+    // The other worker was never touched.
+    assert_eq!(h.m.workers()[1].restarts, 0);
+    assert_eq!(h.m.workers()[1].phase, Some(Phase::Ready));
+}
+
+/// Crashes `worker`'s instance before it is ready, then lets its restart
+/// delay pass; returns every action.
+fn crash_before_ready(h: &mut Harness, worker: WorkerId) -> Vec<Action> {
+    let pid = h.pid(worker);
+    let mut actions = h.feed(Event::Exited {
+        pid,
+        status: ExitStatus::Code(1),
+    });
+    if h.m.workers()[worker as usize].restart_at.is_some() {
+        actions.extend(h.advance(BackoffPolicy::default().max));
+    }
+    actions
+}
+
+fn exit_code(actions: &[Action]) -> Option<i32> {
+    actions.iter().find_map(|a| match a {
+        Action::Exit { code } => Some(*code),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_command_that_never_starts_stops_the_agent_non_zero() {
+    let mut h = Harness::new(2);
+    h.feed(Event::Start);
+    for round in 1..=STARTUP_ATTEMPTS {
+        let first = crash_before_ready(&mut h, 0);
+        assert_eq!(
+            exit_code(&first),
+            None,
+            "round {round}: worker 1 not failed yet"
+        );
+        let second = crash_before_ready(&mut h, 1);
+        if round < STARTUP_ATTEMPTS {
+            assert_eq!(exit_code(&second), None, "round {round}: {second:?}");
+            continue;
+        }
+        assert!(has_note(&second, |n| *n
+            == Note::NeverReady {
+                attempts: STARTUP_ATTEMPTS
+            }));
+        assert!(
+            !second.iter().any(|a| matches!(
+                a,
+                Action::Spawn { .. } | Action::Note(Note::RestartIn { .. })
+            )),
+            "no restart after giving up: {second:?}"
+        );
+        // Worker 0's next start is still running: it is stopped, and the
+        // agent exits non-zero once it is gone.
+        let pid = h.pid(0);
+        assert!(signals(&second).contains(&(pid, Sig::Term)), "{second:?}");
+        let last = h.feed(Event::Exited {
+            pid,
+            status: ExitStatus::Signal(15),
+        });
+        assert_eq!(exit_code(&last), Some(exit::FAILURE), "{last:?}");
+    }
+}
+
+#[test]
+fn a_worker_still_starting_keeps_the_agent_waiting() {
+    let mut h = Harness::new(2);
+    h.feed(Event::Start);
+    for _ in 0..2 * STARTUP_ATTEMPTS {
+        let actions = crash_before_ready(&mut h, 0);
+        assert_eq!(exit_code(&actions), None, "{actions:?}");
+    }
+    assert!(!h.m.is_shutting_down());
+}
+
+#[test]
+fn once_the_fleet_has_served_failed_starts_restart_forever() {
+    let mut h = Harness::new(2);
+    h.feed(Event::Start);
+    let pid = h.pid(1);
+    h.feed(Event::Ready { pid });
+    for _ in 0..4 * STARTUP_ATTEMPTS {
+        let actions = crash_before_ready(&mut h, 0);
+        assert_eq!(exit_code(&actions), None, "{actions:?}");
+        assert!(has_note(&actions, |n| matches!(n, Note::RestartIn { .. })));
+    }
+}
+
+#[test]
+fn a_worker_not_ready_in_time_is_killed_and_restarted() {
+    let mut h = Harness::new(1);
+    h.feed(Event::Start);
+    let pid = h.pid(0);
+    let actions = h.advance(START);
+    assert_eq!(signals(&actions), vec![(pid, Sig::Kill)]);
+    // Its READY=1 can still arrive between the SIGKILL and its exit: the
+    // dying process gets no connections.
+    let late = h.feed(Event::Ready { pid });
+    assert!(states(&late).is_empty(), "{late:?}");
+    let actions = h.feed(Event::Exited {
+        pid,
+        status: ExitStatus::Signal(9),
+    });
+    assert!(has_note(&actions, |n| matches!(n, Note::NotReady { .. })));
+    assert!(has_note(&actions, |n| matches!(n, Note::RestartIn { .. })));
+}
+
+#[test]
+fn spawn_failure_backs_off_like_a_crash() {
+    let mut h = Harness::new(1);
+    let actions = h.m.handle(h.now, Event::Start);
+    let slot = match actions[1] {
+        Action::Spawn { slot, .. } => slot,
+        _ => panic!("{actions:?}"),
+    };
+    let actions = h.feed(Event::SpawnFailed {
+        slot,
+        reason: "command not found".into(),
+    });
+    assert!(actions.contains(&Action::CloseSlot { slot }));
+    assert!(has_note(&actions, |n| matches!(
+        n,
+        Note::SpawnFailed { .. }
+    )));
+    assert!(has_note(&actions, |n| matches!(n, Note::RestartIn { .. })));
+}
+
+#[test]
+fn illegal_transitions_are_refused_and_noted() {
+    let mut h = Harness::new(1);
+    h.feed(Event::Start);
+    h.all_ready();
+    let slot = h.slot(0);
+    let mut out = Vec::new();
+    assert!(!h.m.set_phase(slot, Phase::Starting, &mut out));
+    assert!(matches!(
+        out[0],
+        Action::Note(Note::Illegal {
+            from: Phase::Ready,
+            to: Phase::Starting,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn unknown_pids_are_ignored() {
+    let mut h = Harness::new(1);
+    h.feed(Event::Start);
+    let actions = h.feed(Event::Exited {
+        pid: 4242,
+        status: ExitStatus::Code(0),
+    });
+    assert!(actions.is_empty());
+}
+
+#[test]
+fn next_deadline_tracks_start_timeouts() {
+    let mut h = Harness::new(1);
+    assert_eq!(h.m.next_deadline(), None);
+    h.feed(Event::Start);
+    assert_eq!(h.m.next_deadline(), Some(h.now + START));
+    h.all_ready();
+    assert_eq!(h.m.next_deadline(), None);
+}
