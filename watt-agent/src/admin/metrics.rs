@@ -132,28 +132,38 @@ impl Collector for Scrape {
 }
 
 impl Scrape {
-    /// One sample per worker that has a value.
-    fn per_worker<M: EncodeMetric>(
+    /// One sample per worker that has labels (`labels`) and a value.
+    fn per<M: EncodeMetric>(
         &self,
         enc: &mut DescriptorEncoder,
         (name, help, unit): (&str, &str, Option<&Unit>),
+        labels: fn(&status::WorkerStatus) -> Option<Labels>,
         value: impl Fn(&status::WorkerStatus) -> Option<M>,
     ) -> fmt::Result {
         let samples = self.status.workers.iter();
-        let samples = samples.filter_map(|x| Some((worker_labels(x), value(x)?)));
+        let samples = samples.filter_map(|x| Some((labels(x)?, value(x)?)));
         family(enc, name, help, unit, samples.collect())
     }
 
-    /// One sample per worker that has a listener (a slot) and a value.
+    /// One sample per worker that has a value (label `worker`).
+    fn per_worker<M: EncodeMetric>(
+        &self,
+        enc: &mut DescriptorEncoder,
+        metric: (&str, &str, Option<&Unit>),
+        value: impl Fn(&status::WorkerStatus) -> Option<M>,
+    ) -> fmt::Result {
+        self.per(enc, metric, |x| Some(worker_labels(x)), value)
+    }
+
+    /// One sample per worker that has a listener and a value (labels
+    /// `worker`, `slot`).
     fn per_slot<M: EncodeMetric>(
         &self,
         enc: &mut DescriptorEncoder,
-        (name, help, unit): (&str, &str, Option<&Unit>),
+        metric: (&str, &str, Option<&Unit>),
         value: impl Fn(&status::WorkerStatus) -> Option<M>,
     ) -> fmt::Result {
-        let samples = self.status.workers.iter();
-        let samples = samples.filter_map(|x| Some((slot_labels(x)?, value(x)?)));
-        family(enc, name, help, unit, samples.collect())
+        self.per(enc, metric, slot_labels, value)
     }
 
     /// The agent as a whole: workers, readiness, reloads, uptime.

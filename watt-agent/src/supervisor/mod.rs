@@ -275,9 +275,12 @@ impl Driver<'_> {
                     worker,
                     probe: child.probe,
                 });
-                let tail = self.tails.entry(worker).or_default().clone();
+                // The tail is read only if the command never starts: once a
+                // worker has been ready, stderr lines are not kept.
+                let tail = (!self.machine.has_served())
+                    .then(|| self.tails.entry(worker).or_default().clone());
                 worker_io::forward_output(child.stdout, worker, pid, "stdout", None);
-                worker_io::forward_output(child.stderr, worker, pid, "stderr", Some(tail));
+                worker_io::forward_output(child.stderr, worker, pid, "stderr", tail);
                 worker_io::watch_notify(child.notify, worker, pid, self.notice_tx.clone());
                 self.queue.push_back(Event::Spawned { slot, pid });
             }

@@ -63,4 +63,10 @@ impl Lifecycle {
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown
     }
+
+    /// Some instance has been ready since the agent started.
+    #[must_use]
+    pub fn has_served(&self) -> bool {
+        self.served
+    }
 }
