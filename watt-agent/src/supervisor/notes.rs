@@ -110,11 +110,11 @@ impl Driver<'_> {
     fn log_never_ready(&self, attempts: u32) {
         let workers = self.plan.settings.workers;
         let tail = (0..workers)
-            .filter_map(|w| Some((w, self.tails.get(&w)?.lines())))
+            .filter_map(|w| Some((w, self.tails.get(&w)?.excerpt())))
             .find(|(_, lines)| !lines.is_empty());
         let last = match tail {
             Some((worker, lines)) => format!(
-                "worker {worker}'s last stderr lines:\n    {}",
+                "worker {worker}'s last error on stderr:\n    {}",
                 lines.join("\n    ")
             ),
             None => "no worker wrote anything to stderr".to_owned(),

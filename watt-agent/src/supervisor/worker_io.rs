@@ -42,13 +42,16 @@ pub fn parse_notify(pid: Pid, line: &str) -> Option<Notice> {
 }
 
 /// The last lines a worker wrote to stderr, across its restarts: what the
-/// agent prints when a command can never start. A few lines rather than
-/// one, because Node ends an uncaught error with `Node.js v22.x`.
+/// agent prints when a command can never start. Not the last line alone:
+/// Node ends an uncaught error with its stack, the error's fields and
+/// `Node.js v22.x`, a dozen lines below the `Error: ...` that says why.
 #[derive(Clone, Debug, Default)]
 pub struct Tail(Arc<Mutex<VecDeque<String>>>);
 
 impl Tail {
-    pub const LINES: usize = 8;
+    pub const LINES: usize = 24;
+    /// Shown when no line looks like an error's headline.
+    const FALLBACK: usize = 8;
 
     fn push(&self, line: &str) {
         if line.trim().is_empty() {
@@ -69,6 +72,24 @@ impl Tail {
             .map(|l| l.iter().cloned().collect())
             .unwrap_or_default()
     }
+
+    /// What to show: from the last error headline (`Error: ...`,
+    /// `TypeError: ...`) to the end, else the last few lines.
+    #[must_use]
+    pub fn excerpt(&self) -> Vec<String> {
+        let mut lines = self.lines();
+        let from = lines
+            .iter()
+            .rposition(|l| is_error_headline(l))
+            .unwrap_or_else(|| lines.len().saturating_sub(Self::FALLBACK));
+        lines.split_off(from)
+    }
+}
+
+/// `Error: ...`, `TypeError [ERR_X]: ...`: a word ending in `Error` first.
+fn is_error_headline(line: &str) -> bool {
+    let word = line.trim_start().split([':', ' ']).next().unwrap_or("");
+    word.ends_with("Error")
 }
 
 /// Forwards the worker's stdout/stderr lines to the log until EOF, keeping
@@ -139,8 +160,38 @@ mod tests {
             tail.push("  ");
         }
         let lines = tail.lines();
+        assert_eq!(lines.len(), 20);
+        for i in 20..40 {
+            tail.push(&format!("line {i}"));
+        }
+        let lines = tail.lines();
         assert_eq!(lines.len(), Tail::LINES);
-        assert_eq!(lines.first().map(String::as_str), Some("line 12"));
-        assert_eq!(lines.last().map(String::as_str), Some("line 19"));
+        assert_eq!(lines.first().map(String::as_str), Some("line 16"));
+        assert_eq!(lines.last().map(String::as_str), Some("line 39"));
+        assert_eq!(tail.excerpt().len(), Tail::FALLBACK, "no headline: the end");
+    }
+
+    /// Node's output for `node typo.js`, as Node 20 prints it.
+    #[test]
+    fn the_excerpt_starts_at_the_error_not_at_its_stack() {
+        let tail = Tail::default();
+        let node = "node:internal/modules/cjs/loader:1210\n  throw err;\n  ^\n\n\
+                    Error: Cannot find module '/app/typo.js'\n\
+                    \x20   at Module._resolveFilename (node:internal/modules/cjs/loader:1207:15)\n\
+                    \x20   at Module._load (node:internal/modules/cjs/loader:1038:27)\n\
+                    \x20   at Function.executeUserEntryPoint [as runMain] (node:internal/modules/run_main:164:12)\n\
+                    \x20   at node:internal/main/run_main_module:28:49 {\n\
+                    \x20 code: 'MODULE_NOT_FOUND',\n  requireStack: []\n}\n\nNode.js v20.20.2";
+        for line in node.lines() {
+            tail.push(line);
+        }
+        let excerpt = tail.excerpt();
+        assert_eq!(
+            excerpt.first().map(String::as_str),
+            Some("Error: Cannot find module '/app/typo.js'")
+        );
+        assert_eq!(excerpt.last().map(String::as_str), Some("Node.js v20.20.2"));
+        assert!(is_error_headline("TypeError [ERR_INVALID_ARG_TYPE]: bad"));
+        assert!(!is_error_headline("    at Error.captureStackTrace"));
     }
 }
