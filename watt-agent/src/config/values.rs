@@ -2,6 +2,8 @@
 //! (shared by the command line, the environment and the config file).
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
+use super::defaults;
+
 /// `--workers`: a count, or `auto` = the CPUs this process may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workers {
@@ -23,15 +25,7 @@ impl FromStr for Workers {
 
 /// How connections are steered (`--policy`).
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
@@ -42,8 +36,15 @@ pub enum Policy {
     Hash,
     /// `hash`, plus busy workers (accept queue not draining) taken out of
     /// the table and their queued connections rescued to the others.
-    #[default]
     Rescue,
+}
+
+// By hand, not derived, so that code asking for the default policy and the
+// settings table agree by construction.
+impl Default for Policy {
+    fn default() -> Self {
+        defaults::POLICY
+    }
 }
 
 impl fmt::Display for Policy {
@@ -67,7 +68,7 @@ pub enum AdminAddr {
 
 impl Default for AdminAddr {
     fn default() -> Self {
-        Self::Tcp(SocketAddr::from(([127, 0, 0, 1], 9090)))
+        defaults::ADMIN
     }
 }
 
@@ -99,11 +100,16 @@ impl fmt::Display for AdminAddr {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    #[default]
     Text,
     Json,
+}
+
+impl Default for LogFormat {
+    fn default() -> Self {
+        defaults::LOG_FORMAT
+    }
 }
 
 /// A memory size such as `512M`, `1.5GiB` or `300000000` (bytes).

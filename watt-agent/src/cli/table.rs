@@ -1,0 +1,278 @@
+//! The status table of `watt-agent status` and `watt-agent top`.
+use std::{fmt::Write as _, time::Duration};
+
+use crate::{
+    admin::status::{Status, WorkerStatus},
+    sampler::QueueSourceKind,
+};
+
+/// The status as a table. With `rates` (seconds since, previous status),
+/// CPU and connections are shown per second.
+#[must_use]
+pub fn render_status(s: &Status, rates: Option<(f64, &Status)>) -> String {
+    let mut out = summary(s);
+    out.push('\n');
+    let (cpu_head, conn_head) = if rates.is_some() {
+        ("CPU%", "CONN/S")
+    } else {
+        ("CPU", "CONNS")
+    };
+    let _ = writeln!(
+        out,
+        "{:<6} {:<5} {:<8} {:<9} {:<9} {:<8} {:<6} {:<8} {:<11} {:<8} NOTE",
+        "WORKER", "SLOT", "PID", "STATE", "UPTIME", "RESTARTS", "QUEUE", cpu_head, "RSS", conn_head,
+    );
+    for w in &s.workers {
+        // The same worker in the previous status: same id and same process.
+        let prev = rates.and_then(|(dt, p)| {
+            p.workers
+                .iter()
+                .find(|x| x.id == w.id && x.pid == w.pid)
+                .map(|x| (dt, x))
+        });
+        out.push_str(worker_row(w, prev).trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The lines above the table: the agent, readiness, the program's
+/// counters and how queue depths are measured.
+fn summary(s: &Status) -> String {
+    let mut out = String::new();
+    let flags = [
+        s.reloading.then_some("reloading"),
+        s.shutting_down.then_some("shutting down"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(", ");
+    let _ = writeln!(
+        out,
+        "watt-agent {} (pid {}) up {}, listening on {}, policy {}",
+        s.version,
+        s.pid,
+        human_duration(s.uptime_seconds),
+        s.listen,
+        s.policy
+    );
+    let _ = writeln!(
+        out,
+        "{} of {} workers ready (min {}): {}{}",
+        s.ready,
+        s.workers_configured,
+        s.min_ready,
+        if s.is_ready { "ready" } else { "NOT READY" },
+        if flags.is_empty() {
+            String::new()
+        } else {
+            format!(", {flags}")
+        }
+    );
+    if let Some(p) = &s.program {
+        let _ = write!(
+            out,
+            "program ({}): {} connections, {} migrated, {} fallbacks, {} while none ready",
+            p.mode.as_str(),
+            p.connections,
+            p.migrations,
+            p.fallbacks,
+            p.no_ready_slot
+        );
+        if let (Some(t), Some(n)) = (p.run_time_seconds, p.runs)
+            && n > 0
+        {
+            #[allow(clippy::cast_precision_loss)]
+            let per = t / n as f64 * 1e9;
+            let _ = write!(out, ", {per:.0}ns per decision");
+        }
+        out.push('\n');
+    }
+    match s.queue_depth_source {
+        Some(QueueSourceKind::SockDiag) => {}
+        Some(QueueSourceKind::ProcNetTcp) => {
+            out.push_str("queue depths: from /proc/net/tcp (sock_diag does not work here)\n");
+        }
+        None => out.push_str("queue depths: NONE (neither sock_diag nor /proc/net/tcp works)\n"),
+    }
+    out
+}
+
+/// One worker's row (with trailing spaces when the note is empty).
+fn worker_row(w: &WorkerStatus, prev: Option<(f64, &WorkerStatus)>) -> String {
+    let (cpu, conns) = columns(w, prev);
+    let mut note = Vec::new();
+    if w.crash_looping {
+        note.push("crash loop".to_owned());
+    }
+    if let Some(t) = w.restart_in_seconds {
+        note.push(format!("restart in {t:.1}s"));
+    }
+    if let Some(r) = &w.replacement {
+        note.push(format!("replacement on slot {} pid {}", r.slot, opt(r.pid)));
+    }
+    format!(
+        "{:<6} {:<5} {:<8} {:<9} {:<9} {:<8} {:<6} {:<8} {:<11} {:<8} {}",
+        w.id,
+        opt(w.slot),
+        opt(w.pid),
+        w.state.name(),
+        w.uptime_seconds.map_or_else(|| "-".into(), human_duration),
+        w.restarts,
+        opt(w.load.measured.queue_depth),
+        cpu,
+        w.load
+            .measured
+            .rss_bytes
+            .map_or_else(|| "-".into(), human_bytes),
+        conns,
+        note.join("; ")
+    )
+}
+
+/// CPU and connection columns: totals, or rates against `prev`.
+fn columns(w: &WorkerStatus, prev: Option<(f64, &WorkerStatus)>) -> (String, String) {
+    match prev {
+        Some((dt, p)) if dt > 0.0 => {
+            let cpu = match (w.load.measured.cpu_time, p.load.measured.cpu_time) {
+                (Some(a), Some(b)) => {
+                    format!("{:.0}%", a.saturating_sub(b).as_secs_f64() / dt * 100.0)
+                }
+                _ => "-".into(),
+            };
+            #[allow(clippy::cast_precision_loss)]
+            let conns = match (w.load.connections, p.load.connections) {
+                (Some(a), Some(b)) => format!("{:.0}", a.saturating_sub(b) as f64 / dt),
+                _ => "-".into(),
+            };
+            (cpu, conns)
+        }
+        _ => (
+            w.load
+                .measured
+                .cpu_time
+                .map_or_else(|| "-".into(), |c| format!("{:.1}s", c.as_secs_f64())),
+            opt(w.load.connections),
+        ),
+    }
+}
+
+fn human_duration(secs: f64) -> String {
+    // Whole seconds only: humantime would print nanoseconds.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let d = Duration::from_secs(secs.max(0.0) as u64);
+    let text = humantime::format_duration(d).to_string();
+    // "1h 2m 3s" → "1h 2m": two units are enough in a table.
+    text.split(' ').take(2).collect::<Vec<_>>().join(" ")
+}
+
+fn human_bytes(b: u64) -> String {
+    bytesize::ByteSize(b).display().iec().to_string()
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        admin::status::{Load, WorkerState},
+        balancer,
+    };
+
+    fn status() -> Status {
+        Status {
+            version: "0.1.0".into(),
+            pid: 42,
+            uptime_seconds: 3723.0,
+            listen: "[::]:3000".into(),
+            policy: "rescue".into(),
+            workers_configured: 2,
+            ready: 1,
+            min_ready: 1,
+            is_ready: true,
+            reloading: false,
+            reloads_finished: 0,
+            last_reload: None,
+            shutting_down: false,
+            queue_depth_source: Some(QueueSourceKind::SockDiag),
+            workers: vec![
+                WorkerStatus {
+                    id: 0,
+                    slot: Some(0),
+                    pid: Some(100),
+                    state: WorkerState::Ready,
+                    uptime_seconds: Some(61.0),
+                    restarts: 0,
+                    crash_looping: false,
+                    restart_in_seconds: None,
+                    replacement: None,
+                    load: Load {
+                        measured: balancer::Load {
+                            queue_depth: Some(0),
+                            cpu_time: Some(Duration::from_secs(2)),
+                            rss_bytes: Some(50 << 20),
+                            ..balancer::Load::default()
+                        },
+                        connections: Some(100),
+                        ..Load::default()
+                    },
+                },
+                WorkerStatus {
+                    id: 1,
+                    slot: None,
+                    pid: None,
+                    state: WorkerState::Down,
+                    uptime_seconds: None,
+                    restarts: 3,
+                    crash_looping: true,
+                    restart_in_seconds: Some(2.5),
+                    replacement: None,
+                    load: Load::default(),
+                },
+            ],
+            program: None,
+        }
+    }
+
+    #[test]
+    fn the_status_table_has_a_row_per_worker() {
+        let text = render_status(&status(), None);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("up 1h 2m"), "{text}");
+        assert!(lines[1].starts_with("1 of 2 workers ready"), "{text}");
+        let rows: Vec<&str> = lines
+            .iter()
+            .skip_while(|l| !l.starts_with("WORKER"))
+            .copied()
+            .collect();
+        let row0 = rows.iter().find(|l| l.starts_with("0 ")).unwrap();
+        assert!(
+            row0.contains("ready") && row0.contains("50.0 MiB") && row0.contains("2.0s"),
+            "{row0}"
+        );
+        let row1 = rows.iter().find(|l| l.starts_with("1 ")).unwrap();
+        assert!(
+            row1.contains("down") && row1.contains("crash loop; restart in 2.5s"),
+            "{row1}"
+        );
+    }
+
+    #[test]
+    fn top_shows_rates() {
+        let before = status();
+        let mut after = status();
+        after.workers[0].load.measured.cpu_time = Some(Duration::from_millis(2500));
+        after.workers[0].load.connections = Some(150);
+        let text = render_status(&after, Some((1.0, &before)));
+        let row0 = text
+            .lines()
+            .skip_while(|l| !l.starts_with("WORKER"))
+            .find(|l| l.starts_with("0 "))
+            .unwrap();
+        assert!(row0.contains("50%") && row0.ends_with(" 50"), "{row0}");
+    }
+}
