@@ -5,18 +5,19 @@
 //! AYA_BUILD_SKIP=1 cargo run --release -p watt-agent --example sampler_cost
 //! ```
 //!
-//! Measures: a sock_diag dump of listeners (port in the request, or all
+//! Measures: a `sock_diag` dump of listeners (port in the request, or all
 //! listeners filtered here; IPv4 and IPv4+IPv6), `/proc/net/tcp` read and
 //! parse, `poll(2)` with timeout 0 on 16 listener fds, and the four per-pid
 //! files of 16 processes, first with few sockets on the host, then with
-//! ~20k established and TIME_WAIT loopback sockets. Loopback traffic only;
+//! ~20k established and `TIME_WAIT` loopback sockets. Loopback traffic only;
 //! every loop is bounded in count and time; all sockets and children are
-//! closed at the end (TIME_WAIT entries expire by themselves within 60 s).
+//! closed at the end (`TIME_WAIT` entries expire by themselves within 60 s).
 use std::{
     fs::File,
     hint::black_box,
     io,
     net::{SocketAddr, TcpListener, TcpStream},
+    num::NonZero,
     os::{fd::AsRawFd, unix::fs::FileExt},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -35,12 +36,16 @@ const MAX_TIME: Duration = Duration::from_secs(2);
 fn thread_cpu() -> Duration {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage fills the struct it is given.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &raw mut ru) };
+    // Never negative: the kernel's CPU time of this thread.
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// Runs `f` up to MAX_ITERS times or MAX_TIME (`max` caps it lower for slow
+/// Runs `f` up to `MAX_ITERS` times or `MAX_TIME` (`max` caps it lower for slow
 /// calls) and prints the wall-time distribution and CPU time per call.
 fn bench(name: &str, max: usize, mut f: impl FnMut()) {
     f(); // warm-up: buffers sized, caches filled
@@ -52,7 +57,7 @@ fn bench(name: &str, max: usize, mut f: impl FnMut()) {
         f();
         times.push(t.elapsed());
     }
-    let cpu = thread_cpu() - cpu0;
+    let cpu = thread_cpu().saturating_sub(cpu0);
     times.sort();
     let n = times.len();
     let pct = |p: usize| times[(n * p / 100).min(n - 1)];
@@ -61,7 +66,7 @@ fn bench(name: &str, max: usize, mut f: impl FnMut()) {
         pct(50),
         pct(90),
         pct(99),
-        cpu / n as u32
+        cpu / u32::try_from(n).unwrap_or(u32::MAX)
     );
 }
 
@@ -101,6 +106,25 @@ fn read_whole(file: &File, buf: &mut Vec<u8>) -> usize {
 /// The cases that depend on how many sockets the host has.
 fn socket_cases(label: &str, diag: &mut SockDiag, net: &mut NetTcp, port: u16, fds: &[i32]) {
     println!("-- {label}");
+    sock_diag_cases(diag, port);
+    proc_net_tcp_cases(net, port);
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    bench("poll(2), timeout 0, 16 listener fds", MAX_ITERS, || {
+        // SAFETY: a valid array of pollfd.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 0) };
+        black_box(n);
+    });
+}
+
+/// `sock_diag` dumps: the port in the request, or all listeners filtered here.
+fn sock_diag_cases(diag: &mut SockDiag, port: u16) {
     let mut out = Vec::new();
     let v4 = ListenerQuery {
         port: Some(port),
@@ -134,6 +158,16 @@ fn socket_cases(label: &str, diag: &mut SockDiag, net: &mut NetTcp, port: u16, f
             black_box(&out);
         },
     );
+}
+
+/// `/proc/net/tcp`: through `NetTcp`, then its read and its parse alone.
+fn proc_net_tcp_cases(net: &mut NetTcp, port: u16) {
+    let mut out = Vec::new();
+    let v4 = ListenerQuery {
+        port: Some(port),
+        ipv4: true,
+        ipv6: false,
+    };
     bench("/proc/net/tcp: NetTcp::listeners, IPv4, port", 500, || {
         net.listeners(&v4, &mut out).expect("tcp");
         black_box(&out);
@@ -147,7 +181,7 @@ fn socket_cases(label: &str, diag: &mut SockDiag, net: &mut NetTcp, port: u16, f
     });
     println!(
         "   /proc/net/tcp is {len} bytes, {} lines",
-        buf[..len].iter().filter(|&&b| b == b'\n').count()
+        memchr::memchr_iter(b'\n', &buf[..len]).count()
     );
     bench(
         "/proc/net/tcp: parse only, ours (LISTEN lines)",
@@ -171,22 +205,9 @@ fn socket_cases(label: &str, diag: &mut SockDiag, net: &mut NetTcp, port: u16, f
             black_box(TcpNetEntries::from_buf_read(&buf[..len], &info).expect("procfs-core"));
         },
     );
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    bench("poll(2), timeout 0, 16 listener fds", MAX_ITERS, || {
-        // SAFETY: a valid array of pollfd.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 0) };
-        black_box(n);
-    });
 }
 
-/// Established pairs (kept open) and TIME_WAIT sockets on loopback, about
+/// Established pairs (kept open) and `TIME_WAIT` sockets on loopback, about
 /// `2 * pairs + tw` entries of `/proc/net/tcp` in all.
 fn churn(pairs: usize, tw: usize) -> (Vec<TcpStream>, usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -216,7 +237,7 @@ fn churn(pairs: usize, tw: usize) -> (Vec<TcpStream>, usize) {
 fn main() {
     println!(
         "sampler cost on {} CPUs; kernel {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::thread::available_parallelism().map_or(0, NonZero::get),
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
@@ -232,7 +253,7 @@ fn main() {
     let queued: Vec<TcpStream> = (0..32)
         .map(|_| TcpStream::connect(addr).expect("connect"))
         .collect();
-    let fds: Vec<i32> = group.iter().map(|s| s.as_raw_fd()).collect();
+    let fds: Vec<i32> = group.iter().map(AsRawFd::as_raw_fd).collect();
 
     let mut diag = SockDiag::open().expect("sock_diag");
     let mut net = NetTcp::open().expect("/proc/net/tcp");
@@ -253,14 +274,58 @@ fn main() {
     let mut probes: Vec<WorkerProbe> = kids
         .0
         .iter()
-        .map(|k| WorkerProbe::open(k.id() as i32).expect("probe"))
+        .map(|k| WorkerProbe::open(i32::try_from(k.id()).expect("pid")).expect("probe"))
         .collect();
+    per_pid_cases(&kids, &mut probes);
+    pread_cases(&kids);
+
+    socket_cases(
+        "16 listeners, few other sockets",
+        &mut diag,
+        &mut net,
+        addr.port(),
+        &fds,
+    );
+
+    other_listeners_cases(&mut diag, addr.port());
+
+    let t = Instant::now();
+    let (open, tw) = churn(6000, 8000);
+    println!(
+        "-- created {} established sockets and {tw} TIME_WAIT in {:.1?}",
+        open.len(),
+        t.elapsed()
+    );
+    socket_cases(
+        "16 listeners, ~20k other sockets",
+        &mut diag,
+        &mut net,
+        addr.port(),
+        &fds,
+    );
+
+    // Clean up: reset (not FIN) the established pairs so they leave no
+    // TIME_WAIT behind.
+    for s in &open {
+        let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+    }
+    drop(open);
+    drop(queued);
+    drop(group);
+    drop(probes);
+    drop(kids);
+    println!("done; {tw} TIME_WAIT entries expire within 60 s");
+}
+
+/// The per-pid files of `kids` through their probes, their parsers alone,
+/// and open/read/close of the same files for comparison.
+fn per_pid_cases(kids: &Kids, probes: &mut [WorkerProbe]) {
     println!("-- per-pid files, 16 processes (4 files each)");
     bench(
         "WorkerProbe::sample x16 (kept open, pread)",
         MAX_ITERS,
         || {
-            for p in &mut probes {
+            for p in &mut *probes {
                 black_box(p.sample().expect("sample"));
             }
         },
@@ -269,7 +334,7 @@ fn main() {
         "WorkerProbe::syscall x16 (one pread each)",
         MAX_ITERS,
         || {
-            for p in &mut probes {
+            for p in &mut *probes {
                 black_box(p.syscall().expect("syscall"));
             }
         },
@@ -314,8 +379,10 @@ fn main() {
             }
         }
     });
+}
 
-    // Which file costs what (parse excluded): one pread per file, x16.
+/// Which file costs what (parse excluded): one pread per file, x16.
+fn pread_cases(kids: &Kids) {
     for (name, path) in [
         ("task/<pid>/stat", "/proc/{pid}/task/{pid}/stat"),
         ("schedstat", "/proc/{pid}/schedstat"),
@@ -334,23 +401,17 @@ fn main() {
             }
         });
     }
+}
 
-    socket_cases(
-        "16 listeners, few other sockets",
-        &mut diag,
-        &mut net,
-        addr.port(),
-        &fds,
-    );
-
-    // 200 listeners on other ports: does the port in the request pay off?
+/// 200 listeners on other ports: does the port in the request pay off?
+fn other_listeners_cases(diag: &mut SockDiag, port: u16) {
     let others: Vec<Socket> = (0..200)
         .map(|_| reuseport_listener("127.0.0.1:0".parse().expect("addr")).expect("listener"))
         .collect();
     println!("-- plus 200 listeners on other ports");
     let mut out = Vec::new();
     let v4 = ListenerQuery {
-        port: Some(addr.port()),
+        port: Some(port),
         ipv4: true,
         ipv6: false,
     };
@@ -367,35 +428,8 @@ fn main() {
         MAX_ITERS,
         || {
             diag.listeners(&all, &mut out).expect("dump");
-            out.retain(|l| l.local.port() == addr.port());
+            out.retain(|l| l.local.port() == port);
         },
     );
     drop(others);
-
-    let t = Instant::now();
-    let (open, tw) = churn(6000, 8000);
-    println!(
-        "-- created {} established sockets and {tw} TIME_WAIT in {:.1?}",
-        open.len(),
-        t.elapsed()
-    );
-    socket_cases(
-        "16 listeners, ~20k other sockets",
-        &mut diag,
-        &mut net,
-        addr.port(),
-        &fds,
-    );
-
-    // Clean up: reset (not FIN) the established pairs so they leave no
-    // TIME_WAIT behind.
-    for s in &open {
-        let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
-    }
-    drop(open);
-    drop(queued);
-    drop(group);
-    drop(probes);
-    drop(kids);
-    println!("done; {tw} TIME_WAIT entries expire within 60 s");
 }

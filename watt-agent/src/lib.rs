@@ -14,7 +14,7 @@
 //!   with the lifecycle's verdict.
 //! - `balancer`: a thread of its own that owns the listeners' copies and
 //!   the `steering` maps. It measures each worker (`sampler`: readers of
-//!   `/proc`, `poll` on the listeners and sock_diag), judges health
+//!   `/proc`, `poll` on the listeners and `sock_diag`), judges health
 //!   (`balancer::health`: busy, stuck, over memory), publishes selection
 //!   `table`s, rescues the queue of a blocked worker, and reports a worker
 //!   to replace as a `HealthReport`.

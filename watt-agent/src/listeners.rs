@@ -178,7 +178,7 @@ fn bind_error(addr: SocketAddr, source: io::Error) -> ListenerError {
 /// Fails with `InUse` if anything already listens on `addr`, including a
 /// reuseport group of another process of the same user (which our sockets
 /// would otherwise silently join). `SO_REUSEADDR` lets the probe bind over
-/// TIME_WAIT leftovers of a previous run, but never over a listener.
+/// `TIME_WAIT` leftovers of a previous run, but never over a listener.
 pub fn ensure_port_free(addr: SocketAddr) -> Result<(), ListenerError> {
     let io_err = |op| move |source| ListenerError::Io { op, addr, source };
     let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))

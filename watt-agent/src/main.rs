@@ -51,7 +51,11 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE as u8 } else { 0 });
+            return exit_code(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     let from_env = matches
@@ -73,5 +77,11 @@ fn main() -> ExitCode {
         Command::Top(a) => cli::top(&a),
         Command::Doctor(a) => cli::doctor(&a),
     };
+    exit_code(code)
+}
+
+/// The process exit code for one of the `exit` codes (all fit in a byte;
+/// anything else would be a failure).
+fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -96,6 +96,7 @@ pub fn can_load_bpf(caps: u64) -> bool {
 
 /// Raises `RLIMIT_MEMLOCK` to infinity where allowed. Kernels since 5.11
 /// charge BPF memory to the cgroup instead, so failure is not fatal.
+#[must_use]
 pub fn raise_memlock() -> bool {
     setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_ok()
 }

@@ -355,7 +355,6 @@ fn identity(config: &RunConfig) -> Result<Option<spawn::Identity>, StartError> {
             let name = std::ffi::CString::new(u.name).ok()?;
             nix::unistd::getgrouplist(&name, Gid::from_raw(gid)).ok()
         })
-        .map(|g| g.into_iter().map(Gid::as_raw).collect())
-        .unwrap_or_else(|| vec![gid]);
+        .map_or_else(|| vec![gid], |g| g.into_iter().map(Gid::as_raw).collect());
     Ok(Some(spawn::Identity { uid, gid, groups }))
 }

@@ -123,18 +123,18 @@ fn check_config_prints_a_usable_config_file() {
     assert_eq!(again.status.code(), Some(0), "{}", err(&again));
 }
 
-/// Bad input: one line on stderr, exit code 2 (usage), for `check-config`
-/// and `run` alike (`run` fails before it needs any privilege).
-#[test]
-fn bad_input_is_one_clear_line_and_exit_code_2() {
-    /// Arguments, environment, file text, the message.
-    type Case<'a> = (
-        Vec<&'a str>,
-        Vec<(&'a str, &'a str)>,
-        Option<&'a str>,
-        String,
-    );
-    let cases: Vec<Case> = vec![
+/// Arguments, environment, file text, the message.
+type Case = (
+    Vec<&'static str>,
+    Vec<(&'static str, &'static str)>,
+    Option<&'static str>,
+    String,
+);
+
+/// The bad inputs, each with the one line it must give (`{file}` stands
+/// for the config file's path).
+fn bad_inputs() -> Vec<Case> {
+    vec![
         (
             vec!["--port", "0"],
             vec![],
@@ -190,8 +190,14 @@ fn bad_input_is_one_clear_line_and_exit_code_2() {
             None,
             "watt-agent: cannot read config file /nonexistent/watt.toml: No such file or directory (os error 2)".into(),
         ),
-    ];
-    for (args, env, file_text, expected) in cases {
+    ]
+}
+
+/// Bad input: one line on stderr, exit code 2 (usage), for `check-config`
+/// and `run` alike (`run` fails before it needs any privilege).
+#[test]
+fn bad_input_is_one_clear_line_and_exit_code_2() {
+    for (args, env, file_text, expected) in bad_inputs() {
         let file = file_text.map(File::new);
         for sub in ["check-config", "run"] {
             let mut all = vec![sub];

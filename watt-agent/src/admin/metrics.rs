@@ -24,10 +24,10 @@ use crate::{balancer::Snapshot, supervisor::Shared};
 
 /// `Content-Type` of the Prometheus text format 0.0.4.
 pub const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
-/// `Content-Type` of the OpenMetrics text format.
+/// `Content-Type` of the `OpenMetrics` text format.
 pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Encodes the metrics; OpenMetrics text if `openmetrics`, else the
+/// Encodes the metrics; `OpenMetrics` text if `openmetrics`, else the
 /// Prometheus text format.
 pub fn encode(
     info: &Info,
@@ -72,13 +72,13 @@ fn family<M: EncodeMetric>(
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    samples: Vec<(Labels, M)>,
+    samples: &[(Labels, M)],
 ) -> fmt::Result {
     let Some(metric_type) = samples.first().map(|(_, m)| m.metric_type()) else {
         return Ok(());
     };
     let mut metric = enc.encode_descriptor(name, help, unit, metric_type)?;
-    for (labels, m) in &samples {
+    for (labels, m) in samples {
         m.encode(metric.encode_family(labels)?)?;
     }
     Ok(())
@@ -90,7 +90,7 @@ fn single<M: EncodeMetric>(
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    m: M,
+    m: &M,
 ) -> fmt::Result {
     let metric = enc.encode_descriptor(name, help, unit, m.metric_type())?;
     m.encode(metric)
@@ -142,7 +142,7 @@ impl Scrape {
     ) -> fmt::Result {
         let samples = self.status.workers.iter();
         let samples = samples.filter_map(|x| Some((labels(x)?, value(x)?)));
-        family(enc, name, help, unit, samples.collect())
+        family(enc, name, help, unit, &samples.collect::<Vec<_>>())
     }
 
     /// One sample per worker that has a value (label `worker`).
@@ -193,28 +193,28 @@ impl Scrape {
             ),
         ];
         for (name, help, v) in ints {
-            single(enc, name, help, None, int(v))?;
+            single(enc, name, help, None, &int(v))?;
         }
         single(
             enc,
             "watt_reloads",
             "Rolling reloads finished (every old worker exited)",
             None,
-            counter(s.reloads_finished),
+            &counter(s.reloads_finished),
         )?;
         single(
             enc,
             "watt_last_reload_failed",
             "Workers whose replacement did not become ready in the last finished reload (the old one kept serving)",
             None,
-            int(s.last_reload.map_or(0, |r| r.failed as u64)),
+            &int(s.last_reload.map_or(0, |r| r.failed as u64)),
         )?;
         single(
             enc,
             "watt_uptime",
             "Time since the agent started",
             Some(&Unit::Seconds),
-            gauge(s.uptime_seconds),
+            &gauge(s.uptime_seconds),
         )
     }
 
@@ -225,7 +225,8 @@ impl Scrape {
             "watt_worker_state",
             "1 for the state each worker is in (starting, ready, busy, draining, down), 0 for the others",
             None,
-            self.status
+            &self
+                .status
                 .workers
                 .iter()
                 .flat_map(|worker| {
@@ -235,7 +236,7 @@ impl Scrape {
                         (l, int(u8::from(worker.state == *st)))
                     })
                 })
-                .collect(),
+                .collect::<Vec<_>>(),
         )?;
         self.per_worker(
             enc,
@@ -354,7 +355,7 @@ impl Scrape {
                 "watt_queue_depth_source",
                 "Where accept-queue depths come from (1 for the source in use; absent: none)",
                 None,
-                vec![(vec![("source", source.as_str().to_owned())], int(1u32))],
+                &[(vec![("source", source.as_str().to_owned())], int(1u32))],
             )?;
         }
         let Some(p) = &s.program else {
@@ -366,7 +367,7 @@ impl Scrape {
             "Which steering program runs (1 for the mode in use): select-or-migrate, or \
              select-only on kernels before 5.14 (no lossless crash or drain)",
             None,
-            vec![(vec![("mode", p.mode.as_str().to_owned())], int(1u32))],
+            &[(vec![("mode", p.mode.as_str().to_owned())], int(1u32))],
         )?;
         let counters = [
             (
@@ -396,7 +397,7 @@ impl Scrape {
             ),
         ];
         for (name, help, v) in counters {
-            single(enc, name, help, None, counter(v))?;
+            single(enc, name, help, None, &counter(v))?;
         }
         if let (Some(t), Some(n)) = (p.run_time_seconds, p.runs) {
             single(
@@ -404,14 +405,14 @@ impl Scrape {
                 "watt_program_run_time",
                 "Time the kernel spent in the program (--bpf-stats)",
                 Some(&Unit::Seconds),
-                ConstCounter::new(t),
+                &ConstCounter::new(t),
             )?;
             single(
                 enc,
                 "watt_program_runs",
                 "Runs of the program (--bpf-stats)",
                 None,
-                counter(n),
+                &counter(n),
             )?;
         }
         Ok(())
@@ -424,28 +425,28 @@ impl Scrape {
             "watt_sampler_ticks",
             "Load-sampler ticks run",
             None,
-            counter(self.ticks),
+            &counter(self.ticks),
         )?;
         single(
             enc,
             "watt_sampler_tick_duration",
             "Time the load-sampler ticks took in total (divide by watt_sampler_ticks_total for the mean)",
             Some(&Unit::Seconds),
-            ConstCounter::new(self.tick_seconds),
+            &ConstCounter::new(self.tick_seconds),
         )?;
         single(
             enc,
             "watt_rescues",
             "Accept-queue rescues, all workers",
             None,
-            counter(self.rescues),
+            &counter(self.rescues),
         )?;
         single(
             enc,
             "watt_rescued_connections",
             "Connections moved by accept-queue rescues, all workers",
             None,
-            counter(self.rescued_connections),
+            &counter(self.rescued_connections),
         )
     }
 }
@@ -465,7 +466,7 @@ mod tests {
         let view = |id, slot| WorkerView {
             id,
             slot,
-            pid: slot.map(|s: u32| 100 + s as i32),
+            pid: slot.map(|s: u32| 100 + i32::try_from(s).unwrap()),
             phase: slot.map(|_| Phase::Ready),
             started: Some(Instant::now()),
             restarts: 2,

@@ -3,7 +3,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /metrics` | Prometheus text (OpenMetrics if asked for) |
+//! | `GET /metrics` | Prometheus text (`OpenMetrics` if asked for) |
 //! | `GET /healthz` | 200 while the supervisor loop is alive |
 //! | `GET /readyz` | 200 while at least `min_ready` workers are ready |
 //! | `GET /status` | every worker as JSON ([`status::Status`]) |

@@ -276,7 +276,7 @@ pub(crate) mod tests {
         WorkerView {
             id,
             slot,
-            pid: slot.map(|s| 1000 + s as i32),
+            pid: slot.map(|s| 1000 + i32::try_from(s).unwrap()),
             phase,
             started: Some(Instant::now()),
             restarts: id,

@@ -10,7 +10,7 @@
 //! agent at zero wake-ups when nothing happens and at two or three cheap
 //! syscalls per tick under load. Once a second, a slow sample reads each
 //! worker's CPU time and memory and every listener's queue depth
-//! (sock_diag), for metrics and the memory limit.
+//! (`sock_diag`), for metrics and the memory limit.
 use std::{
     os::fd::AsFd as _,
     sync::mpsc,

@@ -248,7 +248,7 @@ mod tests {
             .map(|(i, &(q, idle, progress))| {
                 t.observe(
                     Sample {
-                        at: start + TICK * i as u32,
+                        at: start + TICK * u32::try_from(i).unwrap(),
                         queue_nonempty: q,
                         loop_idle: idle,
                         progress,

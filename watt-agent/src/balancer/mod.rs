@@ -116,7 +116,7 @@ pub struct Settings {
     /// Sampling tick while connections arrive.
     pub tick: Duration,
     pub health: health::Params,
-    /// The group's address (for sock_diag queries).
+    /// The group's address (for `sock_diag` queries).
     pub addr: SocketAddr,
 }
 
@@ -216,7 +216,7 @@ impl Drop for Handle {
 
 struct Entry {
     listener: Listener,
-    /// Socket inode, to find this listener in sock_diag replies.
+    /// Socket inode, to find this listener in `sock_diag` replies.
     inode: Option<u64>,
     view: SlotView,
     worker: WorkerId,

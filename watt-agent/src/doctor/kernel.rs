@@ -151,7 +151,7 @@ fn create_probe_map() -> Result<OwnedFd, BpfProbeError> {
 }
 
 /// Loads the embedded program and attaches it to a throwaway listener:
-/// proves SK_REUSEPORT steering end to end, and says which mode runs.
+/// proves `SK_REUSEPORT` steering end to end, and says which mode runs.
 /// Without `needed` (`--policy kernel`) loading is enough to report.
 pub(super) fn program(needed: bool) -> Check {
     let steering = match Steering::load() {

@@ -47,7 +47,7 @@ pub fn checks(opts: &Options) -> Vec<Check> {
     // As the agent does before its first map: kernels before 5.11 charge
     // maps to RLIMIT_MEMLOCK, and the probe map below would fail on a
     // container's 64 KiB default. (The memlock line reports what remains.)
-    preflight::raise_memlock();
+    let _ = preflight::raise_memlock();
     let mut out = vec![kernel::kernel(), kernel::bpf_syscall()];
     let caps = preflight::effective_caps().ok();
     out.extend(privilege::capabilities(caps, opts));
@@ -115,7 +115,7 @@ mod tests {
         }
     }
 
-    /// `--policy kernel` turns a failing CAP_BPF line into `INFO` (the
+    /// `--policy kernel` turns a failing `CAP_BPF` line into `INFO` (the
     /// program's line) and leaves the failing `user` line failing.
     #[test]
     fn policy_kernel_excuses_the_capability_the_program_needs_only() {

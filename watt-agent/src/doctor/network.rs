@@ -16,7 +16,7 @@ pub(super) const PORT: Subject = Subject::agent("port");
 pub(super) const ADMIN: Subject = Subject::agent("admin API");
 
 /// Can the balancer read the listeners' accept-queue depths, and from
-/// where? sock_diag is asked for a real dump: a socket that opens while
+/// where? `sock_diag` is asked for a real dump: a socket that opens while
 /// every dump fails (no `tcp_diag` module) would otherwise pass.
 pub(super) fn queue_depths(addr: SocketAddr) -> Check {
     match QueueSource::open(&ListenerQuery::for_addr(addr)) {

@@ -51,7 +51,7 @@ fn cap_names(caps: u64) -> String {
     }
 }
 
-/// The capability lines; `caps` is `None` when CapEff cannot be read.
+/// The capability lines; `caps` is `None` when `CapEff` cannot be read.
 pub(super) fn capabilities(caps: Option<u64>, opts: &Options) -> Vec<Check> {
     let Some(caps) = caps else {
         return vec![Check::warn(

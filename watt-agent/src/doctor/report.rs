@@ -21,7 +21,7 @@ pub enum Scope {
     /// Every deployment, whatever the policy (the port, Node, `user`).
     Agent,
     /// Only those that load the eBPF program: every policy but `kernel`,
-    /// which runs plain SO_REUSEPORT without it.
+    /// which runs plain `SO_REUSEPORT` without it.
     Program,
 }
 

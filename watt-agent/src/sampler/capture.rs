@@ -191,7 +191,15 @@ fn capture() {
         ("v6-dual", AF_INET6, Some(dual.addr().port())),
         ("error-family", 99, None),
     ];
-    for (name, family, port) in dumps {
+    save_dumps(&mut diag, &dumps, &mut manifest);
+    save("net/expected.txt", manifest.as_bytes());
+    drop((dual_v6, a2));
+}
+
+/// Saves the raw replies of each `(name, family, port)` dump as
+/// `sockdiag/<name>.<n>.bin`, listed in `manifest`; only family 99 fails.
+fn save_dumps(diag: &mut SockDiag, dumps: &[(&str, u8, Option<u16>)], manifest: &mut String) {
+    for &(name, family, port) in dumps {
         let mut n = 0;
         let res = diag.dump(family, port, &mut |reply, seq| {
             let file = format!("sockdiag/{name}.{n}.bin");
@@ -211,6 +219,4 @@ fn capture() {
             assert!(matches!(e, SockDiagError::Kernel { .. }), "{e}");
         }
     }
-    save("net/expected.txt", manifest.as_bytes());
-    drop((dual_v6, a2));
 }

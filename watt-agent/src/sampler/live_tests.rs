@@ -3,6 +3,8 @@
 //! None needs root (the privilege-drop test adapts when not root).
 use std::{ffi::CString, net::SocketAddr, os::fd::AsRawFd, time::Duration};
 
+use netlink_packet_sock_diag::{AF_INET, AF_INET6};
+
 use super::{
     DumpStatus, ListenerQuery, ListenerQueue, NetTcp, ProcError, SockDiag, SyscallState,
     WorkerProbe, find_inode, parse_dump, syscall_state,
@@ -13,29 +15,29 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().expect("address")
 }
 
-fn via_sockdiag(diag: &mut SockDiag, query: &ListenerQuery) -> Vec<ListenerQueue> {
+fn via_sockdiag(diag: &mut SockDiag, query: ListenerQuery) -> Vec<ListenerQueue> {
     let mut out = Vec::new();
-    diag.listeners(query, &mut out).expect("sock_diag dump");
+    diag.listeners(&query, &mut out).expect("sock_diag dump");
     out
 }
 
-fn via_proc(net: &mut NetTcp, query: &ListenerQuery) -> Vec<ListenerQueue> {
+fn via_proc(net: &mut NetTcp, query: ListenerQuery) -> Vec<ListenerQueue> {
     let mut out = Vec::new();
-    net.listeners(query, &mut out).expect("/proc/net/tcp");
+    net.listeners(&query, &mut out).expect("/proc/net/tcp");
     out
 }
 
-/// Both sources see exactly `n` queued on `q`, and sock_diag its backlog.
+/// Both sources see exactly `n` queued on `q`, and `sock_diag` its backlog.
 fn check_both(q: &Queued, n: u32, backlog: u32) {
     let query = ListenerQuery::for_addr(q.addr());
     let mut diag = SockDiag::open().expect("open sock_diag");
-    let found = wait_for_queue(q.inode(), n, || via_sockdiag(&mut diag, &query)).expect("in dump");
+    let found = wait_for_queue(q.inode(), n, || via_sockdiag(&mut diag, query)).expect("in dump");
     assert_eq!(
         (found.queued, found.backlog, found.local),
         (n, Some(backlog), q.addr())
     );
     let mut net = NetTcp::open().expect("open /proc/net/tcp");
-    let found = wait_for_queue(q.inode(), n, || via_proc(&mut net, &query)).expect("in table");
+    let found = wait_for_queue(q.inode(), n, || via_proc(&mut net, query)).expect("in table");
     assert_eq!(
         (found.queued, found.backlog, found.local),
         (n, None, q.addr())
@@ -61,8 +63,8 @@ fn reuseport_members_are_told_apart_by_inode() {
     let b = queued_listener(a.addr(), 8, 0, None);
     let mut diag = SockDiag::open().expect("open");
     let query = ListenerQuery::for_addr(a.addr());
-    wait_for_queue(a.inode(), 2, || via_sockdiag(&mut diag, &query)).expect("a");
-    let found = via_sockdiag(&mut diag, &query);
+    wait_for_queue(a.inode(), 2, || via_sockdiag(&mut diag, query)).expect("a");
+    let found = via_sockdiag(&mut diag, query);
     assert_eq!(found.len(), 2, "{found:?}");
     assert_eq!(find_inode(&found, a.inode()).map(|l| l.queued), Some(2));
     assert_eq!(
@@ -72,7 +74,7 @@ fn reuseport_members_are_told_apart_by_inode() {
     // Accepting one empties the queue by one, seen on the next dump.
     let (_conn, _) = a.listener.accept().expect("accept");
     assert_eq!(
-        find_inode(&via_sockdiag(&mut diag, &query), a.inode()).map(|l| l.queued),
+        find_inode(&via_sockdiag(&mut diag, query), a.inode()).map(|l| l.queued),
         Some(1)
     );
 }
@@ -84,11 +86,9 @@ fn the_kernel_applies_the_port_in_the_request() {
     let mut diag = SockDiag::open().expect("open");
     let mut seen = Vec::new();
     // Parse without a port, so only the kernel can have filtered.
-    diag.dump(
-        libc::AF_INET as u8,
-        Some(ours.addr().port()),
-        &mut |reply, seq| parse_dump(reply, seq, None, &mut seen),
-    )
+    diag.dump(AF_INET, Some(ours.addr().port()), &mut |reply, seq| {
+        parse_dump(reply, seq, None, &mut seen)
+    })
     .expect("dump");
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].inode, ours.inode());
@@ -104,7 +104,7 @@ fn a_dump_larger_than_one_datagram() {
     let mut diag = SockDiag::open().expect("open");
     let mut datagrams = 0;
     let mut seen = Vec::new();
-    diag.dump(libc::AF_INET as u8, None, &mut |reply, seq| {
+    diag.dump(AF_INET, None, &mut |reply, seq| {
         datagrams += 1;
         parse_dump(reply, seq, None, &mut seen)
     })
@@ -123,7 +123,7 @@ fn a_dump_larger_than_one_datagram() {
         ipv4: true,
         ipv6: false,
     };
-    assert!(via_sockdiag(&mut diag, &all).len() >= 300);
+    assert!(via_sockdiag(&mut diag, all).len() >= 300);
 }
 
 #[test]
@@ -243,7 +243,7 @@ fn socket_inode_matches_the_proc_fd_link() {
 #[test]
 fn dump_status_done_ends_each_family() {
     let mut diag = SockDiag::open().expect("open");
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+    for family in [AF_INET, AF_INET6] {
         let mut last = DumpStatus::More;
         diag.dump(family, Some(1), &mut |reply, seq| {
             last = parse_dump(reply, seq, None, &mut Vec::new())?;

@@ -11,7 +11,7 @@
 //!   address family, matched to the agent's listeners by socket inode
 //!   ([`socket_inode`]).
 //! - [`netproc`]: the same queue lengths parsed from `/proc/net/tcp{,6}`,
-//!   the fallback when sock_diag is not there (`CONFIG_INET_DIAG=n`, or a
+//!   the fallback when `sock_diag` is not there (`CONFIG_INET_DIAG=n`, or a
 //!   seccomp/LSM policy that refuses netlink sockets).
 //!
 //! # Which source, when, and why
@@ -22,9 +22,9 @@
 //!
 //! | what | cost |
 //! |---|---|
-//! | sock_diag dump, 16 listeners, IPv4, port in the request | 19–27 µs |
+//! | `sock_diag` dump, 16 listeners, IPv4, port in the request | 19–27 µs |
 //! | the same, IPv4 + IPv6 (two dumps) | 31–42 µs |
-//! | the same with 20k established/TIME_WAIT sockets on the host | unchanged |
+//! | the same with 20k established/`TIME_WAIT` sockets on the host | unchanged |
 //! | 200 more listeners on other ports: port in request / filtered here | 25–32 / 83–108 µs |
 //! | `/proc/net/tcp` read + parse, ~80 sockets on the host | 3.5–4.3 ms |
 //! | `/proc/net/tcp` read + parse, ~20k sockets | 33–45 ms |
@@ -36,7 +36,7 @@
 //! | `pread` alone ×16: `stat` / `syscall` / `statm` / `schedstat` | 44–55 / 28–36 / 15–19 / 12–15 µs |
 //! | parse alone ×16: [`parse_stat`] (procfs-core) / other three | 15 / 4 µs |
 //!
-//! - Queue depth: sock_diag. A dump asking for `LISTEN` only walks the
+//! - Queue depth: `sock_diag`. A dump asking for `LISTEN` only walks the
 //!   kernel's listening hash, so its cost does not grow with the
 //!   connections the workers serve, and little with the listeners (200
 //!   more add ~6 µs). Ask for the group's
@@ -47,9 +47,9 @@
 //! - `/proc/net/tcp{,6}` only as a fallback, at a slow tick: even a nearly
 //!   empty table costs milliseconds, because the kernel walks every bucket
 //!   of the established hash (sized from RAM) and returns ~4 KiB per
-//!   `read`; TIME_WAIT sockets under churn add tens of milliseconds.
+//!   `read`; `TIME_WAIT` sockets under churn add tens of milliseconds.
 //! - `poll(2)` (or `epoll`) on the agent's dups of the listeners is 20x
-//!   cheaper than sock_diag for "is any queue non-empty", but gives no
+//!   cheaper than `sock_diag` for "is any queue non-empty", but gives no
 //!   length and no backlog: a 1 ms tick can poll, and dump only when a
 //!   queue is non-empty (or at a slower tick for the figures).
 //! - Per-pid files: keep them open ([`WorkerProbe`]): 3x cheaper than
@@ -95,7 +95,7 @@ pub struct ListenerQueue {
     /// Connections waiting to be accepted.
     pub queued: u32,
     /// Accept-queue limit (`listen`'s backlog, capped by `somaxconn`).
-    /// sock_diag reports it; `/proc/net/tcp` does not (`None`).
+    /// `sock_diag` reports it; `/proc/net/tcp` does not (`None`).
     pub backlog: Option<u32>,
 }
 
@@ -132,13 +132,13 @@ impl ListenerQuery {
         }
     }
 
-    pub(crate) fn matches_port(&self, port: u16) -> bool {
+    pub(crate) fn matches_port(self, port: u16) -> bool {
         self.port.is_none_or(|p| p == port)
     }
 }
 
-/// Where the listeners' queue depths come from: sock_diag, or
-/// `/proc/net/tcp{,6}` where sock_diag is refused or its dumps fail (see
+/// Where the listeners' queue depths come from: `sock_diag`, or
+/// `/proc/net/tcp{,6}` where `sock_diag` is refused or its dumps fail (see
 /// the table above for why the order).
 #[derive(Debug)]
 pub enum QueueSource {
@@ -174,7 +174,7 @@ impl QueueSourceKind {
 }
 
 impl QueueSource {
-    /// sock_diag if it opens and a dump for `query` works, else the procfs
+    /// `sock_diag` if it opens and a dump for `query` works, else the procfs
     /// tables; `None` if neither. A socket that opens is not enough: a
     /// kernel that cannot load `tcp_diag` (a module not autoloaded in a
     /// minimal guest) answers every dump with `ENOENT`.
@@ -211,7 +211,7 @@ impl QueueSource {
     }
 
     /// Replaces `out`'s contents with the listeners that match `query`. A
-    /// sock_diag dump that fails switches this source to `/proc/net/tcp`
+    /// `sock_diag` dump that fails switches this source to `/proc/net/tcp`
     /// for good, with a warning, and retries there once.
     pub fn listeners(
         &mut self,

@@ -1,4 +1,4 @@
-//! The listener parsers (`/proc/net/tcp{,6}` and sock_diag replies) on data
+//! The listener parsers (`/proc/net/tcp{,6}` and `sock_diag` replies) on data
 //! captured from real loopback listeners (`tests-data/net`,
 //! `tests-data/sockdiag`, see `capture.rs`), and on broken input.
 //!
@@ -6,7 +6,7 @@
 //! listener's inode, address, queued connections and backlog, and the
 //! sequence number of each captured reply.
 //! The replies are raw netlink, in the byte order of the machine that
-//! captured them (x86_64, little-endian).
+//! captured them (`x86_64`, little-endian).
 use std::{net::SocketAddr, os::fd::AsFd};
 
 use procfs_core::{
@@ -76,7 +76,9 @@ fn parse_all(name: &str, port: Option<u16>) -> Result<Vec<ListenerQueue>, SockDi
 }
 
 fn without_backlog(mut v: Vec<ListenerQueue>) -> Vec<ListenerQueue> {
-    v.iter_mut().for_each(|l| l.backlog = None);
+    for l in &mut v {
+        l.backlog = None;
+    }
     v.sort_by_key(|l| l.inode);
     v
 }
@@ -182,10 +184,15 @@ fn sockdiag_truncated_replies_are_errors() {
     assert!(e.to_string().contains("byte 0"), "{e}");
 }
 
+/// A libc constant as the byte the request carries.
+fn byte(v: libc::c_int) -> u8 {
+    u8::try_from(v).expect("fits a byte")
+}
+
 #[test]
 fn request_layout() {
     let mut req = Vec::new();
-    build_request(libc::AF_INET6 as u8, Some(0x1f90), 77, &mut req);
+    build_request(byte(libc::AF_INET6), Some(0x1f90), 77, &mut req);
     assert_eq!(req.len(), 16 + 56, "nlmsghdr + inet_diag_req_v2");
     assert_eq!(u32::from_ne_bytes(req[0..4].try_into().expect("4")), 72);
     assert_eq!(
@@ -201,7 +208,7 @@ fn request_layout() {
     assert_eq!(u32::from_ne_bytes(req[8..12].try_into().expect("4")), 77);
     assert_eq!(
         &req[16..20],
-        &[libc::AF_INET6 as u8, libc::IPPROTO_TCP as u8, 0, 0]
+        &[byte(libc::AF_INET6), byte(libc::IPPROTO_TCP), 0, 0]
     );
     assert_eq!(
         u32::from_ne_bytes(req[20..24].try_into().expect("4")),

@@ -4,7 +4,7 @@
 //! For a listener the kernel prints its accept-queue length in the
 //! `rx_queue` column (`sk_ack_backlog`) and the socket inode in `inode`. It
 //! does not print the backlog. These files list every TCP socket of the
-//! network namespace, TIME_WAIT included, so reading them costs
+//! network namespace, `TIME_WAIT` included, so reading them costs
 //! milliseconds when there are tens of thousands (see `super` for figures):
 //! use [`SockDiag`](super::SockDiag) when it is available.
 //!
@@ -176,7 +176,7 @@ pub fn parse_listeners(
         ipv6: true,
     };
     for (i, line) in lines.enumerate() {
-        if let Some(l) = parse_line(line, &query).map_err(|d| bad(i + 2, d))? {
+        if let Some(l) = parse_line(line, query).map_err(|d| bad(i + 2, d))? {
             out.push(l);
         }
     }
@@ -184,7 +184,7 @@ pub fn parse_listeners(
 }
 
 /// One table line: `None` unless it is a matching listener.
-fn parse_line(line: &[u8], query: &ListenerQuery) -> Result<Option<ListenerQueue>, &'static str> {
+fn parse_line(line: &[u8], query: ListenerQuery) -> Result<Option<ListenerQueue>, &'static str> {
     let mut cols = line.split(|&b| b == b' ').filter(|c| !c.is_empty());
     let (Some(sl), Some(local), Some(_remote), Some(state)) =
         (cols.next(), cols.next(), cols.next(), cols.next())
@@ -201,8 +201,8 @@ fn parse_line(line: &[u8], query: &ListenerQuery) -> Result<Option<ListenerQueue
     if !query.matches_port(local.port()) {
         return Ok(None);
     }
-    let queues = cols.next().ok_or("no tx_queue:rx_queue")?;
-    let (_tx, rx) = split_once(queues, b':').ok_or("bad tx_queue:rx_queue")?;
+    let tx_rx = cols.next().ok_or("no tx_queue:rx_queue")?;
+    let (_tx, rx) = split_once(tx_rx, b':').ok_or("bad tx_queue:rx_queue")?;
     let queued = hex_u32(rx).ok_or("bad rx_queue")?;
     // tr:tm->when, retrnsmt, uid, timeout, then inode.
     let inode = cols.nth(4).ok_or("no inode column")?;

@@ -62,7 +62,7 @@ impl fmt::Display for ProcFile {
     }
 }
 
-fn pid_suffix(pid: &Option<i32>) -> String {
+fn pid_suffix(pid: Option<i32>) -> String {
     pid.map(|p| format!(" of pid {p}")).unwrap_or_default()
 }
 
@@ -84,7 +84,7 @@ pub enum ProcError {
     },
     /// The text does not have the kernel's format (truncated, or not the
     /// file it should be). `pid` is `None` from the pure parse functions.
-    #[error("malformed {file}{}: {detail}", pid_suffix(.pid))]
+    #[error("malformed {file}{}: {detail}", pid_suffix(*.pid))]
     Malformed {
         pid: Option<i32>,
         file: ProcFile,
@@ -271,7 +271,7 @@ pub fn parse_syscall(text: &str) -> Result<SyscallState, ProcError> {
     if rest != expected {
         return Err(ProcError::malformed(
             ProcFile::Syscall,
-            format!("{} fields after the number, expected {expected}", rest),
+            format!("{rest} fields after the number, expected {expected}"),
         ));
     }
     Ok(if nr < 0 {

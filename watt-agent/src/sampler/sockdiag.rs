@@ -35,7 +35,7 @@ use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 
 use super::{ListenerQuery, ListenerQueue};
 
-/// Errors of a sock_diag dump.
+/// Errors of a `sock_diag` dump.
 #[derive(Debug, thiserror::Error)]
 pub enum SockDiagError {
     /// A system call on the netlink socket failed (`op` names it).
@@ -57,7 +57,7 @@ pub enum SockDiagError {
     /// A reply datagram was larger than the receive buffer.
     #[error("a sock_diag reply of {len} bytes did not fit the {cap}-byte buffer")]
     Truncated { len: usize, cap: usize },
-    /// A reply is not well-formed netlink / inet_diag.
+    /// A reply is not well-formed netlink / `inet_diag`.
     #[error("malformed sock_diag reply at byte {offset}: {detail}")]
     Malformed { offset: usize, detail: String },
 }

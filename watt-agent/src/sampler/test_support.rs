@@ -176,7 +176,7 @@ pub fn errno_as_nobody(probe: impl FnOnce() -> i32) -> i32 {
             }
             child => {
                 let mut status = 0;
-                assert_eq!(libc::waitpid(child, &mut status, 0), child);
+                assert_eq!(libc::waitpid(child, &raw mut status, 0), child);
                 assert!(libc::WIFEXITED(status), "child did not exit");
                 let code = libc::WEXITSTATUS(status);
                 assert_ne!(code, 255, "could not drop privileges");

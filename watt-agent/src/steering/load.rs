@@ -1,6 +1,6 @@
 //! Loading the embedded object: privileges, the memlock limit of old
 //! kernels, and the program the kernel accepts.
-use std::io;
+use std::{fmt::Write as _, io};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -173,7 +173,7 @@ fn log_tail(log: &str, lines: usize) -> String {
     let from = kept.len().saturating_sub(lines);
     let mut out = String::new();
     if from > 0 {
-        out.push_str(&format!("  ... ({from} earlier lines)\n"));
+        let _ = writeln!(out, "  ... ({from} earlier lines)");
     }
     for line in &kept[from..] {
         out.push_str("  ");
@@ -201,11 +201,16 @@ fn is_permission(err: &aya::EbpfError) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::log_tail;
 
     #[test]
     fn a_refusal_keeps_the_verifier_logs_end() {
-        let log: String = (0..100).map(|i| format!("{i}: insn\n\n")).collect();
+        let log = (0..100).fold(String::new(), |mut log, i| {
+            let _ = write!(log, "{i}: insn\n\n");
+            log
+        });
         let tail = log_tail(&log, 3);
         assert_eq!(
             tail,

@@ -1,7 +1,7 @@
 //! Which program runs, and the former program-log setting.
 /// Former setting of the program's own log (aya-log). The program no longer
 /// logs (see `watt-ebpf`: its log path failed the verifier on kernels before
-/// 6.17 without CAP_PERFMON), so every level but `Off` only earns a warning
+/// 6.17 without `CAP_PERFMON`), so every level but `Off` only earns a warning
 /// at start-up; it stays accepted so existing configs keep starting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum ProgramLog {

@@ -34,7 +34,7 @@ impl Default for BackoffPolicy {
             max: Duration::from_secs(30),
             min_uptime: Duration::from_secs(5),
             max_restarts: 10,
-            window: Duration::from_secs(60),
+            window: Duration::from_mins(1),
         }
     }
 }
@@ -96,7 +96,7 @@ mod tests {
             max: Duration::from_millis(700),
             min_uptime: Duration::from_secs(5),
             max_restarts: 3,
-            window: Duration::from_secs(60),
+            window: Duration::from_mins(1),
         }
     }
 
@@ -107,9 +107,8 @@ mod tests {
         let t = Instant::now();
         let delays: Vec<u64> = (0..6)
             .map(|i| {
-                b.crashed(&p, t + Duration::from_secs(i), Duration::ZERO)
-                    .0
-                    .as_millis() as u64
+                let (delay, _) = b.crashed(&p, t + Duration::from_secs(i), Duration::ZERO);
+                u64::try_from(delay.as_millis()).expect("fits")
             })
             .collect();
         assert_eq!(delays, vec![100, 200, 400, 700, 700, 700]);
@@ -135,7 +134,7 @@ mod tests {
         assert_eq!(looping, vec![false, false, false, true, true]);
         // Old crashes leave the window, and a run that lasted ends the
         // streak of short ones.
-        let (_, looping) = b.crashed(&p, t + Duration::from_secs(120), Duration::from_secs(10));
+        let (_, looping) = b.crashed(&p, t + Duration::from_mins(2), Duration::from_secs(10));
         assert!(!looping);
         assert_eq!(b.recent_crashes(), 1);
     }

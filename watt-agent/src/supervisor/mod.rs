@@ -215,7 +215,7 @@ impl Driver<'_> {
             Action::OpenSlot { slot } => self.open_slot(slot),
             Action::Spawn { slot, worker } => self.spawn(slot, worker),
             Action::SetState { slot, state } => {
-                self.balancer.send(balancer::Command::State { slot, state })
+                self.balancer.send(balancer::Command::State { slot, state });
             }
             Action::StopSlot { slot } => self.balancer.send(balancer::Command::Stop { slot }),
             Action::RescueSlot { slot } => self.balancer.send(balancer::Command::Rescue { slot }),
@@ -299,7 +299,7 @@ impl Driver<'_> {
         loop {
             match waitpid(NixPid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => {
-                    self.exited(pid.as_raw(), lifecycle::ExitStatus::Code(code))
+                    self.exited(pid.as_raw(), lifecycle::ExitStatus::Code(code));
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
                     self.exited(pid.as_raw(), lifecycle::ExitStatus::Signal(sig as i32));

@@ -2,14 +2,14 @@
 use std::time::Duration;
 
 use super::{Driver, Note, lifecycle::Refused};
+use crate::ids::{Pid, WorkerId};
 
 impl Driver<'_> {
     /// One log line per state change, with the reason.
     pub(super) fn log(&self, note: Note) {
-        let port = self.plan.spec.addr.port();
         match note {
             Note::Started { worker, slot, pid } => {
-                tracing::info!(worker, slot, pid, "worker started")
+                tracing::info!(worker, slot, pid, "worker started");
             }
             Note::Ready { worker, pid, after } => {
                 tracing::info!(worker, pid, "worker ready after {}", human(after));
@@ -30,23 +30,12 @@ impl Driver<'_> {
                 worker,
                 pid,
                 timeout,
-            } => {
-                let why = self.other_ports.get(&pid).map_or_else(
-                    || format!("it never listened on port {port}"),
-                    |other| format!("it listens on port {other}, not on port {port}: make the app listen on $PORT"),
-                );
-                tracing::error!(
-                    worker,
-                    pid,
-                    "worker not ready after {}: {why}; restarting it",
-                    human(timeout)
-                );
-            }
+            } => self.log_not_ready(worker, pid, timeout),
             Note::SpawnFailed { worker, reason } => {
                 tracing::error!(worker, "cannot start worker: {reason}");
             }
             Note::RestartIn { worker, delay } => {
-                tracing::info!(worker, "restarting worker in {}", human(delay))
+                tracing::info!(worker, "restarting worker in {}", human(delay));
             }
             Note::CrashLoop {
                 worker,
@@ -105,6 +94,26 @@ fn human(d: Duration) -> String {
 }
 
 impl Driver<'_> {
+    /// A worker did not become ready in time: say why, as far as known
+    /// (it listened on another port, or on none).
+    fn log_not_ready(&self, worker: WorkerId, pid: Pid, timeout: Duration) {
+        let port = self.plan.spec.addr.port();
+        let why = self.other_ports.get(&pid).map_or_else(
+            || format!("it never listened on port {port}"),
+            |other| {
+                format!(
+                    "it listens on port {other}, not on port {port}: make the app listen on $PORT"
+                )
+            },
+        );
+        tracing::error!(
+            worker,
+            pid,
+            "worker not ready after {}: {why}; restarting it",
+            human(timeout)
+        );
+    }
+
     /// The command cannot start: say so, with what the worker last wrote
     /// to stderr (the lowest worker id that wrote anything).
     fn log_never_ready(&self, attempts: u32) {

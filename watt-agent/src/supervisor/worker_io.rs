@@ -15,7 +15,7 @@ use tokio::{
 use crate::ids::{Pid, WorkerId};
 
 /// A line from a worker's notify pipe that the supervisor acts on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Notice {
     Ready {
         pid: Pid,
@@ -27,7 +27,7 @@ pub enum Notice {
     },
 }
 
-/// Parses one notify line (`KEY=VALUE`, sd_notify style).
+/// Parses one notify line (`KEY=VALUE`, `sd_notify` style).
 #[must_use]
 pub fn parse_notify(pid: Pid, line: &str) -> Option<Notice> {
     let (key, value) = line.trim_end().split_once('=')?;

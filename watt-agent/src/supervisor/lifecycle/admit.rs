@@ -15,7 +15,7 @@ impl Lifecycle {
         if !matches!(event, Event::Reload | Event::Replace { .. }) {
             return Ok(());
         }
-        if self.shutdown {
+        if self.shutdown.begun() {
             return Err(Refused::ShuttingDown);
         }
         let &Event::Replace { worker, pid, .. } = event else {

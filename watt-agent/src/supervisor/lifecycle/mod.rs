@@ -92,13 +92,29 @@ struct Worker {
     failed_starts: u32,
 }
 
+/// How far the agent's shutdown has gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shutdown {
+    /// No shutdown asked for.
+    Running,
+    /// Every instance was asked to stop.
+    Draining,
+    /// Some instance needed SIGKILL (timeout or second signal).
+    Forced,
+}
+
+impl Shutdown {
+    const fn begun(self) -> bool {
+        !matches!(self, Self::Running)
+    }
+}
+
 pub struct Lifecycle {
     settings: Settings,
     workers: Vec<Worker>,
     instances: BTreeMap<Slot, Instance>,
     reload: Option<Reload>,
-    shutdown: bool,
-    forced: bool,
+    shutdown: Shutdown,
     /// Some instance has been ready since the agent started: from then on
     /// crashes restart with backoff, forever.
     served: bool,
@@ -115,8 +131,7 @@ impl Lifecycle {
             workers,
             instances: BTreeMap::new(),
             reload: None,
-            shutdown: false,
-            forced: false,
+            shutdown: Shutdown::Running,
             served: false,
             gave_up: false,
         }
@@ -145,16 +160,16 @@ impl Lifecycle {
                     }
                 }
             },
-            Event::Shutdown if self.shutdown => self.force(&mut out),
+            Event::Shutdown if self.shutdown.begun() => self.force(&mut out),
             Event::Shutdown => self.begin_shutdown(now, &mut out),
         }
-        if self.gave_up && !self.shutdown {
+        if self.gave_up && !self.shutdown.begun() {
             self.begin_shutdown(now, &mut out);
         }
-        if self.shutdown && self.instances.is_empty() {
+        if self.shutdown.begun() && self.instances.is_empty() {
             let code = if self.gave_up {
                 exit::FAILURE
-            } else if self.forced {
+            } else if self.shutdown == Shutdown::Forced {
                 exit::FORCED
             } else {
                 exit::OK
@@ -170,7 +185,7 @@ impl Lifecycle {
     fn never_started(&self) -> bool {
         let attempts = self.settings.startup_attempts;
         !self.served
-            && !self.shutdown
+            && !self.shutdown.begun()
             && attempts > 0
             && self.workers.iter().all(|w| w.failed_starts >= attempts)
     }
@@ -244,7 +259,7 @@ impl Lifecycle {
         inst.deadline = Some(now + timeout);
         let worker = inst.worker;
         out.push(Action::Note(Note::Started { worker, slot, pid }));
-        if self.shutdown {
+        if self.shutdown.begun() {
             // Raced with a shutdown: stop it right away.
             self.drain(now, slot, DrainReason::Shutdown, out);
         }
@@ -384,7 +399,7 @@ impl Lifecycle {
             return; // an old instance finished draining
         }
         w.serving = None;
-        if self.shutdown || !crashed {
+        if self.shutdown.begun() || !crashed {
             return;
         }
         if w.incoming.is_some() {
@@ -434,8 +449,8 @@ impl Lifecycle {
                     worker: inst.worker,
                     pid,
                 }));
-                if self.shutdown {
-                    self.forced = true;
+                if self.shutdown.begun() {
+                    self.shutdown = Shutdown::Forced;
                 }
             }
             inst.killed = true;
@@ -445,15 +460,13 @@ impl Lifecycle {
                 sig: Sig::Kill,
             });
         }
-        if self.shutdown {
+        if self.shutdown.begun() {
             return;
         }
-        let due: Vec<WorkerId> = self
-            .workers
-            .iter()
-            .enumerate()
+        let due: Vec<WorkerId> = (0..)
+            .zip(&self.workers)
             .filter(|(_, w)| w.restart_at.is_some_and(|t| t <= now))
-            .map(|(i, _)| i as WorkerId)
+            .map(|(i, _)| i)
             .collect();
         for worker in due {
             self.start_instance(now, worker, None, out);

@@ -45,7 +45,7 @@ impl Lifecycle {
     }
 
     pub(super) fn begin_reload(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.shutdown || self.reload.is_some() {
+        if self.shutdown.begun() || self.reload.is_some() {
             return;
         }
         let pending: VecDeque<WorkerId> = (0..self.settings.workers).collect();
@@ -63,15 +63,12 @@ impl Lifecycle {
     /// instance ready before the next starts.
     pub(super) fn advance_reload(&mut self, now: Instant, out: &mut Vec<Action>) {
         let Some(r) = &mut self.reload else { return };
-        match r.pending.pop_front() {
-            Some(next) => {
-                r.current = Some(next);
-                self.begin_replace(now, next, ReplaceReason::Reload, out);
-            }
-            None => {
-                r.current = None;
-                self.finish_reload_if_done(out);
-            }
+        if let Some(next) = r.pending.pop_front() {
+            r.current = Some(next);
+            self.begin_replace(now, next, ReplaceReason::Reload, out);
+        } else {
+            r.current = None;
+            self.finish_reload_if_done(out);
         }
     }
 

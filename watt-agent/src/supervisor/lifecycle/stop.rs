@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use watt_common::SlotState;
 
-use super::{Action, DrainReason, Lifecycle, Note, Phase, Sig};
+use super::{Action, DrainReason, Lifecycle, Note, Phase, Shutdown, Sig};
 use crate::ids::Slot;
 
 impl Lifecycle {
@@ -42,7 +42,7 @@ impl Lifecycle {
     }
 
     pub(super) fn begin_shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
-        self.shutdown = true;
+        self.shutdown = Shutdown::Draining;
         self.reload = None;
         for w in &mut self.workers {
             w.restart_at = None;
@@ -59,7 +59,7 @@ impl Lifecycle {
     }
 
     pub(super) fn force(&mut self, out: &mut Vec<Action>) {
-        self.forced = true;
+        self.shutdown = Shutdown::Forced;
         for inst in self.instances.values_mut() {
             if let Some(pid) = inst.pid
                 && !inst.killed

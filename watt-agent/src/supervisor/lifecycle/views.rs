@@ -16,15 +16,14 @@ impl Lifecycle {
     /// One view per worker id.
     #[must_use]
     pub fn workers(&self) -> Vec<WorkerView> {
-        self.workers
-            .iter()
-            .enumerate()
-            .map(|(id, w)| {
+        (0..)
+            .zip(&self.workers)
+            .map(|(id, w): (WorkerId, _)| {
                 let serving = w
                     .serving
                     .and_then(|s| self.instances.get(&s).map(|i| (s, i)));
                 WorkerView {
-                    id: id as WorkerId,
+                    id,
                     slot: serving.map(|(s, _)| s),
                     pid: serving.and_then(|(_, i)| i.pid),
                     phase: serving.map(|(_, i)| i.phase),
@@ -61,7 +60,7 @@ impl Lifecycle {
 
     #[must_use]
     pub fn is_shutting_down(&self) -> bool {
-        self.shutdown
+        self.shutdown.begun()
     }
 
     /// Some instance has been ready since the agent started.

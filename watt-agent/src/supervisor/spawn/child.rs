@@ -257,6 +257,7 @@ unsafe fn drop_all_caps() -> bool {
 
 /// Writes `pid` in decimal plus a NUL at `slot` (room for 10 digits + NUL).
 unsafe fn write_pid(slot: *mut libc::c_char, pid: libc::pid_t) {
+    let slot = slot.cast::<u8>();
     let mut digits = [0u8; 10];
     let mut n = pid.unsigned_abs();
     let mut len = 0;
@@ -270,7 +271,7 @@ unsafe fn write_pid(slot: *mut libc::c_char, pid: libc::pid_t) {
     }
     for i in 0..len {
         // SAFETY: the placeholder holds 10 digits and its NUL.
-        unsafe { *slot.add(i) = digits[len - 1 - i] as libc::c_char };
+        unsafe { *slot.add(i) = digits[len - 1 - i] };
     }
     // SAFETY: as above; len <= 10.
     unsafe { *slot.add(len) = 0 };

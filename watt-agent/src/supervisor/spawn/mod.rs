@@ -77,7 +77,7 @@ pub struct Child {
     /// Opened while the child still had the agent's identity: a worker of
     /// another user has its `/proc/<pid>/task/<pid>/syscall` readable by
     /// its owner only (mode 0400), and reading an already-open one needs
-    /// only ptrace access (CAP_SYS_PTRACE), not CAP_DAC_READ_SEARCH.
+    /// only ptrace access (`CAP_SYS_PTRACE`), not `CAP_DAC_READ_SEARCH`.
     pub probe: Option<WorkerProbe>,
 }
 
@@ -159,9 +159,9 @@ impl ExecImage {
         let cstr =
             |s: &OsStr| CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul(s.to_owned()));
         let path = cstr(program.path.as_os_str())?;
-        let mut args = vec![path.clone()];
+        let mut arg_strings = vec![path.clone()];
         for a in &program.args {
-            args.push(cstr(a)?);
+            arg_strings.push(cstr(a)?);
         }
         // The environment: the program's, then the per-worker variables
         // (which win), then LISTEN_PID as a fixed-width placeholder the
@@ -178,7 +178,7 @@ impl ExecImage {
         let mut pid_entry = PID_ENTRY.to_vec();
         let pid_entry_ptr = pid_entry.as_mut_ptr().cast::<libc::c_char>();
         let nul = std::iter::once(std::ptr::null());
-        let argv = args.iter().map(|c| c.as_ptr()).chain(nul).collect();
+        let argv = arg_strings.iter().map(|c| c.as_ptr()).chain(nul).collect();
         let envp = env
             .iter()
             .map(|c| c.as_ptr())
@@ -191,7 +191,7 @@ impl ExecImage {
             .transpose()?;
         Ok(Self {
             path,
-            _args: args,
+            _args: arg_strings,
             _env: env,
             cwd,
             argv,

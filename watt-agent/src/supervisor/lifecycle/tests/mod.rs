@@ -186,7 +186,7 @@ fn a_crash_loop_is_reported_once_and_the_agent_keeps_going() {
             status: ExitStatus::Code(1),
         });
         loops += usize::from(has_note(&actions, |n| matches!(n, Note::CrashLoop { .. })));
-        h.advance(Duration::from_secs(60).min(policy.max));
+        h.advance(Duration::from_mins(1).min(policy.max));
     }
     assert_eq!(loops, 1);
     assert!(h.m.workers()[0].crash_looping);
@@ -302,9 +302,8 @@ fn a_worker_not_ready_in_time_is_killed_and_restarted() {
 fn spawn_failure_backs_off_like_a_crash() {
     let mut h = Harness::new(1);
     let actions = h.m.handle(h.now, Event::Start);
-    let slot = match actions[1] {
-        Action::Spawn { slot, .. } => slot,
-        _ => panic!("{actions:?}"),
+    let Action::Spawn { slot, .. } = actions[1] else {
+        panic!("{actions:?}")
     };
     let actions = h.feed(Event::SpawnFailed {
         slot,

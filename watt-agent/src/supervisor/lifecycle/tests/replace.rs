@@ -156,7 +156,7 @@ fn shutdown_kills_at_the_deadline_and_says_so_in_the_exit_code() {
     h.all_ready();
     let pid = h.pid(0);
     h.feed(Event::Shutdown);
-    assert!(signals(&h.advance(KILL - Duration::from_millis(1))).is_empty());
+    assert!(signals(&h.advance(KILL.saturating_sub(Duration::from_millis(1)))).is_empty());
     assert_eq!(
         signals(&h.advance(Duration::from_millis(1))),
         vec![(pid, Sig::Kill)]
