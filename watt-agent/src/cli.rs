@@ -24,6 +24,10 @@ mod table;
 
 /// Where the agent's admin API is.
 #[derive(Args, Clone, Debug, Default)]
+#[expect(
+    clippy::doc_markdown,
+    reason = "doc comments here are clap help, read in a terminal: backticks would print as they are"
+)]
 pub struct ClientArgs {
     /// The agent's admin API: host:port or unix:/path [default: the config
     /// file's `admin`, then 127.0.0.1:9090]
@@ -92,6 +96,10 @@ pub struct TopArgs {
 }
 
 #[derive(Args, Clone, Debug, Default)]
+#[expect(
+    clippy::doc_markdown,
+    reason = "doc comments here are clap help, read in a terminal: backticks would print as they are"
+)]
 pub struct DoctorArgs {
     /// Port the agent will listen on [default: the config file's, then 3000]
     #[arg(long, short = 'p', env = "PORT")]

@@ -244,20 +244,20 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].contains("up 1h 2m"), "{text}");
         assert!(lines[1].starts_with("1 of 2 workers ready"), "{text}");
-        let rows: Vec<&str> = lines
+        let table: Vec<&str> = lines
             .iter()
             .skip_while(|l| !l.starts_with("WORKER"))
             .copied()
             .collect();
-        let row0 = rows.iter().find(|l| l.starts_with("0 ")).unwrap();
+        let first = table.iter().find(|l| l.starts_with("0 ")).unwrap();
         assert!(
-            row0.contains("ready") && row0.contains("50.0 MiB") && row0.contains("2.0s"),
-            "{row0}"
+            first.contains("ready") && first.contains("50.0 MiB") && first.contains("2.0s"),
+            "{first}"
         );
-        let row1 = rows.iter().find(|l| l.starts_with("1 ")).unwrap();
+        let second = table.iter().find(|l| l.starts_with("1 ")).unwrap();
         assert!(
-            row1.contains("down") && row1.contains("crash loop; restart in 2.5s"),
-            "{row1}"
+            second.contains("down") && second.contains("crash loop; restart in 2.5s"),
+            "{second}"
         );
     }
 

@@ -84,14 +84,11 @@ pub fn load(path: &Path) -> Result<FileLayer, FileError> {
         path: path.to_owned(),
         source,
     })?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-        FileError::Parse {
-            path: path.to_owned(),
-            line: valid.iter().filter(|&&b| b == b'\n').count() + 1,
-            key: None,
-            message: "not valid UTF-8 text".into(),
-        }
+    let text = String::from_utf8(bytes).map_err(|e| FileError::Parse {
+        path: path.to_owned(),
+        line: line_at(e.as_bytes(), e.utf8_error().valid_up_to()),
+        key: None,
+        message: "not valid UTF-8 text".into(),
     })?;
     parse(path, &text)
 }
@@ -105,7 +102,7 @@ pub fn parse(path: &Path, text: &str) -> Result<FileLayer, FileError> {
         message,
     };
     let doc = DeTable::parse(text).map_err(|e| {
-        let line = e.span().map_or(1, |s| line_at(text, s.start));
+        let line = e.span().map_or(1, |s| line_at(text.as_bytes(), s.start));
         error(line, key_on_line(text, line), tidy(e.message()))
     })?;
     let keys = Keys::of(doc.get_ref(), text);
@@ -123,7 +120,7 @@ pub fn parse(path: &Path, text: &str) -> Result<FileLayer, FileError> {
     }
     let file = FileConfig::deserialize(toml::de::Deserializer::from(doc)).map_err(|e| {
         let (key, line) = match e.span() {
-            Some(span) => (keys.at(span.start), line_at(text, span.start)),
+            Some(span) => (keys.at(span.start), line_at(text.as_bytes(), span.start)),
             None => (None, 1),
         };
         // serde names the field when a required one is missing; nothing

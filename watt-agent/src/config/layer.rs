@@ -54,6 +54,7 @@ macro_rules! define_settings {
         /// line and environment parse straight into one (`RunArgs` flattens
         /// it); the config file's is read by `file`.
         #[derive(clap::Args, Clone, Debug, Default, PartialEq)]
+        #[expect(clippy::doc_markdown, reason = "doc comments here are clap help, read in a terminal: backticks would print as they are")]
         // A flattened struct's doc comment would become the command's about
         // text; the subcommand gives its own.
         #[command(about = None::<&str>, long_about = None::<&str>)]
@@ -77,6 +78,10 @@ macro_rules! define_settings {
 
         /// The resolved settings.
         #[derive(Clone, Debug, PartialEq)]
+        #[expect(
+            clippy::doc_markdown,
+            reason = "the fields' docs are the settings table's clap help, written for a terminal"
+        )]
         pub struct RunConfig {
             $($(#[doc = $doc])* pub $key: resolved_type!($ty $(, $default)?),)*
         }

@@ -1,6 +1,12 @@
 //! The resolved settings written back as TOML: `watt-agent check-config`'s
 //! output, which is itself a usable config file.
-use std::{ffi::OsString, fmt, net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    ffi::OsString,
+    fmt::{self, Write as _},
+    net::IpAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
 use super::{
     RunConfig, Sources,
@@ -23,7 +29,8 @@ pub fn describe(config: &RunConfig, sources: &Sources) -> String {
             Some(v) => format!("{key} = {v}"),
             None => format!("# {key} is not set"),
         };
-        out.push_str(&format!("{line:<40} # {origin}\n"));
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "{line:<40} # {origin}");
     }
     out
 }

@@ -29,7 +29,7 @@ impl FromStr for Workers {
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
-    /// No program: plain SO_REUSEPORT, the kernel's hash over all listeners.
+    /// No program: plain `SO_REUSEPORT`, the kernel's hash over all listeners.
     Kernel,
     /// The kernel's hash restricted to ready workers; lossless crash and
     /// drain; no load awareness.

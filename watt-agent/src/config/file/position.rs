@@ -31,7 +31,7 @@ impl Keys {
                     };
                     KeyAt {
                         name: k.get_ref().to_string(),
-                        line: line_at(text, k.span().start),
+                        line: line_at(text.as_bytes(), k.span().start),
                         key: k.span(),
                         value: v.span(),
                         children,
@@ -63,14 +63,14 @@ impl Keys {
     }
 }
 
-/// The 1-based line of byte `pos`.
-pub(super) fn line_at(text: &str, pos: usize) -> usize {
+/// The 1-based line of byte `pos` (of text that may not be valid UTF-8).
+#[expect(
+    clippy::naive_bytecount,
+    reason = "a config file is a few KiB, read once: not worth a crate"
+)]
+pub(super) fn line_at(text: &[u8], pos: usize) -> usize {
     let end = pos.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 /// The key assigned on `line` (`key = ...`), for syntax errors.

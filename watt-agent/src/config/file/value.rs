@@ -81,7 +81,7 @@ fn value_enum<T: clap::ValueEnum>(s: &str) -> Result<T, String> {
     T::from_str(s, true).map_err(|_| {
         let names: Vec<String> = T::value_variants()
             .iter()
-            .filter_map(|v| v.to_possible_value())
+            .filter_map(clap::ValueEnum::to_possible_value)
             .map(|p| format!("\"{}\"", p.get_name()))
             .collect();
         format!("expected one of {}, got {s:?}", names.join(", "))
