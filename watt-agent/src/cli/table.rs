@@ -83,7 +83,10 @@ fn summary(s: &Status) -> String {
         if let (Some(t), Some(n)) = (p.run_time_seconds, p.runs)
             && n > 0
         {
-            #[allow(clippy::cast_precision_loss)]
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "a run count far below 2^53; the figure is printed rounded"
+            )]
             let per = t / n as f64 * 1e9;
             let _ = write!(out, ", {per:.0}ns per decision");
         }
@@ -141,7 +144,10 @@ fn columns(w: &WorkerStatus, prev: Option<(f64, &WorkerStatus)>) -> (String, Str
                 }
                 _ => "-".into(),
             };
-            #[allow(clippy::cast_precision_loss)]
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "a connection count far below 2^53; the rate is printed rounded"
+            )]
             let conns = match (w.load.connections, p.load.connections) {
                 (Some(a), Some(b)) => format!("{:.0}", a.saturating_sub(b) as f64 / dt),
                 _ => "-".into(),
@@ -160,7 +166,11 @@ fn columns(w: &WorkerStatus, prev: Option<(f64, &WorkerStatus)>) -> (String, Str
 
 fn human_duration(secs: f64) -> String {
     // Whole seconds only: humantime would print nanoseconds.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "clamped to >= 0, and an uptime in seconds fits a u64 (the cast saturates anyway)"
+    )]
     let d = Duration::from_secs(secs.max(0.0) as u64);
     let text = humantime::format_duration(d).to_string();
     // "1h 2m 3s" → "1h 2m": two units are enough in a table.

@@ -221,11 +221,17 @@ impl<'de> Deserialize<'de> for Number {
             fn visit_f64<E: de::Error>(self, n: f64) -> Result<Number, E> {
                 Ok(Number(n))
             }
-            #[allow(clippy::cast_precision_loss)]
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "a config number is far below 2^53, where f64 is exact"
+            )]
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Number, E> {
                 Ok(Number(n as f64))
             }
-            #[allow(clippy::cast_precision_loss)]
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "a config number is far below 2^53, where f64 is exact"
+            )]
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<Number, E> {
                 Ok(Number(n as f64))
             }
