@@ -18,18 +18,19 @@
 //!   blocks for 1 s (`Atomics.wait`, no CPU), as in the balancing tests;
 //! - `loaded`: 2500 requests/s for 3 s, every worker healthy and busy
 //!   serving: queues are often non-empty for a tick or two.
-use std::{collections::BTreeMap, fs, thread, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, fs, thread, time::Duration};
 
 use watt_tests::{agent::Agent, free_port, load, root};
 
 const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
 
 fn main() {
-    record("blocked", 300.0, Some(Duration::from_millis(800)));
-    record("loaded", 2500.0, None);
+    record("blocked", 300, Some(Duration::from_millis(800)));
+    record("loaded", 2500, None);
 }
 
-fn record(name: &str, rate: f64, block_after: Option<Duration>) {
+/// `rate`: new connections per second, for 3 s.
+fn record(name: &str, rate: u32, block_after: Option<Duration>) {
     let agent = Agent::start_with_env(
         free_port("127.0.0.1"),
         &["--workers", "4", "--log-format", "json"],
@@ -43,11 +44,10 @@ fn record(name: &str, rate: f64, block_after: Option<Duration>) {
         .filter_map(|l| Some((l["pid"].as_i64()?, l["slot"].as_i64()?)))
         .collect();
 
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let load = load::spawn(load::Spec {
         addr: agent.addr(),
-        rate,
-        count: (rate * 3.0) as usize,
+        rate: f64::from(rate),
+        count: usize::try_from(rate * 3).expect("3 s of requests fit usize"),
         path: "/".into(),
         timeout: Duration::from_secs(5),
     });
@@ -67,11 +67,6 @@ fn record(name: &str, rate: f64, block_after: Option<Duration>) {
     let failed = failures.len();
 
     let samples = json_lines(&agent, "\"target\":\"watt_agent::samples\"");
-    let first = samples
-        .iter()
-        .filter_map(|s| s["t_us"].as_u64())
-        .min()
-        .unwrap_or(0);
     let mut out = format!(
         "# Recorded by `cargo run -p watt-tests --example record_samples` ({name}).\n\
          # 4 workers of tests/fixtures/apps/test-app.js, {rate} new connections/s for 3 s, \
@@ -79,29 +74,18 @@ fn record(name: &str, rate: f64, block_after: Option<Duration>) {
         outcomes.len()
     );
     if let Some(slot) = victim_slot {
-        out.push_str(&format!(
-            "# The worker in slot {slot} blocked its event loop for 1 s (Atomics.wait) 0.8 s in.\n"
-        ));
+        writeln!(
+            out,
+            "# The worker in slot {slot} blocked its event loop for 1 s (Atomics.wait) 0.8 s in."
+        )
+        .expect("write to a String");
     }
     out.push_str(
         "# One health sample per line, as the balancer took it: ms since the first sample, slot,\n\
          # queue non-empty (1/0), main thread idle in epoll (1/0/-), read/write progress since the\n\
          # previous sample (1/0/-), and the live model's verdict (busy 1/0).\n",
     );
-    for s in &samples {
-        let (Some(t), Some(slot)) = (s["t_us"].as_u64(), s["slot"].as_u64()) else {
-            continue;
-        };
-        #[allow(clippy::cast_precision_loss)]
-        let ms = (t - first) as f64 / 1000.0;
-        out.push_str(&format!(
-            "{ms:.3} {slot} {} {} {} {}\n",
-            u8::from(s["queue"].as_bool().unwrap_or(false)),
-            s["idle"].as_str().unwrap_or("-"),
-            s["progress"].as_str().unwrap_or("-"),
-            u8::from(s["busy"].as_bool().unwrap_or(false)),
-        ));
-    }
+    write_samples(&mut out, &samples);
     let dir = std::env::args_os().nth(1).map_or_else(
         || root().join("watt-agent/src/balancer/recorded"),
         std::path::PathBuf::from,
@@ -115,6 +99,35 @@ fn record(name: &str, rate: f64, block_after: Option<Duration>) {
         outcomes.len(),
         path.display()
     );
+}
+
+/// Appends one line per sample to `out`, its time in ms since the first.
+fn write_samples(out: &mut String, samples: &[serde_json::Value]) {
+    let first = samples
+        .iter()
+        .filter_map(|s| s["t_us"].as_u64())
+        .min()
+        .unwrap_or(0);
+    for s in samples {
+        let (Some(t), Some(slot)) = (s["t_us"].as_u64(), s["slot"].as_u64()) else {
+            continue;
+        };
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "microseconds since the first sample of a 3 s run stay far below 2^53, \
+                      where the conversion is exact"
+        )]
+        let ms = (t - first) as f64 / 1000.0;
+        writeln!(
+            out,
+            "{ms:.3} {slot} {} {} {} {}",
+            u8::from(s["queue"].as_bool().unwrap_or(false)),
+            s["idle"].as_str().unwrap_or("-"),
+            s["progress"].as_str().unwrap_or("-"),
+            u8::from(s["busy"].as_bool().unwrap_or(false)),
+        )
+        .expect("write to a String");
+    }
 }
 
 /// The agent's JSON log lines that contain `needle`, parsed.

@@ -13,6 +13,7 @@ use std::{
 
 /// The agent binary: `WATT_AGENT_BIN` (set by `cargo xtask test`), else the
 /// workspace's release build, else its debug build.
+#[must_use]
 pub fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("WATT_AGENT_BIN") {
         return PathBuf::from(p);
@@ -30,6 +31,7 @@ pub const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
 
 /// Starts `workers` workers of [`TEST_APP`] on a free loopback port with
 /// `args` and `env`, and waits until they are ready.
+#[must_use]
 pub fn start_test_app(workers: usize, args: &[&str], env: &[(&str, &str)]) -> Agent {
     let n = workers.to_string();
     let mut all = vec!["--workers", n.as_str()];
@@ -56,10 +58,12 @@ pub struct Agent {
 impl Agent {
     /// Starts `watt-agent run <args> -- <command>` on `port` with the admin
     /// API off. Its stderr is collected into `log`.
+    #[must_use]
     pub fn start(port: u16, args: &[&str], command: &[&str]) -> Self {
         Self::start_with_env(port, args, command, &[])
     }
 
+    #[must_use]
     pub fn start_with_env(
         port: u16,
         args: &[&str],
@@ -111,15 +115,18 @@ impl Agent {
         }
     }
 
+    #[must_use]
     pub fn pid(&self) -> i32 {
         i32::try_from(self.child.id()).expect("pid")
     }
 
+    #[must_use]
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// Waits until the log has a line containing `needle` `count` times.
+    #[must_use]
     pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -131,6 +138,7 @@ impl Agent {
         false
     }
 
+    #[must_use]
     pub fn log_count(&self, needle: &str) -> usize {
         self.log
             .lock()
@@ -140,6 +148,7 @@ impl Agent {
             .count()
     }
 
+    #[must_use]
     pub fn log_text(&self) -> String {
         self.log.lock().expect("log").join("\n")
     }
@@ -154,6 +163,7 @@ impl Agent {
     }
 
     /// The agent's direct children: the worker processes.
+    #[must_use]
     pub fn worker_pids(&self) -> BTreeSet<i32> {
         children(self.pid())
     }
@@ -193,6 +203,7 @@ impl Drop for Agent {
 }
 
 /// Pids whose parent is `parent`.
+#[must_use]
 pub fn children(parent: i32) -> BTreeSet<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return BTreeSet::new();
@@ -204,6 +215,7 @@ pub fn children(parent: i32) -> BTreeSet<i32> {
 }
 
 /// The parent pid of `pid`, if it exists.
+#[must_use]
 pub fn ppid(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
@@ -211,6 +223,7 @@ pub fn ppid(pid: i32) -> Option<i32> {
 }
 
 /// Whether `pid` exists and is not a zombie.
+#[must_use]
 pub fn alive(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rfind(')')
@@ -222,6 +235,7 @@ pub fn alive(pid: i32) -> bool {
 /// The start time of `pid` (field 22 of its stat, in clock ticks since
 /// boot): with it a pid that the kernel handed to a new process is not
 /// mistaken for the old one.
+#[must_use]
 pub fn start_time(pid: i32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     s[s.rfind(')')? + 2..]
@@ -232,11 +246,13 @@ pub fn start_time(pid: i32) -> Option<u64> {
 }
 
 /// Whether the process `pid` that started at `started` still runs.
+#[must_use]
 pub fn same_alive(pid: i32, started: Option<u64>) -> bool {
     alive(pid) && start_time(pid) == started
 }
 
 /// Whether something accepts TCP connections on `addr`.
+#[must_use]
 pub fn port_open(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }

@@ -29,6 +29,7 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
 
 /// Parses a whole response (status line, headers, body; chunked bodies are
 /// returned with their framing, which the tests do not mind).
+#[must_use]
 pub fn parse(raw: &[u8]) -> Option<Response> {
     let text = String::from_utf8_lossy(raw);
     let status = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;

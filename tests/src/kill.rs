@@ -71,6 +71,7 @@ pub fn accepted(pid: i32, port: u16) -> HashSet<u16> {
 /// on `port`, keeps it frozen for `hold` (connections keep arriving and
 /// queue on its listener, as on a worker that stalls before it dies), and
 /// SIGKILLs it. Returns those client ports.
+#[must_use]
 pub fn freeze_and_kill(pid: i32, port: u16, hold: Duration) -> HashSet<u16> {
     // SAFETY: signalling a worker process started by the agent under test.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -78,11 +79,11 @@ pub fn freeze_and_kill(pid: i32, port: u16, hold: Duration) -> HashSet<u16> {
     while !matches!(state(pid), Some('T') | None) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(1));
     }
-    let mut held = accepted(pid, port);
+    let mut clients = accepted(pid, port);
     thread::sleep(hold);
     // Frozen, it accepts nothing more; read again in case it was not yet.
-    held.extend(accepted(pid, port));
+    clients.extend(accepted(pid, port));
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    held
+    clients
 }

@@ -23,6 +23,7 @@ pub mod load;
 pub mod sysctl;
 
 /// The workspace root.
+#[must_use]
 pub fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -52,42 +53,44 @@ impl Group {
     /// `n` listeners on `host` (port picked by the kernel), the program the
     /// agent would choose loaded, attached and every slot marked ready with
     /// weight 1.
+    #[must_use]
     pub fn new(host: &str, n: usize) -> Self {
-        Self::build(host, n, Some(None))
+        Self::build(host, n, Program::AgentsChoice)
     }
 
     /// The same with exactly the program of `mode`.
+    #[must_use]
     pub fn with_mode(host: &str, n: usize, mode: ProgramMode) -> Self {
-        Self::build(host, n, Some(Some(mode)))
+        Self::build(host, n, Program::Mode(mode))
     }
 
     /// The same group with no program attached: plain `SO_REUSEPORT`.
+    #[must_use]
     pub fn without_program(host: &str, n: usize) -> Self {
-        Self::build(host, n, None)
+        Self::build(host, n, Program::Off)
     }
 
-    /// `program`: `None` for no program, `Some(None)` for the agent's own
-    /// choice, `Some(Some(mode))` for that mode.
-    fn build(host: &str, n: usize, program: Option<Option<ProgramMode>>) -> Self {
+    fn build(host: &str, n: usize, program: Program) -> Self {
         require_root();
         let port = free_port(host);
         let listeners: Vec<_> = (0..n)
             .map(|_| Some(Listener::open(spec(host, port)).expect("listener")))
             .collect();
         let addr = spec(host, port).addr;
-        let steering = program.map(|mode| {
-            let mut steering = match mode {
-                None => Steering::load(),
-                Some(mode) => Steering::load_mode(mode),
-            }
-            .unwrap_or_else(|e| panic!("load program: {}", watt_agent::error_chain(&e)));
+        let loaded = match program {
+            Program::Off => None,
+            Program::AgentsChoice => Some(Steering::load()),
+            Program::Mode(mode) => Some(Steering::load_mode(mode)),
+        };
+        let steering = loaded.map(|loaded| {
+            let mut steering =
+                loaded.unwrap_or_else(|e| panic!("load program: {}", watt_agent::error_chain(&e)));
             for (slot, l) in listeners.iter().enumerate() {
                 let l = l.as_ref().expect("listener");
+                let slot = u32::try_from(slot).expect("slot fits u32");
                 steering.attach(l).expect("attach");
-                steering.set_listener(slot as u32, l).expect("set listener");
-                steering
-                    .set_slot(slot as u32, SlotState::Ready)
-                    .expect("set slot");
+                steering.set_listener(slot, l).expect("set listener");
+                steering.set_slot(slot, SlotState::Ready).expect("set slot");
             }
             steering
                 .publish(&table::weighted(&vec![1; n]).expect("table"))
@@ -113,6 +116,7 @@ impl Group {
 
     /// Accepts until `expected` connections are accepted in total or
     /// `timeout` passes; returns the count per slot and the accepted streams.
+    #[must_use]
     pub fn accept(&self, expected: usize, timeout: Duration) -> (Vec<usize>, Vec<TcpStream>) {
         let mut counts = vec![0; self.listeners.len()];
         let mut streams = Vec::new();
@@ -142,6 +146,17 @@ impl Group {
     }
 }
 
+/// Which program a [`Group`] runs.
+#[derive(Clone, Copy)]
+enum Program {
+    /// None: plain `SO_REUSEPORT`.
+    Off,
+    /// The one the agent would choose on this kernel.
+    AgentsChoice,
+    /// Exactly this mode.
+    Mode(ProgramMode),
+}
+
 /// The program modes this kernel can run: both from 5.14 on, select-only
 /// before.
 #[must_use]
@@ -159,8 +174,6 @@ pub fn kernel_has_migration() -> bool {
     preflight::has_migration(&preflight::kernel_release().expect("kernel release"))
 }
 
-/// A port with nothing listening on `host` right now (the kernel's pick,
-/// released at once; the group then binds it explicitly).
 /// Polls `f` every 50 ms until it holds or `timeout` passes; whether it
 /// held. For state that becomes true eventually (a process reaped, a
 /// counter refreshed): a loaded machine gets the whole timeout.
@@ -199,6 +212,9 @@ pub fn wait_blocked(pid: i32, timeout: Duration) -> bool {
     false
 }
 
+/// A port with nothing listening on `host` right now (the kernel's pick,
+/// released at once; the group then binds it explicitly).
+#[must_use]
 pub fn free_port(host: &str) -> u16 {
     std::net::TcpListener::bind(spec(host, 0).addr)
         .and_then(|l| l.local_addr())
@@ -206,6 +222,7 @@ pub fn free_port(host: &str) -> u16 {
         .port()
 }
 
+#[must_use]
 pub fn spec(host: &str, port: u16) -> ListenSpec {
     let addr: SocketAddr = format!("{host}:{port}").parse().expect("address");
     ListenSpec {
@@ -216,6 +233,7 @@ pub fn spec(host: &str, port: u16) -> ListenSpec {
 
 /// Opens `n` client connections to `addr` (blocking connects; on loopback the
 /// handshake completes without any accept).
+#[must_use]
 pub fn connect_many(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     (0..n)
         .map(|i| TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect #{i} to {addr}: {e}")))

@@ -57,11 +57,13 @@ impl Outcome {
 }
 
 /// Runs the load on a background thread; join it for the outcomes.
+#[must_use]
 pub fn spawn(spec: Spec) -> thread::JoinHandle<Vec<Outcome>> {
     thread::spawn(move || run(&spec))
 }
 
 /// Runs the load to completion.
+#[must_use]
 pub fn run(spec: &Spec) -> Vec<Outcome> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -72,8 +74,9 @@ pub fn run(spec: &Spec) -> Vec<Outcome> {
         let start = tokio::time::Instant::now();
         let interval = Duration::from_secs_f64(1.0 / spec.rate);
         let mut tasks = Vec::with_capacity(spec.count);
-        for i in 0..spec.count {
-            let at = start + interval.mul_f64(i as f64);
+        let count = u32::try_from(spec.count).expect("the request count fits u32");
+        for i in 0..count {
+            let at = start + interval.mul_f64(f64::from(i));
             tokio::time::sleep_until(at).await;
             let spec = spec.clone();
             tasks.push(tokio::spawn(async move { one(&spec, at.into_std()).await }));
@@ -102,7 +105,7 @@ async fn one(spec: &Spec, scheduled: Instant) -> Outcome {
                 SocketAddr::V6(_) => "[::]:0".parse().expect("addr"),
             };
             let _ = socket.bind(any);
-            local_port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+            local_port = socket.local_addr().map_or(0, |a| a.port());
             sent = Instant::now();
             match tokio::time::timeout(spec.timeout, exchange(socket, spec)).await {
                 Ok(r) => r,

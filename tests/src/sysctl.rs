@@ -9,6 +9,7 @@ pub struct Sysctl {
 
 impl Sysctl {
     /// `name` in dotted form, e.g. `net.ipv4.tcp_migrate_req`.
+    #[must_use]
     pub fn set(name: &str, value: &str) -> Self {
         let path = format!("/proc/sys/{}", name.replace('.', "/"));
         let old = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));

@@ -107,7 +107,7 @@ fn serves_with_four_workers(node: &str, app: &App) {
             ("NEXT_TELEMETRY_DISABLED", "1"),
         ],
     );
-    agent.wait_ready(4, Duration::from_secs(60));
+    agent.wait_ready(4, Duration::from_mins(1));
     let workers = agent.worker_pids();
     let answers: Vec<Option<i32>> = (0..80)
         .map(|_| request(app.client, port, app.path))

@@ -13,7 +13,7 @@ use watt_tests::{
     http, kill, load, wait_blocked, wait_until,
 };
 
-const BLOCK: Duration = Duration::from_millis(1000);
+const BLOCK: Duration = Duration::from_secs(1);
 /// Margin inside the block, at both ends: a connect counted as "during the
 /// block" began at least this long after the worker was seen blocked and
 /// this long before the block can have ended. Many ticks (2 ms) long.

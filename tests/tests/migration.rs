@@ -49,9 +49,9 @@ fn closing_a_listener_migrates_its_whole_queue() {
     let (ok, failed) = exchange(&mut servers, &mut clients);
     assert_eq!((ok, failed), (QUEUED, 0), "no client may see a reset");
     let counters = group.steering().counters().unwrap();
-    assert_eq!(counters.migrations as usize, QUEUED);
+    assert_eq!(usize::try_from(counters.migrations).unwrap(), QUEUED);
     let migrated: u64 = counters.slots[1..4].iter().map(|s| s.migrated_in).sum();
-    assert_eq!(migrated as usize, QUEUED);
+    assert_eq!(usize::try_from(migrated).unwrap(), QUEUED);
 }
 
 #[test]

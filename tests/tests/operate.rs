@@ -1,6 +1,6 @@
 //! Operating a running agent: the admin API (metrics, health, readiness,
 //! status, commands), the CLI that talks to it, `doctor`, and the clear
-//! failure without CAP_BPF.
+//! failure without `CAP_BPF`.
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
@@ -25,7 +25,7 @@ fn request(addr: SocketAddr, method: &str, path: &str, headers: &[&str]) -> http
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .unwrap_or_else(|e| panic!("connect to the admin API at {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let extra: String = headers.iter().flat_map(|h| [*h, "\r\n"]).collect();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
@@ -123,7 +123,15 @@ fn admin_endpoints_answer_and_metrics_parse_as_prometheus_text() {
         (ready.status, ready.body.as_str()),
         (200, "ready: 2 of 2 workers\n")
     );
+    let json = assert_status(admin, &agent);
+    assert_metrics(admin, &json);
+    assert_refusals(admin);
+    assert_rolling_reload(admin, &agent);
+}
 
+/// `/status` of the agent `start(2, ..)` started: both workers ready. Returns
+/// the JSON.
+fn assert_status(admin: SocketAddr, agent: &Agent) -> serde_json::Value {
     let status = get(admin, "/status");
     assert_eq!(status.status, 200);
     let json: serde_json::Value = serde_json::from_str(&status.body).expect("JSON");
@@ -143,7 +151,12 @@ fn admin_endpoints_answer_and_metrics_parse_as_prometheus_text() {
     }
     assert_eq!(json["ready"], 2);
     assert_eq!(json["is_ready"], true);
+    json
+}
 
+/// The metrics of the same agent after the app served 20 requests, against
+/// its `/status` in `json`; and the `OpenMetrics` form.
+fn assert_metrics(admin: SocketAddr, json: &serde_json::Value) {
     let scrape = scrape(admin);
     assert_eq!(metric(&scrape, "watt_workers", &[]), Some(2.0));
     assert_eq!(metric(&scrape, "watt_workers_ready", &[]), Some(2.0));
@@ -217,8 +230,10 @@ fn admin_endpoints_answer_and_metrics_parse_as_prometheus_text() {
         &["Accept: application/openmetrics-text"],
     );
     assert!(open.body.ends_with("# EOF\n"), "{}", open.body);
+}
 
-    // Wrong methods and paths; commands refused from web pages.
+/// Wrong methods and paths; commands refused from web pages.
+fn assert_refusals(admin: SocketAddr) {
     assert_eq!(request(admin, "POST", "/metrics", &[]).status, 405);
     assert_eq!(get(admin, "/reload").status, 405);
     assert_eq!(get(admin, "/nothing").status, 404);
@@ -232,8 +247,10 @@ fn admin_endpoints_answer_and_metrics_parse_as_prometheus_text() {
     );
     let cross = request(admin, "POST", "/reload", &["Origin: http://example.com"]);
     assert_eq!(cross.status, 403, "{}", cross.body);
+}
 
-    // A reload from loopback is accepted and replaces both workers.
+/// A reload from loopback is accepted and replaces both workers.
+fn assert_rolling_reload(admin: SocketAddr, agent: &Agent) {
     let before = agent.worker_pids();
     let reload = request(admin, "POST", "/reload", &[]);
     assert_eq!(reload.status, 202, "{}", reload.body);
@@ -259,12 +276,12 @@ fn admin_endpoints_answer_and_metrics_parse_as_prometheus_text() {
     );
     // The status the metrics read is refreshed right after the log line.
     assert!(wait_until(Duration::from_secs(5), || metric(
-        &self::scrape(admin),
+        &scrape(admin),
         "watt_reloads_total",
         &[]
     ) == Some(1.0)));
     assert_eq!(
-        metric(&self::scrape(admin), "watt_last_reload_failed", &[]),
+        metric(&scrape(admin), "watt_last_reload_failed", &[]),
         Some(0.0)
     );
     let after = agent.worker_pids();
@@ -444,8 +461,33 @@ fn cli_commands_against_a_running_agent() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    assert_cli_status(&admin, &agent);
+    assert_cli_reload_and_restart(&admin, &agent);
+    assert_cli_doctor(&admin, &agent);
 
+    let o = watt(&["restart", "9", "--admin", &admin]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "watt-agent: the agent refused: no worker 9: the workers are 0..1 (404)\n"
+    );
+
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(15)), Some(0));
+    assert!(!sock.exists(), "the socket is removed on exit");
     let o = watt(&["status", "--admin", &admin]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot reach the agent's admin API"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `status` (a table, and JSON with the address from `WATT_ADMIN`) and
+/// `top` against the agent at `admin`, its 2 workers ready.
+fn assert_cli_status(admin: &str, agent: &Agent) {
+    let o = watt(&["status", "--admin", admin]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let table = stdout(&o);
     assert!(
@@ -469,19 +511,22 @@ fn cli_commands_against_a_running_agent() {
     // The address also comes from WATT_ADMIN.
     let o = Command::new(agent::binary())
         .args(["status", "--json"])
-        .env("WATT_ADMIN", &admin)
+        .env("WATT_ADMIN", admin)
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let json: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("status --json is JSON");
     assert_eq!(json["workers"].as_array().map(Vec::len), Some(2));
 
-    let o = watt(&["top", "--admin", &admin, "-n", "2", "--interval", "200ms"]);
+    let o = watt(&["top", "--admin", admin, "-n", "2", "--interval", "200ms"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("CPU%"), "{}", stdout(&o));
+}
 
+/// `reload` replaces both workers, then `restart 0` the first of the new ones.
+fn assert_cli_reload_and_restart(admin: &str, agent: &Agent) {
     let before = agent.worker_pids();
-    let o = watt(&["reload", "--admin", &admin]);
+    let o = watt(&["reload", "--admin", admin]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "rolling reload of 2 workers started\n");
     assert!(
@@ -492,7 +537,7 @@ fn cli_commands_against_a_running_agent() {
     let after_reload = agent.worker_pids();
     assert!(after_reload.is_disjoint(&before));
 
-    let o = watt(&["restart", "0", "--admin", &admin]);
+    let o = watt(&["restart", "0", "--admin", admin]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
         stdout(&o).starts_with("restarting worker 0"),
@@ -509,8 +554,10 @@ fn cli_commands_against_a_running_agent() {
         after_reload,
         agent.worker_pids()
     );
+}
 
-    // doctor inside a running deployment: the port is the agent's own.
+/// `doctor` inside a running deployment: the port is the agent's own.
+fn assert_cli_doctor(admin: &str, agent: &Agent) {
     let port = agent.port.to_string();
     let o = watt(&[
         "doctor",
@@ -519,7 +566,7 @@ fn cli_commands_against_a_running_agent() {
         "--host",
         "127.0.0.1",
         "--admin",
-        &admin,
+        admin,
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     assert!(
@@ -529,24 +576,6 @@ fn cli_commands_against_a_running_agent() {
         )),
         "{}",
         stdout(&o)
-    );
-
-    let o = watt(&["restart", "9", "--admin", &admin]);
-    assert_eq!(o.status.code(), Some(1));
-    assert_eq!(
-        stderr(&o),
-        "watt-agent: the agent refused: no worker 9: the workers are 0..1 (404)\n"
-    );
-
-    agent.signal(libc::SIGTERM);
-    assert_eq!(agent.wait_exit(Duration::from_secs(15)), Some(0));
-    assert!(!sock.exists(), "the socket is removed on exit");
-    let o = watt(&["status", "--admin", &admin]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("cannot reach the agent's admin API"),
-        "{}",
-        stderr(&o)
     );
 }
 
@@ -579,7 +608,7 @@ fn a_live_agent_keeps_its_socket_and_a_stale_one_is_replaced() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
-/// `setpriv` dropping CAP_BPF and CAP_SYS_ADMIN (root keeps the others).
+/// `setpriv` dropping `CAP_BPF` and `CAP_SYS_ADMIN` (root keeps the others).
 fn without_bpf(args: &[&str]) -> Output {
     Command::new("setpriv")
         .args(["--inh-caps=-all", "--bounding-set=-bpf,-sys_admin", "--"])

@@ -46,8 +46,16 @@ fn table_steering(host: &str) {
         let counts = spread(&group);
         assert_quarter_split(&counts);
         let counters = group.steering().counters().unwrap();
-        assert_eq!(counters.slots[0].selected as usize, counts[0], "{mode:?}");
-        assert_eq!(counters.slots[2].selected as usize, counts[2], "{mode:?}");
+        assert_eq!(
+            usize::try_from(counters.slots[0].selected).unwrap(),
+            counts[0],
+            "{mode:?}"
+        );
+        assert_eq!(
+            usize::try_from(counters.slots[2].selected).unwrap(),
+            counts[2],
+            "{mode:?}"
+        );
         assert_eq!(counters.fallback, 0, "{mode:?}");
     }
 }
@@ -176,9 +184,9 @@ fn program_passes_the_verifier_and_counts() {
     assert_eq!(before.new_connections, 0);
     let _ = spread(&group);
     let after = group.steering().counters().unwrap();
-    assert_eq!(after.new_connections as usize, CONNECTIONS);
+    assert_eq!(usize::try_from(after.new_connections).unwrap(), CONNECTIONS);
     assert_eq!(
-        after.slots.iter().map(|s| s.selected).sum::<u64>() as usize,
+        usize::try_from(after.slots.iter().map(|s| s.selected).sum::<u64>()).unwrap(),
         CONNECTIONS
     );
 }

@@ -311,7 +311,7 @@ fn a_command_that_can_never_start_stops_the_agent_with_the_workers_error() {
         &["--workers", "2"],
         &["node", "tests/fixtures/apps/no-such-app-typo.js"],
     );
-    let code = agent.wait_exit(Duration::from_secs(60));
+    let code = agent.wait_exit(Duration::from_mins(1));
     let log = agent.log_text();
     assert_eq!(code, Some(1), "{log}");
     // The stopping message itself carries the worker's error (its lines

@@ -31,7 +31,7 @@ enum Command {
     /// Run every test: unit tests, then the root/BPF/Node integration tests.
     Test(test::Options),
     /// The kernel matrix: boot Debian's cloud kernels under qemu and run the
-    /// kernel tests, doctor and the DaemonSet e2e inside each (and, on arm64,
+    /// kernel tests, doctor and the `DaemonSet` e2e inside each (and, on arm64,
     /// the kernel tests, doctor and an agent smoke test).
     Kernels(kernels::Options),
     /// Benchmarks: programs that print numbers.

@@ -191,7 +191,7 @@ fn ensure_bpffs(opts: &Options) -> anyhow::Result<()> {
         .with_context(|| format!("mounting bpffs failed; fix: `{fix}`"))
 }
 
-/// Raise RLIMIT_MEMLOCK for this process and the test and run processes it
+/// Raise `RLIMIT_MEMLOCK` for this process and the test and run processes it
 /// starts (kernels before 5.11 charge BPF maps against it).
 fn raise_memlock() {
     let unlimited = libc::rlimit {

@@ -110,7 +110,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 }
 
 /// The deployment checks: rendered manifests validated and scanned, and the
-/// DaemonSet's container emulated in namespaces with its exact capabilities.
+/// `DaemonSet`'s container emulated in namespaces with its exact capabilities.
 fn deploy(root: &std::path::Path) -> anyhow::Result<()> {
     let elevated = |script: &str, args: &[&str]| {
         util::run(

@@ -22,7 +22,7 @@ pub struct Args {
     /// First rate of the ramp (requests/s).
     #[arg(long, default_value_t = 5000.0)]
     pub start: f64,
-    /// Run the generator with SCHED_FIFO priority 1.
+    /// Run the generator with `SCHED_FIFO` priority 1.
     #[arg(long)]
     pub realtime: bool,
 }

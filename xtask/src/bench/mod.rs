@@ -7,11 +7,11 @@ mod steering;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// New-connection rate with the program vs plain SO_REUSEPORT, and the
+    /// New-connection rate with the program vs plain `SO_REUSEPORT`, and the
     /// program's cost per decision from the kernel's BPF stats.
     Steering,
     /// watt-agent side by side with Platformatic Watt, PM2 cluster mode,
-    /// Node's cluster module and plain SO_REUSEPORT (results in bench/results/).
+    /// Node's cluster module and plain `SO_REUSEPORT` (results in bench/results/).
     Peers(peers::PeersArgs),
     /// Tail latency with event-loop-blocking requests: the default policy vs
     /// `hash` and `kernel`, tick choices, uniform-load cost, idle footprint.

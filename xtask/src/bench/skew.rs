@@ -11,6 +11,7 @@
 //! - uniform: a higher rate of fast requests, default policy vs. `kernel`;
 //! - idle: 16 workers and no traffic for a minute: the agent's CPU and RSS.
 use std::{
+    fmt::Write as _,
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -293,7 +294,7 @@ fn idle(agent: &Path, app: &Path, dir: &Path, window: Duration) -> anyhow::Resul
         workers: 16,
         seconds: window.as_secs(),
         agent_cpu_percent: 100.0 * b.saturating_sub(a).as_secs_f64() / window.as_secs_f64(),
-        cpu_resolution_percent: 100.0 / clk_tck() as f64 / window.as_secs_f64(),
+        cpu_resolution_percent: 100.0 / f64::from(clk_tck()) / window.as_secs_f64(),
         agent_rss_kib: rss,
         agent_threads: threads,
     })
@@ -327,7 +328,7 @@ fn start_agent(
         .env_remove("PORT")
         .env("NO_COLOR", "1");
     let mut group = Group::spawn("watt-agent", &mut cmd, &log)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     loop {
         let text = fs::read_to_string(&log).unwrap_or_default();
         if text.matches("worker ready").count() >= workers {
@@ -349,13 +350,15 @@ fn cpu_time(pid: i32) -> Option<Duration> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let f: Vec<&str> = s[s.rfind(')')? + 2..].split_whitespace().collect();
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_nanos(ticks * 1_000_000_000 / clk_tck()))
+    Some(Duration::from_nanos(
+        ticks * 1_000_000_000 / u64::from(clk_tck()),
+    ))
 }
 
-/// Clock ticks a second (`utime`/`stime` units).
-fn clk_tck() -> u64 {
+/// Clock ticks a second (`utime`/`stime` units; 100 on Linux).
+fn clk_tck() -> u32 {
     // SAFETY: sysconf has no preconditions.
-    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+    u32::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
         .unwrap_or(100)
         .max(1)
 }
@@ -386,8 +389,9 @@ fn write(root: &Path, r: &Results) -> anyhow::Result<()> {
         r.node
     );
     for run in &r.runs {
-        md.push_str(&format!(
-            "| {} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.2}% |\n",
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.2}% |",
             run.name,
             run.policy,
             run.tick,
@@ -396,18 +400,19 @@ fn write(root: &Path, r: &Results) -> anyhow::Result<()> {
             run.fast.p999_ms,
             run.fast.failed + run.block.as_ref().map_or(0, |b| b.failed),
             run.agent_cpu_percent
-        ));
+        );
     }
     if let Some(i) = &r.idle {
-        md.push_str(&format!(
-            "\nIdle: {} workers, no traffic for {} s: agent CPU {:.3}% of one core (resolution {:.3}%), RSS {} KiB, {} threads.\n",
+        let _ = writeln!(
+            md,
+            "\nIdle: {} workers, no traffic for {} s: agent CPU {:.3}% of one core (resolution {:.3}%), RSS {} KiB, {} threads.",
             i.workers,
             i.seconds,
             i.agent_cpu_percent,
             i.cpu_resolution_percent,
             i.agent_rss_kib,
             i.agent_threads
-        ));
+        );
     }
     fs::write(dir.join(format!("skew-{day}.md")), &md)?;
     fs::write(dir.join("skew-latest.md"), &md)?;

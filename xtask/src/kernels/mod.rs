@@ -2,7 +2,7 @@
 //! (Debian's cloud kernels, by package name) under qemu with the host's root
 //! filesystem shared read-only over virtiofs, and inside each runs the
 //! kernel tests (`steering`, `migration`), `watt-agent doctor`, and the
-//! namespace e2e test (`deploy/e2e-netns.sh`: the DaemonSet's exact
+//! namespace e2e test (`deploy/e2e-netns.sh`: the `DaemonSet`'s exact
 //! capability set, with requests from outside through a veth pair). One line
 //! per kernel, then a table; exit 1 if any kernel failed any step.
 //!
@@ -29,7 +29,7 @@ const DEFAULT_KERNELS: &str = "5.10,6.1,6.12,newest";
 #[derive(clap::Args)]
 pub struct Options {
     /// Kernel lines to boot, e.g. `6.1,6.12`; `newest` is the newest cloud
-    /// kernel in Debian's suites; `none` for no x86_64 guest.
+    /// kernel in Debian's suites; `none` for no `x86_64` guest.
     #[arg(long, default_value = DEFAULT_KERNELS, value_delimiter = ',')]
     pub kernels: Vec<String>,
     /// arm64 (Graviton) kernel lines, booted under qemu-system-aarch64 with
@@ -37,7 +37,7 @@ pub struct Options {
     #[arg(long, default_value = "6.1", value_delimiter = ',')]
     pub arm64: Vec<String>,
     /// qemu accelerator: `auto`, `kvm` or `tcg`. `auto` takes KVM only where
-    /// the host has hardware KVM (the kvm_intel or kvm_amd module): a
+    /// the host has hardware KVM (the `kvm_intel` or `kvm_amd` module): a
     /// paravirtualised /dev/kvm (PVM, as on this workplace's machines) boots
     /// no stock kernel, so `auto` picks TCG there.
     #[arg(long, default_value = "auto")]

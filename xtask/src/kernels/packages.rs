@@ -236,9 +236,10 @@ impl Apt {
                 .flatten()
                 .map(|e| e.path())
                 .find(|p| {
-                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                        n.starts_with(&format!("{package}_")) && n.ends_with(".deb")
-                    })
+                    p.extension().is_some_and(|e| e == "deb")
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with(&format!("{package}_")))
                 })
         };
         if let Some(deb) = find() {

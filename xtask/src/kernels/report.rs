@@ -200,7 +200,7 @@ pub fn print_failure(dir: &Path) {
             .unwrap_or_default()
             .to_owned();
         let interesting = name == "console.log"
-            || (name.ends_with(".txt")
+            || (f.extension().is_some_and(|e| e == "txt")
                 && fs::read_to_string(f.with_extension("rc"))
                     .is_ok_and(|rc| !rc.starts_with("0 ")));
         if !interesting {

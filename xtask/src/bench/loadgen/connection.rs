@@ -35,7 +35,8 @@ async fn connect(ctx: &Ctx, port: &Cell<Option<u16>>) -> Result<TcpStream, Error
         let span = u32::from(src.ports.end - src.ports.start);
         let p = {
             let mut s = ctx.state.borrow_mut();
-            let p = src.ports.start + (s.next_port % span) as u16;
+            let offset = u16::try_from(s.next_port % span).expect("below the span of a u16 range");
+            let p = src.ports.start + offset;
             s.next_port = s.next_port.wrapping_add(1);
             p
         };

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use super::{
     Class, ClassReport, Connections, ErrorKind, Plan, Report, Request,
     connection::{keep_alive_conn, one_shot},
-    plan::{request_bytes, target_of},
+    plan::{count_f64, request_bytes, target_of},
     state::{ClassStats, Ctx, MAX_LATENCY_US, Shared, State, Ticket, histogram},
     timer::Timer,
 };
@@ -80,7 +80,7 @@ async fn schedule(ctx: &Rc<Ctx>, plan: &Plan, start: Instant) -> anyhow::Result<
     let mut k = vec![0u64; n];
     loop {
         let (class, t) = (0..n)
-            .map(|i| (i, phase[i] + k[i] as f64 / plan.classes[i].rate))
+            .map(|i| (i, phase[i] + count_f64(k[i]) / plan.classes[i].rate))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .expect("at least one class");
         if t >= end {
@@ -92,7 +92,8 @@ async fn schedule(ctx: &Rc<Ctx>, plan: &Plan, start: Instant) -> anyhow::Result<
         let measured = t >= warm;
         if measured {
             let late = Instant::now().saturating_duration_since(at);
-            let _ = lag.record((late.as_micros() as u64).clamp(1, MAX_LATENCY_US));
+            let late_us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+            let _ = lag.record(late_us.clamp(1, MAX_LATENCY_US));
         }
         dispatch(
             ctx,

@@ -44,11 +44,10 @@ impl ErrorKind {
 
     pub(super) fn of_io(e: &io::Error) -> Self {
         match e.kind() {
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted => Self::Reset,
             io::ErrorKind::UnexpectedEof => Self::Closed,
             io::ErrorKind::TimedOut => Self::Timeout,
+            // ConnectionReset, BrokenPipe, ConnectionAborted, and any other
+            // error on an open connection: the server dropped it.
             _ => Self::Reset,
         }
     }

@@ -117,22 +117,23 @@ fn run_here(plan: &Plan) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// SCHED_FIFO priority 1 for this thread, when allowed (root): its wake-ups
+/// `SCHED_FIFO` priority 1 for this thread, when allowed (root): its wake-ups
 /// then preempt ordinary threads at once instead of waiting for the CFS
 /// scheduler, so the schedule stays on time on a busy machine. The thread
 /// sleeps between requests, so it takes no more CPU than it did before.
 fn set_realtime() {
     let param = libc::sched_param { sched_priority: 1 };
     // SAFETY: plain syscall on the calling thread (pid 0) with a valid param.
-    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) };
 }
 
 fn thread_cpu() -> Duration {
     getrusage(UsageWho::RUSAGE_THREAD)
         .map(|u| {
             let tv = |t: nix::sys::time::TimeVal| {
-                Duration::from_secs(t.tv_sec().max(0) as u64)
-                    + Duration::from_micros(t.tv_usec().max(0) as u64)
+                // Negative fields (never seen from getrusage) count as 0.
+                Duration::from_secs(u64::try_from(t.tv_sec()).unwrap_or(0))
+                    + Duration::from_micros(u64::try_from(t.tv_usec()).unwrap_or(0))
             };
             tv(u.user_time()) + tv(u.system_time())
         })

@@ -13,6 +13,15 @@ use serde::Serialize;
 /// A plan may not schedule more requests than this.
 const MAX_REQUESTS: u64 = 20_000_000;
 
+/// A count of a plan's requests as an f64, for rates and ratios.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "a plan's request counts are at most MAX_REQUESTS (2e7), far below 2^53, so the f64 is exact"
+)]
+pub(super) fn count_f64(n: u64) -> f64 {
+    n as f64
+}
+
 /// One kind of request in the schedule, at its own rate.
 #[derive(Clone, Debug)]
 pub struct Class {
@@ -67,7 +76,7 @@ pub struct Plan {
     /// a connection); one more fails as `client_overload` without being sent.
     pub max_in_flight: usize,
     pub source: Option<Source>,
-    /// Run the generator's thread with SCHED_FIFO priority 1 (if allowed).
+    /// Run the generator's thread with `SCHED_FIFO` priority 1 (if allowed).
     pub realtime: bool,
 }
 
@@ -149,6 +158,11 @@ impl Plan {
 
     /// How many requests the schedule holds (warm-up included).
     #[must_use]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "the float-to-int cast saturates: check refuses non-positive rates and any total over MAX_REQUESTS"
+    )]
     pub fn total_requests(&self) -> u64 {
         let secs = (self.warmup + self.duration).as_secs_f64();
         self.classes
@@ -179,7 +193,7 @@ impl Plan {
         {
             bail!("empty source port range");
         }
-        if self.duration.is_zero() || self.duration > Duration::from_secs(3600) {
+        if self.duration.is_zero() || self.duration > Duration::from_hours(1) {
             bail!(
                 "load duration must be within (0, 1h], got {:?}",
                 self.duration

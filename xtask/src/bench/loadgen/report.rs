@@ -5,7 +5,16 @@ use std::{collections::BTreeMap, time::Duration};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::ErrorKind;
+use super::{ErrorKind, plan::count_f64};
+
+/// Microseconds of a latency histogram as milliseconds.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "histogram values are at most MAX_LATENCY_US (1.2e8), far below 2^53, so the f64 is exact"
+)]
+fn us_to_ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
 
 /// One failed request, for attribution.
 #[derive(Clone, Debug)]
@@ -63,7 +72,7 @@ impl ClassReport {
         if self.latency.is_empty() {
             return 0.0;
         }
-        self.latency.value_at_quantile(q) as f64 / 1000.0
+        us_to_ms(self.latency.value_at_quantile(q))
     }
 
     #[must_use]
@@ -76,7 +85,7 @@ impl ClassReport {
             ok: self.ok,
             failed: self.failed(),
             errors: self.errors.clone(),
-            throughput: self.ok as f64 / measured.as_secs_f64().max(1e-9),
+            throughput: count_f64(self.ok) / measured.as_secs_f64().max(1e-9),
             p50_ms: self.quantile_ms(0.5),
             p90_ms: self.quantile_ms(0.9),
             p99_ms: self.quantile_ms(0.99),
@@ -84,7 +93,7 @@ impl ClassReport {
             max_ms: if self.latency.is_empty() {
                 0.0
             } else {
-                self.latency.max() as f64 / 1000.0
+                us_to_ms(self.latency.max())
             },
             mean_ms: if self.latency.is_empty() {
                 0.0
@@ -138,14 +147,13 @@ impl Report {
 
     #[must_use]
     pub fn client(&self) -> ClientStats {
-        let ms = |v: u64| v as f64 / 1000.0;
         ClientStats {
             lag_p99_ms: if self.lag.is_empty() {
                 0.0
             } else {
-                ms(self.lag.value_at_quantile(0.99))
+                us_to_ms(self.lag.value_at_quantile(0.99))
             },
-            lag_max_ms: ms(self.lag.max()),
+            lag_max_ms: us_to_ms(self.lag.max()),
             cpu_share: self.cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9),
             connects: self.connects,
         }

@@ -82,7 +82,9 @@ impl Shared {
         match result {
             Ok(()) => {
                 c.ok += 1;
-                let us = (after.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+                let us = u64::try_from(after.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .clamp(1, MAX_LATENCY_US);
                 let _ = c.latency.record(us);
             }
             Err(kind) => {

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{ClientStats, Plan, Report, Summary, run};
+use super::{ClientStats, Plan, Report, Summary, plan::count_f64, run};
 
 /// One step of a [`sweep`].
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -71,7 +71,7 @@ pub fn judge_step(spec: &SweepSpec, report: &Report) -> Option<String> {
     }
     for c in &report.classes {
         let failed = c.failed();
-        if failed as f64 > spec.max_error_ratio * c.sent as f64 {
+        if count_f64(failed) > spec.max_error_ratio * count_f64(c.sent) {
             return Some(format!("{}: {failed} of {} failed", c.name, c.sent));
         }
         let p99 = c.quantile_ms(0.99);
@@ -86,7 +86,7 @@ pub fn judge_step(spec: &SweepSpec, report: &Report) -> Option<String> {
 }
 
 /// Runs `plan_at(rate)` for each rate of `spec` until a step fails.
-/// `between` runs after every step (e.g. to let TIME_WAIT sockets settle).
+/// `between` runs after every step (e.g. to let `TIME_WAIT` sockets settle).
 pub fn sweep(
     spec: &SweepSpec,
     mut plan_at: impl FnMut(f64) -> Plan,

@@ -37,13 +37,13 @@ use super::{
 pub enum Arm {
     /// watt-agent, default policy.
     Agent,
-    /// watt-agent --policy kernel (no program: plain SO_REUSEPORT hash, agent supervision).
+    /// watt-agent --policy kernel (no program: plain `SO_REUSEPORT` hash, agent supervision).
     AgentKernel,
     /// watt-agent, default policy, --max-requests-per-socket (keep-alive scenarios only).
     AgentResteer,
     /// Platformatic Watt (wattpm start), N worker threads with reusePort.
     Watt,
-    /// PM2 cluster mode (pm2-runtime, instances: N, exec_mode: cluster).
+    /// PM2 cluster mode (pm2-runtime, instances: N, `exec_mode`: cluster).
     Pm2,
     /// Node's cluster module, round-robin.
     Cluster,
@@ -326,9 +326,7 @@ pub fn start(
 
 /// How many lines of `log` contain `pattern`.
 fn count_lines(log: &Path, pattern: &str) -> usize {
-    fs::read_to_string(log)
-        .map(|s| s.lines().filter(|l| l.contains(pattern)).count())
-        .unwrap_or(0)
+    fs::read_to_string(log).map_or(0, |s| s.lines().filter(|l| l.contains(pattern)).count())
 }
 
 /// One `GET /` over a new connection: its status code.
@@ -367,7 +365,8 @@ impl Running {
                 );
             }
             if count_lines(&self.log, pattern) >= count && probe(self.port) == Some(200) {
-                self.group.track();
+                // Record the workers it started, to kill them at the end.
+                procs::refresh_all();
                 return Ok(());
             }
             if started.elapsed() > limit {
@@ -396,7 +395,7 @@ impl Running {
     /// A rolling reload the way this arm's users do it; returns when it is
     /// over (or after 60 s) with a description of what was done.
     pub fn reload(&self, ctx: &Ctx<'_>) -> anyhow::Result<String> {
-        let limit = Duration::from_secs(60);
+        let limit = Duration::from_mins(1);
         let signal_and_wait = |done: &str, how: &str| -> anyhow::Result<String> {
             let before = count_lines(&self.log, done);
             self.group.signal(Signal::SIGHUP);

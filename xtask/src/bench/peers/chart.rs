@@ -17,6 +17,11 @@ fn color(arm: &str) -> RGBColor {
     }
 }
 
+/// A slot of a chart (a percentile of the curve, an arm's bar) as a coordinate.
+fn coord(i: usize) -> f64 {
+    f64::from(u32::try_from(i).expect("a chart has few slots"))
+}
+
 fn pct_label(q: f64) -> String {
     if q >= 1.0 {
         "max".into()
@@ -38,7 +43,8 @@ pub fn svg(r: &Results) -> anyhow::Result<String> {
     let mut out = String::new();
     let rows = scenarios.len().div_ceil(2).max(1);
     {
-        let root = SVGBackend::with_string(&mut out, (1200, 340 * rows as u32)).into_drawing_area();
+        let height = 340 * u32::try_from(rows).expect("a chart has few rows");
+        let root = SVGBackend::with_string(&mut out, (1200, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let areas = root.split_evenly((rows, 2));
         for (area, scn) in areas.iter().zip(&scenarios) {
@@ -84,19 +90,17 @@ fn lines(area: &Area<'_>, scn: &str, cells: &[&super::scenarios::Cell]) -> DrawR
         .x_label_area_size(28)
         .y_label_area_size(52)
         .build_cartesian_2d(
-            0f64..(CURVE.len() - 1) as f64,
+            0f64..coord(CURVE.len() - 1),
             (lo * 0.8..hi * 1.25).log_scale(),
         )?;
     chart
         .configure_mesh()
         .x_labels(CURVE.len())
         .x_label_formatter(&|x| {
-            let i = x.round() as usize;
-            if (x - i as f64).abs() < 0.01 && i < CURVE.len() {
-                pct_label(CURVE[i])
-            } else {
-                String::new()
-            }
+            // Only ticks on a point of the curve get a label.
+            (0..CURVE.len())
+                .find(|&i| (x - coord(i)).abs() < 0.01)
+                .map_or(String::new(), |i| pct_label(CURVE[i]))
         })
         .y_label_formatter(&|y| {
             if *y >= 10.0 {
@@ -115,7 +119,7 @@ fn lines(area: &Area<'_>, scn: &str, cells: &[&super::scenarios::Cell]) -> DrawR
             .curve
             .iter()
             .enumerate()
-            .map(|(i, p)| (i as f64, p[1].max(lo * 0.8)))
+            .map(|(i, p)| (coord(i), p[1].max(lo * 0.8)))
             .collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))?
@@ -145,7 +149,7 @@ fn bars(area: &Area<'_>, scn: &str, cells: &[&super::scenarios::Cell]) -> DrawRe
         })
         .collect();
     let hi = rates.iter().map(|r| r.2).fold(0f64, f64::max).max(1.0) * 1.25;
-    let n = rates.len().max(1) as f64;
+    let n = coord(rates.len().max(1));
     let mut chart = ChartBuilder::on(area)
         .caption(
             format!("{scn}: maximum sustainable rate (requests/s)"),
@@ -163,7 +167,7 @@ fn bars(area: &Area<'_>, scn: &str, cells: &[&super::scenarios::Cell]) -> DrawRe
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
     for (i, (arm, label, rate)) in rates.iter().enumerate() {
-        let x = i as f64;
+        let x = coord(i);
         let col = color(arm);
         chart.draw_series(std::iter::once(Rectangle::new(
             [(x + 0.12, 0.0), (x + 0.88, *rate)],
@@ -176,7 +180,7 @@ fn bars(area: &Area<'_>, scn: &str, cells: &[&super::scenarios::Cell]) -> DrawRe
         )))?;
         chart.draw_series(std::iter::once(Text::new(
             label.clone(),
-            (x + 0.14, hi * (0.97 - 0.06 * (i % 2) as f64)),
+            (x + 0.14, hi * (0.97 - 0.06 * coord(i % 2))),
             ("sans-serif", 10),
         )))?;
     }

@@ -107,7 +107,7 @@ pub fn peers(root: &Path) -> anyhow::Result<Peers> {
                 "--no-fund",
                 "--prefer-offline",
             ]),
-            Duration::from_secs(900),
+            Duration::from_mins(15),
         )
         .context("npm (Node.js 20+) is needed once to install the peers into bench/cache/peers")?;
     }
@@ -187,8 +187,7 @@ pub fn git_rev(root: &Path) -> String {
         "--short=12",
         "HEAD",
     ]))
-    .map(|s| s.trim().to_owned())
-    .unwrap_or_else(|| "unknown".into());
+    .map_or_else(|| "unknown".into(), |s| s.trim().to_owned());
     let dirty = util::output(Command::new("git").current_dir(root).args([
         "status",
         "--porcelain",
@@ -214,7 +213,7 @@ pub fn machine() -> BTreeMap<String, String> {
     m.insert(
         "nproc".into(),
         std::thread::available_parallelism()
-            .map_or(0, |n| n.get())
+            .map_or(0, std::num::NonZero::get)
             .to_string(),
     );
     m.insert(
@@ -230,9 +229,11 @@ pub fn machine() -> BTreeMap<String, String> {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    m.insert(
-        "memory".into(),
-        format!("{:.1} GiB", mem_kb as f64 / 1024.0 / 1024.0),
-    );
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "KiB of RAM stay far below 2^52, where an f64 holds every integer"
+    )]
+    let mem_gib = mem_kb as f64 / 1024.0 / 1024.0;
+    m.insert("memory".into(), format!("{mem_gib:.1} GiB"));
     m
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask bench peers`: watt-agent side by side with what users compare
 //! it with (Platformatic Watt, PM2 cluster mode, Node's cluster module, plain
-//! SO_REUSEPORT), on the same app, the same Node 22 and the same open-loop
+//! `SO_REUSEPORT`), on the same app, the same Node 22 and the same open-loop
 //! load. Writes bench/results/peers-<date>.{json,md,svg}, latest.{md,svg}
 //! and the latest table in bench/README.md.
 //!
@@ -86,7 +86,7 @@ pub struct PeersArgs {
     #[arg(long)]
     pub no_build: bool,
     /// Run the load generator as an ordinary thread. By default it runs with
-    /// SCHED_FIFO priority 1 (when allowed), so other work on the machine
+    /// `SCHED_FIFO` priority 1 (when allowed), so other work on the machine
     /// does not delay its schedule; it sleeps between requests.
     #[arg(long)]
     pub no_realtime: bool,

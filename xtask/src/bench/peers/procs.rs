@@ -222,7 +222,7 @@ impl Group {
             cmd.pre_exec(|| {
                 // Nor a real-time class (the load generator's thread may have one).
                 let param = libc::sched_param { sched_priority: 0 };
-                let _ = libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
+                let _ = libc::sched_setscheduler(0, libc::SCHED_OTHER, &raw const param);
                 let _ = SigSet::all().thread_unblock();
                 let _ = signal::signal(Signal::SIGPIPE, SigHandler::SigDfl);
                 Ok(())
@@ -231,7 +231,7 @@ impl Group {
         let child = cmd
             .spawn()
             .with_context(|| format!("start {name}: {cmd:?}"))?;
-        let pid = child.id() as i32;
+        let pid = i32::try_from(child.id()).expect("Linux pids fit in a pid_t (at most 2^22)");
         let root = Proc::of(pid).unwrap_or(Proc { pid, start: 0 });
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         registry().insert(
@@ -249,11 +249,6 @@ impl Group {
     #[must_use]
     pub fn pid(&self) -> i32 {
         self.root.pid
-    }
-
-    /// Records the processes now under this group's main process.
-    pub fn track(&self) {
-        refresh_all();
     }
 
     /// Also kill `p` at the end (a process that left the tree, e.g. a daemon).
@@ -282,7 +277,7 @@ impl Group {
     /// SIGTERM to the main process; after `grace` (or at once if nothing
     /// is left), SIGKILL to the group and to every process ever seen in it.
     pub fn stop(&mut self, grace: Duration) {
-        self.track();
+        refresh_all();
         self.signal(Signal::SIGTERM);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
@@ -292,7 +287,7 @@ impl Group {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        self.track();
+        refresh_all();
         if let Some(e) = registry().remove(&self.id) {
             kill_entry(&e);
         }

@@ -271,15 +271,13 @@ pub fn run_cell(env: &CellEnv<'_>, scenario: Scenario, arm: Arm) -> Cell {
         ..Cell::default()
     };
     let app = if scenario.is_next() {
-        match env.next_app {
-            Some(a) => a,
-            None => {
-                cell.status = "skipped".into();
-                cell.error =
-                    Some("no Next.js standalone build (bash tests/fixtures/prepare.sh)".into());
-                return cell;
-            }
-        }
+        let Some(a) = env.next_app else {
+            cell.status = "skipped".into();
+            cell.error =
+                Some("no Next.js standalone build (bash tests/fixtures/prepare.sh)".into());
+            return cell;
+        };
+        a
     } else {
         env.test_app
     };
@@ -377,7 +375,12 @@ fn load(
                 "GET /block?ms={} HTTP/1.1\r\nHost: localhost\r\n\r\nGET /crash HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
                 s.crash_stall_ms
             );
-            let ip = Ipv4Addr::new(127, 77, (env.slot / 250) as u8, (env.slot % 250 + 1) as u8);
+            let ip = Ipv4Addr::new(
+                127,
+                77,
+                u8::try_from(env.slot / 250).expect("a run has fewer than 250 * 250 cells"),
+                u8::try_from(env.slot % 250 + 1).expect("at most 250"),
+            );
             let plan = base_plan(s, addr, false)
                 .get("fast", "/", s.crash_fast_rate)
                 .raw("crash", crash.as_bytes(), 1.0)
@@ -462,7 +465,7 @@ fn load(
             )?;
             // The table shows the last passing step.
             if let Some(best) = sweep.steps.iter().rev().find(|st| st.passed) {
-                cell.classes = best.classes.clone();
+                cell.classes.clone_from(&best.classes);
                 cell.client = Some(best.client.clone());
             }
             cell.sweep = Some(sweep);
