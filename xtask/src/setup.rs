@@ -28,6 +28,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     ensure_nightly()?;
     ensure_rust_src(opts)?;
+    ensure_nightly_rustfmt(opts)?;
     let llvm_major = nightly_llvm_major()?;
     ensure_bpf_linker(opts, llvm_major)?;
     ensure_bpffs(opts)?;
@@ -59,19 +60,26 @@ fn ensure_rust_src(opts: &Options) -> anyhow::Result<()> {
     if core.exists() {
         return Ok(());
     }
-    let fix = "rustup component add rust-src --toolchain nightly";
+    add_nightly_component(opts, "rust-src", "needed by -Z build-std")
+}
+
+/// The lint step formats with nightly rustfmt: `group_imports` and
+/// `imports_granularity` in rustfmt.toml are unstable options.
+fn ensure_nightly_rustfmt(opts: &Options) -> anyhow::Result<()> {
+    if output(Command::new("rustfmt").args(["+nightly", "--version"])).is_some() {
+        return Ok(());
+    }
+    add_nightly_component(opts, "rustfmt", "the lint step's import grouping")
+}
+
+fn add_nightly_component(opts: &Options, component: &str, why: &str) -> anyhow::Result<()> {
+    let fix = format!("rustup component add {component} --toolchain nightly");
     if opts.check {
-        bail!("missing: rust-src for nightly (needed by -Z build-std); fix: `{fix}`");
+        bail!("missing: {component} for nightly ({why}); fix: `{fix}`");
     }
     eprintln!("xtask setup: {fix}");
-    util::run(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))
-    .with_context(|| format!("installing rust-src failed; fix: `{fix}`"))
+    util::run(Command::new("rustup").args(["component", "add", component, "--toolchain", "nightly"]))
+        .with_context(|| format!("installing {component} failed; fix: `{fix}`"))
 }
 
 /// LLVM major version of the nightly compiler: bpf-linker must be built

@@ -34,7 +34,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         c
     };
     if !opts.no_lint {
-        util::run(cargo().args(["fmt", "--all", "--check"]))?;
+        // Nightly rustfmt: rustfmt.toml groups and merges imports, which
+        // stable rustfmt does not support yet.
+        util::run(Command::new("cargo").current_dir(&root).args([
+            "+nightly", "fmt", "--all", "--check",
+        ]))?;
         // The eBPF crate only builds for the BPF target, with nightly.
         util::run(cargo().args([
             "clippy",
