@@ -222,6 +222,7 @@ fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
         spec,
         shim: runtime.shim_path(),
         max_requests_per_socket: config.max_requests_per_socket,
+        max_connection_age: config.max_connection_age,
         user_sets_port: config.env.iter().any(|(k, _)| k == "PORT"),
     };
     Ok(Prepared {

@@ -32,13 +32,14 @@ function activate() {
   const backlog = Number(env.WATT_BACKLOG) > 0 ? Number(env.WATT_BACKLOG) : undefined;
   const notifyFd = /^\d+$/.test(env.WATT_NOTIFY_FD || '') ? Number(env.WATT_NOTIFY_FD) : -1;
   const maxRequests = Number(env.WATT_MAX_REQUESTS_PER_SOCKET) > 0 ? Number(env.WATT_MAX_REQUESTS_PER_SOCKET) : 0;
+  const maxAgeMs = Number(env.WATT_MAX_CONNECTION_AGE_MS) > 0 ? Number(env.WATT_MAX_CONNECTION_AGE_MS) : 0;
 
   // Scrub the environment first: children the app spawns inherit process.env,
   // and a grandchild that saw LISTEN_* or the --require would try to use fds
   // that are not its own. (fds 3 and 4 themselves do not leak: Node marks
   // inherited fds close-on-exec at startup; seen with strace on 20 and 22.)
   const shimPath = env.WATT_SHIM;
-  for (const k of ['LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES', 'WATT_NOTIFY_FD', 'WATT_BACKLOG', 'WATT_SHIM', 'WATT_MAX_REQUESTS_PER_SOCKET']) {
+  for (const k of ['LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES', 'WATT_NOTIFY_FD', 'WATT_BACKLOG', 'WATT_SHIM', 'WATT_MAX_REQUESTS_PER_SOCKET', 'WATT_MAX_CONNECTION_AGE_MS']) {
     delete env[k];
   }
   if (shimPath && env.NODE_OPTIONS !== undefined) {
@@ -128,6 +129,8 @@ function activate() {
       if (!(own > 0 && own < maxRequests)) server.maxRequestsPerSocket = maxRequests;
     }
 
+    if (maxAgeMs) limitAge(server);
+
     // HTTP/2 sessions are not connections closeIdleConnections() knows about:
     // track them so SIGTERM can send GOAWAY. ('session' is emitted only by
     // http2 servers.)
@@ -152,6 +155,55 @@ function activate() {
       server.once('close', () => {
         if (!stopping) process.removeListener('SIGTERM', onSigterm);
       });
+    });
+  }
+
+  // Bounded connection age (WATT_MAX_CONNECTION_AGE_MS). Pools that never
+  // reconnect (nginx upstream keepalive, an ALB) are steered once, when the
+  // connection is made; closing old connections at a request boundary makes
+  // them connect again and be steered again. Never mid-request: HTTP/1 gets
+  // `Connection: close` on the response of the first request that starts
+  // after the age (Node ends the socket once that response is sent), an
+  // idle connection is left alone until its next request comes (as Envoy's
+  // max_connection_duration drains); HTTP/2 gets GOAWAY when the session
+  // reaches the age (session.close(): open streams finish, no new ones).
+  const BORN = Symbol('watt.born');
+  const MAX_TIMER_MS = 2 ** 31 - 1; // larger delays fire at once in Node
+
+  function limitAge(server) {
+    const born = (socket) => {
+      socket[BORN] = performance.now();
+    };
+    // https and http2 servers emit both: the TCP socket, then the TLS
+    // socket that requests see as req.socket.
+    server.on('connection', born);
+    server.on('secureConnection', born);
+    // Prepended so it runs before the app's handler writes any header.
+    server.prependListener('request', (req, res) => {
+      // HTTP/2 compatibility requests (httpVersionMajor 2) are the
+      // session's business, below.
+      if (req.httpVersionMajor !== 1 || !req.socket) return;
+      const now = performance.now();
+      if (req.socket[BORN] === undefined) req.socket[BORN] = now;
+      // Read by Node when the headers are written: `Connection: close` and
+      // the socket ends after this response (an app that sets its own
+      // `Connection: keep-alive` header overrides it).
+      if (now - req.socket[BORN] >= maxAgeMs) res.shouldKeepAlive = false;
+    });
+    server.on('session', (session) => {
+      const bornAt = performance.now();
+      let timer = null;
+      const arm = () => {
+        const left = maxAgeMs - (performance.now() - bornAt);
+        if (left > 0) {
+          timer = setTimeout(arm, Math.min(left, MAX_TIMER_MS));
+          timer.unref(); // an old session must not keep the worker alive
+        } else {
+          session.close();
+        }
+      };
+      arm();
+      session.once('close', () => clearTimeout(timer));
     });
   }
 

@@ -124,6 +124,16 @@ fn validate_limits(c: &RunConfig) -> Result<(), ConfigError> {
             "must be at least 1 (omit it for no limit)",
         ));
     }
+    // The workers get milliseconds: below one, every connection would be
+    // closed after its first request.
+    if let Some(age) = c.max_connection_age
+        && age < Duration::from_millis(1)
+    {
+        return Err(invalid(
+            "max_connection_age",
+            "must be at least 1ms (omit it for no limit)",
+        ));
+    }
     if tracing_subscriber::EnvFilter::try_new(&c.log_level).is_err() {
         return Err(invalid(
             "log_level",
@@ -202,6 +212,20 @@ mod tests {
                     ..with_command()
                 },
                 "restart_backoff: must be a number >= 1.0",
+            ),
+            (
+                Layer {
+                    max_connection_age: Some(Duration::ZERO),
+                    ..with_command()
+                },
+                "max_connection_age: must be at least 1ms (omit it for no limit)",
+            ),
+            (
+                Layer {
+                    max_connection_age: Some(Duration::from_micros(999)),
+                    ..with_command()
+                },
+                "max_connection_age: must be at least 1ms (omit it for no limit)",
             ),
             (
                 Layer {

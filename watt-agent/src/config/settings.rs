@@ -166,6 +166,12 @@ macro_rules! settings {
             /// reconnect and get steered again [default: no limit]
             #[arg(long, env = "WATT_MAX_REQUESTS_PER_SOCKET")]
             max_requests_per_socket: u32, file: Int<1, 4_294_967_295>;
+
+            /// Close keep-alive connections once they are this old, at a request
+            /// boundary (HTTP/1: `Connection: close` on the next response; HTTP/2:
+            /// GOAWAY), so pools that never reconnect get steered again [default: no limit]
+            #[arg(long, env = "WATT_MAX_CONNECTION_AGE", value_parser = parse_duration)]
+            max_connection_age: Duration, file: V<Duration>;
         }
     };
 }

@@ -49,5 +49,9 @@ pub(super) fn worker_env(plan: &Plan, worker: WorkerId) -> Vec<(OsString, OsStri
     if let Some(n) = plan.max_requests_per_socket {
         env.push(("WATT_MAX_REQUESTS_PER_SOCKET".into(), n.to_string().into()));
     }
+    if let Some(age) = plan.max_connection_age {
+        let ms = age.as_millis().to_string();
+        env.push(("WATT_MAX_CONNECTION_AGE_MS".into(), ms.into()));
+    }
     env
 }

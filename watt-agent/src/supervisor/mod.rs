@@ -92,6 +92,7 @@ pub struct Plan {
     pub spec: ListenSpec,
     pub shim: PathBuf,
     pub max_requests_per_socket: Option<u32>,
+    pub max_connection_age: Option<Duration>,
     /// `PORT` from the config's `env` table wins over the agent's port.
     pub user_sets_port: bool,
 }

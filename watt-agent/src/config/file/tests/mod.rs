@@ -106,6 +106,7 @@ fn values_valid_alone_but_not_together_name_the_file_line_and_key() {
         ("\n\ntick = \"2s\"", "watt.toml:3: tick: must be at most 1s"),
         ("tick = \"0s\"", "watt.toml:1: tick: must be greater than zero"),
         ("kill_timeout = \"0ms\"", "watt.toml:1: kill_timeout: must be greater than zero"),
+        ("max_connection_age = \"0s\"", "watt.toml:1: max_connection_age: must be at least 1ms (omit it for no limit)"),
         ("restart_backoff = 0.5", "watt.toml:1: restart_backoff: must be a number >= 1.0"),
         ("restart_backoff = nan", "watt.toml:1: restart_backoff: must be a number >= 1.0"),
         ("restart_delay_max = \"1s\"\nrestart_delay = \"5s\"", "watt.toml:2: restart_delay: must not exceed restart_delay_max"),
@@ -220,6 +221,7 @@ log_level = "debug"
 program_log = "warn"
 bpf_stats = true
 max_requests_per_socket = 100
+max_connection_age = "30s"
 "#;
     let f = parse(Path::new(PATH), text).unwrap();
     let l = &f.layer;
@@ -245,6 +247,7 @@ max_requests_per_socket = 100
     assert_eq!(l.admin, Some(AdminAddr::Unix("/run/watt.sock".into())));
     assert_eq!(l.program_log, Some(ProgramLog::Warn));
     assert_eq!(l.bpf_stats, Some(true));
+    assert_eq!(l.max_connection_age, Some(Duration::from_secs(30)));
     assert_eq!(f.line("workers"), 2);
     assert_eq!(f.line("max_requests_per_socket"), 30);
 }
@@ -333,6 +336,7 @@ fn the_example_parses_documents_every_key_and_its_defaults() {
         "group",
         "max_memory_restart",
         "max_requests_per_socket",
+        "max_connection_age",
     ];
     for ((key, shown), (_, default)) in config::entries(&documented)
         .into_iter()
