@@ -1,0 +1,200 @@
+//! The targets, checked on one run's numbers (ratios within the run).
+use std::fmt::Write as _;
+
+use super::{Results, Target, f};
+use crate::bench::{
+    loadgen::Summary,
+    peers::{arms::Arm, scenarios::Scenario},
+};
+
+const PEERS: [Arm; 4] = [Arm::Watt, Arm::Pm2, Arm::Cluster, Arm::Reuseport];
+
+/// Checks the targets (ratios within this run).
+#[must_use]
+pub fn targets(r: &Results) -> Vec<Target> {
+    let mut out = Vec::new();
+    for scn in [Scenario::Skew, Scenario::SkewKa] {
+        out.push(skew_target(r, scn));
+    }
+    out.push(crash_target(r));
+    out.push(reload_target(r));
+    for scn in [Scenario::Uniform, Scenario::UniformKa] {
+        out.push(uniform_target(r, scn));
+    }
+    for scn in [Scenario::Saturation, Scenario::SaturationKa] {
+        out.push(saturation_target(r, scn));
+    }
+    out
+}
+
+/// The `fast` class of a cell, when it got answers: a class with no answer
+/// has no latency (its figures read 0), not a measurement a target may
+/// pass on.
+fn fast(r: &Results, scn: Scenario, arm: Arm) -> Option<Summary> {
+    r.cell(scn, arm)
+        .and_then(|c| c.class("fast"))
+        .filter(|s| s.ok > 0)
+        .cloned()
+}
+
+/// `, <arm> <figure>` for each of `others`, for a target's `measured`.
+fn peer_figures(others: &[(Arm, f64)], figure: impl Fn(f64) -> String) -> String {
+    others.iter().fold(String::new(), |mut s, (arm, v)| {
+        let _ = write!(s, ", {} {}", arm.label(), figure(*v));
+        s
+    })
+}
+
+fn skew_target(r: &Results, scn: Scenario) -> Target {
+    let agent = fast(r, scn, Arm::Agent);
+    let best = PEERS
+        .iter()
+        .filter_map(|&a| fast(r, scn, a).map(|s| (a, s.p99_ms)))
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    let (measured, pass) = match (&agent, best) {
+        (Some(a), Some((arm, p99))) => (
+            format!(
+                "watt-agent fast p99 {} ms; best peer {} {} ms (ratio 1/{:.1})",
+                f(a.p99_ms),
+                arm.label(),
+                f(p99),
+                p99 / a.p99_ms.max(1e-6)
+            ),
+            Some(a.p99_ms * 10.0 <= p99),
+        ),
+        _ => ("not measured".into(), None),
+    };
+    Target {
+        scenario: scn.id().into(),
+        goal: "fast-request p99 at most 1/10 of the best peer's".into(),
+        measured,
+        pass,
+        informational: scn.keep_alive(),
+    }
+}
+
+fn crash_target(r: &Results) -> Target {
+    let crash = |arm: Arm| r.cell(Scenario::Crash, arm).and_then(|c| c.crash.clone());
+    let (measured, pass) = match crash(Arm::Agent) {
+        Some(a) => {
+            let others: Vec<String> = [Arm::Watt, Arm::Reuseport, Arm::Pm2, Arm::Cluster]
+                .iter()
+                .filter_map(|&arm| crash(arm).map(|c| format!("{} {}", arm.label(), c.lost)))
+                .collect();
+            (
+                format!(
+                    "watt-agent: {} failed, {} of them already accepted by a worker, {} lost before any worker accepted them; lost by peers: {}",
+                    a.failed,
+                    a.accepted,
+                    a.lost,
+                    if others.is_empty() {
+                        "-".into()
+                    } else {
+                        others.join(", ")
+                    }
+                ),
+                Some(a.lost == 0),
+            )
+        }
+        None => ("not measured".into(), None),
+    };
+    Target {
+        scenario: "crash".into(),
+        goal: "zero failed requests other than those the crashing worker had accepted".into(),
+        measured,
+        pass,
+        informational: false,
+    }
+}
+
+fn reload_target(r: &Results) -> Target {
+    let (measured, pass) = match r.cell(Scenario::Reload, Arm::Agent) {
+        Some(c) => {
+            let failed: u64 = c.classes.iter().map(|s| s.failed).sum();
+            let done = c.reload.as_ref().is_some_and(|x| x.error.is_none());
+            (
+                format!(
+                    "{failed} failed{}",
+                    if done {
+                        ""
+                    } else {
+                        " (the reload did not report completion)"
+                    }
+                ),
+                Some(failed == 0 && done),
+            )
+        }
+        None => ("not measured".into(), None),
+    };
+    Target {
+        scenario: "reload".into(),
+        goal: "zero failed requests during a rolling reload".into(),
+        measured,
+        pass,
+        informational: false,
+    }
+}
+
+fn uniform_target(r: &Results, scn: Scenario) -> Target {
+    let p50 = |arm| fast(r, scn, arm).map(|s| s.p50_ms);
+    let (measured, pass) = match (p50(Arm::Agent), p50(Arm::Reuseport)) {
+        (Some(a), Some(rp)) => {
+            let others: Vec<(Arm, f64)> = [Arm::Pm2, Arm::Cluster]
+                .iter()
+                .filter_map(|&x| p50(x).map(|v| (x, v)))
+                .collect();
+            let beats = others.iter().all(|(_, v)| a < *v);
+            (
+                format!(
+                    "p50: watt-agent {} ms, reusePort {} ms{}",
+                    f(a),
+                    f(rp),
+                    peer_figures(&others, |v| format!("{} ms", f(v)))
+                ),
+                Some(a <= rp * 1.02 && beats),
+            )
+        }
+        _ => ("not measured".into(), None),
+    };
+    Target {
+        scenario: scn.id().into(),
+        goal: "p50 within 2% of plain reusePort, and lower than PM2's and Node cluster's".into(),
+        measured,
+        pass,
+        informational: scn.keep_alive(),
+    }
+}
+
+fn saturation_target(r: &Results, scn: Scenario) -> Target {
+    // `Some(None)`: the sweep ran and not even its first step passed.
+    let max = |arm| {
+        r.cell(scn, arm)
+            .and_then(|c| c.sweep.as_ref())
+            .map(|s| s.max_rate)
+    };
+    let (measured, pass) = match (max(Arm::Agent).flatten(), max(Arm::Reuseport).flatten()) {
+        (Some(a), Some(rp)) => {
+            // A peer whose first step failed sustains less than any rate.
+            let others: Vec<(Arm, f64)> = [Arm::Pm2, Arm::Cluster]
+                .iter()
+                .filter_map(|&x| max(x).map(|v| (x, v.unwrap_or(0.0))))
+                .collect();
+            let beats = others.iter().all(|(_, v)| a > *v);
+            (
+                format!(
+                    "max sustainable rate: watt-agent {a:.0}/s, reusePort {rp:.0}/s{}",
+                    peer_figures(&others, |v| format!("{v:.0}/s"))
+                ),
+                Some(a >= rp * 0.98 && beats),
+            )
+        }
+        _ => ("not measured".into(), None),
+    };
+    Target {
+        scenario: scn.id().into(),
+        goal: "maximum sustainable rate at least plain reusePort's minus 2%, and above PM2's and Node cluster's".into(),
+        measured,
+        pass,
+        informational: scn.keep_alive(),
+    }
+}
