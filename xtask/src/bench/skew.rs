@@ -113,6 +113,38 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let app = root.join("tests/fixtures/apps/test-app.js");
     let dir = root.join("target/bench-skew");
     fs::create_dir_all(&dir)?;
+    let runs = measure_all(args, &agent, &app, &dir)?;
+
+    let idle = (args.idle > 0 && args.only.is_none())
+        .then(|| idle(&agent, &app, &dir, Duration::from_secs(args.idle)))
+        .transpose()?;
+    if let Some(i) = &idle {
+        println!(
+            "idle: {} workers, {} s, agent CPU {:.3}% of a core, RSS {} KiB",
+            i.workers, i.seconds, i.agent_cpu_percent, i.agent_rss_kib
+        );
+    }
+    let results = Results {
+        date: super::peers::stamp_and_date(std::time::SystemTime::now()).1,
+        machine: install::machine(),
+        commit: install::git_rev(&root),
+        node: util::output(Command::new("node").arg("--version"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        runs,
+        idle,
+    };
+    if args.only.is_some() {
+        // A subset: printed above, but it does not replace the full results.
+        return Ok(());
+    }
+    write(&root, &results)
+}
+
+/// Every run but the idle one, each against a fresh agent, printed as it
+/// ends.
+fn measure_all(args: &Args, agent: &Path, app: &Path, dir: &Path) -> anyhow::Result<Vec<Run>> {
     let duration = Duration::from_secs(args.duration);
     let fast = |plan: Plan| plan.get("fast", "/", args.rate);
     let block_path = format!("/block?ms={}", args.block_ms);
@@ -131,19 +163,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         {
             return Ok(());
         }
-        let r = measure(&agent, &app, &dir, name, policy, tick, 4, duration, plan)?;
-        println!(
-            "{:<28} fast p50 {:>7.3} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  failed {:>3}  agent CPU {:>5.2}%{}",
-            r.name,
-            r.fast.p50_ms,
-            r.fast.p99_ms,
-            r.fast.p999_ms,
-            r.fast.failed,
-            r.agent_cpu_percent,
-            r.rescues
-                .map(|n| format!("  rescues {n}"))
-                .unwrap_or_default()
-        );
+        let r = measure(agent, app, dir, name, policy, tick, 4, duration, plan)?;
+        print_run(&r);
         runs.push(r);
         Ok(())
     };
@@ -178,34 +199,29 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         &uniform,
     )?;
 
-    let idle = (args.idle > 0 && args.only.is_none())
-        .then(|| idle(&agent, &app, &dir, Duration::from_secs(args.idle)))
-        .transpose()?;
-    if let Some(i) = &idle {
-        println!(
-            "idle: {} workers, {} s, agent CPU {:.3}% of a core, RSS {} KiB",
-            i.workers, i.seconds, i.agent_cpu_percent, i.agent_rss_kib
-        );
-    }
-    let results = Results {
-        date: super::peers::stamp_and_date(std::time::SystemTime::now()).1,
-        machine: install::machine(),
-        commit: install::git_rev(&root),
-        node: util::output(Command::new("node").arg("--version"))
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
-        runs,
-        idle,
-    };
-    if args.only.is_some() {
-        // A subset: printed above, but it does not replace the full results.
-        return Ok(());
-    }
-    write(&root, &results)
+    Ok(runs)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One line per run: the fast class's latency and the agent's cost.
+fn print_run(r: &Run) {
+    println!(
+        "{:<28} fast p50 {:>7.3} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  failed {:>3}  agent CPU {:>5.2}%{}",
+        r.name,
+        r.fast.p50_ms,
+        r.fast.p99_ms,
+        r.fast.p999_ms,
+        r.fast.failed,
+        r.agent_cpu_percent,
+        r.rescues
+            .map(|n| format!("  rescues {n}"))
+            .unwrap_or_default()
+    );
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one caller, which names every setting of the run"
+)]
 fn measure(
     agent: &Path,
     app: &Path,
