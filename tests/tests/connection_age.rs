@@ -106,9 +106,7 @@ fn lines(answers: &[Answer]) -> String {
 /// request before (so a port the kernel hands out again later still counts
 /// as a new connection).
 fn connections(answers: &[Answer]) -> Vec<&[Answer]> {
-    answers
-        .chunk_by(|a, b| a.remote == b.remote)
-        .collect()
+    answers.chunk_by(|a, b| a.remote == b.remote).collect()
 }
 
 fn start(workers: usize, age: Option<&str>) -> Agent {
@@ -140,7 +138,9 @@ fn an_http1_connection_older_than_the_age_is_closed_after_a_whole_response() {
         assert_eq!(failed, 0, "{arm}: {failed} requests failed:\n{text}");
         // Both ends name the same connection: the identity is real.
         assert!(
-            answers.iter().all(|a| a.local.is_some() && a.local == a.remote),
+            answers
+                .iter()
+                .all(|a| a.local.is_some() && a.local == a.remote),
             "{arm}: the server saw another client port than the client used:\n{text}"
         );
     }
@@ -205,7 +205,9 @@ fn an_http2_session_older_than_the_age_gets_goaway_and_no_request_fails() {
         let failed = answers.iter().filter(|a| !a.ok).count();
         assert_eq!(failed, 0, "{arm}: {failed} requests failed:\n{text}");
         assert!(
-            answers.iter().all(|a| a.local.is_some() && a.local == a.remote),
+            answers
+                .iter()
+                .all(|a| a.local.is_some() && a.local == a.remote),
             "{arm}: the server saw another client port than the client used:\n{text}"
         );
         // Each session of the client is one connection of the server's.
@@ -223,6 +225,9 @@ fn an_http2_session_older_than_the_age_gets_goaway_and_no_request_fails() {
     assert!(conns >= 2, "no GOAWAY in {} requests:\n{text}", with.len());
     // A request sent just as a GOAWAY crossed it is refused unprocessed and
     // sent again (at most one per GOAWAY: the client has one request out).
-    let retried = with.iter().filter(|a| a.line.contains("\"retried\":true")).count();
+    let retried = with
+        .iter()
+        .filter(|a| a.line.contains("\"retried\":true"))
+        .count();
     assert!(retried < conns, "{retried} retried:\n{text}");
 }

@@ -78,8 +78,14 @@ fn add_nightly_component(opts: &Options, component: &str, why: &str) -> anyhow::
         bail!("missing: {component} for nightly ({why}); fix: `{fix}`");
     }
     eprintln!("xtask setup: {fix}");
-    util::run(Command::new("rustup").args(["component", "add", component, "--toolchain", "nightly"]))
-        .with_context(|| format!("installing {component} failed; fix: `{fix}`"))
+    util::run(Command::new("rustup").args([
+        "component",
+        "add",
+        component,
+        "--toolchain",
+        "nightly",
+    ]))
+    .with_context(|| format!("installing {component} failed; fix: `{fix}`"))
 }
 
 /// LLVM major version of the nightly compiler: bpf-linker must be built

@@ -2,7 +2,7 @@
 //! integration tests, which load BPF programs and run Node workers: they run
 //! as root (through `sudo -E` when needed) and one at a time, because they
 //! share kernel state.
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use crate::{setup, util};
 
@@ -34,38 +34,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         c
     };
     if !opts.no_lint {
-        // Nightly rustfmt: rustfmt.toml groups and merges imports, which
-        // stable rustfmt does not support yet.
-        util::run(Command::new("cargo").current_dir(&root).args([
-            "+nightly", "fmt", "--all", "--check",
-        ]))?;
-        // The eBPF crate only builds for the BPF target, with nightly.
-        util::run(cargo().args([
-            "clippy",
-            "--workspace",
-            "--exclude",
-            "watt-ebpf",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
-        util::run(
-            Command::new("cargo")
-                .current_dir(root.join("watt-ebpf"))
-                .args([
-                    "+nightly",
-                    "clippy",
-                    "--release",
-                    "--target",
-                    "bpfel-unknown-none",
-                    "-Z",
-                    "build-std=core",
-                    "--",
-                    "-D",
-                    "warnings",
-                ]),
-        )?;
+        lint(&root)?;
     }
     util::run(cargo().args([
         "test",
@@ -113,9 +82,53 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     )
 }
 
+/// rustfmt and clippy over every crate, warnings as errors.
+fn lint(root: &Path) -> anyhow::Result<()> {
+    let cargo = || {
+        let mut c = Command::new(env!("CARGO"));
+        c.current_dir(root);
+        c
+    };
+    // Nightly rustfmt: rustfmt.toml groups and merges imports, which
+    // stable rustfmt does not support yet.
+    util::run(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["+nightly", "fmt", "--all", "--check"]),
+    )?;
+    // The eBPF crate only builds for the BPF target, with nightly.
+    util::run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "watt-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    util::run(
+        Command::new("cargo")
+            .current_dir(root.join("watt-ebpf"))
+            .args([
+                "+nightly",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+    )?;
+    Ok(())
+}
+
 /// The deployment checks: rendered manifests validated and scanned, and the
 /// `DaemonSet`'s container emulated in namespaces with its exact capabilities.
-fn deploy(root: &std::path::Path) -> anyhow::Result<()> {
+fn deploy(root: &Path) -> anyhow::Result<()> {
     let elevated = |script: &str, args: &[&str]| {
         util::run(
             util::elevated("bash")

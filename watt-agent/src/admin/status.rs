@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use watt_common::SlotState;
 
+use super::Info;
 use crate::{
     balancer::{self, SlotSnapshot, Snapshot},
     sampler::QueueSourceKind,
@@ -14,8 +15,6 @@ use crate::{
         lifecycle::{Phase, WorkerView},
     },
 };
-
-use super::Info;
 
 /// What a worker is doing, as the API and the metrics name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,7 +17,6 @@
 use std::{fmt, fs::File, io, os::unix::fs::FileExt, time::Duration};
 
 use nix::unistd::SysconfVar;
-
 use procfs_core::{
     FromRead,
     process::{Schedstat, Stat, StatM},

@@ -151,23 +151,20 @@ fn measure_all(args: &Args, agent: &Path, app: &Path, dir: &Path) -> anyhow::Res
     let skewed = |plan: Plan| fast(plan).get("block", &block_path, args.block_rate);
 
     let mut runs = Vec::new();
-    let mut one = |name: &str,
-                   policy: &str,
-                   tick: &str,
-                   plan: &dyn Fn(Plan) -> Plan|
-     -> anyhow::Result<()> {
-        if args
-            .only
-            .as_ref()
-            .is_some_and(|o| !name.contains(o.as_str()))
-        {
-            return Ok(());
-        }
-        let r = measure(agent, app, dir, name, policy, tick, 4, duration, plan)?;
-        print_run(&r);
-        runs.push(r);
-        Ok(())
-    };
+    let mut one =
+        |name: &str, policy: &str, tick: &str, plan: &dyn Fn(Plan) -> Plan| -> anyhow::Result<()> {
+            if args
+                .only
+                .as_ref()
+                .is_some_and(|o| !name.contains(o.as_str()))
+            {
+                return Ok(());
+            }
+            let r = measure(agent, app, dir, name, policy, tick, 4, duration, plan)?;
+            print_run(&r);
+            runs.push(r);
+            Ok(())
+        };
     println!(
         "skew: {} fast req/s + {} req/s blocking {} ms, new connection each, {} s per run, 4 workers",
         args.rate, args.block_rate, args.block_ms, args.duration

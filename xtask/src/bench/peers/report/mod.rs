@@ -6,9 +6,8 @@ mod targets;
 use std::{collections::BTreeMap, fs, path::Path};
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
-
 pub use markdown::markdown;
+use serde::{Deserialize, Serialize};
 pub use targets::targets;
 
 use super::{

@@ -229,61 +229,61 @@ fn saturation(
     addr: SocketAddr,
     cell: &mut Cell,
 ) -> anyhow::Result<()> {
-let mut spec = s.sweep.clone();
-match scenario {
-    Scenario::NextSaturation => spec.start = s.next_sweep_start,
-    Scenario::SaturationKa => spec.start = s.sweep_start_ka,
-    _ => {}
-}
-// The first step gets the whole warm-up (JIT, Next.js's first
-// renders), later ones half a second.
-let mut first = true;
-let step = Duration::from_secs_f64(s.sweep_step_s);
-let ka = scenario.keep_alive();
-let path = "/";
-let sweep = loadgen::sweep(
-    &spec,
-    |rate| {
-        let warm = if first {
-            s.warmup().max(Duration::from_millis(500))
-        } else {
-            Duration::from_millis(500)
-        };
-        first = false;
-        let p = Plan::new(addr, step)
-            .warmup(warm)
-            .timeout(s.timeout())
-            .realtime(s.realtime)
-            .get("fast", path, rate);
-        if ka {
-            p.keep_alive(s.ka_connections)
-        } else {
-            p
-        }
-    },
-    |step| {
-        eprintln!(
-            "    {:>6.0}/s  p50 {:>7.2} ms  p99 {:>8.2} ms  failed {:>5}  client lag p99 {:.2} ms{}",
-            step.rate,
-            step.classes[0].p50_ms,
-            step.classes[0].p99_ms,
-            step.classes[0].failed,
-            step.client.lag_p99_ms,
-            step.reason
-                .as_deref()
-                .map(|r| format!("  <- {r}"))
-                .unwrap_or_default()
-        );
-        // TIME_WAIT and queues settle between steps.
-        thread::sleep(Duration::from_millis(300));
-    },
-)?;
-// The table shows the last passing step.
-if let Some(best) = sweep.steps.iter().rev().find(|st| st.passed) {
-    cell.classes.clone_from(&best.classes);
-    cell.client = Some(best.client.clone());
-}
-cell.sweep = Some(sweep);
+    let mut spec = s.sweep.clone();
+    match scenario {
+        Scenario::NextSaturation => spec.start = s.next_sweep_start,
+        Scenario::SaturationKa => spec.start = s.sweep_start_ka,
+        _ => {}
+    }
+    // The first step gets the whole warm-up (JIT, Next.js's first
+    // renders), later ones half a second.
+    let mut first = true;
+    let step = Duration::from_secs_f64(s.sweep_step_s);
+    let ka = scenario.keep_alive();
+    let path = "/";
+    let sweep = loadgen::sweep(
+        &spec,
+        |rate| {
+            let warm = if first {
+                s.warmup().max(Duration::from_millis(500))
+            } else {
+                Duration::from_millis(500)
+            };
+            first = false;
+            let p = Plan::new(addr, step)
+                .warmup(warm)
+                .timeout(s.timeout())
+                .realtime(s.realtime)
+                .get("fast", path, rate);
+            if ka {
+                p.keep_alive(s.ka_connections)
+            } else {
+                p
+            }
+        },
+        |step| {
+            eprintln!(
+                "    {:>6.0}/s  p50 {:>7.2} ms  p99 {:>8.2} ms  failed {:>5}  client lag p99 {:.2} ms{}",
+                step.rate,
+                step.classes[0].p50_ms,
+                step.classes[0].p99_ms,
+                step.classes[0].failed,
+                step.client.lag_p99_ms,
+                step.reason
+                    .as_deref()
+                    .map(|r| format!("  <- {r}"))
+                    .unwrap_or_default()
+            );
+            // TIME_WAIT and queues settle between steps.
+            thread::sleep(Duration::from_millis(300));
+        },
+    )?;
+    // The table shows the last passing step.
+    if let Some(best) = sweep.steps.iter().rev().find(|st| st.passed) {
+        cell.classes.clone_from(&best.classes);
+        cell.client = Some(best.client.clone());
+    }
+    cell.sweep = Some(sweep);
     Ok(())
 }
 

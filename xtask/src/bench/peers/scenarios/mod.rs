@@ -108,10 +108,7 @@ impl Scenario {
         let first = cell.classes.first();
         // Latencies only of a class that got answers (otherwise they read 0).
         let answered = |c: &&Summary| c.ok > 0;
-        #[expect(
-            clippy::cast_precision_loss,
-            reason = "request counts, far below 2^52"
-        )]
+        #[expect(clippy::cast_precision_loss, reason = "request counts, far below 2^52")]
         match self {
             Self::Uniform | Self::UniformKa | Self::Next => {
                 first.filter(answered).map(|c| c.p50_ms)
