@@ -43,3 +43,24 @@ pub const LOG_LEVEL: &str = "info";
 pub const PROGRAM_LOG: ProgramLog = ProgramLog::Off;
 /// Off: the kernel's statistics cost about 20ns per connection.
 pub const BPF_STATS: bool = false;
+
+// The value types take their defaults from here, by hand rather than
+// derived, so that code asking for a default and the settings table agree
+// by construction.
+impl Default for Policy {
+    fn default() -> Self {
+        POLICY
+    }
+}
+
+impl Default for AdminAddr {
+    fn default() -> Self {
+        ADMIN
+    }
+}
+
+impl Default for LogFormat {
+    fn default() -> Self {
+        LOG_FORMAT
+    }
+}

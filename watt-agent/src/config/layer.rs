@@ -11,8 +11,8 @@ use std::{
 use super::{
     args::parse_env,
     defaults,
-    render::ToToml,
     settings::settings,
+    to_toml::ToToml,
     values::{AdminAddr, LogFormat, MemorySize, Policy, Workers, parse_duration},
 };
 use crate::steering::ProgramLog;

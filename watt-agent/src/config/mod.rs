@@ -16,6 +16,7 @@ mod layer;
 mod render;
 mod resolve;
 mod sources;
+mod to_toml;
 pub mod values;
 
 pub use layer::{Layer, RunConfig, entries};

@@ -2,8 +2,6 @@
 //! (shared by the command line, the environment and the config file).
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use super::defaults;
-
 /// `--workers`: a count, or `auto` = the CPUs this process may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workers {
@@ -39,14 +37,6 @@ pub enum Policy {
     Rescue,
 }
 
-// By hand, not derived, so that code asking for the default policy and the
-// settings table agree by construction.
-impl Default for Policy {
-    fn default() -> Self {
-        defaults::POLICY
-    }
-}
-
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -64,12 +54,6 @@ pub enum AdminAddr {
     /// `unix:/path/to/socket`
     Unix(PathBuf),
     Off,
-}
-
-impl Default for AdminAddr {
-    fn default() -> Self {
-        defaults::ADMIN
-    }
 }
 
 impl FromStr for AdminAddr {
@@ -104,12 +88,6 @@ impl fmt::Display for AdminAddr {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-impl Default for LogFormat {
-    fn default() -> Self {
-        defaults::LOG_FORMAT
-    }
 }
 
 /// A memory size such as `512M`, `1.5GiB` or `300000000` (bytes).
