@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::Layer;
+use super::layer::Layer;
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct RunArgs {
@@ -61,14 +61,6 @@ pub fn flag(key: &str) -> String {
         return "-- COMMAND".to_owned();
     }
     format!("--{}", key.replace('_', "-"))
-}
-
-/// `--env KEY=VALUE`.
-pub(super) fn parse_env(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
-    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use self::{
     value::{CommandLine, Env, Int, IntoSetting as _, NameOrId, Number, V},
 };
 use super::{
-    Layer,
+    layer::Layer,
     settings::settings,
     values::{AdminAddr, LogFormat, MemorySize, Policy, Workers},
 };

@@ -9,11 +9,10 @@ use std::{
 };
 
 use super::{
-    args::parse_env,
     defaults,
     settings::settings,
     to_toml::ToToml,
-    values::{AdminAddr, LogFormat, MemorySize, Policy, Workers, parse_duration},
+    values::{AdminAddr, LogFormat, MemorySize, Policy, Workers, parse_duration, parse_env},
 };
 use crate::steering::ProgramLog;
 

@@ -2,7 +2,10 @@
 //! output, which is itself a usable config file.
 use std::fmt::Write as _;
 
-use super::{RunConfig, Sources, layer::entries};
+use super::{
+    layer::{RunConfig, entries},
+    sources::Sources,
+};
 
 /// The resolved settings as a TOML document (every key, with where its
 /// value came from as a comment): the output of `watt-agent check-config`,

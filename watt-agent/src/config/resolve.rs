@@ -2,7 +2,10 @@
 //! setting decides it, and the values are then checked, alone and together.
 use std::time::Duration;
 
-use super::{Layer, RunConfig, Workers, layer::pick};
+use super::{
+    layer::{Layer, RunConfig, pick},
+    values::Workers,
+};
 
 /// A setting that is present but wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -2,7 +2,11 @@
 //! each setting, and errors that name that place.
 use std::{fmt, path::PathBuf};
 
-use super::{ConfigError, Layer, RunConfig, args, file, resolve};
+use super::{
+    args, file,
+    layer::{Layer, RunConfig},
+    resolve::{ConfigError, resolve},
+};
 
 /// Where a setting's value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -125,6 +125,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("expected a duration like 500ms or 10s, got {s:?} ({e})"))
 }
 
+/// `--env KEY=VALUE`.
+pub(super) fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use std::{
 use netlink_packet_sock_diag::{AF_INET, AF_INET6};
 
 use super::{
-    SockDiag, SockDiagError, parse_dump,
+    sockdiag::{SockDiag, SockDiagError, parse_dump},
     test_support::{Kid, data_dir, queued_listener, wait_for_queue},
 };
 

@@ -60,10 +60,10 @@
 //!   the rest suits a slower tick. `syscall` needs ptrace access to the
 //!   worker; without it the state is [`SyscallState::Unavailable`] and the
 //!   other fields are still good.
-use std::net::SocketAddr;
-
+mod listener;
 pub mod netproc;
 pub mod procfs;
+mod queue_source;
 pub mod sockdiag;
 
 #[cfg(test)]
@@ -77,169 +77,12 @@ mod procfs_tests;
 #[cfg(test)]
 mod test_support;
 
+pub use listener::{ListenerQuery, ListenerQueue, find_inode};
 pub use netproc::{NetProcError, NetTcp, parse_listeners};
 pub use procfs::{
     ProcError, ProcFile, SchedFields, StatFields, SyscallState, WorkerProbe, WorkerSample,
     parse_io, parse_schedstat, parse_stat, parse_statm, parse_syscall, syscall_state,
     ticks_to_duration,
 };
+pub use queue_source::{QueueError, QueueSource, QueueSourceKind};
 pub use sockdiag::{DumpStatus, SockDiag, SockDiagError, parse_dump, socket_inode};
-
-/// Accept-queue state of one listening socket, from either source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ListenerQueue {
-    /// Socket inode: what [`socket_inode`] returns for the agent's fd.
-    pub inode: u64,
-    /// Local address and port.
-    pub local: SocketAddr,
-    /// Connections waiting to be accepted.
-    pub queued: u32,
-    /// Accept-queue limit (`listen`'s backlog, capped by `somaxconn`).
-    /// `sock_diag` reports it; `/proc/net/tcp` does not (`None`).
-    pub backlog: Option<u32>,
-}
-
-/// Which listeners to report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ListenerQuery {
-    /// Only listeners on this local port; `None` for all.
-    pub port: Option<u16>,
-    /// Report IPv4 (`AF_INET`) listeners.
-    pub ipv4: bool,
-    /// Report IPv6 (`AF_INET6`) listeners, dual-stack `[::]` ones included.
-    pub ipv6: bool,
-}
-
-impl ListenerQuery {
-    /// Listeners on `port`, both families.
-    #[must_use]
-    pub fn port(port: u16) -> Self {
-        Self {
-            port: Some(port),
-            ipv4: true,
-            ipv6: true,
-        }
-    }
-
-    /// Listeners of the family of `addr`, on its port: what the agent's
-    /// group listens on.
-    #[must_use]
-    pub fn for_addr(addr: SocketAddr) -> Self {
-        Self {
-            port: Some(addr.port()),
-            ipv4: addr.is_ipv4(),
-            ipv6: addr.is_ipv6(),
-        }
-    }
-
-    pub(crate) fn matches_port(self, port: u16) -> bool {
-        self.port.is_none_or(|p| p == port)
-    }
-}
-
-/// Where the listeners' queue depths come from: `sock_diag`, or
-/// `/proc/net/tcp{,6}` where `sock_diag` is refused or its dumps fail (see
-/// the table above for why the order).
-#[derive(Debug)]
-pub enum QueueSource {
-    Diag(SockDiag),
-    Proc(NetTcp),
-}
-
-/// A failed read of the queue depths.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("sock_diag dump")]
-    Diag(#[from] SockDiagError),
-    #[error("/proc/net/tcp")]
-    Proc(#[from] NetProcError),
-}
-
-/// Which source a [`QueueSource`] reads (for `/status`, metrics, `doctor`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QueueSourceKind {
-    SockDiag,
-    ProcNetTcp,
-}
-
-impl QueueSourceKind {
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::SockDiag => "sock_diag",
-            Self::ProcNetTcp => "proc_net_tcp",
-        }
-    }
-}
-
-impl QueueSource {
-    /// `sock_diag` if it opens and a dump for `query` works, else the procfs
-    /// tables; `None` if neither. A socket that opens is not enough: a
-    /// kernel that cannot load `tcp_diag` (a module not autoloaded in a
-    /// minimal guest) answers every dump with `ENOENT`.
-    pub fn open(query: &ListenerQuery) -> Result<Self, (QueueError, QueueError)> {
-        let diag_err = match SockDiag::open() {
-            Ok(mut d) => match d.listeners(query, &mut Vec::new()) {
-                Ok(()) => return Ok(Self::Diag(d)),
-                Err(e) => QueueError::Diag(e),
-            },
-            Err(e) => QueueError::Diag(e),
-        };
-        match NetTcp::open() {
-            Ok(mut n) => match n.listeners(query, &mut Vec::new()) {
-                Ok(()) => {
-                    tracing::warn!(
-                        "sock_diag does not work here ({}); queue depths come from \
-                         /proc/net/tcp, which costs milliseconds per read on a busy host",
-                        crate::error_chain(&diag_err)
-                    );
-                    Ok(Self::Proc(n))
-                }
-                Err(e) => Err((diag_err, QueueError::Proc(e))),
-            },
-            Err(e) => Err((diag_err, QueueError::Proc(e))),
-        }
-    }
-
-    #[must_use]
-    pub const fn kind(&self) -> QueueSourceKind {
-        match self {
-            Self::Diag(_) => QueueSourceKind::SockDiag,
-            Self::Proc(_) => QueueSourceKind::ProcNetTcp,
-        }
-    }
-
-    /// Replaces `out`'s contents with the listeners that match `query`. A
-    /// `sock_diag` dump that fails switches this source to `/proc/net/tcp`
-    /// for good, with a warning, and retries there once.
-    pub fn listeners(
-        &mut self,
-        query: &ListenerQuery,
-        out: &mut Vec<ListenerQueue>,
-    ) -> Result<(), QueueError> {
-        match self {
-            Self::Diag(d) => match d.listeners(query, out) {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    let e = QueueError::Diag(e);
-                    let mut proc = NetTcp::open()?;
-                    tracing::warn!(
-                        "sock_diag failed ({}); queue depths come from /proc/net/tcp from now on",
-                        crate::error_chain(&e)
-                    );
-                    proc.listeners(query, out)?;
-                    *self = Self::Proc(proc);
-                    Ok(())
-                }
-            },
-            Self::Proc(n) => Ok(n.listeners(query, out)?),
-        }
-    }
-}
-
-/// The entry of `found` for the socket with this inode.
-#[must_use]
-pub fn find_inode(found: &[ListenerQueue], inode: u64) -> Option<&ListenerQueue> {
-    found.iter().find(|l| l.inode == inode)
-}

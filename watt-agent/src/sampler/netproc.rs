@@ -21,7 +21,7 @@ use std::{
     os::unix::fs::FileExt,
 };
 
-use super::{ListenerQuery, ListenerQueue};
+use super::listener::{ListenerQuery, ListenerQueue};
 
 /// Errors reading or parsing `/proc/net/tcp{,6}`.
 #[derive(Debug, thiserror::Error)]

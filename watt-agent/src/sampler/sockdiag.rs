@@ -33,7 +33,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 
-use super::{ListenerQuery, ListenerQueue};
+use super::listener::{ListenerQuery, ListenerQueue};
 
 /// Errors of a `sock_diag` dump.
 #[derive(Debug, thiserror::Error)]

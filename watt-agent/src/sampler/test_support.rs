@@ -14,7 +14,7 @@ use std::{
 
 use socket2::{Domain, Socket, Type};
 
-use super::{ListenerQueue, socket_inode};
+use super::{listener::ListenerQueue, sockdiag::socket_inode};
 
 /// Where the captured fixtures live.
 pub fn data_dir() -> PathBuf {
