@@ -9,36 +9,22 @@
 //! - `network`: the port, the admin API, accept-queue depths.
 //! - `node`: the Node.js the workers run.
 //! - `render`: the printed lines and the exit code.
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
-use crate::{
-    config::{AdminAddr, Policy},
-    preflight,
-};
+use crate::preflight;
 
 mod kernel;
 mod network;
 mod node;
+mod options;
 mod privilege;
 mod render;
 mod report;
 
 pub use node::{MIN_NODE, parse_node_major};
+pub use options::Options;
 pub use render::summary;
 pub use report::{Check, Level, Scope, Subject};
-
-/// What to check, from the command line and the config file.
-#[derive(Clone, Debug)]
-pub struct Options {
-    pub host: IpAddr,
-    pub port: u16,
-    pub admin: AdminAddr,
-    pub policy: Policy,
-    pub user: Option<String>,
-    pub bpf_stats: bool,
-    /// The Node binary to ask for its version (`node` in PATH).
-    pub node: String,
-}
 
 /// Runs every check, in the order they print.
 #[must_use]
@@ -83,6 +69,7 @@ pub fn run(opts: &Options) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{AdminAddr, Policy};
 
     /// The checks `--policy kernel` excuses, by their scope: the five
     /// only the program needs, and none of the others.

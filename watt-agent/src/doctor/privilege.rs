@@ -4,7 +4,7 @@
 use nix::unistd::geteuid;
 
 use super::{
-    Options,
+    options::Options,
     report::{Check, Subject},
 };
 use crate::{
