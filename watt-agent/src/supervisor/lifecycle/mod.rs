@@ -30,6 +30,7 @@ use super::backoff::{Backoff, BackoffPolicy};
 
 mod admit;
 mod events;
+mod progress;
 mod reload;
 mod stop;
 mod views;
@@ -38,7 +39,7 @@ use events::allowed;
 pub use events::{
     Action, DrainReason, Event, ExitStatus, Note, Phase, Refused, ReplaceReason, Sig, WorkerView,
 };
-use reload::Reload;
+use progress::Reload;
 
 use crate::{
     exit,

@@ -1,24 +1,10 @@
 //! Rolling replacement: one worker at a time, each new instance ready
 //! before the old one drains; a reload is done when the old code no
 //! longer runs.
-use std::{
-    collections::{BTreeSet, VecDeque},
-    time::Instant,
-};
+use std::{collections::VecDeque, time::Instant};
 
-use super::{Action, Lifecycle, Note, ReplaceReason};
-use crate::ids::{Slot, WorkerId};
-
-#[derive(Clone, Debug, Default)]
-pub(super) struct Reload {
-    pub(super) pending: VecDeque<WorkerId>,
-    pub(super) current: Option<WorkerId>,
-    pub(super) replaced: usize,
-    pub(super) failed: usize,
-    /// Old instances this reload drained that have not exited yet: the
-    /// reload is finished only when the old code no longer runs.
-    pub(super) draining: BTreeSet<Slot>,
-}
+use super::{Action, Lifecycle, Note, ReplaceReason, progress::Reload};
+use crate::ids::WorkerId;
 
 impl Lifecycle {
     pub(super) fn begin_replace(
