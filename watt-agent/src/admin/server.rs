@@ -1,9 +1,9 @@
 //! The admin API's listener (TCP or a unix socket with mode 0600) and its
-//! connections; what a request gets is decided in the parent module.
+//! connections; what a request gets is decided in routes.rs.
 use std::{
     convert::Infallible,
     fs, io,
-    net::{SocketAddr, TcpListener as StdTcpListener},
+    net::TcpListener as StdTcpListener,
     os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
@@ -19,7 +19,10 @@ use tokio::{
     task::{JoinHandle, JoinSet},
 };
 
-use super::{HEADER_TIMEOUT, Inputs, MAX_CONNECTIONS, handle};
+use super::{
+    peer::Peer,
+    routes::{HEADER_TIMEOUT, Inputs, MAX_CONNECTIONS, handle},
+};
 use crate::config::AdminAddr;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,34 +55,6 @@ pub struct Server {
 pub(super) enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
-}
-
-/// Who sent a request.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Peer {
-    /// The client's address and the address it connected to.
-    Tcp {
-        peer: SocketAddr,
-        local: SocketAddr,
-    },
-    Unix,
-}
-
-impl Peer {
-    /// Trusted with commands: the unix socket, a loopback client, or a
-    /// client of this same network namespace connecting to one of its own
-    /// addresses (`kubectl exec ... watt-agent reload` with the API on the
-    /// pod's IP): its source address is then the address it connected to,
-    /// which no other host can use in a TCP handshake.
-    pub(super) fn is_local(self) -> bool {
-        match self {
-            Self::Unix => true,
-            Self::Tcp { peer, local } => {
-                let peer = peer.ip().to_canonical();
-                peer.is_loopback() || peer == local.ip().to_canonical()
-            }
-        }
-    }
 }
 
 impl Server {

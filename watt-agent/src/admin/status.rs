@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use watt_common::SlotState;
 
-use super::Info;
+use super::info::Info;
 use crate::{
     balancer::{self, SlotSnapshot, Snapshot},
     sampler::QueueSourceKind,

@@ -17,7 +17,7 @@ use prometheus_client::{
 };
 
 use super::{
-    Info,
+    info::Info,
     status::{self, WorkerState},
 };
 use crate::{balancer::Snapshot, supervisor::Shared};
