@@ -2,7 +2,7 @@
 //! (`LISTEN_FDS`, `WATT_*`, `PORT`) and the shim in `NODE_OPTIONS`.
 use std::ffi::OsString;
 
-use super::Plan;
+use super::plan::Plan;
 use crate::ids::WorkerId;
 
 /// The per-worker part of the environment (docs/worker-contract.md).

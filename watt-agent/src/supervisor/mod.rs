@@ -8,7 +8,6 @@
 //! live as long as the agent.
 use std::{
     collections::{HashMap, VecDeque},
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -28,17 +27,19 @@ use tokio::{
 use crate::{
     balancer,
     ids::{Pid, Slot, WorkerId},
-    listeners::{ListenSpec, Listener},
+    listeners::Listener,
 };
 
 pub mod backoff;
 mod env;
 pub mod lifecycle;
 mod notes;
+mod plan;
 pub mod spawn;
 pub mod worker_io;
 
 use lifecycle::{Action, Event, Lifecycle, Note, Refused, Sig, WorkerView};
+pub use plan::Plan;
 use worker_io::{Notice, Tail};
 
 /// An operator's command (admin API, CLI) and where its answer goes: the
@@ -83,18 +84,6 @@ pub fn answer(machine: &Lifecycle, command: Command) -> Result<(Event, String), 
     };
     machine.admit(&event)?;
     Ok((event, message))
-}
-
-/// Everything prepared before the loop starts.
-pub struct Plan {
-    pub settings: lifecycle::Settings,
-    pub program: spawn::Program,
-    pub spec: ListenSpec,
-    pub shim: PathBuf,
-    pub max_requests_per_socket: Option<u32>,
-    pub max_connection_age: Option<Duration>,
-    /// `PORT` from the config's `env` table wins over the agent's port.
-    pub user_sets_port: bool,
 }
 
 /// What status and metrics read; updated after every event.

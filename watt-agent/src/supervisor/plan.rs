@@ -1,0 +1,17 @@
+//! What the supervisor is given to run: prepared before its loop starts.
+use std::{path::PathBuf, time::Duration};
+
+use super::{lifecycle, spawn};
+use crate::listeners::ListenSpec;
+
+/// Everything prepared before the loop starts.
+pub struct Plan {
+    pub settings: lifecycle::Settings,
+    pub program: spawn::Program,
+    pub spec: ListenSpec,
+    pub shim: PathBuf,
+    pub max_requests_per_socket: Option<u32>,
+    pub max_connection_age: Option<Duration>,
+    /// `PORT` from the config's `env` table wins over the agent's port.
+    pub user_sets_port: bool,
+}
