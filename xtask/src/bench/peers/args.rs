@@ -2,7 +2,10 @@
 //! it turns into.
 use std::path::PathBuf;
 
-use super::{Arm, Scenario, Settings};
+use super::{
+    arms::Arm,
+    scenarios::{Scenario, Settings},
+};
 use crate::bench::loadgen::SweepSpec;
 
 #[derive(clap::Args, Clone, Debug)]

@@ -1,5 +1,9 @@
 //! The order cells run in, and the one run of each cell the report shows.
-use super::{Arm, Scenario, report, scenarios};
+use super::{
+    arms::Arm,
+    report,
+    scenarios::{self, Scenario},
+};
 
 /// Every (scenario, arm) cell `repeats` times: round after round, each
 /// round with the arms rotated by one, so that order effects (the first

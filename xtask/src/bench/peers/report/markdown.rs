@@ -1,7 +1,7 @@
 //! The markdown report of one run.
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use super::{Results, f};
+use super::results::{Results, f};
 use crate::bench::peers::scenarios::{Cell, Settings};
 
 fn scenario_title(s: &Settings, scn: &str) -> String {

@@ -1,7 +1,7 @@
 //! The targets, checked on one run's numbers (ratios within the run).
 use std::fmt::Write as _;
 
-use super::{Results, Target, f};
+use super::results::{Results, Target, f};
 use crate::bench::{
     loadgen::Summary,
     peers::{arms::Arm, scenarios::Scenario},
