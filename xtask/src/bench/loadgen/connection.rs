@@ -14,7 +14,7 @@ use tokio::{
 };
 
 use super::{
-    ErrorKind,
+    error::ErrorKind,
     http::{judge, read_any, read_response},
     state::{Ctx, Ticket},
 };

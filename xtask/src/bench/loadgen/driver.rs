@@ -13,9 +13,10 @@ use hdrhistogram::Histogram;
 use tokio::sync::Notify;
 
 use super::{
-    Class, ClassReport, Connections, ErrorKind, Plan, Report, Request,
     connection::{keep_alive_conn, one_shot},
-    plan::{count_f64, request_bytes, target_of},
+    error::ErrorKind,
+    plan::{Class, Connections, Plan, Request, count_f64, request_bytes, target_of},
+    report::{ClassReport, Report},
     state::{ClassStats, Ctx, MAX_LATENCY_US, Shared, State, Ticket, histogram},
     timer::Timer,
 };

@@ -3,7 +3,7 @@
 
 use tokio::{io::AsyncReadExt as _, net::TcpStream};
 
-use super::ErrorKind;
+use super::error::ErrorKind;
 
 /// A response larger than this is a protocol error.
 const MAX_RESPONSE: usize = 4 << 20;

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::{ErrorKind, plan::count_f64};
+use super::{error::ErrorKind, plan::count_f64};
 
 /// Microseconds of a latency histogram as milliseconds.
 #[expect(

@@ -12,7 +12,7 @@ use std::{
 use hdrhistogram::Histogram;
 use tokio::sync::Notify;
 
-use super::{ErrorKind, Failure, Source};
+use super::{error::ErrorKind, plan::Source, report::Failure};
 
 /// Highest latency a histogram holds (longer ones are clamped to it).
 pub(super) const MAX_LATENCY_US: u64 = 120_000_000;

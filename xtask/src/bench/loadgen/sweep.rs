@@ -2,7 +2,11 @@
 
 use serde::Serialize;
 
-use super::{ClientStats, Plan, Report, Summary, plan::count_f64, run};
+use super::{
+    plan::{Plan, count_f64},
+    report::{ClientStats, Report, Summary},
+    run::run,
+};
 
 /// One step of a [`sweep`].
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
