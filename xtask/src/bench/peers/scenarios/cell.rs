@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{CURVE, Cell, CrashStats, ReloadStats, Scenario, Settings};
+use super::{
+    record::{CURVE, Cell, CrashStats, ReloadStats},
+    scenario::{Scenario, Settings},
+};
 use crate::bench::{
     loadgen::{self, Plan, Report},
     peers::arms::{self, App, Arm, Ctx, Running},

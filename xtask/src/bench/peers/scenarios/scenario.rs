@@ -1,0 +1,173 @@
+//! The scenarios, and the settings they run with.
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::record::Cell;
+use crate::bench::{
+    loadgen::{Summary, SweepSpec},
+    peers::arms::Arm,
+};
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    clap::ValueEnum,
+    Serialize,
+    Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Fast requests at a fixed rate, a new connection each: p50/p99.
+    Uniform,
+    /// The same over keep-alive connections.
+    UniformKa,
+    /// Fast requests plus requests that block a worker's event loop.
+    Skew,
+    /// The same over keep-alive connections.
+    SkewKa,
+    /// Fast requests while a worker stalls and crashes every second.
+    Crash,
+    /// Fast requests during a rolling reload.
+    Reload,
+    /// Rate ramp until p99 passes the bound or a request fails.
+    Saturation,
+    /// The same over keep-alive connections.
+    SaturationKa,
+    /// Next.js standalone, fixed rate (if the fixture is built).
+    Next,
+    /// Next.js standalone, rate ramp.
+    NextSaturation,
+}
+
+impl Scenario {
+    pub const DEFAULT: [Self; 10] = [
+        Self::Uniform,
+        Self::UniformKa,
+        Self::Skew,
+        Self::SkewKa,
+        Self::Crash,
+        Self::Reload,
+        Self::Saturation,
+        Self::SaturationKa,
+        Self::Next,
+        Self::NextSaturation,
+    ];
+
+    #[must_use]
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Uniform => "uniform",
+            Self::UniformKa => "uniform-ka",
+            Self::Skew => "skew",
+            Self::SkewKa => "skew-ka",
+            Self::Crash => "crash",
+            Self::Reload => "reload",
+            Self::Saturation => "saturation",
+            Self::SaturationKa => "saturation-ka",
+            Self::Next => "next",
+            Self::NextSaturation => "next-saturation",
+        }
+    }
+
+    #[must_use]
+    pub fn keep_alive(self) -> bool {
+        matches!(self, Self::UniformKa | Self::SkewKa | Self::SaturationKa)
+    }
+
+    #[must_use]
+    pub fn is_next(self) -> bool {
+        matches!(self, Self::Next | Self::NextSaturation)
+    }
+
+    /// The figure repeated runs are compared by (the report shows the run
+    /// with the median one).
+    #[must_use]
+    pub fn figure(self) -> &'static str {
+        match self {
+            Self::Uniform | Self::UniformKa | Self::Next => "p50 ms",
+            Self::Skew | Self::SkewKa => "fast p99 ms",
+            Self::Crash => "lost requests",
+            Self::Reload => "failed requests",
+            Self::Saturation | Self::SaturationKa | Self::NextSaturation => {
+                "max sustainable rate /s"
+            }
+        }
+    }
+
+    /// That figure in `cell`.
+    #[must_use]
+    pub fn key(self, cell: &Cell) -> Option<f64> {
+        let first = cell.classes.first();
+        // Latencies only of a class that got answers (otherwise they read 0).
+        let answered = |c: &&Summary| c.ok > 0;
+        #[expect(clippy::cast_precision_loss, reason = "request counts, far below 2^52")]
+        match self {
+            Self::Uniform | Self::UniformKa | Self::Next => {
+                first.filter(answered).map(|c| c.p50_ms)
+            }
+            Self::Skew | Self::SkewKa => cell.class("fast").filter(answered).map(|c| c.p99_ms),
+            Self::Crash => cell.crash.as_ref().map(|c| c.lost as f64),
+            Self::Reload => first.map(|c| c.failed as f64),
+            Self::Saturation | Self::SaturationKa | Self::NextSaturation => {
+                cell.sweep.as_ref().and_then(|s| s.max_rate)
+            }
+        }
+    }
+
+    /// Does `arm` take part? The re-steering variant only matters with
+    /// keep-alive, where it differs from the plain agent.
+    #[must_use]
+    pub fn applies(self, arm: Arm) -> bool {
+        arm != Arm::AgentResteer || self.keep_alive()
+    }
+}
+
+/// The knobs of a run (the command line's, resolved).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Settings {
+    pub workers: usize,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    pub timeout_s: f64,
+    /// Rate of the uniform scenarios (requests/s).
+    pub rate: f64,
+    /// Keep-alive connections of the *-ka scenarios.
+    pub ka_connections: usize,
+    pub skew_fast_rate: f64,
+    pub skew_block_rate: f64,
+    pub skew_block_ms: u64,
+    pub crash_fast_rate: f64,
+    /// A crashing worker first blocks this long (a stall), then exits.
+    pub crash_stall_ms: u64,
+    pub reload_fast_rate: f64,
+    /// When the reload starts, after the warm-up.
+    pub reload_at_s: f64,
+    pub sweep: SweepSpec,
+    pub sweep_step_s: f64,
+    pub next_rate: f64,
+    pub next_sweep_start: f64,
+    pub sweep_start_ka: f64,
+    /// Re-steering arm: keep-alive connections close after this many requests.
+    pub resteer_requests: u32,
+    pub watt_restart_ms: u64,
+    pub realtime: bool,
+}
+
+impl Settings {
+    pub(super) fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup_s)
+    }
+    pub(super) fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration_s)
+    }
+    pub(super) fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout_s)
+    }
+}
