@@ -16,13 +16,19 @@ while [ "$(grep -c 'worker ready' "$log")" -lt 2 ] && [ "$t" -lt 180 ]; do
   sleep 1
   t=$((t + 1))
 done
-node /watt/smoke-client.js http://127.0.0.1:3000/
+node /watt/smoke-client.js http://127.0.0.1:3000/ > /tmp/client.txt 2>&1
 clients=$?
+cat /tmp/client.txt
 kill -TERM "$agent"
 wait "$agent"
 rc=$?
 echo "agent exit on SIGTERM: $rc"
 if [ "$clients" -ne 0 ] || [ "$rc" -ne 0 ]; then
-  echo "FAIL"; tail -n 40 "$log"; exit 1
+  # The client's summary goes last, so the matrix's tail of this file shows
+  # what failed after the agent's log.
+  tail -n 25 "$log"
+  # Resets, listen drops and migration failures, if the kernel lost any.
+  grep '^TcpExt' /proc/net/netstat | awk 'NR==1{split($0,h)} NR==2{for(i=2;i<=NF;i++) if ($i != 0 && h[i] ~ /Listen|Migrate|Abort|Reset/) print h[i], $i}'
+  echo "client (exit $clients):"; cat /tmp/client.txt; echo "FAIL"; exit 1
 fi
 echo "PASS: 200 of 200 requests answered by both workers; clean stop"
