@@ -18,13 +18,12 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
+    build::{self, ARM64 as TARGET},
     guest::{self, Processes},
     packages::{Apt, Arch},
     report,
 };
 use crate::util;
-
-pub const TARGET: &str = "aarch64-unknown-linux-gnu";
 
 /// Host tools (command, Debian package) the arm64 rows need beyond the
 /// `x86_64` ones.
@@ -59,7 +58,7 @@ pub fn run(
     timeout: Duration,
 ) -> anyhow::Result<report::Row> {
     prepare_toolchain()?;
-    let tests = super::build(root, Some(TARGET))?;
+    let tests = build::build(root, Some(TARGET))?;
     let mut apt = Apt::new(kernels_dir, Arch::Arm64)?;
     let package = apt.resolve(line)?;
     let kernel = apt.fetch(&package, kernels_dir)?;

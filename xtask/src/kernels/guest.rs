@@ -171,13 +171,43 @@ fn decompress(src: &Path, dir: &Path) -> anyhow::Result<String> {
     Ok(name.to_owned())
 }
 
+/// How qemu runs the guest.
+#[derive(Clone, Copy, Debug)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn pick(asked: &str) -> anyhow::Result<Self> {
+        let hardware_kvm = ["/sys/module/kvm_intel", "/sys/module/kvm_amd"]
+            .iter()
+            .any(|m| Path::new(m).exists());
+        match asked {
+            "auto" if hardware_kvm => Ok(Self::Kvm),
+            "auto" | "tcg" => Ok(Self::Tcg),
+            "kvm" if Path::new("/dev/kvm").exists() => Ok(Self::Kvm),
+            "kvm" => bail!("--accel kvm: this host has no /dev/kvm; fix: --accel tcg"),
+            other => bail!("--accel: `{other}` is not auto, kvm or tcg"),
+        }
+    }
+
+    /// qemu's `-accel` and `-cpu` values.
+    pub fn qemu_args(self) -> [&'static str; 4] {
+        match self {
+            Self::Kvm => ["-accel", "kvm", "-cpu", "host"],
+            Self::Tcg => ["-accel", "tcg,thread=multi", "-cpu", "max"],
+        }
+    }
+}
+
 /// How to start one guest.
 pub struct Boot<'a> {
     pub kernel: &'a Kernel,
     pub initrd: &'a Path,
     pub results: &'a Path,
     pub script: &'a Path,
-    pub accel: super::Accel,
+    pub accel: Accel,
     pub timeout: Duration,
 }
 

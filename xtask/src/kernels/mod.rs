@@ -17,6 +17,7 @@ use anyhow::{Context as _, bail};
 use crate::util;
 
 mod arm64;
+mod build;
 mod guest;
 mod packages;
 mod report;
@@ -56,14 +57,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "`cargo xtask kernels` runs qemu and virtiofsd as root: run it as root or with sudo -E"
         );
     }
-    let accel = Accel::pick(&opts.accel)?;
+    let accel = guest::Accel::pick(&opts.accel)?;
     let lines = |list: &[String]| -> Vec<String> {
         list.iter().filter(|l| *l != "none").cloned().collect()
     };
     let arm64_lines = lines(&opts.arm64);
     ensure_tools(!arm64_lines.is_empty())?;
     let root = util::root();
-    let tests = build(&root, None)?;
+    let tests = build::build(&root, None)?;
     // The guest overlays a writable tmpfs on the e2e's cache folder; an
     // overlay needs its mount point to exist in the read-only lower root.
     fs::create_dir_all(root.join("target/deploy-check"))?;
@@ -122,36 +123,6 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// How qemu runs the guest.
-#[derive(Clone, Copy, Debug)]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl Accel {
-    fn pick(asked: &str) -> anyhow::Result<Self> {
-        let hardware_kvm = ["/sys/module/kvm_intel", "/sys/module/kvm_amd"]
-            .iter()
-            .any(|m| Path::new(m).exists());
-        match asked {
-            "auto" if hardware_kvm => Ok(Self::Kvm),
-            "auto" | "tcg" => Ok(Self::Tcg),
-            "kvm" if Path::new("/dev/kvm").exists() => Ok(Self::Kvm),
-            "kvm" => bail!("--accel kvm: this host has no /dev/kvm; fix: --accel tcg"),
-            other => bail!("--accel: `{other}` is not auto, kvm or tcg"),
-        }
-    }
-
-    /// qemu's `-accel` and `-cpu` values.
-    pub fn qemu_args(self) -> [&'static str; 4] {
-        match self {
-            Self::Kvm => ["-accel", "kvm", "-cpu", "host"],
-            Self::Tcg => ["-accel", "tcg,thread=multi", "-cpu", "max"],
-        }
-    }
 }
 
 /// qemu, busybox, the initramfs tools (Debian packages) and virtiofsd
@@ -216,60 +187,6 @@ fn ensure_tools(arm64: bool) -> anyhow::Result<()> {
             .context("`cargo install virtiofsd` failed")?;
     }
     Ok(())
-}
-
-/// Builds the release agent and the kernel test binaries for `target` (the
-/// host's when `None`); returns the latter's paths.
-pub(crate) fn build(root: &Path, target: Option<&str>) -> anyhow::Result<Vec<String>> {
-    let cargo = |args: &[&str]| {
-        let mut c = Command::new(env!("CARGO"));
-        c.current_dir(root).args(args);
-        if let Some(t) = target {
-            c.args(["--target", t]);
-        }
-        if target == Some(arm64::TARGET) {
-            c.env(
-                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
-                "aarch64-linux-gnu-gcc",
-            );
-        }
-        c
-    };
-    util::run(&mut cargo(&["build", "--release", "-p", "watt-agent"]))?;
-    let mut tests = cargo(&[
-        "test",
-        "-p",
-        "watt-tests",
-        "--test",
-        "steering",
-        "--test",
-        "migration",
-        "--no-run",
-        "--message-format=json",
-    ]);
-    // A cross build starts cold: in the release profile the tests share the
-    // agent's compiled dependencies instead of building them a second time.
-    // (The host's tests are already built in the dev profile by `test`.)
-    if target.is_some() {
-        tests.arg("--release");
-    }
-    let out = tests.output().context("building the kernel tests")?;
-    if !out.status.success() {
-        bail!(
-            "building the kernel tests failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let tests: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["kind"][0] == "test")
-        .filter_map(|m| m["executable"].as_str().map(str::to_owned))
-        .collect();
-    if tests.len() != 2 {
-        bail!("expected the steering and migration test binaries, found {tests:?}");
-    }
-    Ok(tests)
 }
 
 /// What the guest script reads first (`/mnt/env`).

@@ -5,7 +5,7 @@ use std::{
     process::Command,
 };
 
-use super::{App, Arm, Ctx};
+use super::arm::{App, Arm, Ctx};
 
 /// Where an arm runs: its port, a folder for its files and a short one for
 /// its unix sockets.
