@@ -13,17 +13,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use nix::sys::signal::Signal;
-use serde::{Deserialize, Serialize};
 
 mod arm;
 mod launch;
 
 pub use arm::{App, Arm, Ctx};
 
-use super::{
-    install::Peers,
-    procs::{self, Group, Proc},
-};
+use super::procs::{self, Group, Proc};
 
 /// A started arm; stopped (by pid) when dropped.
 pub struct Running {
