@@ -87,3 +87,27 @@ pub fn freeze_and_kill(pid: i32, port: u16, hold: Duration) -> HashSet<u16> {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     clients
 }
+
+/// [`freeze_and_kill`] for several processes at once: all frozen first,
+/// then all held for `hold`, then all killed (SIGKILL) together (a query of death
+/// that a proxy replays on every worker). Returns the client ports any of
+/// them had accepted.
+#[must_use]
+pub fn freeze_and_kill_all(pids: &[i32], port: u16, hold: Duration) -> HashSet<u16> {
+    for &pid in pids {
+        // SAFETY: signalling worker processes started by the agent under test.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| !matches!(state(p), Some('T') | None)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let mut clients: HashSet<u16> = pids.iter().flat_map(|&p| accepted(p, port)).collect();
+    thread::sleep(hold);
+    clients.extend(pids.iter().flat_map(|&p| accepted(p, port)));
+    for &pid in pids {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    clients
+}

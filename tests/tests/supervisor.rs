@@ -123,6 +123,101 @@ fn without_the_program_the_same_crashes_reset_queued_connections() {
     );
 }
 
+/// Kills every worker at once, twice, under 200 new connections/s; returns
+/// (requests, refused, failed that no killed worker had accepted).
+fn all_killed_under_load(agent: &Agent) -> (usize, usize, usize) {
+    let load = load::spawn(load::Spec {
+        addr: agent.addr(),
+        rate: 200.0,
+        count: 1400,
+        path: "/".into(),
+        timeout: Duration::from_secs(10),
+    });
+    let mut accepted_by_killed = HashSet::new();
+    for round in 0..2 {
+        thread::sleep(Duration::from_millis(1500));
+        let pids: Vec<i32> = agent.worker_pids().into_iter().collect();
+        assert_eq!(pids.len(), 4, "workers before round {round}: {pids:?}");
+        accepted_by_killed.extend(kill::freeze_and_kill_all(
+            &pids,
+            agent.port,
+            Duration::from_millis(50),
+        ));
+        // Every worker back before the next round (bounded).
+        wait_until(Duration::from_secs(15), || {
+            let now = agent.worker_pids();
+            now.len() == 4 && now.iter().all(|p| !pids.contains(p))
+        });
+        // ("worker ready after" is the lifecycle's line; the balancer's
+        // "worker ready again" is about busy workers.)
+        assert!(
+            agent.wait_log(
+                "worker ready after",
+                4 * (round + 2),
+                Duration::from_secs(15)
+            ),
+            "{}",
+            agent.log_text()
+        );
+    }
+    let outcomes = load.join().expect("load thread");
+    let failed = load::failures(&outcomes);
+    let refused = failed
+        .iter()
+        .filter(|o| matches!(o.result, Err(load::Failure::Connect(_))))
+        .count();
+    let unexpected: Vec<_> = failed
+        .iter()
+        .filter(|o| !accepted_by_killed.contains(&o.local_port))
+        .collect();
+    eprintln!(
+        "all-killed test: {} requests, {} failed, {} refused, {} unexpected",
+        outcomes.len(),
+        failed.len(),
+        refused,
+        unexpected.len()
+    );
+    if let Some(first) = unexpected.first() {
+        eprintln!("first unexpected failure: {first:?}");
+    }
+    (outcomes.len(), refused, unexpected.len())
+}
+
+#[test]
+fn all_workers_killed_at_once_refuse_nothing_and_lose_only_what_they_had_accepted() {
+    // Each crashed worker's listener stays open for its restart: with every
+    // worker down, connections wait in the queues and the first worker
+    // ready serves them.
+    let agent = start(4, &["--restart-delay", "50ms", "--min-uptime", "500ms"]);
+    let (_, refused, unexpected) = all_killed_under_load(&agent);
+    assert_eq!(refused, 0, "connections refused while the agent ran");
+    assert_eq!(
+        unexpected, 0,
+        "requests failed that no killed worker had accepted"
+    );
+}
+
+#[test]
+fn without_the_program_listeners_close_with_their_workers_and_the_port_refuses() {
+    // The control: `--policy kernel` closes a crashed worker's listener
+    // (the old behaviour of every policy), so with all workers down the
+    // port refuses until the restarts open new ones.
+    let _sysctl = Sysctl::set("net.ipv4.tcp_migrate_req", "0");
+    let agent = start(
+        4,
+        &[
+            "--policy",
+            "kernel",
+            "--restart-delay",
+            "50ms",
+            "--min-uptime",
+            "500ms",
+        ],
+    );
+    let (_, refused, _) = all_killed_under_load(&agent);
+    assert!(refused > 0, "closed listeners should refuse connections");
+}
+
 #[test]
 fn rolling_reload_under_load_fails_nothing_and_replaces_every_worker() {
     let mut agent = start(4, &[]);

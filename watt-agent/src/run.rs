@@ -272,6 +272,7 @@ fn lifecycle_settings(config: &RunConfig, workers: u32) -> lifecycle::Settings {
             window: config.restart_window,
         },
         startup_attempts: lifecycle::STARTUP_ATTEMPTS,
+        keep_listeners: config.policy != Policy::Kernel,
     }
 }
 

@@ -103,10 +103,14 @@ impl Balancer {
         let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
         let listeners_from = fds.len();
         if !self.active {
+            let movable = self.can_move_queues();
             fds.extend(
                 self.slots
                     .values()
-                    .filter(|e| e.view.lifecycle == SlotState::Ready && !e.view.busy)
+                    .filter(|e| {
+                        (e.view.lifecycle == SlotState::Ready && !e.view.busy)
+                            || (movable && out_of_table(e))
+                    })
                     .map(|e| PollFd::new(e.listener.as_fd(), PollFlags::POLLIN)),
             );
         }
@@ -140,7 +144,12 @@ impl Balancer {
             })
         };
         let mut changed = false;
-        let mut activity = !nonempty.is_empty();
+        let mut activity = nonempty.iter().any(|s| {
+            self.slots
+                .get(s)
+                .is_some_and(|e| e.view.lifecycle == SlotState::Ready)
+        });
+        activity |= self.rescue_out_of_table(now, &nonempty);
         let slots: Vec<u32> = self.slots.keys().copied().collect();
         for slot in slots {
             let e = self.slots.get_mut(&slot).expect("listed above");
@@ -213,14 +222,15 @@ impl Balancer {
         (verdict, acted)
     }
 
-    /// Slots with a ready worker whose listener has a connection waiting:
-    /// one `poll(2)`. (The others' queues mean nothing to the model, and
-    /// must not keep the loop ticking.)
+    /// Slots whose listener has a connection waiting, one `poll(2)`: those
+    /// of ready workers (the health model's input), and those out of the
+    /// table when there is somewhere to move their queue.
     fn queues_nonempty(&self) -> Vec<u32> {
+        let movable = self.can_move_queues();
         let (slots, mut fds): (Vec<u32>, Vec<PollFd<'_>>) = self
             .slots
             .iter()
-            .filter(|(_, e)| e.view.lifecycle == SlotState::Ready)
+            .filter(|(_, e)| e.view.lifecycle == SlotState::Ready || (movable && out_of_table(e)))
             .map(|(&s, e)| (s, PollFd::new(e.listener.as_fd(), PollFlags::POLLIN)))
             .unzip();
         if fds.is_empty() || poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) <= 0 {
@@ -232,6 +242,43 @@ impl Balancer {
             .filter(|(_, f)| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
             .map(|(s, _)| s)
             .collect()
+    }
+
+    /// A queue can move: the kernel migrates a stopped listener's queue, and
+    /// some worker is ready and not busy to take it.
+    fn can_move_queues(&self) -> bool {
+        self.steering
+            .as_ref()
+            .is_some_and(|st| st.mode().migrates())
+            && self
+                .slots
+                .values()
+                .any(|e| e.view.lifecycle == SlotState::Ready && !e.view.busy)
+    }
+
+    /// Moves what waits on listeners out of the table (a crashed worker's
+    /// parked listener, a restart still starting, a draining worker's) to
+    /// the ready slots, once the slot has been out of the table for a tick:
+    /// a handshake completing on a listener at the instant it stops is
+    /// reset by the kernel, not migrated, and the tick lets the handshakes
+    /// steered there before it left complete first. Returns whether any
+    /// such queue waited (the loop keeps ticking).
+    fn rescue_out_of_table(&mut self, now: Instant, nonempty: &[u32]) -> bool {
+        let tick = self.tick_length();
+        let waiting: Vec<(u32, bool)> = nonempty
+            .iter()
+            .filter_map(|s| {
+                let e = self.slots.get(s)?;
+                out_of_table(e).then(|| (*s, now.duration_since(e.left_table) >= tick))
+            })
+            .collect();
+        for &(slot, due) in &waiting {
+            if due {
+                let moved = self.rescue(slot);
+                tracing::debug!(slot, moved, "moved the queue of a slot out of the table");
+            }
+        }
+        !waiting.is_empty()
     }
 
     /// Applies a health verdict: busy in or out of the table, stuck and
@@ -246,6 +293,9 @@ impl Balancer {
         let mut changed = false;
         if steer && busy != e.view.busy {
             e.view.busy = busy;
+            if busy {
+                e.left_table = Instant::now();
+            }
             if busy {
                 tracing::info!(
                     worker = e.worker,
@@ -354,4 +404,14 @@ impl Balancer {
                 .map(|l| l.queued);
         }
     }
+}
+
+/// A slot whose listener the program sends nothing new but whose queue may
+/// hold connections: a restart still starting, a draining worker, a
+/// crashed worker's parked listener.
+fn out_of_table(e: &super::Entry) -> bool {
+    matches!(
+        e.view.lifecycle,
+        SlotState::Starting | SlotState::Draining | SlotState::Down
+    )
 }

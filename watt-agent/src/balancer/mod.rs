@@ -53,8 +53,6 @@ pub enum Command {
     State { slot: Slot, state: SlotState },
     /// Stop the listener for good (its queue migrates).
     Stop { slot: Slot },
-    /// Stop and listen again (its queue migrates, the socket stays usable).
-    Rescue { slot: Slot },
     /// Close the agent's copy of the listener; the slot is empty.
     Close { slot: Slot },
 }
@@ -230,6 +228,10 @@ struct Entry {
     /// The worker's read+write syscall count at the previous observation.
     last_io: Option<u64>,
     load: Load,
+    /// When the program last stopped sending it new connections (not
+    /// ready, or busy). What waits in the queue of a slot out of the table
+    /// is moved only a tick after this (see `Balancer::rescue_out_of_table`).
+    left_table: Instant,
 }
 
 impl Entry {
@@ -272,6 +274,7 @@ impl Entry {
             pending_rss: None,
             last_io: None,
             load: Load::default(),
+            left_table: Instant::now(),
         }
     }
 }
@@ -334,10 +337,23 @@ impl Balancer {
                 let Some(e) = self.slots.get_mut(&slot) else {
                     return false;
                 };
+                if e.view.lifecycle == SlotState::Ready && state != SlotState::Ready && !e.view.busy
+                {
+                    e.left_table = Instant::now();
+                }
                 e.view.lifecycle = state;
                 if state != SlotState::Ready {
                     e.view.busy = false;
                     e.tracker.reset();
+                }
+                if state == SlotState::Down {
+                    // The worker is gone; its listener may be parked for the
+                    // restart, which sends its own `Pid`.
+                    e.pid = None;
+                    e.probe = None;
+                    e.load.cpu_time = None;
+                    e.load.run_delay = None;
+                    e.load.rss_bytes = None;
                 }
                 let effective = policy::effective_state(e.view);
                 if let Some(st) = &mut self.steering {
@@ -349,10 +365,6 @@ impl Balancer {
                 if let Some(e) = self.slots.get(&slot) {
                     log_err(e.listener.stop(), "stop listener");
                 }
-                false
-            }
-            Command::Rescue { slot } => {
-                self.rescue(slot);
                 false
             }
             Command::Close { slot } => {

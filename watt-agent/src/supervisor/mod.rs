@@ -132,7 +132,7 @@ pub async fn run(
         machine: Lifecycle::new(plan.settings.clone()),
         plan,
         balancer,
-        pending: HashMap::new(),
+        listeners: HashMap::new(),
         pids: HashMap::new(),
         other_ports: HashMap::new(),
         tails: HashMap::new(),
@@ -172,8 +172,10 @@ struct Driver<'a> {
     machine: Lifecycle,
     plan: Plan,
     balancer: &'a balancer::Handle,
-    /// Listeners opened for a slot and not yet handed to a worker.
-    pending: HashMap<Slot, Listener>,
+    /// Every open slot's listener, kept until the slot closes: a restart
+    /// gets the same socket (and what waits in its queue) as the crashed
+    /// instance it replaces.
+    listeners: HashMap<Slot, Listener>,
     /// Live worker processes.
     pids: HashMap<Pid, WorkerId>,
     /// Ports a worker listened on that are not the agent's (for the
@@ -208,9 +210,8 @@ impl Driver<'_> {
                 self.balancer.send(balancer::Command::State { slot, state });
             }
             Action::StopSlot { slot } => self.balancer.send(balancer::Command::Stop { slot }),
-            Action::RescueSlot { slot } => self.balancer.send(balancer::Command::Rescue { slot }),
             Action::CloseSlot { slot } => {
-                self.pending.remove(&slot);
+                self.listeners.remove(&slot);
                 self.balancer.send(balancer::Command::Close { slot });
             }
             Action::Signal { pid, sig } => send_signal(pid, sig),
@@ -228,7 +229,7 @@ impl Driver<'_> {
         let opened = Listener::open(self.plan.spec).and_then(|l| Ok((l.try_clone()?, l)));
         match opened {
             Ok((listener, copy)) => {
-                self.pending.insert(slot, listener);
+                self.listeners.insert(slot, listener);
                 // The balancer keeps its own copy for the slot's whole life.
                 self.balancer.send(balancer::Command::Add {
                     slot,
@@ -243,7 +244,9 @@ impl Driver<'_> {
     }
 
     fn spawn(&mut self, slot: Slot, worker: WorkerId) {
-        let Some(listener) = self.pending.remove(&slot) else {
+        // The slot's listener: a new one, or the one a crashed instance of
+        // this worker left parked for its restart.
+        let Some(listener) = self.listeners.get(&slot) else {
             self.queue.push_back(Event::SpawnFailed {
                 slot,
                 reason: "its listener could not be opened".into(),
@@ -251,11 +254,7 @@ impl Driver<'_> {
             return;
         };
         let env = env::worker_env(&self.plan, worker);
-        match spawn::spawn(
-            &self.plan.program,
-            std::os::fd::AsFd::as_fd(&listener),
-            &env,
-        ) {
+        match spawn::spawn(&self.plan.program, std::os::fd::AsFd::as_fd(listener), &env) {
             Ok(child) => {
                 let pid = child.pid;
                 self.pids.insert(pid, worker);
@@ -279,9 +278,6 @@ impl Driver<'_> {
                 reason: crate::error_chain(&e),
             }),
         }
-        // The worker has its copy at fd 3 and the balancer has one: this
-        // process's third copy is not needed.
-        drop(listener);
     }
 
     /// Collects every exited child (workers, and orphans when PID 1).

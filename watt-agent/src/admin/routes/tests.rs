@@ -33,6 +33,7 @@ fn supervisor_with_reload_running(workers: u32) -> mpsc::UnboundedSender<Control
         kill_timeout: Duration::from_secs(5),
         backoff: BackoffPolicy::default(),
         startup_attempts: crate::supervisor::lifecycle::STARTUP_ATTEMPTS,
+        keep_listeners: true,
     });
     let now = Instant::now();
     let spawns: Vec<_> = m

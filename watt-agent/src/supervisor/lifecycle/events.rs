@@ -135,11 +135,6 @@ pub enum Action {
     StopSlot {
         slot: Slot,
     },
-    /// Stop the listener and listen again at once (the queue rescue): what
-    /// was queued migrates, the socket stays usable for its worker.
-    RescueSlot {
-        slot: Slot,
-    },
     /// Close the slot's listener; the slot is free again.
     CloseSlot {
         slot: Slot,

@@ -16,9 +16,16 @@
 //!       └───────────────────┴───────────────┴──── exit ───────────────▶ Exited
 //! ```
 //!
-//! Order of actions when an instance leaves, crash or drain alike: stop
-//! steering to its slot, then stop its listener (the kernel program migrates
-//! what is queued on it to the ready slots), then close the slot.
+//! Order of actions when an instance leaves: stop steering to its slot
+//! first. A crashed worker's slot then keeps its listener (*parked*, with
+//! `Settings::keep_listeners`): the socket and what waits in its queue
+//! outlive the worker, the balancer moves that queue to a ready slot a tick
+//! later, or, when none is ready, it waits there for the first worker that
+//! becomes ready; the restart gets the same listener. So the port never
+//! refuses a connection while the agent runs, even with every worker down.
+//! Otherwise (a drained instance, a shutdown, no steering program) the
+//! listener stops (the program migrates what is queued to the ready slots)
+//! and the slot closes.
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
@@ -61,6 +68,11 @@ pub struct Settings {
     /// this many starts, the agent gives up and exits non-zero (a command
     /// that can never start, such as `node typo.js`). `0` never gives up.
     pub startup_attempts: u32,
+    /// A crashed worker's listener is kept for its restart (parked) rather
+    /// than closed. Needs the steering program: without it the kernel's
+    /// hash keeps sending new connections to the parked listener while
+    /// other workers are ready.
+    pub keep_listeners: bool,
 }
 
 /// Failed starts per worker, before the fleet has ever served, after which
@@ -91,6 +103,8 @@ struct Worker {
     crash_looping: bool,
     /// Starts that ended before ready while no worker had ever been ready.
     failed_starts: u32,
+    /// The slot whose listener waits for this worker's restart.
+    parked: Option<Slot>,
 }
 
 /// How far the agent's shutdown has gone.
@@ -208,7 +222,9 @@ impl Lifecycle {
     }
 
     fn free_slot(&self) -> Option<Slot> {
-        (0..self.settings.max_slots).find(|s| !self.instances.contains_key(s))
+        (0..self.settings.max_slots).find(|s| {
+            !self.instances.contains_key(s) && self.workers.iter().all(|w| w.parked != Some(*s))
+        })
     }
 
     /// Opens a slot and spawns an instance of `worker` in it; as the serving
@@ -220,7 +236,12 @@ impl Lifecycle {
         replace: Option<ReplaceReason>,
         out: &mut Vec<Action>,
     ) {
-        let Some(slot) = self.free_slot() else {
+        // A restart takes the listener its crashed instance left.
+        let parked = match replace {
+            None => self.workers[worker as usize].parked.take(),
+            Some(_) => None,
+        };
+        let Some(slot) = parked.or_else(|| self.free_slot()) else {
             out.push(Action::Note(Note::SpawnFailed {
                 worker,
                 reason: format!("all {} slots are in use", self.settings.max_slots),
@@ -245,7 +266,14 @@ impl Lifecycle {
             Some(reason) => w.incoming = Some((slot, reason)),
             None => w.serving = Some(slot),
         }
-        out.push(Action::OpenSlot { slot });
+        if parked.is_some() {
+            out.push(Action::SetState {
+                slot,
+                state: SlotState::Starting,
+            });
+        } else {
+            out.push(Action::OpenSlot { slot });
+        }
         out.push(Action::Spawn { slot, worker });
     }
 
@@ -353,15 +381,29 @@ impl Lifecycle {
                 phase: inst.phase,
             }));
         }
-        // Stop steering first, then stop the listener so the kernel migrates
-        // its queue while other slots are still ready, then close it.
+        // Stop steering first. Then either park the listener for the
+        // restart (the balancer moves its queue once a tick has passed), or
+        // stop it so the kernel migrates its queue while other slots are
+        // still ready, and close it.
         out.push(Action::SetState {
             slot,
             state: SlotState::Down,
         });
-        out.push(Action::StopSlot { slot });
-        out.push(Action::CloseSlot { slot });
+        let w = &self.workers[inst.worker as usize];
+        let park = !expected
+            && self.settings.keep_listeners
+            && !self.shutdown.begun()
+            && w.serving == Some(slot)
+            && w.incoming.is_none();
+        if !park {
+            out.push(Action::StopSlot { slot });
+            out.push(Action::CloseSlot { slot });
+        }
         self.instance_gone(now, slot, &inst, !expected, out);
+        if park {
+            // (If the agent just gave up, `handle`'s shutdown closes it.)
+            self.workers[inst.worker as usize].parked = Some(slot);
+        }
         if let Some(r) = &mut self.reload
             && r.draining.remove(&slot)
         {

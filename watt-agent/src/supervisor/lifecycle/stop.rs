@@ -25,9 +25,9 @@ impl Lifecycle {
             slot,
             state: SlotState::Draining,
         });
-        // Hand what is queued to the ready slots now, rather than when the
-        // worker has finished draining.
-        out.push(Action::RescueSlot { slot });
+        // What is queued moves to the ready slots a tick later (the
+        // balancer rescues the queues of slots out of the table), rather
+        // than when the worker has finished draining.
         if let Some(pid) = inst.pid {
             out.push(Action::Note(Note::Draining {
                 worker: inst.worker,
@@ -47,6 +47,7 @@ impl Lifecycle {
         for w in &mut self.workers {
             w.restart_at = None;
         }
+        self.close_parked(out);
         let live: Vec<Slot> = self
             .instances
             .iter()
@@ -55,6 +56,16 @@ impl Lifecycle {
             .collect();
         for slot in live {
             self.drain(now, slot, DrainReason::Shutdown, out);
+        }
+    }
+
+    /// Stops and closes every parked listener (no restart will take it).
+    pub(super) fn close_parked(&mut self, out: &mut Vec<Action>) {
+        for w in &mut self.workers {
+            if let Some(slot) = w.parked.take() {
+                out.push(Action::StopSlot { slot });
+                out.push(Action::CloseSlot { slot });
+            }
         }
     }
 

@@ -24,7 +24,8 @@ impl Lifecycle {
                     .and_then(|s| self.instances.get(&s).map(|i| (s, i)));
                 WorkerView {
                     id,
-                    slot: serving.map(|(s, _)| s),
+                    // A crashed worker's parked listener is still its slot.
+                    slot: serving.map(|(s, _)| s).or(w.parked),
                     pid: serving.and_then(|(_, i)| i.pid),
                     phase: serving.map(|(_, i)| i.phase),
                     started: serving.map(|(_, i)| i.started),

@@ -26,6 +26,7 @@ impl Harness {
                 kill_timeout: KILL,
                 backoff,
                 startup_attempts: STARTUP_ATTEMPTS,
+                keep_listeners: true,
             }),
             now: Instant::now(),
             next_pid: 100,
@@ -128,8 +129,16 @@ fn start_opens_a_slot_per_worker_and_marks_ready_only_on_ready() {
     assert_eq!(h.m.ready_count(), 1);
 }
 
+/// The actions other than notes.
+fn moves(actions: &[Action]) -> Vec<&Action> {
+    actions
+        .iter()
+        .filter(|a| !matches!(a, Action::Note(_)))
+        .collect()
+}
+
 #[test]
-fn a_crash_marks_down_then_stops_then_closes_and_restarts_with_backoff() {
+fn a_crash_parks_the_listener_and_the_restart_takes_it_after_the_backoff() {
     let mut h = Harness::new(2);
     h.feed(Event::Start);
     h.all_ready();
@@ -138,20 +147,14 @@ fn a_crash_marks_down_then_stops_then_closes_and_restarts_with_backoff() {
         pid,
         status: ExitStatus::Signal(9),
     });
-    let order: Vec<&Action> = actions
-        .iter()
-        .filter(|a| !matches!(a, Action::Note(_)))
-        .collect();
+    // Out of the table, and nothing else: the listener stays open, with
+    // what waits in its queue.
     assert_eq!(
-        order,
-        vec![
-            &Action::SetState {
-                slot,
-                state: SlotState::Down
-            },
-            &Action::StopSlot { slot },
-            &Action::CloseSlot { slot },
-        ]
+        moves(&actions),
+        vec![&Action::SetState {
+            slot,
+            state: SlotState::Down
+        }]
     );
     assert!(has_note(
         &actions,
@@ -163,10 +166,78 @@ fn a_crash_marks_down_then_stops_then_closes_and_restarts_with_backoff() {
             .iter()
             .all(|a| !matches!(a, Action::Spawn { .. }))
     );
-    // ...then a new instance of worker 0.
+    // ...then a new instance of worker 0 on the same listener: no new slot.
     let actions = h.advance(Duration::from_millis(60));
-    assert!(actions.contains(&Action::Spawn { slot, worker: 0 }));
+    assert_eq!(
+        moves(&actions),
+        vec![
+            &Action::SetState {
+                slot,
+                state: SlotState::Starting
+            },
+            &Action::Spawn { slot, worker: 0 },
+        ]
+    );
     assert_eq!(h.m.workers()[0].restarts, 1);
+    // A parked slot is not free while it waits.
+    h.m.handle(
+        h.now,
+        Event::Exited {
+            pid: h.pid(0),
+            status: ExitStatus::Signal(9),
+        },
+    );
+    assert_ne!(h.m.free_slot(), Some(slot));
+}
+
+#[test]
+fn without_keep_listeners_a_crash_stops_then_closes_and_the_restart_opens_a_slot() {
+    let mut h = Harness::new(2);
+    h.m.settings.keep_listeners = false;
+    h.feed(Event::Start);
+    h.all_ready();
+    let (pid, slot) = (h.pid(0), h.slot(0));
+    let actions = h.feed(Event::Exited {
+        pid,
+        status: ExitStatus::Signal(9),
+    });
+    assert_eq!(
+        moves(&actions),
+        vec![
+            &Action::SetState {
+                slot,
+                state: SlotState::Down
+            },
+            &Action::StopSlot { slot },
+            &Action::CloseSlot { slot },
+        ]
+    );
+    let actions = h.advance(Duration::from_millis(110));
+    assert!(actions.contains(&Action::OpenSlot { slot }));
+    assert!(actions.contains(&Action::Spawn { slot, worker: 0 }));
+}
+
+#[test]
+fn a_shutdown_closes_the_parked_listeners_and_a_drained_one_is_not_parked() {
+    let mut h = Harness::new(2);
+    h.feed(Event::Start);
+    h.all_ready();
+    let (pid0, slot0) = (h.pid(0), h.slot(0));
+    let (pid1, slot1) = (h.pid(1), h.slot(1));
+    h.feed(Event::Exited {
+        pid: pid0,
+        status: ExitStatus::Signal(9),
+    });
+    let actions = h.feed(Event::Shutdown);
+    assert!(actions.contains(&Action::StopSlot { slot: slot0 }));
+    assert!(actions.contains(&Action::CloseSlot { slot: slot0 }));
+    // The draining worker's exit closes its slot: the agent is stopping.
+    let actions = h.feed(Event::Exited {
+        pid: pid1,
+        status: ExitStatus::Code(0),
+    });
+    assert!(actions.contains(&Action::CloseSlot { slot: slot1 }));
+    assert!(actions.contains(&Action::Exit { code: exit::OK }));
 }
 
 #[test]
