@@ -20,6 +20,7 @@ pub mod agent;
 pub mod http;
 pub mod kill;
 pub mod load;
+pub mod nginx;
 pub mod sysctl;
 
 /// The workspace root.
