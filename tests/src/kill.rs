@@ -111,3 +111,49 @@ pub fn freeze_and_kill_all(pids: &[i32], port: u16, hold: Duration) -> HashSet<u
     }
     clients
 }
+
+/// `rounds` times, 1.5 s apart: freezes and kills every worker of `agent`
+/// at once ([`freeze_and_kill_all`]), then waits (bounded) until as many
+/// new ones are ready. Returns the client ports the killed workers had
+/// accepted.
+#[must_use]
+pub fn kill_every_worker(
+    agent: &crate::agent::Agent,
+    workers: usize,
+    rounds: usize,
+) -> HashSet<u16> {
+    let mut accepted = HashSet::new();
+    for round in 0..rounds {
+        thread::sleep(Duration::from_millis(1500));
+        let pids: Vec<i32> = agent.worker_pids().into_iter().collect();
+        assert_eq!(
+            pids.len(),
+            workers,
+            "workers before round {round}: {pids:?}"
+        );
+        accepted.extend(freeze_and_kill_all(
+            &pids,
+            agent.port,
+            Duration::from_millis(50),
+        ));
+        assert!(
+            crate::wait_until(Duration::from_secs(15), || {
+                let now = agent.worker_pids();
+                now.len() == workers && now.iter().all(|p| !pids.contains(p))
+            }),
+            "the workers did not come back after round {round}"
+        );
+        // ("worker ready after" is the lifecycle's line; the balancer's
+        // "worker ready again" is about busy workers.)
+        assert!(
+            agent.wait_log(
+                "worker ready after",
+                workers * (round + 2),
+                Duration::from_secs(15)
+            ),
+            "{}",
+            agent.log_text()
+        );
+    }
+    accepted
+}

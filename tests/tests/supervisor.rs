@@ -133,33 +133,7 @@ fn all_killed_under_load(agent: &Agent) -> (usize, usize, usize) {
         path: "/".into(),
         timeout: Duration::from_secs(10),
     });
-    let mut accepted_by_killed = HashSet::new();
-    for round in 0..2 {
-        thread::sleep(Duration::from_millis(1500));
-        let pids: Vec<i32> = agent.worker_pids().into_iter().collect();
-        assert_eq!(pids.len(), 4, "workers before round {round}: {pids:?}");
-        accepted_by_killed.extend(kill::freeze_and_kill_all(
-            &pids,
-            agent.port,
-            Duration::from_millis(50),
-        ));
-        // Every worker back before the next round (bounded).
-        wait_until(Duration::from_secs(15), || {
-            let now = agent.worker_pids();
-            now.len() == 4 && now.iter().all(|p| !pids.contains(p))
-        });
-        // ("worker ready after" is the lifecycle's line; the balancer's
-        // "worker ready again" is about busy workers.)
-        assert!(
-            agent.wait_log(
-                "worker ready after",
-                4 * (round + 2),
-                Duration::from_secs(15)
-            ),
-            "{}",
-            agent.log_text()
-        );
-    }
+    let accepted_by_killed = kill::kill_every_worker(agent, 4, 2);
     let outcomes = load.join().expect("load thread");
     let failed = load::failures(&outcomes);
     let refused = failed
