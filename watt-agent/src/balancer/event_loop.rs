@@ -23,7 +23,7 @@ use nix::{
 };
 use watt_common::SlotState;
 
-use super::{Balancer, Command, HealthReport, Unhealthy, health, policy};
+use super::{Balancer, Command, HealthReport, SlotView, Unhealthy, health, policy};
 use crate::{
     config::Policy,
     sampler::{ListenerQuery, ProcError},
@@ -107,10 +107,7 @@ impl Balancer {
             fds.extend(
                 self.slots
                     .values()
-                    .filter(|e| {
-                        (e.view.lifecycle == SlotState::Ready && !e.view.busy)
-                            || (movable && out_of_table(e))
-                    })
+                    .filter(|e| e.steered() || (movable && out_of_table(e)))
                     .map(|e| PollFd::new(e.listener.as_fd(), PollFlags::POLLIN)),
             );
         }
@@ -136,12 +133,9 @@ impl Balancer {
         let steer = self.settings.policy == Policy::Rescue;
         // Somewhere to rescue to: a ready, non-busy slot with an empty queue.
         let capacity = |skip: u32, b: &Balancer| {
-            b.slots.iter().any(|(&s, e)| {
-                s != skip
-                    && e.view.lifecycle == SlotState::Ready
-                    && !e.view.busy
-                    && !nonempty.contains(&s)
-            })
+            b.slots
+                .iter()
+                .any(|(&s, e)| s != skip && e.steered() && !nonempty.contains(&s))
         };
         let mut changed = false;
         let mut activity = nonempty.iter().any(|s| {
@@ -250,10 +244,7 @@ impl Balancer {
         self.steering
             .as_ref()
             .is_some_and(|st| st.mode().migrates())
-            && self
-                .slots
-                .values()
-                .any(|e| e.view.lifecycle == SlotState::Ready && !e.view.busy)
+            && self.slots.values().any(super::Entry::steered)
     }
 
     /// Moves what waits on listeners out of the table (a crashed worker's
@@ -292,10 +283,7 @@ impl Balancer {
         );
         let mut changed = false;
         if steer && busy != e.view.busy {
-            e.view.busy = busy;
-            if busy {
-                e.left_table = Instant::now();
-            }
+            e.set_view(SlotView { busy, ..e.view });
             if busy {
                 tracing::info!(
                     worker = e.worker,

@@ -257,6 +257,21 @@ impl Entry {
         (idle, progress)
     }
 
+    /// Changes what the program is told of the slot, and notes when it
+    /// stops being sent new connections (`left_table`).
+    fn set_view(&mut self, view: SlotView) {
+        let was = self.steered();
+        self.view = view;
+        if was && !self.steered() {
+            self.left_table = Instant::now();
+        }
+    }
+
+    /// The program sends it new connections: ready and not busy.
+    fn steered(&self) -> bool {
+        policy::effective_state(self.view) == SlotState::Ready
+    }
+
     fn new(listener: Listener) -> Self {
         let inode = crate::sampler::socket_inode(std::os::fd::AsFd::as_fd(&listener)).ok();
         Self {
@@ -337,13 +352,11 @@ impl Balancer {
                 let Some(e) = self.slots.get_mut(&slot) else {
                     return false;
                 };
-                if e.view.lifecycle == SlotState::Ready && state != SlotState::Ready && !e.view.busy
-                {
-                    e.left_table = Instant::now();
-                }
-                e.view.lifecycle = state;
+                e.set_view(SlotView {
+                    lifecycle: state,
+                    busy: e.view.busy && state == SlotState::Ready,
+                });
                 if state != SlotState::Ready {
-                    e.view.busy = false;
                     e.tracker.reset();
                 }
                 if state == SlotState::Down {
