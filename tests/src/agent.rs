@@ -46,6 +46,18 @@ pub fn start_test_app(workers: usize, args: &[&str], env: &[(&str, &str)]) -> Ag
     agent
 }
 
+/// The crash tests' agent: 4 workers of [`TEST_APP`], restarted 50 ms
+/// after a crash (a worker up for 500 ms does not count toward a crash
+/// loop). `kernel`: with `--policy kernel` (no program), the controls.
+#[must_use]
+pub fn start_for_crashes(kernel: bool) -> Agent {
+    let mut args = vec!["--restart-delay", "50ms", "--min-uptime", "500ms"];
+    if kernel {
+        args.extend(["--policy", "kernel"]);
+    }
+    start_test_app(4, &args, &[])
+}
+
 /// A running agent; stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Agent {
     pub child: Child,

@@ -73,19 +73,7 @@ pub fn accepted(pid: i32, port: u16) -> HashSet<u16> {
 /// SIGKILLs it. Returns those client ports.
 #[must_use]
 pub fn freeze_and_kill(pid: i32, port: u16, hold: Duration) -> HashSet<u16> {
-    // SAFETY: signalling a worker process started by the agent under test.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !matches!(state(pid), Some('T') | None) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(1));
-    }
-    let mut clients = accepted(pid, port);
-    thread::sleep(hold);
-    // Frozen, it accepts nothing more; read again in case it was not yet.
-    clients.extend(accepted(pid, port));
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    clients
+    freeze_and_kill_all(&[pid], port, hold)
 }
 
 /// [`freeze_and_kill`] for several processes at once: all frozen first,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use watt_tests::{
-    agent::{Agent, start_test_app},
+    agent::{Agent, start_for_crashes},
     kill, load,
     nginx::Nginx,
     sysctl::Sysctl,
@@ -69,11 +69,7 @@ fn all_killed_behind_nginx(agent: &Agent) -> Outcome {
 
 #[test]
 fn behind_nginx_every_worker_killed_at_once_never_refuses_a_connection() {
-    let agent = start_test_app(
-        4,
-        &["--restart-delay", "50ms", "--min-uptime", "500ms"],
-        &[],
-    );
+    let agent = start_for_crashes(false);
     let out = all_killed_behind_nginx(&agent);
     assert_eq!(out.requests, 1400);
     assert_eq!(out.refused, 0, "nginx was refused a connection");
@@ -90,18 +86,7 @@ fn behind_nginx_closing_the_listeners_with_their_workers_refuses_connections() {
     // The control: `--policy kernel` closes a crashed worker's listener, so
     // with every worker down nginx's connects are refused (502s).
     let _sysctl = Sysctl::set("net.ipv4.tcp_migrate_req", "0");
-    let agent = start_test_app(
-        4,
-        &[
-            "--policy",
-            "kernel",
-            "--restart-delay",
-            "50ms",
-            "--min-uptime",
-            "500ms",
-        ],
-        &[],
-    );
+    let agent = start_for_crashes(true);
     let out = all_killed_behind_nginx(&agent);
     assert!(out.refused > 0, "closed listeners should refuse nginx");
     assert!(out.failed > 0, "refused connects should fail requests");

@@ -7,7 +7,10 @@ use std::{
 };
 
 use watt_tests::{
-    agent::{Agent, TEST_APP, alive, port_open, same_alive, start_test_app, start_time},
+    agent::{
+        Agent, TEST_APP, alive, port_open, same_alive, start_for_crashes, start_test_app,
+        start_time,
+    },
     free_port, http, kill, load, main_thread_in_futex,
     sysctl::Sysctl,
     wait_until,
@@ -88,7 +91,7 @@ fn crash_under_load(agent: &Agent) -> (usize, usize, usize) {
 
 #[test]
 fn sigkill_a_worker_every_second_under_load_loses_only_what_it_had_accepted() {
-    let agent = start(4, &["--restart-delay", "50ms", "--min-uptime", "500ms"]);
+    let agent = start_for_crashes(false);
     let (_, _, unexpected) = crash_under_load(&agent);
     assert_eq!(
         unexpected, 0,
@@ -105,17 +108,7 @@ fn without_the_program_the_same_crashes_reset_queued_connections() {
     // kernel`) resets what waited in the dead worker's queue (unless the
     // kernel's own migration, off by default, is switched on).
     let _sysctl = Sysctl::set("net.ipv4.tcp_migrate_req", "0");
-    let agent = start(
-        4,
-        &[
-            "--policy",
-            "kernel",
-            "--restart-delay",
-            "50ms",
-            "--min-uptime",
-            "500ms",
-        ],
-    );
+    let agent = start_for_crashes(true);
     let (_, _, unexpected) = crash_under_load(&agent);
     assert!(
         unexpected > 0,
@@ -162,7 +155,7 @@ fn all_workers_killed_at_once_refuse_nothing_and_lose_only_what_they_had_accepte
     // Each crashed worker's listener stays open for its restart: with every
     // worker down, connections wait in the queues and the first worker
     // ready serves them.
-    let agent = start(4, &["--restart-delay", "50ms", "--min-uptime", "500ms"]);
+    let agent = start_for_crashes(false);
     let (_, refused, unexpected) = all_killed_under_load(&agent);
     assert_eq!(refused, 0, "connections refused while the agent ran");
     assert_eq!(
@@ -177,17 +170,7 @@ fn without_the_program_listeners_close_with_their_workers_and_the_port_refuses()
     // (the old behaviour of every policy), so with all workers down the
     // port refuses until the restarts open new ones.
     let _sysctl = Sysctl::set("net.ipv4.tcp_migrate_req", "0");
-    let agent = start(
-        4,
-        &[
-            "--policy",
-            "kernel",
-            "--restart-delay",
-            "50ms",
-            "--min-uptime",
-            "500ms",
-        ],
-    );
+    let agent = start_for_crashes(true);
     let (_, refused, _) = all_killed_under_load(&agent);
     assert!(refused > 0, "closed listeners should refuse connections");
 }

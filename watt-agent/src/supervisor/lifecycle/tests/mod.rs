@@ -78,6 +78,25 @@ impl Harness {
             .expect("incoming pid")
     }
 
+    /// `workers` workers, started and all ready.
+    fn serving(workers: u32) -> Self {
+        let mut h = Self::new(workers);
+        h.feed(Event::Start);
+        h.all_ready();
+        h
+    }
+
+    /// SIGKILLs `worker`'s serving instance; returns its slot and the
+    /// actions.
+    fn crash(&mut self, worker: WorkerId) -> (Slot, Vec<Action>) {
+        let (pid, slot) = (self.pid(worker), self.slot(worker));
+        let actions = self.feed(Event::Exited {
+            pid,
+            status: ExitStatus::Signal(9),
+        });
+        (slot, actions)
+    }
+
     fn all_ready(&mut self) {
         for w in self.m.workers() {
             let pid = w.pid.expect("pid");
@@ -139,14 +158,8 @@ fn moves(actions: &[Action]) -> Vec<&Action> {
 
 #[test]
 fn a_crash_parks_the_listener_and_the_restart_takes_it_after_the_backoff() {
-    let mut h = Harness::new(2);
-    h.feed(Event::Start);
-    h.all_ready();
-    let (pid, slot) = (h.pid(0), h.slot(0));
-    let actions = h.feed(Event::Exited {
-        pid,
-        status: ExitStatus::Signal(9),
-    });
+    let mut h = Harness::serving(2);
+    let (slot, actions) = h.crash(0);
     // Out of the table, and nothing else: the listener stays open, with
     // what waits in its queue.
     assert_eq!(
@@ -156,6 +169,8 @@ fn a_crash_parks_the_listener_and_the_restart_takes_it_after_the_backoff() {
             state: SlotState::Down
         }]
     );
+    // Status still shows the worker in its slot while it waits.
+    assert_eq!(h.m.workers()[0].slot, Some(slot));
     assert!(has_note(
         &actions,
         |n| matches!(n, Note::RestartIn { delay, .. } if *delay == Duration::from_millis(100))
@@ -179,28 +194,17 @@ fn a_crash_parks_the_listener_and_the_restart_takes_it_after_the_backoff() {
         ]
     );
     assert_eq!(h.m.workers()[0].restarts, 1);
-    // A parked slot is not free while it waits.
-    h.m.handle(
-        h.now,
-        Event::Exited {
-            pid: h.pid(0),
-            status: ExitStatus::Signal(9),
-        },
-    );
+    // A parked slot is not free while it waits (the lowest free slot
+    // would be it).
+    h.crash(0);
     assert_ne!(h.m.free_slot(), Some(slot));
 }
 
 #[test]
 fn without_keep_listeners_a_crash_stops_then_closes_and_the_restart_opens_a_slot() {
-    let mut h = Harness::new(2);
+    let mut h = Harness::serving(2);
     h.m.settings.keep_listeners = false;
-    h.feed(Event::Start);
-    h.all_ready();
-    let (pid, slot) = (h.pid(0), h.slot(0));
-    let actions = h.feed(Event::Exited {
-        pid,
-        status: ExitStatus::Signal(9),
-    });
+    let (slot, actions) = h.crash(0);
     assert_eq!(
         moves(&actions),
         vec![
@@ -219,15 +223,9 @@ fn without_keep_listeners_a_crash_stops_then_closes_and_the_restart_opens_a_slot
 
 #[test]
 fn a_shutdown_closes_the_parked_listeners_and_a_drained_one_is_not_parked() {
-    let mut h = Harness::new(2);
-    h.feed(Event::Start);
-    h.all_ready();
-    let (pid0, slot0) = (h.pid(0), h.slot(0));
+    let mut h = Harness::serving(2);
     let (pid1, slot1) = (h.pid(1), h.slot(1));
-    h.feed(Event::Exited {
-        pid: pid0,
-        status: ExitStatus::Signal(9),
-    });
+    let (slot0, _) = h.crash(0);
     let actions = h.feed(Event::Shutdown);
     assert!(actions.contains(&Action::StopSlot { slot: slot0 }));
     assert!(actions.contains(&Action::CloseSlot { slot: slot0 }));
