@@ -82,7 +82,7 @@ impl Balancer {
         }
     }
 
-    fn tick_length(&self) -> Duration {
+    pub(super) fn tick_length(&self) -> Duration {
         if self.settings.policy == Policy::Rescue {
             self.settings.tick
         } else {
@@ -172,7 +172,7 @@ impl Balancer {
             let (verdict, acted) = self.observe(slot, sample);
             changed |= acted;
             if verdict.rescue && steer && capacity(slot, self) {
-                let moved = self.rescue(slot);
+                let moved = self.rescue(slot, now);
                 tracing::debug!(slot, moved, "rescued the queue of a busy worker");
             }
         }
@@ -249,25 +249,18 @@ impl Balancer {
 
     /// Moves what waits on listeners out of the table (a crashed worker's
     /// parked listener, a restart still starting, a draining worker's) to
-    /// the ready slots, once the slot has been out of the table for a tick:
-    /// a handshake completing on a listener at the instant it stops is
-    /// reset by the kernel, not migrated, and the tick lets the handshakes
-    /// steered there before it left complete first. Returns whether any
-    /// such queue waited (the loop keeps ticking).
+    /// the ready slots (`rescue` waits until the slot has been out for a
+    /// tick). Returns whether any such queue waited (the loop keeps
+    /// ticking).
     fn rescue_out_of_table(&mut self, now: Instant, nonempty: &[u32]) -> bool {
-        let tick = self.tick_length();
-        let waiting: Vec<(u32, bool)> = nonempty
+        let waiting: Vec<u32> = nonempty
             .iter()
-            .filter_map(|s| {
-                let e = self.slots.get(s)?;
-                out_of_table(e).then(|| (*s, now.duration_since(e.left_table) >= tick))
-            })
+            .copied()
+            .filter(|s| self.slots.get(s).is_some_and(out_of_table))
             .collect();
-        for &(slot, due) in &waiting {
-            if due {
-                let moved = self.rescue(slot);
-                tracing::debug!(slot, moved, "moved the queue of a slot out of the table");
-            }
+        for &slot in &waiting {
+            let moved = self.rescue(slot, now);
+            tracing::debug!(slot, moved, "moved the queue of a slot out of the table");
         }
         !waiting.is_empty()
     }

@@ -124,13 +124,9 @@ impl Tracker {
         }
 
         // Rescue only a worker that was already out of the table before
-        // this sample. The shutdown that moves its queue races with any
-        // handshake completing on it at that instant: the kernel adds such
-        // a child to a listener that is no longer listening and resets it
-        // (`inet_csk_reqsk_queue_add` forgets it), a failed request. One
-        // tick out of the table first lets the handshakes steered to it
-        // before then complete (a loopback or LAN round trip is far shorter
-        // than a tick), so none is in flight when the queue moves.
+        // this sample: a listener stopped within a tick of leaving the
+        // table resets the handshakes completing on it (see the balancer's
+        // `rescue`, which holds such a rescue back).
         let rescue = was_busy && self.busy_since.is_some() && waited;
         if rescue {
             // The queue is about to be emptied: count afresh.

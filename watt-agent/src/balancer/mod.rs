@@ -396,7 +396,16 @@ impl Balancer {
     /// Stops the slot's listener and listens again: what waits in its queue
     /// migrates to ready slots; the socket stays the worker's. Returns the
     /// number of connections moved.
-    fn rescue(&mut self, slot: Slot) -> u64 {
+    ///
+    /// Only once the slot has been out of the table for a tick. A handshake
+    /// that completes on a listener at the instant it stops is not migrated:
+    /// the kernel adds the child to a listener that no longer listens and
+    /// resets it (`inet_csk_reqsk_queue_add` forgets it), a failed request.
+    /// The tick lets the handshakes steered to the slot before it left
+    /// complete first (a loopback or LAN round trip is far shorter). The
+    /// health model asks for a busy worker's rescue a tick after it went
+    /// busy, so this holds it back only when ticks come early.
+    fn rescue(&mut self, slot: Slot, now: Instant) -> u64 {
         // Without migration (the select-only program of kernels before
         // 5.14) stopping a listener resets its queue: no rescue there.
         if !self
@@ -407,9 +416,13 @@ impl Balancer {
             return 0;
         }
         let before = self.migrations();
+        let tick = self.tick_length();
         let Some(e) = self.slots.get_mut(&slot) else {
             return 0;
         };
+        if e.steered() || now.duration_since(e.left_table) < tick {
+            return 0;
+        }
         log_err(e.listener.rescue(), "rescue listener");
         // The kernel emptied the socket-array slot on stop.
         if let Some(st) = &mut self.steering {
