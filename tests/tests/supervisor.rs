@@ -176,6 +176,62 @@ fn without_the_program_listeners_close_with_their_workers_and_the_port_refuses()
 }
 
 #[test]
+fn a_crashed_workers_queue_moves_to_a_ready_worker_before_its_restart() {
+    // `--policy hash` has no busy detection, so connections pile up in
+    // the queue of a frozen worker; its restart is 10 s away, after the
+    // load's 5 s timeout, so only the move of its parked listener's queue
+    // to the other worker can serve them.
+    let agent = start_test_app(
+        2,
+        &[
+            "--policy",
+            "hash",
+            "--restart-delay",
+            "10s",
+            "--min-uptime",
+            "100ms",
+        ],
+        &[],
+    );
+    let load = load::spawn(load::Spec {
+        addr: agent.addr(),
+        rate: 100.0,
+        count: 300,
+        path: "/".into(),
+        timeout: Duration::from_secs(5),
+    });
+    thread::sleep(Duration::from_secs(1));
+    let pids: Vec<i32> = agent.worker_pids().into_iter().collect();
+    let (victim, survivor) = (pids[0], pids[1]);
+    let accepted = kill::freeze_and_kill(victim, agent.port, Duration::from_millis(300));
+    let outcomes = load.join().expect("load thread");
+    let unexpected: Vec<_> = load::failures(&outcomes)
+        .into_iter()
+        .filter(|o| !accepted.contains(&o.local_port))
+        .collect();
+    // Served by the survivor after waiting through the freeze: they were
+    // queued on the victim's listener.
+    let moved = outcomes
+        .iter()
+        .filter(|o| o.latency > Duration::from_millis(250))
+        .filter_map(|o| o.result.as_ref().ok())
+        .filter(|r| http::pid_of(&r.body) == Some(survivor))
+        .count();
+    eprintln!(
+        "queue move: {} requests, {} failed unexpectedly, {} waited and were served by the other worker",
+        outcomes.len(),
+        unexpected.len(),
+        moved
+    );
+    assert!(
+        unexpected.is_empty(),
+        "failed, not accepted by the killed worker: {:?}",
+        unexpected.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(moved > 0, "no queued connection reached the other worker");
+}
+
+#[test]
 fn rolling_reload_under_load_fails_nothing_and_replaces_every_worker() {
     let mut agent = start(4, &[]);
     let before = agent.worker_pids();
