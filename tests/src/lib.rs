@@ -17,6 +17,7 @@ use watt_agent::{
 use watt_common::SlotState;
 
 pub mod agent;
+pub mod block;
 pub mod http;
 pub mod kill;
 pub mod load;

@@ -94,6 +94,13 @@ pub fn can_load_bpf(caps: u64) -> bool {
     has_cap(caps, cap::BPF) || has_cap(caps, cap::SYS_ADMIN)
 }
 
+/// Loading the event-loop programs (`fentry`/`fexit`, tracing programs)
+/// needs `CAP_PERFMON` beside `CAP_BPF` (or `CAP_SYS_ADMIN`).
+#[must_use]
+pub fn can_trace(caps: u64) -> bool {
+    has_cap(caps, cap::SYS_ADMIN) || (has_cap(caps, cap::BPF) && has_cap(caps, cap::PERFMON))
+}
+
 /// Raises `RLIMIT_MEMLOCK` to infinity where allowed. Kernels since 5.11
 /// charge BPF memory to the cgroup instead, so failure is not fatal.
 #[must_use]
@@ -137,6 +144,9 @@ mod tests {
         assert!(can_load_bpf(caps));
         assert!(!can_load_bpf(0x3000)); // NET_ADMIN and NET_RAW only
         assert!(can_load_bpf(1 << cap::BPF));
+        assert!(!can_trace(1 << cap::BPF));
+        assert!(can_trace((1 << cap::BPF) | (1 << cap::PERFMON)));
+        assert!(can_trace(1 << cap::SYS_ADMIN));
         assert_eq!(parse_cap_eff("nothing"), None);
     }
 }

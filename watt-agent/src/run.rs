@@ -14,12 +14,12 @@ use tokio::sync::mpsc;
 
 use crate::{
     admin, balancer,
-    config::{self, Policy, RunConfig, Workers, args::RunArgs},
+    config::{self, LoopSignal, Policy, RunConfig, Workers, args::RunArgs},
     cpus, exit,
     listeners::{self, ListenSpec},
     logging,
     runtime_dir::RuntimeDir,
-    steering::{self, ProgramLog, Steering},
+    steering::{self, LoopWatch, ProgramLog, Steering},
     supervisor::{self, Channels, Plan, Shared, backoff::BackoffPolicy, lifecycle, spawn},
 };
 
@@ -37,6 +37,8 @@ pub enum StartError {
     Port(#[from] listeners::ListenerError),
     #[error("{}", crate::error_chain(.0))]
     Steering(#[from] steering::SteeringError),
+    #[error("--loop-signal kernel: {}", crate::error_chain(.0))]
+    LoopSignal(#[source] steering::LoopWatchError),
     #[error("cannot create the runtime directory: {0}")]
     RuntimeDir(#[source] io::Error),
     #[error(transparent)]
@@ -66,6 +68,7 @@ impl StartError {
             Self::Config(_) | Self::NoCommand | Self::GroupWithoutUser => exit::USAGE,
             Self::Port(_)
             | Self::Steering(_)
+            | Self::LoopSignal(_)
             | Self::RuntimeDir(_)
             | Self::Command(_)
             | Self::UserNeedsRoot
@@ -118,6 +121,8 @@ pub fn run(args: &RunArgs) -> i32 {
 struct Prepared {
     plan: Plan,
     steering: Option<Steering>,
+    /// The kernel's count of event-loop turns (`None`: `/proc` signals).
+    loops: Option<LoopWatch>,
     /// Keeps the kernel's BPF run-time statistics on while open.
     bpf_stats: Option<std::os::fd::OwnedFd>,
     runtime: RuntimeDir,
@@ -128,14 +133,16 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
     let Prepared {
         plan,
         steering,
+        loops,
         bpf_stats,
         runtime,
     } = prepare(config)?;
     become_subreaper();
     let spec = plan.spec;
     let (health_tx, health) = mpsc::unbounded_channel();
-    let balancer = balancer::Handle::start(steering, balancer_settings(config, spec), health_tx)
-        .map_err(StartError::Balancer)?;
+    let balancer =
+        balancer::Handle::start(steering, loops, balancer_settings(config, spec), health_tx)
+            .map_err(StartError::Balancer)?;
     tracing::info!(
         workers = plan.settings.workers,
         policy = %config.policy,
@@ -202,6 +209,7 @@ fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
         Policy::Kernel => None,
         Policy::Hash | Policy::Rescue => Some(Steering::load()?),
     };
+    let loops = loop_watch(config.loop_signal)?;
     // Decision-cost metrics: the kernel counts program run time while this
     // fd stays open (until the end of `start`).
     let bpf_stats = match (&steering, config.bpf_stats) {
@@ -228,9 +236,32 @@ fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
     Ok(Prepared {
         plan,
         steering,
+        loops,
         bpf_stats,
         runtime,
     })
+}
+
+/// The event-loop signal `signal` asks for: the kernel's count where it
+/// loads (`auto` falls back to `/proc` with a warning that says why;
+/// `kernel` refuses to start without it).
+fn loop_watch(signal: LoopSignal) -> Result<Option<LoopWatch>, StartError> {
+    match signal {
+        LoopSignal::Proc => Ok(None),
+        LoopSignal::Kernel => LoopWatch::load().map(Some).map_err(StartError::LoopSignal),
+        LoopSignal::Auto => match LoopWatch::load() {
+            Ok(w) => Ok(Some(w)),
+            Err(e) => {
+                tracing::warn!(
+                    "event-loop liveness from /proc (idle in epoll, read/write calls): the \
+                     kernel's count of epoll waits did not load ({}); a loop blocked in \
+                     synchronous file I/O then looks alive",
+                    crate::error_chain(&e)
+                );
+                Ok(None)
+            }
+        },
+    }
 }
 
 /// Orphans of crashed workers are reparented to the agent and reaped; as

@@ -14,6 +14,9 @@
 //! slots in order. The program never returns `SK_DROP`: when no slot is ready
 //! it passes without a selection and the kernel's own hash decides.
 //!
+//! Beside them, `event_loop` counts the workers' event-loop turns for the
+//! health model (tracepoints, loaded separately: they need CAP_PERFMON).
+//!
 //! There is no logging here on purpose. Without CAP_PERFMON (the DaemonSet's
 //! capability set) kernels before 6.17 also verify the paths a CPU may take
 //! by mis-speculating a branch, and on such a path aya-log's record buffer
@@ -21,6 +24,8 @@
 //! would report is a per-CPU counter the agent exports instead.
 #![no_std]
 #![no_main]
+
+mod event_loop;
 
 use aya_ebpf::{
     bindings::sk_action::SK_PASS,

@@ -32,6 +32,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let llvm_major = nightly_llvm_major()?;
     ensure_bpf_linker(opts, llvm_major)?;
     ensure_bpffs(opts)?;
+    ensure_tracefs(opts)?;
     raise_memlock();
     ensure_node()?;
     if opts.fixtures {
@@ -203,6 +204,30 @@ fn ensure_bpffs(opts: &Options) -> anyhow::Result<()> {
     }
     util::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
         .with_context(|| format!("mounting bpffs failed; fix: `{fix}`"))
+}
+
+/// tracefs, for kernels whose only hook of the workers' epoll waits is the
+/// `syscalls` tracepoints (this dev box's: no fentry, no kprobes). The agent
+/// falls back to `/proc` without it; the tests of the kernel's loop signal
+/// need it here.
+fn ensure_tracefs(opts: &Options) -> anyhow::Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+    {
+        return Ok(());
+    }
+    let fix = "mount -t tracefs tracefs /sys/kernel/tracing";
+    if opts.check || !is_root() {
+        eprintln!(
+            "xtask setup: note: tracefs is not mounted (the event-loop signal may need it); fix: \
+             `sudo {fix}`"
+        );
+        return Ok(());
+    }
+    util::run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
+        .with_context(|| format!("mounting tracefs failed; fix: `{fix}`"))
 }
 
 /// Raise `RLIMIT_MEMLOCK` for this process and the test and run processes it

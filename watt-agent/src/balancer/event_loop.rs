@@ -145,6 +145,7 @@ impl Balancer {
         });
         activity |= self.rescue_out_of_table(now, &nonempty);
         let slots: Vec<u32> = self.slots.keys().copied().collect();
+        let tick = self.tick_length();
         for slot in slots {
             let e = self.slots.get_mut(&slot).expect("listed above");
             if e.view.lifecycle != SlotState::Ready {
@@ -154,19 +155,21 @@ impl Balancer {
             if !queue_nonempty && e.tracker.is_calm() && e.pending_rss.is_none() {
                 // Nothing to watch: the next suspicion starts afresh.
                 e.last_io = None;
+                e.last_turns = None;
                 continue;
             }
             activity |= e.view.busy;
-            let (loop_idle, progress) = if queue_nonempty || e.view.busy {
-                e.loop_signals()
+            let signals = if queue_nonempty || e.view.busy {
+                e.loop_signals(self.loops.as_ref(), tick)
             } else {
-                (None, None)
+                super::Signals::default()
             };
             let sample = health::Sample {
                 at: now,
                 queue_nonempty,
-                loop_idle,
-                progress,
+                loop_idle: signals.loop_idle,
+                progress: signals.progress,
+                turned: signals.turned,
                 rss: e.pending_rss.take(),
             };
             let (verdict, acted) = self.observe(slot, sample);
@@ -209,6 +212,7 @@ impl Balancer {
             queue = sample.queue_nonempty,
             idle = flag(sample.loop_idle),
             progress = flag(sample.progress),
+            turned = flag(sample.turned),
             busy = !matches!(verdict.health, health::Health::Ready),
             "sample"
         );
@@ -316,13 +320,23 @@ impl Balancer {
         changed
     }
 
-    /// CPU time, memory and queue depths, once a second.
+    /// CPU time, memory, event-loop stalls and queue depths, once a second.
     fn slow(&mut self, now: Instant) {
+        self.find_main_loops();
         let want_rss = self.settings.health.max_memory.is_some();
         let slots: Vec<u32> = self.slots.keys().copied().collect();
         let mut changed = false;
+        let tick = self.tick_length();
+        let now_ns = super::load::monotonic_ns();
         for slot in slots {
             let e = self.slots.get_mut(&slot).expect("listed above");
+            if let (Some(loops), Some(pid)) = (&self.loops, e.pid) {
+                e.load.event_loop = loops
+                    .stats(pid)
+                    .ok()
+                    .flatten()
+                    .map(|s| super::EventLoopLoad::from_stats(&s, now_ns));
+            }
             let Some(probe) = e.probe.as_mut() else {
                 continue;
             };
@@ -339,16 +353,23 @@ impl Balancer {
                     } else if ready && (rss.is_some() || e.view.busy) {
                         // No ticks while idle, so observe now: the queues
                         // are empty (or the loop would be ticking), and a
-                        // busy worker is back once its loop is idle.
-                        let loop_idle = probe
-                            .syscall()
-                            .ok()
-                            .and_then(crate::sampler::SyscallState::loop_idle);
+                        // busy worker is back once its loop turns (or,
+                        // without the kernel's count, is idle in epoll).
+                        let turned = self.loops.as_ref().and_then(|l| e.turned(l, tick));
+                        let loop_idle = if turned.is_some() {
+                            None
+                        } else {
+                            e.probe
+                                .as_mut()
+                                .and_then(|p| p.syscall().ok())
+                                .and_then(crate::sampler::SyscallState::loop_idle)
+                        };
                         let sample = health::Sample {
                             at: now,
                             queue_nonempty: false,
                             loop_idle,
                             progress: None,
+                            turned,
                             rss,
                         };
                         changed |= self.observe(slot, sample).1;

@@ -21,6 +21,14 @@
 //! between every two ticks. CPU time alone cannot tell either way:
 //! `Atomics.wait` or synchronous I/O block a loop without using any, and a
 //! healthy loaded loop uses a lot.
+//!
+//! Those two `/proc` signals are the fallback. Where the kernel counts the
+//! loop's entries into its wait (`steering::LoopWatch`), the sample carries
+//! `turned` and it alone decides: a loop that entered its wait since the
+//! last sample, or sits in it, is turning and accepts what waits; one that
+//! has not is blocked, whatever it does meanwhile. Read/write calls cannot
+//! fool it: a loop stuck in synchronous file reads makes plenty of them,
+//! but never enters its wait.
 use std::time::{Duration, Instant};
 
 /// Without the syscall signal (no ptrace access to the workers), how long a
@@ -39,6 +47,10 @@ pub struct Sample {
     /// Its main thread made read/write system calls since the previous
     /// sample (`/proc/<pid>/task/<pid>/io`); `None` when unknown.
     pub progress: Option<bool>,
+    /// Its event loop entered its wait since the previous sample, or is in
+    /// it now, as the kernel counted (`None`: not counted; the two signals
+    /// above decide).
+    pub turned: Option<bool>,
     /// Resident memory, when sampled this tick.
     pub rss: Option<u64>,
 }
@@ -100,15 +112,26 @@ impl Tracker {
         self.streak = if s.queue_nonempty { self.streak + 1 } else { 0 };
         let waited = self.streak >= p.rescue_after;
 
-        match self.busy_since {
-            None => {
+        match (self.busy_since, s.turned) {
+            // The exact signal: turning or not.
+            (None, Some(turned)) => {
+                if waited && !turned {
+                    self.busy_since = Some(s.at);
+                }
+            }
+            (Some(_), Some(turned)) => {
+                if turned {
+                    self.busy_since = None;
+                }
+            }
+            (None, None) => {
                 // Seen idle in epoll, or doing I/O: whatever is queued is
                 // being accepted.
                 if waited && s.loop_idle != Some(true) && s.progress != Some(true) {
                     self.busy_since = Some(s.at);
                 }
             }
-            Some(since) => {
+            (Some(since), None) => {
                 let back = match (s.loop_idle, s.progress) {
                     (Some(true), _) | (_, Some(true)) => true,
                     (Some(false), _) | (_, Some(false)) => false,
@@ -258,6 +281,7 @@ mod tests {
                         queue_nonempty: q,
                         loop_idle: idle,
                         progress,
+                        turned: None,
                         rss: None,
                     },
                     &params(),
@@ -290,6 +314,61 @@ mod tests {
         assert_eq!(replay3(&seq), "rbRbrr");
     }
 
+    /// Replays `(queue_nonempty, turned)` with the `/proc` signals as a loop
+    /// blocked in synchronous file reads shows them: not idle in epoll, and
+    /// read system calls between every two ticks.
+    fn replay_turns(seq: &[(bool, bool)]) -> String {
+        let mut t = Tracker::default();
+        let start = Instant::now();
+        let v: Vec<Verdict> = seq
+            .iter()
+            .enumerate()
+            .map(|(i, &(q, turned))| {
+                t.observe(
+                    Sample {
+                        at: start + TICK * u32::try_from(i).unwrap(),
+                        queue_nonempty: q,
+                        loop_idle: Some(false),
+                        progress: Some(true),
+                        turned: Some(turned),
+                        rss: None,
+                    },
+                    &params(),
+                )
+            })
+            .collect();
+        kinds(&v)
+    }
+
+    #[test]
+    fn a_loop_that_does_not_turn_is_busy_whatever_its_syscalls_say() {
+        // fs.readSync in a loop: reads all the time, never enters epoll.
+        let seq = [
+            (false, true),
+            (true, false),
+            (true, false), // two ticks queued, no turn: busy
+            (true, false), // rescue
+            (false, false),
+            (false, true), // turned: ready
+            (false, true),
+        ];
+        assert_eq!(replay_turns(&seq), "rrbRbrr");
+        // The same samples without the turn count: the read calls keep it in.
+        let fallback: Vec<_> = seq
+            .iter()
+            .map(|&(q, _)| (q, Some(false), Some(true)))
+            .collect();
+        assert_eq!(replay3(&fallback), "rrrrrrr");
+    }
+
+    #[test]
+    fn a_loop_that_turns_with_a_queue_stays_ready() {
+        // Loaded: connections wait tick after tick, but each tick the loop
+        // went round (it accepts them in turn).
+        let seq: Vec<_> = std::iter::repeat_n((true, true), 20).collect();
+        assert_eq!(replay_turns(&seq), "r".repeat(20));
+    }
+
     #[test]
     fn busy_for_longer_than_stuck_after_is_stuck() {
         let seq: Vec<_> = std::iter::repeat_n((true, Some(false)), 60).collect();
@@ -307,6 +386,7 @@ mod tests {
             queue_nonempty: false,
             loop_idle: Some(true),
             progress: None,
+            turned: None,
             rss: Some(rss),
         };
         assert_eq!(t.observe(s(50 << 20), &params()).health, Health::Ready);

@@ -30,7 +30,8 @@ fn parse(text: &str) -> Vec<Row> {
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(f.len(), 6, "bad line: {l}");
+            // Recordings since the kernel's turn count have a 7th column.
+            assert!(matches!(f.len(), 6 | 7), "bad line: {l}");
             let ms: f64 = f[0].parse().expect("ms");
             Row {
                 ms,
@@ -40,6 +41,7 @@ fn parse(text: &str) -> Vec<Row> {
                     queue_nonempty: f[2] == "1",
                     loop_idle: flag(f[3]),
                     progress: flag(f[4]),
+                    turned: f.get(6).and_then(|t| flag(t)),
                     rss: None,
                 },
                 live_busy: f[5] == "1",

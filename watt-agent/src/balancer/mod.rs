@@ -21,11 +21,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use watt_common::SlotState;
 
 use crate::{
-    config::Policy,
+    config::{LoopSignal, Policy},
     ids::{Pid, Slot, WorkerId},
     listeners::Listener,
     sampler::{ListenerQuery, QueueSource, QueueSourceKind, WorkerProbe},
-    steering::{Counters, ProgramMode, Steering},
+    steering::{Counters, LoopWatch, ProgramMode, Steering},
 };
 
 mod event_loop;
@@ -33,7 +33,7 @@ pub mod health;
 mod load;
 pub mod policy;
 
-pub use load::Load;
+pub use load::{EventLoopLoad, Load};
 use policy::SlotView;
 
 /// Commands from the supervisor, applied in the order sent.
@@ -96,6 +96,9 @@ pub struct Snapshot {
     pub program_mode: Option<ProgramMode>,
     /// Where the queue depths come from (`None`: nowhere).
     pub queue_source: Option<QueueSourceKind>,
+    /// Which signal says a worker's event loop turns: `Kernel` (its epoll
+    /// waits counted) or `Proc` (never `Auto`).
+    pub loop_signal: LoopSignal,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -128,10 +131,12 @@ pub struct Handle {
 
 impl Handle {
     /// Starts the balancer thread. `steering` is `None` for the `kernel`
-    /// policy: plain `SO_REUSEPORT`, listeners only. Stuck and over-memory
-    /// workers are reported on `health`.
+    /// policy: plain `SO_REUSEPORT`, listeners only. `loops` counts the
+    /// workers' event-loop turns (`None`: the `/proc` signals). Stuck and
+    /// over-memory workers are reported on `health`.
     pub fn start(
         steering: Option<Steering>,
+        loops: Option<LoopWatch>,
         settings: Settings,
         health: UnboundedSender<HealthReport>,
     ) -> std::io::Result<Self> {
@@ -156,6 +161,7 @@ impl Handle {
         };
         let mut balancer = Balancer {
             steering,
+            loops,
             slots: BTreeMap::new(),
             snapshot: Arc::clone(&snapshot),
             settings,
@@ -227,6 +233,14 @@ struct Entry {
     pending_rss: Option<u64>,
     /// The worker's read+write syscall count at the previous observation.
     last_io: Option<u64>,
+    /// Its event loop's turns at the previous observation (kernel count).
+    last_turns: Option<u64>,
+    /// The kernel counts this worker's event-loop turns (since it was
+    /// ready), and whether only those on its main loop's epoll fd: libuv
+    /// registers the listener with epoll on the loop's next turn, so the fd
+    /// may be found only at a later look (`Balancer::find_main_loops`).
+    watched: bool,
+    main_loop_known: bool,
     load: Load,
     /// When the program last stopped sending it new connections (not
     /// ready, or busy). What waits in the queue of a slot out of the table
@@ -234,15 +248,30 @@ struct Entry {
     left_table: Instant,
 }
 
+/// A worker's main-thread signals for one health sample.
+#[derive(Clone, Copy, Debug, Default)]
+struct Signals {
+    loop_idle: Option<bool>,
+    progress: Option<bool>,
+    turned: Option<bool>,
+}
+
 impl Entry {
     /// The worker's main-thread signals, for a worker whose queue waits or
-    /// that is out of the table: read/write progress since the last look
-    /// (`io`), and only when that shows none, whether it idles in epoll
-    /// (`syscall`): progress alone decides the model otherwise, and this
-    /// runs every tick under load.
-    fn loop_signals(&mut self) -> (Option<bool>, Option<bool>) {
+    /// that is out of the table. With the kernel's turn count, only that:
+    /// whether the loop turned since the last look. Without it, read/write
+    /// progress since the last look (`io`), and only when that shows none,
+    /// whether it idles in epoll (`syscall`): progress alone decides the
+    /// model otherwise, and this runs every tick under load.
+    fn loop_signals(&mut self, loops: Option<&LoopWatch>, tick: Duration) -> Signals {
+        if let Some(turned) = loops.and_then(|l| self.turned(l, tick)) {
+            return Signals {
+                turned: Some(turned),
+                ..Signals::default()
+            };
+        }
         let Some(p) = self.probe.as_mut() else {
-            return (None, None);
+            return Signals::default();
         };
         let io = p.io_syscalls().ok().flatten();
         let progress = io.zip(self.last_io).map(|(now, before)| now != before);
@@ -254,7 +283,27 @@ impl Entry {
                 .ok()
                 .and_then(crate::sampler::SyscallState::loop_idle)
         };
-        (idle, progress)
+        Signals {
+            loop_idle: idle,
+            progress,
+            turned: None,
+        }
+    }
+
+    /// Whether the loop entered its wait since the last look, or is in it
+    /// now. On a first look (no earlier count): whether it entered within
+    /// the last tick. `None` when the kernel has no count for the worker.
+    fn turned(&mut self, loops: &LoopWatch, tick: Duration) -> Option<bool> {
+        let stats = loops.stats(self.pid?).ok().flatten()?;
+        let since_last = match self.last_turns {
+            Some(before) => stats.turns != before,
+            None => {
+                load::monotonic_ns().saturating_sub(stats.last_enter_ns)
+                    < u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX)
+            }
+        };
+        self.last_turns = Some(stats.turns);
+        Some(stats.in_wait() || since_last)
     }
 
     /// Changes what the program is told of the slot, and notes when it
@@ -288,6 +337,9 @@ impl Entry {
             reported: false,
             pending_rss: None,
             last_io: None,
+            last_turns: None,
+            watched: false,
+            main_loop_known: false,
             load: Load::default(),
             left_table: Instant::now(),
         }
@@ -296,6 +348,8 @@ impl Entry {
 
 struct Balancer {
     steering: Option<Steering>,
+    /// The kernel's count of the workers' event-loop turns, if loaded.
+    loops: Option<LoopWatch>,
     /// The program's own diagnostics (aya-log), when `--program-log` is on.
     slots: BTreeMap<Slot, Entry>,
     snapshot: Arc<Mutex<Snapshot>>,
@@ -318,6 +372,23 @@ struct Balancer {
 }
 
 impl Balancer {
+    /// For watched workers whose main loop was not found when they became
+    /// ready: look again, and count only that loop's waits from now on.
+    fn find_main_loops(&mut self) {
+        let Some(loops) = &mut self.loops else { return };
+        for e in self.slots.values_mut() {
+            if !e.watched || e.main_loop_known {
+                continue;
+            }
+            let Some(pid) = e.pid else { continue };
+            if let Some(fd) = main_loop_fd(pid, e.inode) {
+                e.main_loop_known = true;
+                e.last_turns = None;
+                log_err(loops.watch(pid, Some(fd)), "watch the event loop");
+            }
+        }
+    }
+
     /// Applies one command; returns whether the table must be republished.
     fn apply(&mut self, cmd: Command) -> bool {
         match cmd {
@@ -340,11 +411,17 @@ impl Balancer {
                 probe,
             } => {
                 if let Some(e) = self.slots.get_mut(&slot) {
+                    if let (Some(loops), Some(old)) = (&mut self.loops, e.pid) {
+                        loops.unwatch(old);
+                    }
+                    e.watched = false;
                     e.pid = Some(pid);
                     e.worker = worker;
                     e.probe = probe.or_else(|| WorkerProbe::open(pid).ok());
                     e.tracker.reset();
                     e.reported = false;
+                    e.last_turns = None;
+                    e.load.event_loop = None;
                 }
                 false
             }
@@ -358,10 +435,21 @@ impl Balancer {
                 });
                 if state != SlotState::Ready {
                     e.tracker.reset();
+                } else if let (Some(loops), Some(pid), false) = (&mut self.loops, e.pid, e.watched)
+                {
+                    e.watched = true;
+                    let fd = main_loop_fd(pid, e.inode);
+                    e.main_loop_known = fd.is_some();
+                    log_err(loops.watch(pid, fd), "watch the event loop");
                 }
                 if state == SlotState::Down {
                     // The worker is gone; its listener may be parked for the
                     // restart, which sends its own `Pid`.
+                    if let (Some(loops), Some(pid)) = (&mut self.loops, e.pid) {
+                        loops.unwatch(pid);
+                    }
+                    e.watched = false;
+                    e.load.event_loop = None;
                     e.pid = None;
                     e.probe = None;
                     e.load.cpu_time = None;
@@ -382,6 +470,9 @@ impl Balancer {
             }
             Command::Close { slot } => {
                 if let Some(e) = self.slots.remove(&slot) {
+                    if let (Some(loops), Some(pid)) = (&mut self.loops, e.pid) {
+                        loops.unwatch(pid);
+                    }
                     if let Some(st) = &mut self.steering {
                         log_err(st.set_slot(slot, SlotState::Empty), "set slot");
                         log_err(st.clear_listener(slot), "clear listener");
@@ -486,7 +577,30 @@ impl Balancer {
                 rescued_connections: self.rescued_connections,
                 program_mode: self.steering.as_ref().map(Steering::mode),
                 queue_source: self.queues.as_ref().map(QueueSource::kind),
+                loop_signal: if self.loops.is_some() {
+                    LoopSignal::Kernel
+                } else {
+                    LoopSignal::Proc
+                },
             };
+        }
+    }
+}
+
+/// The epoll fd of the worker's main loop (the one its listener is
+/// registered in), for the kernel's turn count; `None`: not (yet) found,
+/// count every wait of its main thread meanwhile.
+fn main_loop_fd(pid: Pid, inode: Option<u64>) -> Option<i32> {
+    let found = inode.map(|i| crate::sampler::epoll::main_loop_fd(pid, i));
+    match found {
+        Some(Ok(Some(fd))) => Some(fd),
+        other => {
+            tracing::debug!(
+                pid,
+                "no epoll instance of the worker holds its listener yet ({other:?}): counting \
+                 every epoll wait of its main thread"
+            );
+            None
         }
     }
 }

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use super::values::{AdminAddr, LogFormat, Policy, Workers};
+use super::values::{AdminAddr, LogFormat, LoopSignal, Policy, Workers};
 use crate::steering::ProgramLog;
 
 pub const WORKERS: Workers = Workers::Auto;
@@ -26,6 +26,8 @@ pub const MIN_UPTIME: Duration = Duration::from_secs(5);
 pub const MAX_RESTARTS: u32 = 10;
 pub const RESTART_WINDOW: Duration = Duration::from_mins(1);
 pub const POLICY: Policy = Policy::Rescue;
+/// The exact signal where the kernel and the capabilities allow it.
+pub const LOOP_SIGNAL: LoopSignal = LoopSignal::Auto;
 /// Chosen by measurement (`cargo xtask bench skew`): 1 ms cut the
 /// skewed p99 by about 1 ms more but cost the agent 3.4% of a core
 /// under that load, 2 ms cost 2.6%; both stay within 2x of no blocking.
@@ -50,6 +52,12 @@ pub const BPF_STATS: bool = false;
 impl Default for Policy {
     fn default() -> Self {
         POLICY
+    }
+}
+
+impl Default for LoopSignal {
+    fn default() -> Self {
+        LOOP_SIGNAL
     }
 }
 

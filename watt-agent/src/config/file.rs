@@ -26,7 +26,7 @@ use self::{
 use super::{
     layer::Layer,
     settings::settings,
-    values::{AdminAddr, LogFormat, MemorySize, Policy, Workers},
+    values::{AdminAddr, LogFormat, LoopSignal, MemorySize, Policy, Workers},
 };
 use crate::steering::ProgramLog;
 

@@ -12,7 +12,9 @@ use super::{
     defaults,
     settings::settings,
     to_toml::ToToml,
-    values::{AdminAddr, LogFormat, MemorySize, Policy, Workers, parse_duration, parse_env},
+    values::{
+        AdminAddr, LogFormat, LoopSignal, MemorySize, Policy, Workers, parse_duration, parse_env,
+    },
 };
 use crate::steering::ProgramLog;
 

@@ -23,4 +23,4 @@ pub use layer::{Layer, RunConfig, entries};
 pub use render::describe;
 pub use resolve::{ConfigError, resolve};
 pub use sources::{LoadError, Origin, Sources, load};
-pub use values::{AdminAddr, LogFormat, MemorySize, Policy, Workers};
+pub use values::{AdminAddr, LogFormat, LoopSignal, MemorySize, Policy, Workers};

@@ -120,6 +120,11 @@ macro_rules! settings {
             #[arg(long, env = "WATT_RESCUE_AFTER")]
             rescue_after: u32 = defaults::RESCUE_AFTER, file: Int<1, 4_294_967_295>;
 
+            /// How the health model sees that a worker's event loop turns: auto,
+            /// kernel (counts its epoll waits; needs CAP_PERFMON) or proc [default: auto]
+            #[arg(long, env = "WATT_LOOP_SIGNAL", value_enum)]
+            loop_signal: LoopSignal = defaults::LOOP_SIGNAL, file: V<LoopSignal>;
+
             /// A worker busy this long is replaced [default: 5s]
             #[arg(long, env = "WATT_STUCK_AFTER", value_parser = parse_duration)]
             stuck_after: Duration = defaults::STUCK_AFTER, file: V<Duration>;

@@ -2,7 +2,7 @@
 //! same value: `check-config`'s output is built from it.
 use std::{ffi::OsString, fmt, net::IpAddr, path::PathBuf, time::Duration};
 
-use super::values::{AdminAddr, LogFormat, MemorySize, Policy, Workers};
+use super::values::{AdminAddr, LogFormat, LoopSignal, MemorySize, Policy, Workers};
 use crate::steering::ProgramLog;
 
 /// A resolved value as TOML that the config file reads back to the same
@@ -57,7 +57,7 @@ macro_rules! named {
     )*};
 }
 
-named!(Policy, LogFormat, ProgramLog);
+named!(Policy, LoopSignal, LogFormat, ProgramLog);
 
 impl ToToml for f64 {
     fn to_toml(&self) -> String {

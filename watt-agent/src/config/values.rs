@@ -47,6 +47,34 @@ impl fmt::Display for Policy {
     }
 }
 
+/// Which signal tells the health model that a worker's event loop turns
+/// (`--loop-signal`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoopSignal {
+    /// `kernel` where it loads (CAP_PERFMON, BTF), else `proc`, with a
+    /// warning saying why.
+    Auto,
+    /// Count each worker's entries into its event loop's wait in the
+    /// kernel (fentry on `do_epoll_wait`); refuse to start without it.
+    Kernel,
+    /// Read `/proc`: the main thread idle in epoll, or making read/write
+    /// system calls (fooled by synchronous file I/O).
+    Proc,
+}
+
+impl fmt::Display for LoopSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Kernel => "kernel",
+            Self::Proc => "proc",
+        })
+    }
+}
+
 /// Where the admin API listens (`--admin`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdminAddr {

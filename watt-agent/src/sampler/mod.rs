@@ -60,6 +60,7 @@
 //!   the rest suits a slower tick. `syscall` needs ptrace access to the
 //!   worker; without it the state is [`SyscallState::Unavailable`] and the
 //!   other fields are still good.
+pub mod epoll;
 mod listener;
 pub mod netproc;
 pub mod procfs;

@@ -13,7 +13,7 @@ use crate::preflight;
 
 /// The eBPF object, built by `build.rs` and embedded so nothing is looked up
 /// on disk at run time.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watt"));
+pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/watt"));
 
 /// Lines of the verifier's log kept in a load error: the end is where the
 /// verifier says what it refused.

@@ -14,8 +14,10 @@ use aya::{
 use watt_common::{MAX_SLOTS, SlotCounters, SlotInfo, SlotState, Table, global, maps};
 
 mod load;
+mod loop_watch;
 mod mode;
 
+pub use loop_watch::{LoopHook, LoopWatch, LoopWatchError};
 pub use mode::{ProgramLog, ProgramMode};
 
 #[derive(Debug, thiserror::Error)]

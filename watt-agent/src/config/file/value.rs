@@ -10,7 +10,9 @@ use serde::{
 };
 
 use crate::{
-    config::values::{AdminAddr, LogFormat, MemorySize, Policy, Workers, parse_duration},
+    config::values::{
+        AdminAddr, LogFormat, LoopSignal, MemorySize, Policy, Workers, parse_duration,
+    },
     steering::ProgramLog,
 };
 
@@ -90,6 +92,13 @@ fn value_enum<T: clap::ValueEnum>(s: &str) -> Result<T, String> {
 
 impl FileValue for Policy {
     const EXPECTING: &'static str = "one of \"kernel\", \"hash\", \"rescue\"";
+    fn parse(s: &str) -> Result<Self, String> {
+        value_enum(s)
+    }
+}
+
+impl FileValue for LoopSignal {
+    const EXPECTING: &'static str = "one of \"auto\", \"kernel\", \"proc\"";
     fn parse(s: &str) -> Result<Self, String> {
         value_enum(s)
     }

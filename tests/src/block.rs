@@ -1,0 +1,122 @@
+//! Blocking one worker's event loop at a known time while load runs, and
+//! counting who answered what. Counted, never timed: a request *sent* while
+//! the worker was surely blocked and *answered by that worker* waited out
+//! the block in its queue.
+use std::{
+    fs,
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{agent::Agent, http, load};
+
+/// How long the worker blocks (the app's `TEST_APP_USR2_BLOCK_MS` default).
+pub const BLOCK: Duration = Duration::from_secs(1);
+/// Margin inside the block, at both ends: a connect counted as "during the
+/// block" began at least this long after the worker was seen blocked and
+/// this long before the block can have ended. Many ticks (2 ms) long.
+const MARGIN: Duration = Duration::from_millis(50);
+
+/// A directory the blocked worker marks (`TEST_APP_MARK_DIR`), removed on
+/// drop.
+pub struct Marks(PathBuf);
+
+impl Marks {
+    #[must_use]
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("watt-marks-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the marks directory");
+        Self(dir)
+    }
+
+    /// The directory, for `TEST_APP_MARK_DIR`.
+    #[must_use]
+    pub fn dir(&self) -> String {
+        self.0.display().to_string()
+    }
+
+    /// Waits until worker `pid` marked that it starts blocking.
+    fn wait_blocking(&self, pid: i32, timeout: Duration) -> bool {
+        let file = self.0.join(format!("{pid}.blocking"));
+        crate::wait_until(timeout, || file.exists())
+    }
+}
+
+impl Drop for Marks {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct BlockResult {
+    /// Requests sent during the block and answered by the blocked worker.
+    pub waited_out: usize,
+    /// Requests sent after it recovered that it answered.
+    pub after: usize,
+    pub failed: usize,
+    pub total: usize,
+}
+
+/// Steady 300 new connections/s; one worker's loop blocks for [`BLOCK`]
+/// (SIGUSR2: the agent runs the test app with `TEST_APP_MARK_DIR` set to
+/// `marks`, and `TEST_APP_USR2_BLOCK_KIND` says how it blocks).
+#[must_use]
+pub fn block_one_worker(agent: &Agent, marks: &Marks) -> BlockResult {
+    let load = load::spawn(load::Spec {
+        addr: agent.addr(),
+        rate: 300.0,
+        count: 900,
+        path: "/".into(),
+        timeout: Duration::from_secs(5),
+    });
+    thread::sleep(Duration::from_millis(800));
+    let victim = *agent.worker_pids().iter().next().expect("a worker");
+    // The block starts when the worker runs its signal handler, after the
+    // signal and just after it writes its mark; it lasts BLOCK. So it is
+    // surely on from the mark being seen until BLOCK after the signal.
+    let signalled = Instant::now();
+    // SAFETY: signalling a worker of the agent under test.
+    unsafe { libc::kill(victim, libc::SIGUSR2) };
+    assert!(
+        marks.wait_blocking(victim, Duration::from_secs(5)),
+        "worker {victim} never blocked"
+    );
+    let seen_blocked = Instant::now();
+    let outcomes = load.join().expect("load");
+    let answered_by_victim = |o: &&load::Outcome| {
+        o.result.as_ref().ok().and_then(|r| http::pid_of(&r.body)) == Some(victim)
+    };
+    let during = |o: &&load::Outcome| {
+        o.sent >= seen_blocked + MARGIN && o.sent + MARGIN <= signalled + BLOCK
+    };
+    let after = |o: &&load::Outcome| o.sent >= seen_blocked + BLOCK + Duration::from_millis(200);
+    // The window must hold enough requests for "none waited" to mean
+    // something (about 250 at 300/s).
+    let in_window = outcomes.iter().filter(during).count();
+    assert!(
+        in_window >= 100,
+        "only {in_window} requests sent while the worker was surely blocked"
+    );
+    let r = BlockResult {
+        waited_out: outcomes
+            .iter()
+            .filter(during)
+            .filter(answered_by_victim)
+            .count(),
+        after: outcomes
+            .iter()
+            .filter(after)
+            .filter(answered_by_victim)
+            .count(),
+        failed: load::failures(&outcomes).len(),
+        total: outcomes.len(),
+    };
+    eprintln!(
+        "block test: {} requests, {} failed; sent during the block and answered by the blocked \
+         worker: {}; answered by it after it recovered: {}",
+        r.total, r.failed, r.waited_out, r.after
+    );
+    r
+}
