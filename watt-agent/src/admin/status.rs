@@ -8,8 +8,9 @@ use watt_common::SlotState;
 use super::info::Info;
 use crate::{
     balancer::{self, SlotSnapshot, Snapshot},
+    config::LoopSignal,
     sampler::QueueSourceKind,
-    steering::ProgramMode,
+    steering::{LoopHook, ProgramMode},
     supervisor::{
         ReloadOutcome, Shared,
         lifecycle::{Phase, WorkerView},
@@ -108,6 +109,14 @@ pub struct Status {
     /// absent when neither works.
     #[serde(default)]
     pub queue_depth_source: Option<QueueSourceKind>,
+    /// What tells the health model that a worker's event loop turns:
+    /// `kernel` (its epoll waits counted) or `proc` (the fallback).
+    #[serde(default)]
+    pub loop_signal: Option<LoopSignal>,
+    /// How the kernel's count hooks the wait: `fentry`, `kprobe` or
+    /// `tracepoint` (absent with `proc`).
+    #[serde(default)]
+    pub loop_hook: Option<LoopHook>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -230,6 +239,8 @@ pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Sta
         workers,
         program,
         queue_depth_source: snap.queue_source,
+        loop_signal: Some(snap.loop_signal),
+        loop_hook: snap.loop_hook,
     }
 }
 

@@ -25,7 +25,7 @@ use crate::{
     ids::{Pid, Slot, WorkerId},
     listeners::Listener,
     sampler::{ListenerQuery, QueueSource, QueueSourceKind, WorkerProbe},
-    steering::{Counters, LoopWatch, ProgramMode, Steering},
+    steering::{Counters, LoopHook, LoopWatch, ProgramMode, Steering},
 };
 
 mod event_loop;
@@ -97,8 +97,10 @@ pub struct Snapshot {
     /// Where the queue depths come from (`None`: nowhere).
     pub queue_source: Option<QueueSourceKind>,
     /// Which signal says a worker's event loop turns: `Kernel` (its epoll
-    /// waits counted) or `Proc` (never `Auto`).
+    /// waits counted) or `Proc` (never `Auto`), and how the kernel's count
+    /// hooks the wait.
     pub loop_signal: LoopSignal,
+    pub loop_hook: Option<LoopHook>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -389,6 +391,46 @@ impl Balancer {
         }
     }
 
+    /// A new lifecycle state for `slot`: the program's view, the health
+    /// model's memory, and the event-loop count of a worker that became
+    /// ready or went down. Returns whether the table must be republished.
+    fn set_state(&mut self, slot: Slot, state: SlotState) -> bool {
+        let Some(e) = self.slots.get_mut(&slot) else {
+            return false;
+        };
+        e.set_view(SlotView {
+            lifecycle: state,
+            busy: e.view.busy && state == SlotState::Ready,
+        });
+        if state != SlotState::Ready {
+            e.tracker.reset();
+        } else if let (Some(loops), Some(pid), false) = (&mut self.loops, e.pid, e.watched) {
+            e.watched = true;
+            let fd = main_loop_fd(pid, e.inode);
+            e.main_loop_known = fd.is_some();
+            log_err(loops.watch(pid, fd), "watch the event loop");
+        }
+        if state == SlotState::Down {
+            // The worker is gone; its listener may be parked for the
+            // restart, which sends its own `Pid`.
+            if let (Some(loops), Some(pid)) = (&mut self.loops, e.pid) {
+                loops.unwatch(pid);
+            }
+            e.watched = false;
+            e.load.event_loop = None;
+            e.pid = None;
+            e.probe = None;
+            e.load.cpu_time = None;
+            e.load.run_delay = None;
+            e.load.rss_bytes = None;
+        }
+        let effective = policy::effective_state(e.view);
+        if let Some(st) = &mut self.steering {
+            log_err(st.set_slot(slot, effective), "set slot");
+        }
+        true
+    }
+
     /// Applies one command; returns whether the table must be republished.
     fn apply(&mut self, cmd: Command) -> bool {
         match cmd {
@@ -425,43 +467,7 @@ impl Balancer {
                 }
                 false
             }
-            Command::State { slot, state } => {
-                let Some(e) = self.slots.get_mut(&slot) else {
-                    return false;
-                };
-                e.set_view(SlotView {
-                    lifecycle: state,
-                    busy: e.view.busy && state == SlotState::Ready,
-                });
-                if state != SlotState::Ready {
-                    e.tracker.reset();
-                } else if let (Some(loops), Some(pid), false) = (&mut self.loops, e.pid, e.watched)
-                {
-                    e.watched = true;
-                    let fd = main_loop_fd(pid, e.inode);
-                    e.main_loop_known = fd.is_some();
-                    log_err(loops.watch(pid, fd), "watch the event loop");
-                }
-                if state == SlotState::Down {
-                    // The worker is gone; its listener may be parked for the
-                    // restart, which sends its own `Pid`.
-                    if let (Some(loops), Some(pid)) = (&mut self.loops, e.pid) {
-                        loops.unwatch(pid);
-                    }
-                    e.watched = false;
-                    e.load.event_loop = None;
-                    e.pid = None;
-                    e.probe = None;
-                    e.load.cpu_time = None;
-                    e.load.run_delay = None;
-                    e.load.rss_bytes = None;
-                }
-                let effective = policy::effective_state(e.view);
-                if let Some(st) = &mut self.steering {
-                    log_err(st.set_slot(slot, effective), "set slot");
-                }
-                true
-            }
+            Command::State { slot, state } => self.set_state(slot, state),
             Command::Stop { slot } => {
                 if let Some(e) = self.slots.get(&slot) {
                     log_err(e.listener.stop(), "stop listener");
@@ -582,6 +588,7 @@ impl Balancer {
                 } else {
                     LoopSignal::Proc
                 },
+                loop_hook: self.loops.as_ref().map(LoopWatch::hook),
             };
         }
     }

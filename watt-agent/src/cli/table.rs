@@ -3,6 +3,7 @@ use std::{fmt::Write as _, time::Duration};
 
 use crate::{
     admin::status::{Status, WorkerStatus},
+    config::LoopSignal,
     sampler::QueueSourceKind,
 };
 
@@ -19,8 +20,18 @@ pub fn render_status(s: &Status, rates: Option<(f64, &Status)>) -> String {
     };
     let _ = writeln!(
         out,
-        "{:<6} {:<5} {:<8} {:<9} {:<9} {:<8} {:<6} {:<8} {:<11} {:<8} NOTE",
-        "WORKER", "SLOT", "PID", "STATE", "UPTIME", "RESTARTS", "QUEUE", cpu_head, "RSS", conn_head,
+        "{:<6} {:<5} {:<8} {:<9} {:<9} {:<8} {:<6} {:<8} {:<11} {:<8} {:<8} NOTE",
+        "WORKER",
+        "SLOT",
+        "PID",
+        "STATE",
+        "UPTIME",
+        "RESTARTS",
+        "QUEUE",
+        cpu_head,
+        "RSS",
+        conn_head,
+        "STALL",
     );
     for w in &s.workers {
         // The same worker in the previous status: same id and same process.
@@ -99,6 +110,21 @@ fn summary(s: &Status) -> String {
         }
         None => out.push_str("queue depths: NONE (neither sock_diag nor /proc/net/tcp works)\n"),
     }
+    match (s.loop_signal, s.loop_hook) {
+        (Some(LoopSignal::Kernel), Some(hook)) => {
+            let _ = writeln!(
+                out,
+                "event loops: turns counted by the kernel ({}); STALL is the longest of the last \
+                 30-60 s",
+                hook.as_str()
+            );
+        }
+        (Some(LoopSignal::Proc), _) => out.push_str(
+            "event loops: from /proc (the kernel's count did not load; `watt-agent doctor` says \
+             why): no stall figures\n",
+        ),
+        _ => {}
+    }
     out
 }
 
@@ -115,8 +141,15 @@ fn worker_row(w: &WorkerStatus, prev: Option<(f64, &WorkerStatus)>) -> String {
     if let Some(r) = &w.replacement {
         note.push(format!("replacement on slot {} pid {}", r.slot, opt(r.pid)));
     }
+    let stall = w
+        .load
+        .measured
+        .event_loop
+        .as_ref()
+        .and_then(|l| l.longest_recent_stall)
+        .map_or_else(|| "-".into(), human_millis);
     format!(
-        "{:<6} {:<5} {:<8} {:<9} {:<9} {:<8} {:<6} {:<8} {:<11} {:<8} {}",
+        "{:<6} {:<5} {:<8} {:<9} {:<9} {:<8} {:<6} {:<8} {:<11} {:<8} {:<8} {}",
         w.id,
         opt(w.slot),
         opt(w.pid),
@@ -130,8 +163,18 @@ fn worker_row(w: &WorkerStatus, prev: Option<(f64, &WorkerStatus)>) -> String {
             .rss_bytes
             .map_or_else(|| "-".into(), human_bytes),
         conns,
+        stall,
         note.join("; ")
     )
+}
+
+/// A stall: milliseconds below 10 s, else seconds.
+fn human_millis(d: Duration) -> String {
+    if d < Duration::from_secs(10) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.0}s", d.as_secs_f64())
+    }
 }
 
 /// CPU and connection columns: totals, or rates against `prev`.
@@ -209,6 +252,8 @@ mod tests {
             last_reload: None,
             shutting_down: false,
             queue_depth_source: Some(QueueSourceKind::SockDiag),
+            loop_signal: Some(LoopSignal::Kernel),
+            loop_hook: Some(crate::steering::LoopHook::Fentry),
             workers: vec![
                 WorkerStatus {
                     id: 0,
@@ -225,6 +270,10 @@ mod tests {
                             queue_depth: Some(0),
                             cpu_time: Some(Duration::from_secs(2)),
                             rss_bytes: Some(50 << 20),
+                            event_loop: Some(balancer::EventLoopLoad {
+                                longest_recent_stall: Some(Duration::from_millis(305)),
+                                ..balancer::EventLoopLoad::default()
+                            }),
                             ..balancer::Load::default()
                         },
                         connections: Some(100),
@@ -264,6 +313,11 @@ mod tests {
             first.contains("ready") && first.contains("50.0 MiB") && first.contains("2.0s"),
             "{first}"
         );
+        assert!(first.contains(" 305ms"), "{first}");
+        assert!(
+            text.contains("event loops: turns counted by the kernel (fentry)"),
+            "{text}"
+        );
         let second = table.iter().find(|l| l.starts_with("1 ")).unwrap();
         assert!(
             second.contains("down") && second.contains("crash loop; restart in 2.5s"),
@@ -283,6 +337,6 @@ mod tests {
             .skip_while(|l| !l.starts_with("WORKER"))
             .find(|l| l.starts_with("0 "))
             .unwrap();
-        assert!(row0.contains("50%") && row0.ends_with(" 50"), "{row0}");
+        assert!(row0.contains("50%") && row0.contains(" 50 "), "{row0}");
     }
 }

@@ -54,7 +54,7 @@ impl fmt::Display for Policy {
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum LoopSignal {
-    /// `kernel` where it loads (CAP_PERFMON, BTF), else `proc`, with a
+    /// `kernel` where it loads (`CAP_PERFMON`, BTF), else `proc`, with a
     /// warning saying why.
     Auto,
     /// Count each worker's entries into its event loop's wait in the

@@ -7,12 +7,14 @@
 //! - `kernel`: the kernel's version, `bpf(2)`, the program, memlock, bpffs.
 //! - `privilege`: capabilities, `user`, privileged ports, worker sampling.
 //! - `network`: the port, the admin API, accept-queue depths.
+//! - `event_loop`: whether the kernel counts the workers' event-loop turns.
 //! - `node`: the Node.js the workers run.
 //! - `render`: the printed lines and the exit code.
 use std::net::SocketAddr;
 
 use crate::preflight;
 
+mod event_loop;
 mod kernel;
 mod network;
 mod node;
@@ -40,6 +42,7 @@ pub fn checks(opts: &Options) -> Vec<Check> {
     out.push(kernel::program(Scope::Program.needed_under(opts.policy)));
     out.push(kernel::memlock());
     out.push(privilege::sampling(caps, opts.user.is_some()));
+    out.push(event_loop::loop_signal());
     out.push(network::queue_depths(addr));
     out.push(kernel::bpffs());
     out.push(node::node(&opts.node));
@@ -89,6 +92,7 @@ mod tests {
             privilege::USER,
             privilege::CAP_NET_BIND_SERVICE,
             privilege::SAMPLING,
+            event_loop::LOOP_SIGNAL,
             network::QUEUE_DEPTHS,
             network::PORT,
             network::ADMIN,

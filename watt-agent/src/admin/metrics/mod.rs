@@ -127,6 +127,7 @@ impl Collector for Scrape {
         self.workers(enc)?;
         self.listeners(enc)?;
         self.program(enc)?;
+        self.event_loops(enc)?;
         self.sampler(enc)
     }
 }
@@ -451,5 +452,6 @@ impl Scrape {
     }
 }
 
+mod event_loop;
 #[cfg(test)]
 mod tests;

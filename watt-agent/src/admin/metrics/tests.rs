@@ -37,6 +37,7 @@ fn sample() -> (Shared, Snapshot) {
         }),
         ticks: 4,
         tick_time: Duration::from_micros(40),
+        loop_signal: crate::config::LoopSignal::Proc,
         ..Snapshot::default()
     };
     snap.slots.insert(
@@ -46,6 +47,13 @@ fn sample() -> (Shared, Snapshot) {
                 cpu_time: Some(Duration::from_millis(250)),
                 rss_bytes: Some(50 << 20),
                 queue_depth: Some(1),
+                event_loop: Some(crate::balancer::EventLoopLoad {
+                    turns: 7,
+                    stall_buckets: vec![5, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0],
+                    stall_total: Some(Duration::from_millis(250)),
+                    longest_recent_stall: Some(Duration::from_millis(200)),
+                    current_stall: None,
+                }),
                 ..Load::default()
             },
             ..SlotSnapshot::default()
@@ -79,6 +87,16 @@ fn the_text_follows_the_naming_conventions() {
         "watt_program_run_time_seconds_total 0.000003",
         "watt_sampler_tick_duration_seconds_total 0.00004",
         "watt_workers_ready 1",
+        "# TYPE watt_worker_event_loop_stall_seconds histogram",
+        "watt_worker_event_loop_stall_seconds_bucket{worker=\"0\",slot=\"0\",le=\"0.001\"} 5",
+        "watt_worker_event_loop_stall_seconds_bucket{worker=\"0\",slot=\"0\",le=\"0.002\"} 6",
+        "watt_worker_event_loop_stall_seconds_bucket{worker=\"0\",slot=\"0\",le=\"0.25\"} 7",
+        "watt_worker_event_loop_stall_seconds_bucket{worker=\"0\",slot=\"0\",le=\"+Inf\"} 7",
+        "watt_worker_event_loop_stall_seconds_count{worker=\"0\",slot=\"0\"} 7",
+        "watt_worker_event_loop_stall_seconds_sum{worker=\"0\",slot=\"0\"} 0.25",
+        "watt_worker_event_loop_longest_recent_stall_seconds{worker=\"0\",slot=\"0\"} 0.2",
+        "watt_worker_event_loop_turns_total{worker=\"0\",slot=\"0\"} 7",
+        "watt_loop_signal{signal=\"proc\",hook=\"\"} 1",
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
     }

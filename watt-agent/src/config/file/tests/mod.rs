@@ -212,6 +212,7 @@ restart_window = "2m"
 policy = "hash"
 tick = "2ms"
 rescue_after = 3
+loop_signal = "proc"
 stuck_after = "10s"
 max_memory_restart = "300M"
 admin = "unix:/run/watt.sock"
@@ -249,7 +250,8 @@ max_connection_age = "30s"
     assert_eq!(l.bpf_stats, Some(true));
     assert_eq!(l.max_connection_age, Some(Duration::from_secs(30)));
     assert_eq!(f.line("workers"), 2);
-    assert_eq!(f.line("max_requests_per_socket"), 30);
+    assert_eq!(f.line("max_requests_per_socket"), 31);
+    assert_eq!(l.loop_signal, Some(LoopSignal::Proc));
 }
 
 #[test]
