@@ -18,6 +18,10 @@
 //!   blocks for 1 s (`Atomics.wait`, no CPU), as in the balancing tests;
 //! - `loaded`: 2500 requests/s for 3 s, every worker healthy and busy
 //!   serving: queues are often non-empty for a tick or two.
+//!
+//! Each with the `/proc` signals (`--loop-signal proc`: `blocked.txt`,
+//! `loaded.txt`) and with the kernel's count of event-loop turns
+//! (`--loop-signal kernel`: `blocked-kernel.txt`, `loaded-kernel.txt`).
 use std::{collections::BTreeMap, fmt::Write as _, fs, thread, time::Duration};
 
 use watt_tests::{agent::Agent, free_port, load, root};
@@ -25,15 +29,29 @@ use watt_tests::{agent::Agent, free_port, load, root};
 const TEST_APP: &str = "tests/fixtures/apps/test-app.js";
 
 fn main() {
-    record("blocked", 300, Some(Duration::from_millis(800)));
-    record("loaded", 2500, None);
+    for (signal, suffix) in [("proc", ""), ("kernel", "-kernel")] {
+        record(
+            &format!("blocked{suffix}"),
+            signal,
+            300,
+            Some(Duration::from_millis(800)),
+        );
+        record(&format!("loaded{suffix}"), signal, 2500, None);
+    }
 }
 
 /// `rate`: new connections per second, for 3 s.
-fn record(name: &str, rate: u32, block_after: Option<Duration>) {
+fn record(name: &str, signal: &str, rate: u32, block_after: Option<Duration>) {
     let agent = Agent::start_with_env(
         free_port("127.0.0.1"),
-        &["--workers", "4", "--log-format", "json"],
+        &[
+            "--workers",
+            "4",
+            "--log-format",
+            "json",
+            "--loop-signal",
+            signal,
+        ],
         &["node", TEST_APP],
         &[("RUST_LOG", "info,watt_agent::samples=trace")],
     );
@@ -69,8 +87,8 @@ fn record(name: &str, rate: u32, block_after: Option<Duration>) {
     let samples = json_lines(&agent, "\"target\":\"watt_agent::samples\"");
     let mut out = format!(
         "# Recorded by `cargo run -p watt-tests --example record_samples` ({name}).\n\
-         # 4 workers of tests/fixtures/apps/test-app.js, {rate} new connections/s for 3 s, \
-         {} requests, {failed} failed.\n",
+         # 4 workers of tests/fixtures/apps/test-app.js, --loop-signal {signal}, {rate} new \
+         connections/s for 3 s, {} requests, {failed} failed.\n",
         outcomes.len()
     );
     if let Some(slot) = victim_slot {

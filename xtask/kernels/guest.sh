@@ -22,6 +22,8 @@ writable /etc
 writable /var
 writable "$WATT_ROOT/target/deploy-check"
 mount -t bpf bpf /sys/fs/bpf
+# For kernels whose only hook of the epoll wait is the syscalls tracepoints.
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
 hostname watt-guest

@@ -15,6 +15,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /tmp /run /sys/fs/bpf && mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /run
 mount -t bpf bpf /sys/fs/bpf
+# For kernels whose only hook of the epoll wait is the syscalls tracepoints.
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ln -sf /proc/self/fd /dev/fd
 ip link set lo up

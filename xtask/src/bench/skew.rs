@@ -48,6 +48,15 @@ pub struct Args {
     /// Fast requests per second of the uniform-load comparison.
     #[arg(long, default_value_t = 1500.0)]
     pub uniform_rate: f64,
+    /// The kinds of block to compare (the test app's endpoints): each runs
+    /// under the default policy with the kernel's loop signal, with the
+    /// `/proc` signal, and under `--policy kernel`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "block,burn,readsync,writesync,exec"
+    )]
+    pub kinds: Vec<String>,
     /// Ticks to compare besides the default.
     #[arg(long, value_delimiter = ',', default_value = "500us,1ms")]
     pub ticks: Vec<String>,
@@ -65,6 +74,7 @@ struct Run {
     name: String,
     policy: String,
     tick: String,
+    loop_signal: String,
     fast: Summary,
     block: Option<Summary>,
     /// The agent's CPU over the measured window, % of one core.
@@ -160,7 +170,10 @@ fn measure_all(args: &Args, agent: &Path, app: &Path, dir: &Path) -> anyhow::Res
             {
                 return Ok(());
             }
-            let r = measure(agent, app, dir, name, policy, tick, 4, duration, plan)?;
+            let (policy, signal) = policy.split_once('+').unwrap_or((policy, "auto"));
+            let r = measure(
+                agent, app, dir, name, policy, signal, tick, 4, duration, plan,
+            )?;
             print_run(&r);
             runs.push(r);
             Ok(())
@@ -181,6 +194,25 @@ fn measure_all(args: &Args, agent: &Path, app: &Path, dir: &Path) -> anyhow::Res
             tick,
             &skewed,
         )?;
+    }
+    // Each kind of block: the exact loop signal, the /proc fallback, and
+    // the kernel's hash. ("rescue+proc": policy rescue, --loop-signal proc.)
+    for kind in &args.kinds {
+        let path = format!("/{kind}?ms={}", args.block_ms);
+        let plan = |plan: Plan| fast(plan).get("block", &path, args.block_rate);
+        one(
+            &format!("kind {kind}, rescue"),
+            "rescue+kernel",
+            "2ms",
+            &plan,
+        )?;
+        one(
+            &format!("kind {kind}, rescue, /proc signal"),
+            "rescue+proc",
+            "2ms",
+            &plan,
+        )?;
+        one(&format!("kind {kind}, kernel"), "kernel", "2ms", &plan)?;
     }
     let uniform = |plan: Plan| plan.get("fast", "/", args.uniform_rate);
     one(
@@ -225,6 +257,7 @@ fn measure(
     dir: &Path,
     name: &str,
     policy: &str,
+    loop_signal: &str,
     tick: &str,
     workers: usize,
     duration: Duration,
@@ -237,7 +270,14 @@ fn measure(
         dir,
         port,
         workers,
-        &["--policy", policy, "--tick", tick],
+        &[
+            "--policy",
+            policy,
+            "--tick",
+            tick,
+            "--loop-signal",
+            loop_signal,
+        ],
     )?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let warmup = Duration::from_secs(2);
@@ -277,6 +317,7 @@ fn measure(
         name: name.to_owned(),
         policy: policy.to_owned(),
         tick: tick.to_owned(),
+        loop_signal: loop_signal.to_owned(),
         fast,
         block,
         agent_cpu_percent: 100.0 * cpu.as_secs_f64() / duration.as_secs_f64(),

@@ -35,6 +35,8 @@ pub fn build(root: &Path, target: Option<&str>) -> anyhow::Result<Vec<String>> {
         "steering",
         "--test",
         "migration",
+        "--test",
+        "event_loop",
         "--no-run",
         "--message-format=json",
     ]);
@@ -57,8 +59,8 @@ pub fn build(root: &Path, target: Option<&str>) -> anyhow::Result<Vec<String>> {
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["kind"][0] == "test")
         .filter_map(|m| m["executable"].as_str().map(str::to_owned))
         .collect();
-    if tests.len() != 2 {
-        bail!("expected the steering and migration test binaries, found {tests:?}");
+    if tests.len() != 3 {
+        bail!("expected the steering, migration and event_loop test binaries, found {tests:?}");
     }
     Ok(tests)
 }

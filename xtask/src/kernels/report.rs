@@ -61,7 +61,11 @@ impl Row {
     ) -> Self {
         let mut names: Vec<String> = Vec::new();
         if wanted.iter().any(|s| s == "tests") {
-            names.extend(["test-migration".into(), "test-steering".into()]);
+            names.extend([
+                "test-event_loop".into(),
+                "test-migration".into(),
+                "test-steering".into(),
+            ]);
         }
         names.extend(wanted.iter().filter(|s| *s != "tests").cloned());
         let steps = names.iter().map(|n| read_step(dir, n)).collect();
