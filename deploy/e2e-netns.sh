@@ -14,19 +14,23 @@
 #                              watt-agent as PID 1, exactly the capabilities,
 #                              no_new_privs and read-only root filesystem of
 #                              the rendered manifest, its emptyDirs as tmpfs,
-#                              its env (POD_IP, WATT_ADMIN=$(POD_IP):9090, ...)
+#                              its hostPaths bound from this machine (tracefs,
+#                              read-only), its env (POD_IP,
+#                              WATT_ADMIN=$(POD_IP):9090, ...)
 #
-# The capability set, env, probe paths and ports, and timings are read from
-# the rendered overlay (deploy/lib/manifest.py facts), so this test and the
-# manifest cannot drift apart.
+# The capability set, env, emptyDirs and hostPaths, probe paths and ports,
+# and timings are read from the rendered overlay (deploy/lib/manifest.py
+# facts), so this test and the manifest cannot drift apart.
 #
 # Then it checks: the agent is PID 1 with exactly those capabilities; the
 # workers run as WATT_USER with no capabilities and no_new_privs; the
-# readiness and liveness probes, /metrics and /status answer from outside;
-# POST /reload from outside is refused; `watt-agent status` and `doctor` work
-# inside; requests through the veth are served by several workers; a SIGHUP
-# rolling reload loses no request; SIGTERM after the preStop delay stops
-# everything within the kill timeout with exit status 0.
+# hostPaths are mounted as the manifest says; the agent counts the workers'
+# event-loop turns in the kernel (no "event-loop liveness from /proc" warning
+# in its log); the readiness and liveness probes, /metrics and /status answer
+# from outside; POST /reload from outside is refused; `watt-agent status` and
+# `doctor` work inside; requests through the veth are served by several
+# workers; a SIGHUP rolling reload loses no request; SIGTERM after the
+# preStop delay stops everything within the kill timeout with exit status 0.
 #
 # Options:
 #   --overlay NAME         overlay to mirror: eks (default), eks-al2 or privileged
@@ -48,7 +52,9 @@
 # tests/fixtures/node22 if present, else the one on PATH.
 #
 #   --drop-cap CAP         remove CAP from the emulated set (repeatable): to
-#                          see what breaks without it
+#                          see what breaks without it (e.g. --drop-cap PERFMON:
+#                          the agent falls back to /proc for the event-loop
+#                          signal, and the loop-signal check fails)
 #   --add-cap CAP          add CAP to it (repeatable): to see what it would buy
 #
 # Needs root, iproute2, util-linux (unshare, setpriv, nsenter, mount), curl,
@@ -146,7 +152,7 @@ render "${DEPLOY_DIR}/overlays/${OVERLAY}" "${WORK}/rendered.yaml"
 FACTS="$("$(yaml_python)" "${DEPLOY_DIR}/lib/manifest.py" facts "${WORK}/rendered.yaml" --pod-ip "${NODE_IP}")"
 # M_CAPS M_CAP_MASK M_NO_NEW_PRIVS M_READ_ONLY_ROOT M_RUN_AS_USER M_APP_PORT
 # M_ADMIN_PORT M_READY_PATH M_READY_PORT M_LIVE_PATH M_LIVE_PORT M_PRESTOP
-# M_GRACE M_KILL_TIMEOUT M_ARGS M_ENV M_EMPTYDIRS
+# M_GRACE M_KILL_TIMEOUT M_ARGS M_ENV M_EMPTYDIRS M_HOSTPATHS
 eval "${FACTS}"
 
 env_get() { # the value of $1 in M_ENV
@@ -250,6 +256,25 @@ APP_URL="http://${NODE_IP}:${M_APP_PORT}/"
 # PID 1 of the new PID namespace runs this, then execs setpriv -> env -> agent.
 cat > "${WORK}/launch.sh" <<'SH'
 set -eu
+# The hostPath volumes (E2E_HOSTPATHS: "ro|rw:STAGE:MOUNT_PATH ..."). Each
+# host directory was bound at STAGE before `ip netns exec`, which replaced
+# /sys with a fresh sysfs of the network namespace (like a container's, it
+# has no tracefs under it); bound onto its mountPath now, after that sysfs,
+# as the kubelet does. First, before /run and /tmp get their own tmpfs.
+for h in ${E2E_HOSTPATHS}; do
+  mode=${h%%:*}
+  rest=${h#*:}
+  stage=${rest%%:*}
+  target=${rest#*:}
+  if [ -d "${target}" ]; then
+    mount --bind "${stage}" "${target}"
+    if [ "${mode}" = ro ]; then mount -o remount,bind,ro "${target}"; fi
+    echo "e2e: hostPath ${target}: bound from this machine (${mode})"
+  else
+    echo "e2e: hostPath ${target}: not emulated (no such directory in the container)"
+  fi
+  umount "${stage}"
+done
 # A checkout under /tmp or /run (CI clones often live there) would vanish
 # under the container's own /tmp and /run: keep it visible by moving a bind
 # of it aside first and binding it back after (this namespace only).
@@ -304,6 +329,39 @@ if [[ ${#ADD_CAPS[@]} -gt 0 ]]; then
   CAPS_SETPRIV="${CAPS_SETPRIV},$(IFS=,; echo "${ADD_CAPS[*]}")"
   log "e2e: EXPERIMENT: capabilities ${CAPS_SETPRIV} (manifest plus ${ADD_CAPS[*]}); the capability check will fail by design"
 fi
+# hostPath volumes: each host directory is bound at a stage under ${WORK} in a
+# private mount namespace of the launch (never in this machine's own), since
+# `ip netns exec` replaces /sys and with it the host's tracefs; launch.sh
+# binds the stage onto the mountPath.
+STAGE_BINDS=() # HOST_PATH STAGE pairs, bound by stage.sh
+HOSTPATHS_STAGED=""
+i=0
+for h in "${M_HOSTPATHS[@]}"; do
+  mode="${h%%:*}"
+  rest="${h#*:}"
+  host="${rest%%:*}"
+  target="${rest#*:}"
+  if [[ -d "${host}" ]]; then
+    stage="${WORK}/hostpath/${i}"
+    mkdir -p "${stage}"
+    STAGE_BINDS+=("${host}" "${stage}")
+    HOSTPATHS_STAGED+="${HOSTPATHS_STAGED:+ }${mode}:${stage}:${target}"
+    log "e2e: hostPath ${host} at ${target} (${mode}): $(stat -f -c %T "${host}") on this machine"
+  else
+    log "e2e: hostPath ${host}: no such directory on this machine (the kubelet would not start the pod: type Directory); not emulated"
+  fi
+  i=$((i + 1))
+done
+cat > "${WORK}/stage.sh" <<'SH'
+set -eu
+while [ "$1" != -- ]; do
+  mount --bind "$1" "$2"
+  shift 2
+done
+shift
+exec "$@"
+SH
+
 AGENT_ENV=(
   PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
   HOME=/root
@@ -316,6 +374,9 @@ log "e2e: pod IP ${NODE_IP} (netns ${NS_NODE}); probes from ${CLIENT_IP} (netns 
 
 E2E_REPO="${REPO_ROOT}" E2E_EMPTYDIRS="${M_EMPTYDIRS[*]}" E2E_READ_ONLY_ROOT="${M_READ_ONLY_ROOT}" \
 E2E_NO_NEW_PRIVS="${M_NO_NEW_PRIVS}" E2E_CAPS="${CAPS_SETPRIV}" E2E_UID="${M_RUN_AS_USER}" \
+E2E_HOSTPATHS="${HOSTPATHS_STAGED}" \
+  unshare --mount --propagation private \
+  bash "${WORK}/stage.sh" "${STAGE_BINDS[@]}" -- \
   ip netns exec "${NS_NODE}" \
   unshare --pid --fork --kill-child --mount --propagation private --mount-proc \
   bash "${WORK}/launch.sh" env -i "${AGENT_ENV[@]}" \
@@ -394,6 +455,26 @@ if [[ -n "${rt}" ]]; then
   [[ -n "${shim}" ]] && pass "Node preload written to the emptyDir \$RUNTIME_DIRECTORY (${shim})" ||
     fail "Node preload in \$RUNTIME_DIRECTORY ${rt}"
 fi
+for h in "${M_HOSTPATHS[@]}"; do
+  mode="${h%%:*}"
+  rest="${h#*:}"
+  host="${rest%%:*}"
+  target="${rest#*:}"
+  if [[ ! -d "${host}" ]]; then
+    skip "hostPath ${host} at ${target}" "no such directory on this machine"
+    continue
+  fi
+  mnt="$(awk -v t="${target}" '$2 == t { line = $0 } END { print line }' "/proc/${AGENT_PID}/mounts")"
+  fstype="$(awk '{ print $3 }' <<<"${mnt}")"
+  opts="$(awk '{ print $4 }' <<<"${mnt}")"
+  if [[ -z "${mnt}" ]]; then
+    fail "hostPath ${host} at ${target}" "not mounted in the container"
+  elif [[ "${mode}" == ro && ",${opts}," != *,ro,* ]]; then
+    fail "hostPath ${host} at ${target}, read-only" "mounted ${opts}"
+  else
+    pass "hostPath ${host} mounted at ${target} in the container (${fstype}, ${opts%%,*})"
+  fi
+done
 
 # `kubectl exec`: same namespaces, same capabilities and no_new_privs, the
 # container's environment.
@@ -465,6 +546,7 @@ fi
 log "agent's /proc files: $(grep '^/proc/' <<<"${agent_fds}" | sed 's#^/proc/[0-9]*/#/proc/<pid>/#; s#task/[0-9]*/#task/<pid>/#' | sort | uniq -c | awk '{printf "%s x%s; ", $2, $1}')"
 
 # --- the admin API from outside, and the CLI inside ---------------------------
+status_json=""
 if [[ ${admin_missing} -eq 1 ]]; then
   skip "liveness probe, /metrics, /status, POST /reload refused, watt-agent status/doctor" "no admin API in this build"
 else
@@ -476,7 +558,8 @@ else
   else
     fail "GET /metrics" "no Prometheus samples"
   fi
-  if http_body "${ADMIN}/status" | "$(yaml_python)" -c 'import json, sys; json.load(sys.stdin)' 2>/dev/null; then
+  status_json="$(http_body "${ADMIN}/status" || true)"
+  if "$(yaml_python)" -c 'import json, sys; json.load(sys.stdin)' <<<"${status_json}" 2>/dev/null; then
     pass "GET /status: JSON"
   else
     fail "GET /status" "not JSON"
@@ -504,6 +587,47 @@ else
   log "---- watt-agent doctor, inside the container"
   # shellcheck disable=SC2001 # indents every line
   sed 's/^/    /' <<<"${out}" >&2
+fi
+
+# --- the event-loop signal --------------------------------------------------
+# With the manifest's default (--loop-signal auto) the agent counts each
+# worker's epoll waits in the kernel where that loads (CAP_PERFMON; fentry,
+# or the syscalls tracepoints through the tracefs hostPath), else it
+# warns "event-loop liveness from /proc ..." and reads /proc. Its log says
+# which (the tracepoint hook with an INFO line); newer builds' /status too
+# (loop_signal, loop_hook), checked when present.
+loop_wanted="$(env_get WATT_LOOP_SIGNAL || echo auto)"
+if ! "${AGENT}" run --help 2>/dev/null | grep -q -- '--loop-signal'; then
+  skip "event-loop signal from the kernel" "this build has no --loop-signal"
+elif [[ "${loop_wanted}" == proc ]]; then
+  skip "event-loop signal from the kernel" "the manifest sets WATT_LOOP_SIGNAL=proc"
+else
+  proc_warning="$(grep -m1 'event-loop liveness from /proc' "${WORK}/agent.log" || true)"
+  read -r st_signal st_hook < <("$(yaml_python)" -c '
+import json, sys
+try:
+    d = json.load(sys.stdin)
+except Exception:
+    d = {}
+print(d.get("loop_signal") or "-", d.get("loop_hook") or "-")' <<<"${status_json}")
+  [[ "${st_signal}" == - ]] && st_signal=""
+  [[ "${st_hook}" == - ]] && st_hook=""
+  if grep -q 'counting event-loop turns on the syscalls tracepoints' "${WORK}/agent.log"; then
+    hook=tracepoint
+  elif [[ -n "${st_hook}" ]]; then
+    hook="${st_hook}"
+  else
+    hook="fentry"
+  fi
+  if [[ -n "${proc_warning}" ]]; then
+    why="$(sed -n 's/.*did not load (\(.*\)); a loop blocked.*/\1/p' <<<"${proc_warning}" | cut -c1-240)"
+    fail "event-loop signal from the kernel (--loop-signal ${loop_wanted})" \
+      "the agent warned \"event-loop liveness from /proc\": ${why:-see its log}"
+  elif [[ -n "${st_signal}" && "${st_signal}" != kernel ]]; then
+    fail "event-loop signal from the kernel (--loop-signal ${loop_wanted})" "/status loop_signal is ${st_signal}"
+  else
+    pass "event-loop signal from the kernel (--loop-signal ${loop_wanted}): ${hook}, no \"event-loop liveness from /proc\" warning${st_signal:+; /status loop_signal ${st_signal}}"
+  fi
 fi
 
 # --- traffic through the veth ------------------------------------------------

@@ -34,13 +34,22 @@ CAPS = {
     "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
 }
 
-# What the agent uses (docs/deploy-eks.md). BPF may be replaced by SYS_ADMIN
-# (privileged overlay); NET_BIND_SERVICE may be added for ports < 1024.
-MINIMAL = {"BPF", "SETUID", "SETGID", "SETPCAP", "KILL", "SYS_PTRACE"}
+# What the agent uses (docs/deploy-eks.md). BPF and PERFMON may be replaced
+# by SYS_ADMIN (privileged overlay); NET_BIND_SERVICE may be added for ports
+# < 1024. PERFMON: the event-loop signal's tracing programs (without it the
+# agent falls back to /proc).
+MINIMAL = {"BPF", "PERFMON", "SETUID", "SETGID", "SETPCAP", "KILL", "SYS_PTRACE"}
 # SYS_RESOURCE: raising RLIMIT_MEMLOCK for the BPF maps on kernels before
 # 5.11 (the eks-al2 overlay only).
 OPTIONAL = {"NET_BIND_SERVICE", "SYS_RESOURCE"}
 BPF_STANDINS = {"SYS_ADMIN"}
+# What a stand-in implies.
+STANDS_IN_FOR = {"BPF", "PERFMON"}
+
+# The only host paths the pod may mount, each read-only and with a hostPath
+# type that creates nothing: tracefs, for the event-loop signal's tracepoint
+# hook (aya reads events/syscalls/<name>/id there).
+HOSTPATHS = {"/sys/kernel/tracing": {"mountPath": "/sys/kernel/tracing", "type": "Directory"}}
 
 
 def load(paths):
@@ -121,10 +130,15 @@ class DaemonSet:
         return [m["mountPath"] for m in self.c.get("volumeMounts", [])
                 if "emptyDir" in vols.get(m["name"], {})]
 
-    def hostpath_mounts(self):
+    def hostpaths(self):
+        """[(host path, hostPath type, mountPath, read-only)] of the container."""
         vols = {v["name"]: v for v in self.spec.get("volumes", [])}
-        return [m["mountPath"] for m in self.c.get("volumeMounts", [])
-                if "hostPath" in vols.get(m["name"], {})]
+        out = []
+        for m in self.c.get("volumeMounts", []):
+            hp = vols.get(m["name"], {}).get("hostPath")
+            if hp is not None:
+                out.append((hp["path"], hp.get("type", ""), m["mountPath"], bool(m.get("readOnly"))))
+        return out
 
     def expanded_env(self, pod_ip):
         """The container's environment as the kubelet would build it:
@@ -181,14 +195,14 @@ def lint(paths):
         unknown = added - set(CAPS)
         if unknown:
             err(p, f"unknown capabilities {sorted(unknown)}")
-        base = (added - BPF_STANDINS) | ({"BPF"} if added & BPF_STANDINS else set())
+        base = (added - BPF_STANDINS) | (STANDS_IN_FOR if added & BPF_STANDINS else set())
         if not MINIMAL <= base:
             err(p, f"capabilities.add lacks {sorted(MINIMAL - base)}")
         extra = added - MINIMAL - OPTIONAL - BPF_STANDINS
         if extra:
             err(p, f"capabilities.add has more than the agent uses: {sorted(extra)}")
-        if added & BPF_STANDINS and "BPF" in added:
-            err(p, "SYS_ADMIN already implies BPF; add one of them")
+        if added & BPF_STANDINS and added & STANDS_IN_FOR:
+            err(p, f"SYS_ADMIN already implies {sorted(added & STANDS_IN_FOR)}; add one or the other")
         if ds.sc.get("privileged"):
             err(p, "privileged: true is not needed; the privileged overlay uses SYS_ADMIN instead")
         if not added & BPF_STANDINS and ds.sc.get("allowPrivilegeEscalation", True):
@@ -197,8 +211,17 @@ def lint(paths):
             err(p, "the agent must run as uid 0 (it starts workers as WATT_USER)")
         if not ds.env_value("WATT_USER"):
             err(p, "WATT_USER must be set: workers must not run as root")
-        if ds.hostpath_mounts():
-            err(p, f"hostPath mounts are not needed: {ds.hostpath_mounts()}")
+        for host, kind, mount, ro in ds.hostpaths():
+            want = HOSTPATHS.get(host)
+            if not want:
+                err(p, f"hostPath {host} is not needed (allowed: {sorted(HOSTPATHS)})")
+                continue
+            if not ro:
+                err(p, f"hostPath {host} must be mounted readOnly")
+            if mount != want["mountPath"]:
+                err(p, f"hostPath {host} must be mounted at {want['mountPath']}, is {mount}")
+            if kind != want["type"]:
+                err(p, f"hostPath {host}: type must be {want['type']} (creates nothing), is {kind!r}")
 
         # Filesystem: read-only root, the runtime dir on an emptyDir.
         if not ds.sc.get("readOnlyRootFilesystem"):
@@ -314,6 +337,9 @@ def facts(paths, pod_ip):
     print("M_ARGS=(" + " ".join(shlex.quote(a) for a in ds.c.get("args", [])) + ")")
     print("M_ENV=(" + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + ")")
     print("M_EMPTYDIRS=(" + " ".join(shlex.quote(m) for m in ds.emptydir_mounts()) + ")")
+    # ro|rw:HOST_PATH:MOUNT_PATH
+    print("M_HOSTPATHS=(" + " ".join(shlex.quote(f"{'ro' if ro else 'rw'}:{host}:{mount}")
+                                     for host, _, mount, ro in ds.hostpaths()) + ")")
     return 0
 
 

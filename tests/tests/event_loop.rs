@@ -135,7 +135,7 @@ fn scenario(hook: LoopHook) -> Option<()> {
 #[test]
 fn every_hook_that_loads_counts_the_main_loops_waits() {
     require_root();
-    let ran: Vec<&str> = [LoopHook::Fentry, LoopHook::Kprobe, LoopHook::Tracepoint]
+    let ran: Vec<&str> = LoopHook::ALL
         .into_iter()
         .filter_map(|h| scenario(h).map(|()| h.as_str()))
         .collect();

@@ -35,14 +35,25 @@ pub const PROGRAM: &str = "watt_select";
 /// Name of the select-only `sk_reuseport` program (kernels before 5.14).
 pub const PROGRAM_SELECT_ONLY: &str = "watt_select_only";
 
-/// The event-loop programs: one runs at every entry into the event loop's
-/// wait, the other at every return from it. As `fentry`/`fexit`, and the
-/// same code as `kprobe`/`kretprobe` for kernels that refuse tracing
-/// programs.
-pub const LOOP_ENTER_PROGRAM: &str = "watt_loop_enter";
-pub const LOOP_EXIT_PROGRAM: &str = "watt_loop_exit";
-pub const LOOP_ENTER_KPROBE: &str = "watt_loop_enter_kprobe";
-pub const LOOP_EXIT_KPROBE: &str = "watt_loop_exit_kprobe";
+/// The event-loop programs as `fentry`/`fexit` on the wait system calls'
+/// entry points: per call, the call and the entering and returning
+/// programs. (Each fentry program is loaded against one kernel function.)
+pub const LOOP_FENTRY: [(&str, &str, &str); 3] = [
+    ("epoll_wait", "watt_loop_enter_wait", "watt_loop_exit_wait"),
+    (
+        "epoll_pwait",
+        "watt_loop_enter_pwait",
+        "watt_loop_exit_pwait",
+    ),
+    (
+        "epoll_pwait2",
+        "watt_loop_enter_pwait2",
+        "watt_loop_exit_pwait2",
+    ),
+];
+
+/// The same code on the `syscalls` tracepoints of the calls, for kernels
+/// that refuse tracing programs.
 pub const LOOP_ENTER_TRACEPOINT: &str = "watt_loop_enter_tp";
 pub const LOOP_EXIT_TRACEPOINT: &str = "watt_loop_exit_tp";
 
@@ -50,9 +61,18 @@ pub const LOOP_EXIT_TRACEPOINT: &str = "watt_loop_exit_tp";
 /// attaches to (those the kernel has: arm64 has no `epoll_wait`).
 pub const LOOP_WAIT_SYSCALLS: [&str; 3] = ["epoll_wait", "epoll_pwait", "epoll_pwait2"];
 
-/// The kernel function they attach to: every epoll wait system call goes
-/// through it (libuv uses `epoll_pwait` on Node 20, 22 and 24).
-pub const LOOP_WAIT_FUNCTION: &str = "do_epoll_wait";
+/// The kernel function a wait system call enters through on the agent's
+/// architecture (`None` on one the programs do not know).
+#[must_use]
+pub const fn loop_fentry_prefix() -> Option<&'static str> {
+    if cfg!(target_arch = "x86_64") {
+        Some("__x64_sys_")
+    } else if cfg!(target_arch = "aarch64") {
+        Some("__arm64_sys_")
+    } else {
+        None
+    }
+}
 
 /// Upper bounds (inclusive, nanoseconds) of the stall histogram's buckets;
 /// a last bucket counts everything longer. A "stall" is one stretch of the

@@ -2,25 +2,29 @@
 //! enters its event loop's wait, whether it is inside it now, and how long
 //! it stays out of it (stalls).
 //!
-//! They hook the kernel's `do_epoll_wait`, which all three wait system
-//! calls go through (`epoll_wait`, `epoll_pwait`, `epoll_pwait2`; libuv uses
-//! `epoll_pwait` on Node 20, 22 and 24), so they run only when some process
-//! waits in epoll, and for a thread the agent does not watch they cost one
-//! hash lookup that misses. Three pairs of the same code, the agent attaches
-//! one: `fentry`/`fexit` (cheapest; kernels that allow tracing programs),
-//! else `kprobe`/`kretprobe`, else the `syscalls` tracepoints of the three
-//! wait calls (last: they need tracefs, which a container does not mount,
-//! and while attached every system call of the node takes the kernel's
-//! traced path).
+//! They hook the three wait system calls (`epoll_wait`, `epoll_pwait`,
+//! `epoll_pwait2`; libuv uses `epoll_pwait` on Node 20, 22 and 24), so they
+//! run only when some process waits in epoll, and for a thread the agent
+//! does not watch they cost one hash lookup that misses. Two ways, the agent
+//! attaches one:
+//! - `fentry`/`fexit` on the system calls' entry points (`__x64_sys_*`,
+//!   `__arm64_sys_*`): a direct call, the cheapest. Not on the shared
+//!   `do_epoll_wait`: it is a static function the compiler may inline into
+//!   some of its callers, and on Debian's 6.1 a hook there missed the
+//!   `epoll_wait` calls.
+//! - the `syscalls:sys_{enter,exit}_epoll_*` tracepoints, for kernels that
+//!   refuse tracing programs: they need tracefs, which a container does not
+//!   mount, and while attached every system call on the node takes the
+//!   kernel's traced path (`watt-agent/examples/loop_hook_cost.rs`).
 //!
 //! Only waits on the worker's main loop count (`LoopStats::wait_fd`): a
 //! `child_process.execSync` runs a private libuv loop on the same thread,
 //! and its waits are not turns of the loop that accepts connections.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{fentry, fexit, map, tracepoint},
     maps::HashMap,
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use watt_common::{LoopStats, MAX_SLOTS};
 
@@ -28,32 +32,60 @@ use watt_common::{LoopStats, MAX_SLOTS};
 #[map(name = "WATT_LOOPS")]
 static LOOPS: HashMap<u32, LoopStats> = HashMap::with_max_entries(MAX_SLOTS, 0);
 
-#[fentry(function = "do_epoll_wait")]
-pub fn watt_loop_enter(ctx: FEntryContext) -> u32 {
-    let epfd: i32 = ctx.arg(0);
-    enter(epfd);
-    0
+/// Where a system call's first argument sits in the `struct pt_regs` its
+/// entry point receives: `di` on x86-64, `regs[0]` on arm64.
+#[cfg(bpf_target_arch = "x86_64")]
+const FIRST_ARG: usize = 14 * 8;
+#[cfg(bpf_target_arch = "aarch64")]
+const FIRST_ARG: usize = 0;
+
+/// The epoll fd a system call's entry point was called with.
+#[inline(always)]
+fn syscall_epfd(ctx: &FEntryContext) -> Option<i32> {
+    // The entry point's one argument: the user registers.
+    let regs: *const u8 = ctx.arg(0);
+    // SAFETY: a read of kernel memory through the helper, which fails
+    // cleanly on a bad address.
+    let value = unsafe { bpf_probe_read_kernel(regs.wrapping_add(FIRST_ARG).cast::<u64>()) };
+    #[expect(clippy::cast_possible_truncation, reason = "the fd is an int")]
+    value.ok().map(|v| v as i32)
 }
 
-#[fexit(function = "do_epoll_wait")]
-pub fn watt_loop_exit(_ctx: FExitContext) -> u32 {
-    leave();
-    0
+macro_rules! fentry_pair {
+    ($function:literal, $enter:ident, $exit:ident) => {
+        #[fentry(function = $function)]
+        pub fn $enter(ctx: FEntryContext) -> u32 {
+            if let Some(epfd) = syscall_epfd(&ctx) {
+                enter(epfd);
+            }
+            0
+        }
+
+        #[fexit(function = $function)]
+        pub fn $exit(_ctx: FExitContext) -> u32 {
+            leave();
+            0
+        }
+    };
 }
 
-#[kprobe(function = "do_epoll_wait")]
-pub fn watt_loop_enter_kprobe(ctx: ProbeContext) -> u32 {
-    if let Some(epfd) = ctx.arg::<i32>(0) {
-        enter(epfd);
-    }
-    0
-}
-
-#[kretprobe(function = "do_epoll_wait")]
-pub fn watt_loop_exit_kprobe(_ctx: RetProbeContext) -> u32 {
-    leave();
-    0
-}
+// The section names the x86-64 entry points; the agent loads each program
+// against the running kernel's own (`watt_common::loop_fentry_target`).
+fentry_pair!(
+    "__x64_sys_epoll_wait",
+    watt_loop_enter_wait,
+    watt_loop_exit_wait
+);
+fentry_pair!(
+    "__x64_sys_epoll_pwait",
+    watt_loop_enter_pwait,
+    watt_loop_exit_pwait
+);
+fentry_pair!(
+    "__x64_sys_epoll_pwait2",
+    watt_loop_enter_pwait2,
+    watt_loop_exit_pwait2
+);
 
 /// Offset of the first argument in a `syscalls:sys_enter_*` record
 /// (after the common header and `__syscall_nr`; see the event's `format`).

@@ -113,7 +113,7 @@ pub struct Status {
     /// `kernel` (its epoll waits counted) or `proc` (the fallback).
     #[serde(default)]
     pub loop_signal: Option<LoopSignal>,
-    /// How the kernel's count hooks the wait: `fentry`, `kprobe` or
+    /// How the kernel's count hooks the wait: `fentry` or
     /// `tracepoint` (absent with `proc`).
     #[serde(default)]
     pub loop_hook: Option<LoopHook>,

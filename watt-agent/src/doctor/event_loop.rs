@@ -12,8 +12,8 @@ pub(super) fn loop_signal() -> Check {
         Ok(w) => {
             let hook = w.hook().as_str();
             let caveat = if w.hook() == crate::steering::LoopHook::Tracepoint {
-                " (no fentry or kprobes here: every system call on the node takes the traced \
-                 path while the agent runs)"
+                " (fentry is refused here: every system call on the node takes the traced path \
+                 while the agent runs)"
             } else {
                 ""
             };
@@ -21,7 +21,7 @@ pub(super) fn loop_signal() -> Check {
                 LOOP_SIGNAL,
                 format!(
                     "the kernel counts the workers' event-loop turns ({hook} on the epoll \
-                     wait){caveat}"
+                     waits){caveat}"
                 ),
             )
         }
@@ -42,8 +42,8 @@ fn fix(e: &LoopWatchError) -> &'static str {
         LoopWatchError::Permission => "grant CAP_PERFMON (the DaemonSet's manifests add it)",
         LoopWatchError::NoObject => "rebuild with `cargo xtask build`",
         _ => {
-            "a kernel with BTF and tracing programs (fentry), CONFIG_KPROBES, or tracefs mounted \
-             at /sys/kernel/tracing (`mount -t tracefs tracefs /sys/kernel/tracing`)"
+            "a kernel with BTF that allows tracing programs (fentry), or tracefs mounted at \
+             /sys/kernel/tracing (`mount -t tracefs tracefs /sys/kernel/tracing`)"
         }
     }
 }

@@ -1,6 +1,6 @@
-//! The exact event-loop signal: programs on the kernel's `do_epoll_wait`
-//! count each watched worker's main-thread entries into its event loop's
-//! wait (`watt-ebpf`'s `event_loop`).
+//! The exact event-loop signal: programs on the wait system calls count
+//! each watched worker's main-thread entries into its event loop's wait
+//! (`watt-ebpf`'s `event_loop`).
 //!
 //! A loop that entered its wait since the last look, or sits in it now, is
 //! turning; one that has not, whatever it does meanwhile (CPU, a futex,
@@ -8,29 +8,34 @@
 //! the steering program: it needs `CAP_PERFMON`, and where it cannot load
 //! the health model falls back to `/proc`.
 //!
-//! Three ways to hook the wait, tried in this order:
-//! - `fentry`/`fexit` on `do_epoll_wait`: a direct call from the function's
-//!   entry, the cheapest; needs the kernel's BTF and a kernel that allows
-//!   tracing programs (some refuse them: this dev box's, with EPERM);
-//! - `kprobe`/`kretprobe` on the same function (needs `CONFIG_KPROBES`);
+//! Two ways to hook the waits, tried in this order:
+//! - `fentry`/`fexit` on the calls' entry points (`__x64_sys_epoll_pwait`
+//!   and its siblings): a direct call, the cheapest; needs the kernel's BTF
+//!   and a kernel that allows tracing programs (some refuse them: this dev
+//!   box's, with EPERM);
 //! - the `syscalls:sys_{enter,exit}_epoll_*` tracepoints: they need tracefs
-//!   mounted (`/sys/kernel/tracing`; a container has none), and while they
-//!   are attached every system call on the node takes the kernel's traced
-//!   path. The last resort before `/proc`, and measured
-//!   (`examples/loop_hook_cost.rs`).
+//!   mounted (`/sys/kernel/tracing`; a container has none unless it is
+//!   mounted in), and while they are attached every system call on the
+//!   node takes the kernel's traced path. The last resort before `/proc`,
+//!   measured by `examples/loop_hook_cost.rs`.
+//!
+//! Of the three calls, those the kernel has are hooked (arm64 has no
+//! `epoll_wait`); `epoll_pwait`, libuv's, must be among them.
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError},
-    programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
+    programs::{FEntry, FExit, ProgramError, TracePoint},
 };
 use watt_common::{
-    LOOP_ENTER_KPROBE, LOOP_ENTER_PROGRAM, LOOP_ENTER_TRACEPOINT, LOOP_EXIT_KPROBE,
-    LOOP_EXIT_PROGRAM, LOOP_EXIT_TRACEPOINT, LOOP_WAIT_FUNCTION, LOOP_WAIT_SYSCALLS, LoopStats,
-    maps,
+    LOOP_ENTER_TRACEPOINT, LOOP_EXIT_TRACEPOINT, LOOP_FENTRY, LOOP_WAIT_SYSCALLS, LoopStats,
+    loop_fentry_prefix, maps,
 };
 
 use super::load::OBJECT;
 use crate::{ids::Pid, preflight};
+
+/// The call libuv waits in: a hook without it sees no Node loop turn.
+const LIBUV_WAIT: &str = "epoll_pwait";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopWatchError {
@@ -41,23 +46,25 @@ pub enum LoopWatchError {
     Permission,
     #[error("this binary was built without its eBPF program (AYA_BUILD_SKIP)")]
     NoObject,
+    #[error("no fentry programs for this architecture")]
+    Architecture,
     #[error("loading the eBPF object")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
-    #[error("the kernel refused {program} on {LOOP_WAIT_FUNCTION}")]
+    #[error("the kernel refused {program} on {target}")]
     Program {
         program: &'static str,
+        target: String,
         #[source]
         source: ProgramError,
     },
     #[error(
-        "as fentry: {}; as a kprobe: {}; as tracepoints: {}",
+        "as fentry: {}; as tracepoints: {}",
         crate::error_chain(&tried[0]),
-        crate::error_chain(&tried[1]),
-        crate::error_chain(&tried[2])
+        crate::error_chain(&tried[1])
     )]
-    NoHook { tried: Box<[LoopWatchError; 3]> },
+    NoHook { tried: Box<[LoopWatchError; 2]> },
     #[error("map {}: {op}", maps::LOOPS)]
     Map {
         op: String,
@@ -66,21 +73,21 @@ pub enum LoopWatchError {
     },
 }
 
-/// How the programs hook `do_epoll_wait`.
+/// How the programs hook the wait system calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LoopHook {
     Fentry,
-    Kprobe,
     Tracepoint,
 }
 
 impl LoopHook {
+    pub const ALL: [Self; 2] = [Self::Fentry, Self::Tracepoint];
+
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Fentry => "fentry",
-            Self::Kprobe => "kprobe",
             Self::Tracepoint => "tracepoint",
         }
     }
@@ -104,8 +111,8 @@ impl std::fmt::Debug for LoopWatch {
 }
 
 impl LoopWatch {
-    /// Loads the programs and attaches them to `do_epoll_wait`: as
-    /// `fentry`/`fexit` if the kernel allows, else as kprobes.
+    /// Loads the programs and attaches them: as `fentry`/`fexit` if the
+    /// kernel allows, else on the tracepoints.
     pub fn load() -> Result<Self, LoopWatchError> {
         if OBJECT.is_empty() {
             return Err(LoopWatchError::NoObject);
@@ -121,23 +128,17 @@ impl LoopWatch {
             Err(LoopWatchError::Permission) => return Err(LoopWatchError::Permission),
             Err(e) => e,
         };
-        let kprobe = match Self::load_hook(LoopHook::Kprobe) {
-            Ok(w) => return Ok(w),
-            Err(e) => e,
-        };
         match Self::load_hook(LoopHook::Tracepoint) {
             Ok(w) => {
                 tracing::info!(
-                    "counting event-loop turns on the syscalls tracepoints (fentry: {}; kprobe: \
-                     {}): every system call on this node takes the traced path while the agent \
-                     runs",
-                    crate::error_chain(&fentry),
-                    crate::error_chain(&kprobe)
+                    "counting event-loop turns on the syscalls tracepoints (fentry: {}): every \
+                     system call on this node takes the traced path while the agent runs",
+                    crate::error_chain(&fentry)
                 );
                 Ok(w)
             }
             Err(tracepoint) => Err(LoopWatchError::NoHook {
-                tried: Box::new([fentry, kprobe, tracepoint]),
+                tried: Box::new([fentry, tracepoint]),
             }),
         }
     }
@@ -149,54 +150,8 @@ impl LoopWatch {
             .load(OBJECT)
             .map_err(LoopWatchError::Load)?;
         match hook {
-            LoopHook::Fentry => {
-                // The kernel's BTF names the function's type for fentry.
-                let btf = Btf::from_sys_fs().map_err(|e| LoopWatchError::Program {
-                    program: LOOP_ENTER_PROGRAM,
-                    source: ProgramError::Btf(e),
-                })?;
-                let enter: &mut FEntry = program(&mut ebpf, LOOP_ENTER_PROGRAM)?;
-                let err = program_error(LOOP_ENTER_PROGRAM);
-                enter.load(LOOP_WAIT_FUNCTION, &btf).map_err(err)?;
-                enter.attach().map_err(err)?;
-                let exit: &mut FExit = program(&mut ebpf, LOOP_EXIT_PROGRAM)?;
-                let err = program_error(LOOP_EXIT_PROGRAM);
-                exit.load(LOOP_WAIT_FUNCTION, &btf).map_err(err)?;
-                exit.attach().map_err(err)?;
-            }
-            LoopHook::Kprobe => {
-                for name in [LOOP_ENTER_KPROBE, LOOP_EXIT_KPROBE] {
-                    let probe: &mut KProbe = program(&mut ebpf, name)?;
-                    let err = program_error(name);
-                    probe.load().map_err(err)?;
-                    probe.attach(LOOP_WAIT_FUNCTION, 0).map_err(err)?;
-                }
-            }
-            LoopHook::Tracepoint => {
-                for (name, phase) in [
-                    (LOOP_ENTER_TRACEPOINT, "sys_enter"),
-                    (LOOP_EXIT_TRACEPOINT, "sys_exit"),
-                ] {
-                    let tp: &mut TracePoint = program(&mut ebpf, name)?;
-                    let err = program_error(name);
-                    tp.load().map_err(err)?;
-                    // Every wait call the kernel has (arm64 has no
-                    // `epoll_wait`); at least one must attach.
-                    let mut attached = 0;
-                    let mut last = None;
-                    for call in LOOP_WAIT_SYSCALLS {
-                        match tp.attach("syscalls", &format!("{phase}_{call}")) {
-                            Ok(_) => attached += 1,
-                            Err(e) => last = Some(e),
-                        }
-                    }
-                    if attached == 0
-                        && let Some(e) = last
-                    {
-                        return Err(err(e));
-                    }
-                }
-            }
+            LoopHook::Fentry => attach_fentry(&mut ebpf)?,
+            LoopHook::Tracepoint => attach_tracepoints(&mut ebpf)?,
         }
         let loops = ebpf
             .take_map(maps::LOOPS)
@@ -257,6 +212,62 @@ fn key(tid: Pid) -> u32 {
     u32::try_from(tid).unwrap_or(0)
 }
 
+/// `fentry`/`fexit` on the entry point of every wait call the kernel has.
+fn attach_fentry(ebpf: &mut Ebpf) -> Result<(), LoopWatchError> {
+    let prefix = loop_fentry_prefix().ok_or(LoopWatchError::Architecture)?;
+    // The kernel's BTF names the functions' types for fentry.
+    let btf = Btf::from_sys_fs().map_err(|e| LoopWatchError::Program {
+        program: LOOP_FENTRY[1].1,
+        target: "/sys/kernel/btf/vmlinux".into(),
+        source: ProgramError::Btf(e),
+    })?;
+    for (call, enter, exit) in LOOP_FENTRY {
+        let target = format!("{prefix}{call}");
+        let hooked = {
+            let p: &mut FEntry = program(ebpf, enter)?;
+            p.load(&target, &btf).and_then(|()| p.attach().map(drop))
+        }
+        .and_then(|()| {
+            let p: &mut FExit = program(ebpf, exit).map_err(|_| ProgramError::NotLoaded)?;
+            p.load(&target, &btf).and_then(|()| p.attach().map(drop))
+        });
+        match hooked {
+            Ok(()) => {}
+            // A call this kernel does not have (arm64's `epoll_wait`, or
+            // `epoll_pwait2` before 5.11) has no entry point to hook; only
+            // libuv's own is required.
+            Err(e) if call != LIBUV_WAIT => {
+                tracing::debug!("no fentry on {target}: {}", crate::error_chain(&e));
+            }
+            Err(e) => return Err(program_error(enter, &target)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The enter and exit programs on the `syscalls` tracepoints of every wait
+/// call the kernel has.
+fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<(), LoopWatchError> {
+    for (name, phase) in [
+        (LOOP_ENTER_TRACEPOINT, "sys_enter"),
+        (LOOP_EXIT_TRACEPOINT, "sys_exit"),
+    ] {
+        let tp: &mut TracePoint = program(ebpf, name)?;
+        tp.load().map_err(program_error(name, "syscalls"))?;
+        for call in LOOP_WAIT_SYSCALLS {
+            let event = format!("{phase}_{call}");
+            match tp.attach("syscalls", &event) {
+                Ok(_) => {}
+                Err(e) if call != LIBUV_WAIT => {
+                    tracing::debug!("no tracepoint syscalls:{event}: {}", crate::error_chain(&e));
+                }
+                Err(e) => return Err(program_error(name, &format!("syscalls:{event}"))(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoopWatchError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
@@ -266,13 +277,15 @@ where
         .try_into()
         .map_err(|source| LoopWatchError::Program {
             program: name,
+            target: String::new(),
             source,
         })
 }
 
 /// A program's load or attach error; EPERM/EACCES from the kernel means a
-/// missing capability.
-fn program_error(program: &'static str) -> impl Fn(ProgramError) -> LoopWatchError + Copy {
+/// missing capability (if one is missing).
+fn program_error(program: &'static str, target: &str) -> impl Fn(ProgramError) -> LoopWatchError {
+    let target = target.to_owned();
     move |e| {
         let denied = match &e {
             ProgramError::LoadError { io_error, .. } => {
@@ -286,7 +299,11 @@ fn program_error(program: &'static str) -> impl Fn(ProgramError) -> LoopWatchErr
         if denied && preflight::effective_caps().is_ok_and(|c| !preflight::can_trace(c)) {
             LoopWatchError::Permission
         } else {
-            LoopWatchError::Program { program, source: e }
+            LoopWatchError::Program {
+                program,
+                target: target.clone(),
+                source: e,
+            }
         }
     }
 }

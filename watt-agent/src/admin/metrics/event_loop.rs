@@ -62,7 +62,7 @@ impl Scrape {
                 enc,
                 "watt_loop_signal",
                 "What tells the health model a worker's event loop turns (1 for the one in use): \
-                 kernel (its epoll waits counted, hook fentry, kprobe or tracepoint) or proc",
+                 kernel (its epoll waits counted, hook fentry or tracepoint) or proc",
                 None,
                 &[(
                     vec![("signal", signal.to_string()), ("hook", hook.to_owned())],
