@@ -25,6 +25,8 @@ struct Waiter {
     tid: i32,
     main_fd: i32,
     wake: EventFd,
+    /// Says when the thread is about to enter its last wait.
+    last: mpsc::Receiver<()>,
     done: thread::JoinHandle<()>,
 }
 
@@ -34,6 +36,7 @@ struct Waiter {
 fn waiter(
     go: mpsc::Receiver<()>,
     ready: mpsc::Sender<(i32, i32, EventFd)>,
+    last: mpsc::Sender<()>,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let main = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
@@ -56,6 +59,7 @@ fn waiter(
             other.wait(&mut events, EpollTimeout::ZERO).unwrap();
         }
         thread::sleep(Duration::from_millis(30));
+        last.send(()).unwrap();
         main.wait(&mut events, EpollTimeout::NONE).unwrap();
     })
 }
@@ -63,7 +67,8 @@ fn waiter(
 fn start_waiter(watch: &mut LoopWatch, only_main: bool) -> Waiter {
     let (go_tx, go) = mpsc::channel();
     let (ready, ready_rx) = mpsc::channel();
-    let done = waiter(go, ready);
+    let (last_tx, last) = mpsc::channel();
+    let done = waiter(go, ready, last_tx);
     let (tid, main_fd, wake) = ready_rx.recv().unwrap();
     watch
         .watch(tid, only_main.then_some(main_fd))
@@ -73,6 +78,7 @@ fn start_waiter(watch: &mut LoopWatch, only_main: bool) -> Waiter {
         tid,
         main_fd,
         wake,
+        last,
         done,
     }
 }
@@ -94,8 +100,11 @@ fn scenario(hook: LoopHook) -> Option<()> {
             return None;
         }
     };
-    // Only the main instance's waits count.
+    // Only the main instance's waits count. (In its last wait: after it
+    // said so, not in one of the short waits before, which a slow guest
+    // would catch too.)
     let w = start_waiter(&mut watch, true);
+    w.last.recv().unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || stats(&watch, w.tid).in_wait()),
         "{}: the thread never seen in its last wait: {:?}",
@@ -120,6 +129,7 @@ fn scenario(hook: LoopHook) -> Option<()> {
 
     // Without the main instance known, every wait of the thread counts.
     let w = start_waiter(&mut watch, false);
+    w.last.recv().unwrap();
     assert!(wait_until(Duration::from_secs(10), || stats(&watch, w.tid).in_wait()));
     assert_eq!(
         stats(&watch, w.tid).turns,
