@@ -21,6 +21,7 @@
 //! `child_process.execSync` runs a private libuv loop on the same thread,
 //! and its waits are not turns of the loop that accepts connections.
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{fentry, fexit, map, tracepoint},
     maps::HashMap,
@@ -42,13 +43,21 @@ const FIRST_ARG: usize = 0;
 /// The epoll fd a system call's entry point was called with.
 #[inline(always)]
 fn syscall_epfd(ctx: &FEntryContext) -> Option<i32> {
-    // The entry point's one argument: the user registers.
-    let regs: *const u8 = ctx.arg(0);
-    // SAFETY: a read of kernel memory through the helper, which fails
-    // cleanly on a bad address.
-    let value = unsafe { bpf_probe_read_kernel(regs.wrapping_add(FIRST_ARG).cast::<u64>()) };
+    // The entry point's one argument, the user registers, read as a plain
+    // number rather than through `ctx.arg`: 5.10's verifier refuses a typed
+    // load of a `const struct pt_regs *` argument ("arg#0 type is not a
+    // struct").
+    let slot = ctx.as_ptr().cast::<u64>();
+    // SAFETY: reads of kernel memory through the helper, which fails
+    // cleanly on a bad address: the context's first slot, then the
+    // register in the structure it points to.
+    let regs = unsafe { bpf_probe_read_kernel(slot) }.ok()?;
+    #[expect(clippy::cast_possible_truncation, reason = "a kernel address")]
+    let arg = (regs as usize).wrapping_add(FIRST_ARG) as *const u64;
+    // SAFETY: as above.
+    let value = unsafe { bpf_probe_read_kernel(arg) }.ok()?;
     #[expect(clippy::cast_possible_truncation, reason = "the fd is an int")]
-    value.ok().map(|v| v as i32)
+    Some(value as i32)
 }
 
 macro_rules! fentry_pair {
