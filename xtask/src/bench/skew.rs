@@ -63,10 +63,11 @@ pub struct Args {
     /// Seconds of the idle measurement with 16 workers (0 skips it).
     #[arg(long, default_value_t = 60)]
     pub idle: u64,
-    /// Only the runs whose name contains this (e.g. `uniform`); skips the
-    /// idle measurement and writes no results file.
-    #[arg(long)]
-    pub only: Option<String>,
+    /// Only the runs whose name contains one of these, comma-separated
+    /// (e.g. `uniform` or `baseline,kind`); skips the idle measurement and
+    /// writes no results file.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Option<Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -166,7 +167,7 @@ fn measure_all(args: &Args, agent: &Path, app: &Path, dir: &Path) -> anyhow::Res
             if args
                 .only
                 .as_ref()
-                .is_some_and(|o| !name.contains(o.as_str()))
+                .is_some_and(|o| !o.iter().any(|o| name.contains(o.as_str())))
             {
                 return Ok(());
             }
