@@ -34,8 +34,9 @@ use watt_common::{LoopStats, MAX_SLOTS};
 static LOOPS: HashMap<u32, LoopStats> = HashMap::with_max_entries(MAX_SLOTS, 0);
 
 /// Where a system call's first argument sits in the `struct pt_regs` its
-/// entry point receives: `di` on x86-64, `regs[0]` on arm64.
-#[cfg(bpf_target_arch = "x86_64")]
+/// entry point receives: `di` on x86-64, `regs[0]` on arm64. (x86-64 also
+/// where no architecture is set: `cargo clippy` of this crate alone.)
+#[cfg(not(bpf_target_arch = "aarch64"))]
 const FIRST_ARG: usize = 14 * 8;
 #[cfg(bpf_target_arch = "aarch64")]
 const FIRST_ARG: usize = 0;
