@@ -56,32 +56,49 @@ pub(crate) fn scrape(admin: SocketAddr) -> prometheus_parse::Scrape {
     assert_eq!(r.status, 200, "{}", r.body);
     let lines: Vec<std::io::Result<String>> = r.body.lines().map(|l| Ok(l.to_owned())).collect();
     let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text");
+    // prometheus-parse turns a histogram's `_bucket` lines into one sample
+    // per label set, and its `_sum` and `_count` lines into one untyped
+    // sample each: three per label set.
+    let histograms: Vec<&str> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" histogram"))
+        .collect();
+    let in_histogram = |l: &str| histograms.iter().any(|h| l.starts_with(&format!("{h}_")));
     let sample_lines = r
         .body
         .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !in_histogram(l))
+        .count();
+    let histogram_counts = r
+        .body
+        .lines()
+        .filter(|l| in_histogram(l) && l.contains("_count"))
         .count();
     assert_eq!(
         scrape.samples.len(),
-        sample_lines,
+        sample_lines + 3 * histogram_counts,
         "lines the parser skipped:\n{}",
         r.body
     );
     for s in &scrape.samples {
         assert!(
-            matches!(
-                s.value,
-                prometheus_parse::Value::Counter(_) | prometheus_parse::Value::Gauge(_)
-            ),
+            match &s.value {
+                prometheus_parse::Value::Counter(_) | prometheus_parse::Value::Gauge(_) => true,
+                prometheus_parse::Value::Histogram(buckets) => !buckets.is_empty(),
+                prometheus_parse::Value::Untyped(_) => in_histogram(&s.metric),
+                _ => false,
+            },
             "{} has no TYPE",
             s.metric
         );
         assert!(s.metric.starts_with("watt_"), "{}", s.metric);
-        assert!(
-            scrape.docs.contains_key(&s.metric),
-            "{} has no HELP",
-            s.metric
-        );
+        // A histogram's `_sum` and `_count` have their family's HELP.
+        let family = histograms
+            .iter()
+            .find(|h| in_histogram(&s.metric) && s.metric.starts_with(**h))
+            .map_or(s.metric.as_str(), |h| *h);
+        assert!(scrape.docs.contains_key(family), "{} has no HELP", s.metric);
         if let prometheus_parse::Value::Counter(_) = s.value {
             assert!(
                 s.metric.ends_with("_total"),
