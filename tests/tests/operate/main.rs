@@ -87,7 +87,7 @@ pub(crate) fn scrape(admin: SocketAddr) -> prometheus_parse::Scrape {
                 prometheus_parse::Value::Counter(_) | prometheus_parse::Value::Gauge(_) => true,
                 prometheus_parse::Value::Histogram(buckets) => !buckets.is_empty(),
                 prometheus_parse::Value::Untyped(_) => in_histogram(&s.metric),
-                _ => false,
+                prometheus_parse::Value::Summary(_) => false,
             },
             "{} has no TYPE",
             s.metric
