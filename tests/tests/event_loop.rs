@@ -157,3 +157,29 @@ fn every_hook_that_loads_counts_the_main_loops_waits() {
     let chosen = LoopWatch::load().expect("LoopWatch::load").hook();
     assert!(ran.contains(&chosen.as_str()), "{chosen:?} vs {ran:?}");
 }
+
+/// The same in a PID namespace of its own, as the DaemonSet's container
+/// runs (no `hostPID`): thread ids there are not the kernel's global ones,
+/// and the programs must key by the ids the agent sees.
+#[test]
+fn the_count_keys_threads_by_the_agents_pid_namespace() {
+    require_root();
+    let out = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(std::env::current_exe().expect("this test binary"))
+        .args([
+            "--exact",
+            "every_hook_that_loads_counts_the_main_loops_waits",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .output()
+        .expect("run unshare (util-linux)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "in a PID namespace:\n{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}

@@ -27,6 +27,7 @@ pub mod maps {
     pub const SLOT_COUNTERS: &str = "WATT_SLOT_COUNTERS";
     pub const GLOBAL_COUNTERS: &str = "WATT_GLOBAL_COUNTERS";
     pub const LOOPS: &str = "WATT_LOOPS";
+    pub const LOOP_NS: &str = "WATT_LOOP_NS";
 }
 
 /// Name of the `sk_reuseport/migrate` program in the object file.
@@ -98,6 +99,18 @@ pub const STALL_BUCKETS: usize = 13;
 /// The longest stall is kept per window of this length, the current one
 /// and the one before: "longest recent" covers the last 30 to 60 s.
 pub const STALL_WINDOW_NS: u64 = 30_000_000_000;
+
+/// The agent's PID namespace (`stat /proc/self/ns/pid`: device and inode),
+/// the one entry of `WATT_LOOP_NS`. The event-loop programs key threads by
+/// their id in it, the ids the agent knows: in a container (the pod
+/// has no `hostPID`) a worker's id differs from the kernel's global one.
+/// All zero: the global ids.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoopNs {
+    pub dev: u64,
+    pub ino: u64,
+}
 
 /// One watched thread (a worker's main thread) as the event-loop programs
 /// count it. The map is keyed by thread id; the agent inserts a zeroed
@@ -386,4 +399,5 @@ mod pod {
     unsafe impl aya::Pod for super::Table {}
     unsafe impl aya::Pod for super::SlotCounters {}
     unsafe impl aya::Pod for super::LoopStats {}
+    unsafe impl aya::Pod for super::LoopNs {}
 }

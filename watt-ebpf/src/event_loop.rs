@@ -22,16 +22,24 @@
 //! and its waits are not turns of the loop that accepts connections.
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    bindings::bpf_pidns_info,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::bpf_get_ns_current_pid_tgid,
+    },
     macros::{fentry, fexit, map, tracepoint},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::{FEntryContext, FExitContext, TracePointContext},
 };
-use watt_common::{LoopStats, MAX_SLOTS};
+use watt_common::{LoopNs, LoopStats, MAX_SLOTS};
 
 /// Watched threads by thread id (the agent inserts and removes them).
 #[map(name = "WATT_LOOPS")]
 static LOOPS: HashMap<u32, LoopStats> = HashMap::with_max_entries(MAX_SLOTS, 0);
+
+/// The agent's PID namespace: `LOOPS` is keyed by thread ids in it.
+#[map(name = "WATT_LOOP_NS")]
+static LOOP_NS: Array<LoopNs> = Array::with_max_entries(1, 0);
 
 /// Where a system call's first argument sits in the `struct pt_regs` its
 /// entry point receives: `di` on x86-64, `regs[0]` on arm64. (x86-64 also
@@ -148,11 +156,27 @@ fn leave() {
 /// The current thread's entry, if the agent watches it.
 #[inline(always)]
 fn watched() -> Option<*mut LoopStats> {
-    // The low half is the thread id (the kernel's pid).
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "the low 32 bits are the tid"
-    )]
-    let tid = bpf_get_current_pid_tgid() as u32;
-    LOOPS.get_ptr_mut(tid)
+    LOOPS.get_ptr_mut(current_tid()?)
+}
+
+/// The current thread's id as the agent sees it: in the agent's PID
+/// namespace (`None` for a thread outside it), or the global one.
+#[inline(always)]
+fn current_tid() -> Option<u32> {
+    match LOOP_NS.get(0) {
+        Some(ns) if ns.ino != 0 => {
+            let mut info = bpf_pidns_info { pid: 0, tgid: 0 };
+            #[expect(clippy::cast_possible_truncation, reason = "an 8-byte struct")]
+            let size = core::mem::size_of::<bpf_pidns_info>() as u32;
+            // SAFETY: the helper writes `size` bytes into `info`.
+            let rc = unsafe { bpf_get_ns_current_pid_tgid(ns.dev, ns.ino, &raw mut info, size) };
+            (rc == 0).then_some(info.pid)
+        }
+        // The low half is the thread id (the kernel's pid).
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "the low 32 bits are the tid"
+        )]
+        _ => Some(bpf_get_current_pid_tgid() as u32),
+    }
 }

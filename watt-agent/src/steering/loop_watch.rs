@@ -27,8 +27,8 @@ use aya::{
     programs::{FEntry, FExit, ProgramError, TracePoint},
 };
 use watt_common::{
-    LOOP_ENTER_TRACEPOINT, LOOP_EXIT_TRACEPOINT, LOOP_FENTRY, LOOP_WAIT_SYSCALLS, LoopStats,
-    loop_fentry_prefix, maps,
+    LOOP_ENTER_TRACEPOINT, LOOP_EXIT_TRACEPOINT, LOOP_FENTRY, LOOP_WAIT_SYSCALLS, LoopNs,
+    LoopStats, loop_fentry_prefix, maps,
 };
 
 use super::load::OBJECT;
@@ -153,6 +153,7 @@ impl LoopWatch {
             LoopHook::Fentry => attach_fentry(&mut ebpf)?,
             LoopHook::Tracepoint => attach_tracepoints(&mut ebpf)?,
         }
+        set_pid_namespace(&mut ebpf)?;
         let loops = ebpf
             .take_map(maps::LOOPS)
             .ok_or(LoopWatchError::Missing(maps::LOOPS))?
@@ -210,6 +211,34 @@ impl LoopWatch {
 
 fn key(tid: Pid) -> u32 {
     u32::try_from(tid).unwrap_or(0)
+}
+
+/// Tells the programs the agent's PID namespace, so that they key threads
+/// by the ids the agent knows (in a container those are not the kernel's
+/// global ones).
+fn set_pid_namespace(ebpf: &mut Ebpf) -> Result<(), LoopWatchError> {
+    let map_err = |op: &str| {
+        let op = op.to_owned();
+        move |source| LoopWatchError::Map { op, source }
+    };
+    let st = nix::sys::stat::stat("/proc/self/ns/pid").map_err(|e| LoopWatchError::Map {
+        op: "stat /proc/self/ns/pid".into(),
+        source: MapError::SyscallError(aya::sys::SyscallError {
+            call: "stat",
+            io_error: std::io::Error::from(e),
+        }),
+    })?;
+    let mut ns: aya::maps::Array<_, LoopNs> = ebpf
+        .map_mut(maps::LOOP_NS)
+        .ok_or(LoopWatchError::Missing(maps::LOOP_NS))?
+        .try_into()
+        .map_err(map_err("open"))?;
+    let value = LoopNs {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    };
+    ns.set(0, value, 0)
+        .map_err(map_err("set the PID namespace"))
 }
 
 /// `fentry`/`fexit` on the entry point of every wait call the kernel has.
