@@ -158,7 +158,7 @@ fn every_hook_that_loads_counts_the_main_loops_waits() {
     assert!(ran.contains(&chosen.as_str()), "{chosen:?} vs {ran:?}");
 }
 
-/// The same in a PID namespace of its own, as the DaemonSet's container
+/// The same in a PID namespace of its own, as the pod's container
 /// runs (no `hostPID`): thread ids there are not the kernel's global ones,
 /// and the programs must key by the ids the agent sees.
 #[test]
