@@ -387,17 +387,21 @@ UNSHARE_PID=$!
 show_log() { log "---- agent log (last 40 lines)"; tail -n 40 "${WORK}/agent.log" | sed 's/^/    /' >&2; }
 agent_alive() { [[ -n "${AGENT_PID}" ]] && kill -0 "${AGENT_PID}" 2>/dev/null; }
 
-for _ in $(seq 1 50); do
-  AGENT_PID="$(cat "/proc/${UNSHARE_PID}/task/${UNSHARE_PID}/children" 2>/dev/null | awk '{print $1}')" || true
+# UNSHARE_PID execs its way through stage.sh (whose `mount` children come
+# and go) and `ip netns exec` to the inner `unshare --fork`, whose child, the
+# launcher, execs setpriv, env, then the agent. The agent is the child whose
+# executable is the agent: take no other child for it (a `mount` of
+# stage.sh exits at once, and looked like an agent that had exited).
+for _ in $(seq 1 100); do
+  for c in $(cat "/proc/${UNSHARE_PID}/task/${UNSHARE_PID}/children" 2>/dev/null); do
+    if [[ "$(readlink "/proc/${c}/exe" 2>/dev/null)" == "${AGENT}" ]]; then
+      AGENT_PID="${c}"
+    fi
+  done
   [[ -n "${AGENT_PID}" ]] && break
   sleep 0.1
 done
 [[ -n "${AGENT_PID}" ]] || { show_log; die "the container did not start"; }
-# The launcher execs setpriv, env, then the agent: wait for the last exec.
-for _ in $(seq 1 50); do
-  [[ "$(readlink "/proc/${AGENT_PID}/exe" 2>/dev/null)" == "${AGENT}" ]] && break
-  sleep 0.1
-done
 
 # --- wait until ready (the kubelet's view) -----------------------------------
 t0=${SECONDS}
