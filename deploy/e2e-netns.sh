@@ -393,7 +393,10 @@ agent_alive() { [[ -n "${AGENT_PID}" ]] && kill -0 "${AGENT_PID}" 2>/dev/null; }
 # executable is the agent: take no other child for it (a `mount` of
 # stage.sh exits at once, and looked like an agent that had exited).
 for _ in $(seq 1 100); do
-  for c in $(cat "/proc/${UNSHARE_PID}/task/${UNSHARE_PID}/children" 2>/dev/null); do
+  # (The file has no final newline: `read` then fails but has read.)
+  kids=()
+  read -r -a kids < "/proc/${UNSHARE_PID}/task/${UNSHARE_PID}/children" 2>/dev/null || true
+  for c in "${kids[@]}"; do
     if [[ "$(readlink "/proc/${c}/exe" 2>/dev/null)" == "${AGENT}" ]]; then
       AGENT_PID="${c}"
     fi
