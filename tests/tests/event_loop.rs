@@ -165,7 +165,7 @@ fn every_hook_that_loads_counts_the_main_loops_waits() {
 fn the_count_keys_threads_by_the_agents_pid_namespace() {
     require_root();
     let out = std::process::Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .args(["--pid", "--fork", "--mount-proc"])
         .arg(std::env::current_exe().expect("this test binary"))
         .args([
             "--exact",
