@@ -226,8 +226,14 @@ fn ensure_tracefs(opts: &Options) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    util::run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
-        .with_context(|| format!("mounting tracefs failed; fix: `{fix}`"))
+    // Not fatal: where fentry loads the signal needs no tracefs, and where
+    // nothing loads the `event_loop` test says so.
+    if let Err(e) =
+        util::run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
+    {
+        eprintln!("xtask setup: note: mounting tracefs failed ({e:#}); fix: `{fix}`");
+    }
+    Ok(())
 }
 
 /// Raise `RLIMIT_MEMLOCK` for this process and the test and run processes it
