@@ -53,14 +53,11 @@ pub const LOOP_FENTRY: [(&str, &str, &str); 3] = [
     ),
 ];
 
-/// The same code on the `syscalls` tracepoints of the calls, for kernels
-/// that refuse tracing programs.
+/// The same code on the `syscalls` tracepoints of the calls (those the
+/// kernel has: arm64 has no `epoll_wait`), for kernels that refuse tracing
+/// programs.
 pub const LOOP_ENTER_TRACEPOINT: &str = "watt_loop_enter_tp";
 pub const LOOP_EXIT_TRACEPOINT: &str = "watt_loop_exit_tp";
-
-/// The wait system calls whose `syscalls` tracepoints the tracepoint pair
-/// attaches to (those the kernel has: arm64 has no `epoll_wait`).
-pub const LOOP_WAIT_SYSCALLS: [&str; 3] = ["epoll_wait", "epoll_pwait", "epoll_pwait2"];
 
 /// The kernel function a wait system call enters through on the agent's
 /// architecture (`None` on one the programs do not know).
@@ -147,18 +144,10 @@ impl LoopStats {
 
     /// A fresh entry for a thread whose main loop waits on `wait_fd`.
     #[must_use]
-    pub const fn watching(wait_fd: u64) -> Self {
+    pub fn watching(wait_fd: u64) -> Self {
         Self {
             wait_fd,
-            turns: 0,
-            returns: 0,
-            last_enter_ns: 0,
-            last_return_ns: 0,
-            stall_buckets: [0; STALL_BUCKETS],
-            stall_sum_ns: 0,
-            window_start_ns: 0,
-            window_max_ns: 0,
-            previous_window_max_ns: 0,
+            ..Self::default()
         }
     }
 

@@ -186,52 +186,41 @@ fn install_llvm_dev(llvm_major: u32) -> anyhow::Result<()> {
     apt(&args).with_context(|| format!("installing LLVM {llvm_major} failed; fix: `{fix}`"))
 }
 
+/// bpffs: the agent pins nothing, so it is optional (advice, not a failure).
 fn ensure_bpffs(opts: &Options) -> anyhow::Result<()> {
-    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
-    {
-        return Ok(());
-    }
-    let fix = "mount -t bpf bpf /sys/fs/bpf";
-    if opts.check || !is_root() {
-        // The agent pins nothing, so this is advice rather than a failure.
-        eprintln!(
-            "xtask setup: note: bpffs is not mounted (optional for watt-agent); fix: `sudo {fix}`"
-        );
-        return Ok(());
-    }
-    util::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
-        .with_context(|| format!("mounting bpffs failed; fix: `{fix}`"))
+    ensure_mounted(opts, "bpf", "/sys/fs/bpf", "optional for watt-agent")
 }
 
 /// tracefs, for kernels whose only hook of the workers' epoll waits is the
-/// `syscalls` tracepoints (this dev box's: no fentry, no kprobes). The agent
-/// falls back to `/proc` without it; the tests of the kernel's loop signal
-/// need it here.
+/// `syscalls` tracepoints (this dev box's: it refuses fentry). The agent
+/// falls back to `/proc` without it, and where no hook loads the
+/// `event_loop` test says so: a note, not a failure.
 fn ensure_tracefs(opts: &Options) -> anyhow::Result<()> {
+    ensure_mounted(
+        opts,
+        "tracefs",
+        "/sys/kernel/tracing",
+        "the event-loop signal may need it",
+    )
+}
+
+/// Mounts a filesystem of type `fstype` at `path` unless one is mounted
+/// (as root, without `--check`); otherwise, or if that fails, a note with
+/// the fix.
+fn ensure_mounted(opts: &Options, fstype: &str, path: &str, why: &str) -> anyhow::Result<()> {
     let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     if mounts
         .lines()
-        .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+        .any(|l| l.split_whitespace().nth(2) == Some(fstype))
     {
         return Ok(());
     }
-    let fix = "mount -t tracefs tracefs /sys/kernel/tracing";
+    let fix = format!("mount -t {fstype} {fstype} {path}");
+    let note = |what: String| eprintln!("xtask setup: note: {what} ({why}); fix: `sudo {fix}`");
     if opts.check || !is_root() {
-        eprintln!(
-            "xtask setup: note: tracefs is not mounted (the event-loop signal may need it); fix: \
-             `sudo {fix}`"
-        );
-        return Ok(());
-    }
-    // Not fatal: where fentry loads the signal needs no tracefs, and where
-    // nothing loads the `event_loop` test says so.
-    if let Err(e) =
-        util::run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))
-    {
-        eprintln!("xtask setup: note: mounting tracefs failed ({e:#}); fix: `{fix}`");
+        note(format!("{fstype} is not mounted"));
+    } else if let Err(e) = util::run(Command::new("mount").args(["-t", fstype, fstype, path])) {
+        note(format!("mounting {fstype} failed: {e:#}"));
     }
     Ok(())
 }

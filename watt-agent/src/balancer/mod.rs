@@ -238,11 +238,12 @@ struct Entry {
     /// Its event loop's turns at the previous observation (kernel count).
     last_turns: Option<u64>,
     /// The kernel counts this worker's event-loop turns (since it was
-    /// ready), and whether only those on its main loop's epoll fd: libuv
-    /// registers the listener with epoll on the loop's next turn, so the fd
-    /// may be found only at a later look (`Balancer::find_main_loops`).
+    /// ready), and whether it still looks for its main loop's epoll fd to
+    /// count only those: libuv registers the listener with epoll on the
+    /// loop's next turn, so the fd may be found only at a later look
+    /// (`Balancer::find_main_loops`).
     watched: bool,
-    main_loop_known: bool,
+    seeking_main_loop: bool,
     load: Load,
     /// When the program last stopped sending it new connections (not
     /// ready, or busy). What waits in the queue of a slot out of the table
@@ -308,6 +309,34 @@ impl Entry {
         Some(stats.in_wait() || since_last)
     }
 
+    /// Looks for the worker's main loop (the epoll instance its listener is
+    /// registered in) and, once found, counts only that loop's waits. Gives
+    /// up when the worker's fds cannot be read (another user's worker
+    /// without CAP_DAC_READ_SEARCH): every wait of its main thread counts.
+    fn watch_main_loop(&mut self, loops: &mut LoopWatch) {
+        let (Some(pid), Some(inode)) = (self.pid, self.inode) else {
+            self.seeking_main_loop = false;
+            return;
+        };
+        match crate::sampler::epoll::main_loop_fd(pid, inode) {
+            Ok(Some(fd)) => {
+                self.seeking_main_loop = false;
+                self.last_turns = None;
+                log_err(loops.watch(pid, Some(fd)), "watch the event loop");
+            }
+            // Not registered yet: the next slow sample looks again.
+            Ok(None) => {}
+            Err(e) => {
+                self.seeking_main_loop = false;
+                tracing::debug!(
+                    pid,
+                    "cannot read the worker's fds ({e}): counting every epoll wait of its main \
+                     thread"
+                );
+            }
+        }
+    }
+
     /// Changes what the program is told of the slot, and notes when it
     /// stops being sent new connections (`left_table`).
     fn set_view(&mut self, view: SlotView) {
@@ -341,7 +370,7 @@ impl Entry {
             last_io: None,
             last_turns: None,
             watched: false,
-            main_loop_known: false,
+            seeking_main_loop: false,
             load: Load::default(),
             left_table: Instant::now(),
         }
@@ -378,16 +407,8 @@ impl Balancer {
     /// ready: look again, and count only that loop's waits from now on.
     fn find_main_loops(&mut self) {
         let Some(loops) = &mut self.loops else { return };
-        for e in self.slots.values_mut() {
-            if !e.watched || e.main_loop_known {
-                continue;
-            }
-            let Some(pid) = e.pid else { continue };
-            if let Some(fd) = main_loop_fd(pid, e.inode) {
-                e.main_loop_known = true;
-                e.last_turns = None;
-                log_err(loops.watch(pid, Some(fd)), "watch the event loop");
-            }
+        for e in self.slots.values_mut().filter(|e| e.seeking_main_loop) {
+            e.watch_main_loop(loops);
         }
     }
 
@@ -406,9 +427,10 @@ impl Balancer {
             e.tracker.reset();
         } else if let (Some(loops), Some(pid), false) = (&mut self.loops, e.pid, e.watched) {
             e.watched = true;
-            let fd = main_loop_fd(pid, e.inode);
-            e.main_loop_known = fd.is_some();
-            log_err(loops.watch(pid, fd), "watch the event loop");
+            e.seeking_main_loop = true;
+            e.last_turns = None;
+            log_err(loops.watch(pid, None), "watch the event loop");
+            e.watch_main_loop(loops);
         }
         if state == SlotState::Down {
             // The worker is gone; its listener may be parked for the
@@ -417,6 +439,7 @@ impl Balancer {
                 loops.unwatch(pid);
             }
             e.watched = false;
+            e.seeking_main_loop = false;
             e.load.event_loop = None;
             e.pid = None;
             e.probe = None;
@@ -457,6 +480,7 @@ impl Balancer {
                         loops.unwatch(old);
                     }
                     e.watched = false;
+                    e.seeking_main_loop = false;
                     e.pid = Some(pid);
                     e.worker = worker;
                     e.probe = probe.or_else(|| WorkerProbe::open(pid).ok());
@@ -590,24 +614,6 @@ impl Balancer {
                 },
                 loop_hook: self.loops.as_ref().map(LoopWatch::hook),
             };
-        }
-    }
-}
-
-/// The epoll fd of the worker's main loop (the one its listener is
-/// registered in), for the kernel's turn count; `None`: not (yet) found,
-/// count every wait of its main thread meanwhile.
-fn main_loop_fd(pid: Pid, inode: Option<u64>) -> Option<i32> {
-    let found = inode.map(|i| crate::sampler::epoll::main_loop_fd(pid, i));
-    match found {
-        Some(Ok(Some(fd))) => Some(fd),
-        other => {
-            tracing::debug!(
-                pid,
-                "no epoll instance of the worker holds its listener yet ({other:?}): counting \
-                 every epoll wait of its main thread"
-            );
-            None
         }
     }
 }
