@@ -312,7 +312,7 @@ impl Entry {
     /// Looks for the worker's main loop (the epoll instance its listener is
     /// registered in) and, once found, counts only that loop's waits. Gives
     /// up when the worker's fds cannot be read (another user's worker
-    /// without CAP_DAC_READ_SEARCH): every wait of its main thread counts.
+    /// without `CAP_DAC_READ_SEARCH`): every wait of its main thread counts.
     fn watch_main_loop(&mut self, loops: &mut LoopWatch) {
         let (Some(pid), Some(inode)) = (self.pid, self.inode) else {
             self.seeking_main_loop = false;
