@@ -102,7 +102,9 @@ fn record(name: &str, signal: &str, rate: u32, block_after: Option<Duration>) {
         "# One health sample per line, as the balancer took it: ms since the first sample, slot,\n\
          # queue non-empty (1/0), main thread idle in epoll (1/0/-), read/write progress since the\n\
          # previous sample (1/0/-), the live model's verdict (busy 1/0), and whether the event\n\
-         # loop entered its wait since the previous sample, as the kernel counted it (1/0/-).\n",
+         # loop entered its wait since the previous sample, as the kernel counted it (1/0/-),\n\
+         # and whether it was stalled: out of its wait for the rescue window while another\n\
+         # worker sat in its wait (1/0).\n",
     );
     write_samples(&mut out, &samples);
     let dir = std::env::args_os().nth(1).map_or_else(
@@ -139,12 +141,13 @@ fn write_samples(out: &mut String, samples: &[serde_json::Value]) {
         let ms = (t - first) as f64 / 1000.0;
         writeln!(
             out,
-            "{ms:.3} {slot} {} {} {} {} {}",
+            "{ms:.3} {slot} {} {} {} {} {} {}",
             u8::from(s["queue"].as_bool().unwrap_or(false)),
             s["idle"].as_str().unwrap_or("-"),
             s["progress"].as_str().unwrap_or("-"),
             u8::from(s["busy"].as_bool().unwrap_or(false)),
             s["turned"].as_str().unwrap_or("-"),
+            u8::from(s["stalled"].as_bool().unwrap_or(false)),
         )
         .expect("write to a String");
     }

@@ -36,6 +36,7 @@ pub mod cpus;
 pub mod doctor;
 pub mod exit;
 pub mod ids;
+pub mod keepalive;
 pub mod listeners;
 pub mod logging;
 pub mod preflight;

@@ -285,6 +285,7 @@ fn balancer_settings(config: &RunConfig, spec: ListenSpec) -> balancer::Settings
             probation: balancer::health::PROBATION,
         },
         addr: spec.addr,
+        release_idle: config.keepalive_release,
     }
 }
 

@@ -130,6 +130,7 @@ function activate() {
     }
 
     if (maxAgeMs) limitAge(server);
+    markIdle(server);
 
     // HTTP/2 sessions are not connections closeIdleConnections() knows about:
     // track them so SIGTERM can send GOAWAY. ('session' is emitted only by
@@ -141,13 +142,19 @@ function activate() {
 
     // Swallow only the rescue-window accept errors; every other error goes
     // through the normal emit (and crashes the app if it has no listener).
+    // Also sees every connection the app takes over (an upgrade to
+    // WebSocket, a CONNECT tunnel): it is never idle again (`markIdle`).
+    // Wrapping emit rather than listening: Node destroys such a socket when
+    // the app has no listener of its own, and one of ours would change that.
     const emit = server.emit;
-    server.emit = function (event, err) {
+    server.emit = function (event, err, socket) {
       if (event === 'error' && err && err.syscall === 'accept' && RESCUE_ACCEPT_ERRORS.has(err.code)) return false;
+      if ((event === 'upgrade' || event === 'connect') && socket) busy(socket, Infinity);
       return emit.apply(this, arguments);
     };
 
     server.once('listening', () => {
+      notify('WATT_IDLE_MARKS=nodelay');
       notify('READY=1');
       // Take over SIGTERM only now: before the app serves, and if it never
       // does, SIGTERM keeps Node's default (die).
@@ -204,6 +211,48 @@ function activate() {
       };
       arm();
       session.once('close', () => clearTimeout(timer));
+    });
+  }
+
+  // Keep-alive release (docs/worker-contract.md): while this worker's event
+  // loop is blocked, the agent closes its idle keep-alive connections so
+  // their clients reconnect and are steered to another worker. Only the
+  // app knows whether a response is still being written (a stream, a
+  // response waiting on I/O), and a blocked loop cannot say so when asked,
+  // so it is said ahead of time, in the socket itself, where the agent
+  // reads it with getsockopt: TCP_NODELAY off means "no response in
+  // progress". It is on from the connection until its first response
+  // ends, while any request on it is unanswered, and for good once the
+  // app takes the socket over. Nagle's algorithm only delays data sent
+  // while earlier data is unacknowledged, and an idle connection sends
+  // nothing, so the flag costs the app nothing but one setsockopt per
+  // change. Plain HTTP/1 only: TLS and HTTP/2 connections keep the flag on
+  // (never released).
+  const IN_FLIGHT = Symbol('watt.inFlight');
+
+  function busy(socket, count) {
+    socket[IN_FLIGHT] = count;
+    socket.setNoDelay(true);
+  }
+
+  function markIdle(server) {
+    server.on('connection', (socket) => busy(socket, Infinity));
+    // Prepended: the flag is on before the app's handler writes anything.
+    server.prependListener('request', (req, res) => {
+      const socket = req.socket;
+      if (req.httpVersionMajor !== 1 || !socket || socket.encrypted) return;
+      const before = socket[IN_FLIGHT];
+      // From the connection to its first request: Infinity, now counted.
+      busy(socket, before === undefined || before === Infinity ? 1 : before + 1);
+      let done = false;
+      const end = () => {
+        if (done) return;
+        done = true;
+        socket[IN_FLIGHT] -= 1;
+        if (socket[IN_FLIGHT] === 0 && !socket.destroyed) socket.setNoDelay(false);
+      };
+      res.once('finish', end);
+      res.once('close', end);
     });
   }
 

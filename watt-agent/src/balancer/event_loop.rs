@@ -12,6 +12,7 @@
 //! worker's CPU time and memory and every listener's queue depth
 //! (`sock_diag`), for metrics and the memory limit.
 use std::{
+    collections::BTreeMap,
     os::fd::AsFd as _,
     sync::mpsc,
     time::{Duration, Instant},
@@ -21,7 +22,7 @@ use nix::{
     poll::{PollFd, PollFlags, PollTimeout, poll, ppoll},
     sys::{eventfd::EventFd, time::TimeSpec},
 };
-use watt_common::SlotState;
+use watt_common::{LoopStats, SlotState};
 
 use super::{Balancer, Command, HealthReport, SlotView, Unhealthy, health, policy};
 use crate::{
@@ -144,6 +145,13 @@ impl Balancer {
                 .is_some_and(|e| e.view.lifecycle == SlotState::Ready)
         });
         activity |= self.rescue_out_of_table(now, &nonempty);
+        let loops = self.loop_stats();
+        activity |= self.loops_turned(&loops);
+        let stalled = if steer && self.settings.release_idle {
+            self.stalled(&loops)
+        } else {
+            Vec::new()
+        };
         let slots: Vec<u32> = self.slots.keys().copied().collect();
         let tick = self.tick_length();
         for slot in slots {
@@ -152,17 +160,21 @@ impl Balancer {
                 continue;
             }
             let queue_nonempty = nonempty.contains(&slot);
-            if !queue_nonempty && e.tracker.is_calm() && e.pending_rss.is_none() {
+            let stalled = stalled.contains(&slot);
+            if !queue_nonempty && !stalled && e.tracker.is_calm() && e.pending_rss.is_none() {
                 // Nothing to watch: the next suspicion starts afresh.
                 e.last_io = None;
                 e.last_turns = None;
                 continue;
             }
             activity |= e.view.busy;
-            let signals = if queue_nonempty || e.view.busy {
-                e.loop_signals(self.loops.as_ref(), tick)
-            } else {
-                super::Signals::default()
+            let signals = match loops.get(&slot) {
+                _ if !(queue_nonempty || e.view.busy || stalled) => super::Signals::default(),
+                Some(stats) => super::Signals {
+                    turned: Some(e.turned_in(stats, tick)),
+                    ..super::Signals::default()
+                },
+                None => e.loop_signals(self.loops.as_ref(), tick),
             };
             let sample = health::Sample {
                 at: now,
@@ -170,6 +182,7 @@ impl Balancer {
                 loop_idle: signals.loop_idle,
                 progress: signals.progress,
                 turned: signals.turned,
+                stalled,
                 rss: e.pending_rss.take(),
             };
             let (verdict, acted) = self.observe(slot, sample);
@@ -213,11 +226,65 @@ impl Balancer {
             idle = flag(sample.loop_idle),
             progress = flag(sample.progress),
             turned = flag(sample.turned),
+            stalled = sample.stalled,
             busy = !matches!(verdict.health, health::Health::Ready),
             "sample"
         );
-        let acted = self.act(slot, verdict, self.settings.policy == Policy::Rescue);
+        let acted = self.act(slot, verdict, &sample);
         (verdict, acted)
+    }
+
+    /// The kernel's count for each ready worker's event loop (empty without
+    /// the kernel's count): one map read each.
+    fn loop_stats(&self) -> BTreeMap<u32, LoopStats> {
+        let Some(loops) = &self.loops else {
+            return BTreeMap::new();
+        };
+        self.slots
+            .iter()
+            .filter(|(_, e)| e.view.lifecycle == SlotState::Ready)
+            .filter_map(|(&s, e)| Some((s, loops.stats(e.pid?).ok().flatten()?)))
+            .collect()
+    }
+
+    /// Whether some worker's loop turned since the last tick: it serves,
+    /// perhaps only kept-alive connections, which queue nothing on the
+    /// listeners (the balancer would otherwise go back to sleep).
+    fn loops_turned(&mut self, loops: &BTreeMap<u32, LoopStats>) -> bool {
+        let mut turned = false;
+        for (slot, stats) in loops {
+            if let Some(e) = self.slots.get_mut(slot) {
+                turned |= e.tick_turns.is_some_and(|t| t != stats.turns) || !stats.in_wait();
+                e.tick_turns = Some(stats.turns);
+            }
+        }
+        turned
+    }
+
+    /// Ready workers whose loop has been out of its wait for the rescue
+    /// window (`rescue_after` ticks) while another steered worker sits in
+    /// its wait: anything sent to them now would wait, and another worker
+    /// would serve it at once (`health::Sample::stalled`). When every
+    /// worker is working, none is stalled: moving load between equally
+    /// busy workers gains nothing and costs their clients reconnections.
+    fn stalled(&self, loops: &BTreeMap<u32, LoopStats>) -> Vec<u32> {
+        let window = self.tick_length() * self.settings.health.rescue_after;
+        let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        let now_ns = super::load::monotonic_ns();
+        let idle = |slot: u32| {
+            self.slots.get(&slot).is_some_and(super::Entry::steered)
+                && loops.get(&slot).is_some_and(LoopStats::in_wait)
+        };
+        loops
+            .iter()
+            .filter(|(_, st)| {
+                !st.in_wait()
+                    && st.last_return_ns != 0
+                    && now_ns.saturating_sub(st.last_return_ns) >= window_ns
+            })
+            .map(|(&s, _)| s)
+            .filter(|&s| loops.keys().any(|&o| o != s && idle(o)))
+            .collect()
     }
 
     /// Slots whose listener has a connection waiting, one `poll(2)`: those
@@ -272,20 +339,31 @@ impl Balancer {
     /// Applies a health verdict: busy in or out of the table, stuck and
     /// over-memory workers to the supervisor. Returns whether the table
     /// must be republished.
-    fn act(&mut self, slot: u32, verdict: health::Verdict, steer: bool) -> bool {
-        let e = self.slots.get_mut(&slot).expect("caller checked");
+    fn act(&mut self, slot: u32, verdict: health::Verdict, sample: &health::Sample) -> bool {
+        let steer = self.settings.policy == Policy::Rescue;
         let busy = matches!(
             verdict.health,
             health::Health::Busy { .. } | health::Health::Stuck { .. }
         );
+        let went_busy = steer && busy && !self.slots.get(&slot).is_some_and(|e| e.view.busy);
+        // Its clients' next requests on kept-alive connections would wait
+        // too: close the idle ones so they reconnect elsewhere.
+        let released = if went_busy { self.release(slot) } else { 0 };
+        let e = self.slots.get_mut(&slot).expect("caller checked");
         let mut changed = false;
         if steer && busy != e.view.busy {
             e.set_view(SlotView { busy, ..e.view });
             if busy {
+                let why = if sample.queue_nonempty {
+                    "its accept queue is not draining"
+                } else {
+                    "its event loop stopped turning while other workers wait for work"
+                };
                 tracing::info!(
                     worker = e.worker,
                     pid = e.pid,
-                    "worker busy: its accept queue is not draining; no new connections until it is back"
+                    released,
+                    "worker busy: {why}; no new connections until it is back"
                 );
             } else {
                 tracing::info!(worker = e.worker, pid = e.pid, "worker ready again");
@@ -331,11 +409,20 @@ impl Balancer {
         for slot in slots {
             let e = self.slots.get_mut(&slot).expect("listed above");
             if let (Some(loops), Some(pid)) = (&self.loops, e.pid) {
-                e.load.event_loop = loops
-                    .stats(pid)
-                    .ok()
-                    .flatten()
-                    .map(|s| super::EventLoopLoad::from_stats(&s, now_ns));
+                let stats = loops.stats(pid).ok().flatten();
+                let turns = stats.map(|s| s.turns);
+                // Its loop turned since the last second: it serves, maybe
+                // only kept-alive connections, which wake nothing. Tick.
+                if e.view.lifecycle == SlotState::Ready
+                    && e.slow_turns.is_some()
+                    && turns != e.slow_turns
+                    && !self.active
+                {
+                    self.active = true;
+                    self.quiet_ticks = 0;
+                }
+                e.slow_turns = turns;
+                e.load.event_loop = stats.map(|s| super::EventLoopLoad::from_stats(&s, now_ns));
             }
             let Some(probe) = e.probe.as_mut() else {
                 continue;
@@ -370,6 +457,7 @@ impl Balancer {
                             loop_idle,
                             progress: None,
                             turned,
+                            stalled: false,
                             rss,
                         };
                         changed |= self.observe(slot, sample).1;

@@ -51,6 +51,14 @@ pub struct Sample {
     /// it now, as the kernel counted (`None`: not counted; the two signals
     /// above decide).
     pub turned: Option<bool>,
+    /// Its event loop has been out of its wait for the rescue window (the
+    /// kernel's count) while another worker sits in its wait: whatever
+    /// reaches it now waits, on a new connection or on a kept-alive one,
+    /// and another worker would answer at once. Counts as connections
+    /// waiting for `rescue_after` ticks: with keep-alive clients nothing
+    /// queues on the listener, and a request on a kept-alive connection
+    /// cannot be rescued, only the ones after it.
+    pub stalled: bool,
     /// Resident memory, when sampled this tick.
     pub rss: Option<u64>,
 }
@@ -115,7 +123,7 @@ impl Tracker {
         match (self.busy_since, s.turned) {
             // The exact signal: turning or not.
             (None, Some(turned)) => {
-                if waited && !turned {
+                if (waited || s.stalled) && !turned {
                     self.busy_since = Some(s.at);
                 }
             }
@@ -282,6 +290,7 @@ mod tests {
                         loop_idle: idle,
                         progress,
                         turned: None,
+                        stalled: false,
                         rss: None,
                     },
                     &params(),
@@ -331,6 +340,7 @@ mod tests {
                         loop_idle: Some(false),
                         progress: Some(true),
                         turned: Some(turned),
+                        stalled: false,
                         rss: None,
                     },
                     &params(),
@@ -362,6 +372,41 @@ mod tests {
     }
 
     #[test]
+    fn a_stalled_loop_is_busy_without_a_queue_and_back_at_its_next_turn() {
+        // Keep-alive clients: nothing ever queues on the listener. The
+        // loop stops turning while others idle (the balancer says
+        // `stalled` once it has been out of its wait for the window).
+        let mut t = Tracker::default();
+        let start = Instant::now();
+        let mut v = Vec::new();
+        for (i, (turned, stalled)) in [
+            (true, false),
+            (false, false),
+            (false, true), // out of its wait for the window: busy at once
+            (false, true),
+            (false, true), // no queue: nothing to rescue
+            (true, false), // turned: ready
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            v.push(t.observe(
+                Sample {
+                    at: start + TICK * u32::try_from(i).unwrap(),
+                    queue_nonempty: false,
+                    loop_idle: None,
+                    progress: None,
+                    turned: Some(turned),
+                    stalled,
+                    rss: None,
+                },
+                &params(),
+            ));
+        }
+        assert_eq!(kinds(&v), "rrbbbr");
+    }
+
+    #[test]
     fn a_loop_that_turns_with_a_queue_stays_ready() {
         // Loaded: connections wait tick after tick, but each tick the loop
         // went round (it accepts them in turn).
@@ -387,6 +432,7 @@ mod tests {
             loop_idle: Some(true),
             progress: None,
             turned: None,
+            stalled: false,
             rss: Some(rss),
         };
         assert_eq!(t.observe(s(50 << 20), &params()).health, Health::Ready);

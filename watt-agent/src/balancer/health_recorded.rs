@@ -30,8 +30,9 @@ fn parse(text: &str) -> Vec<Row> {
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            // Recordings since the kernel's turn count have a 7th column.
-            assert!(matches!(f.len(), 6 | 7), "bad line: {l}");
+            // Recordings since the kernel's turn count have a 7th column,
+            // since keep-alive release an 8th (stalled).
+            assert!(matches!(f.len(), 6..=8), "bad line: {l}");
             let ms: f64 = f[0].parse().expect("ms");
             Row {
                 ms,
@@ -42,6 +43,7 @@ fn parse(text: &str) -> Vec<Row> {
                     loop_idle: flag(f[3]),
                     progress: flag(f[4]),
                     turned: f.get(6).and_then(|t| flag(t)),
+                    stalled: f.get(7) == Some(&"1"),
                     rss: None,
                 },
                 live_busy: f[5] == "1",

@@ -25,6 +25,12 @@ pub struct Load {
     pub rescues: u64,
     #[serde(default)]
     pub rescued_connections: u64,
+    /// Idle keep-alive connections closed while it was busy, and of those,
+    /// ones a request raced (it was taken out unread; the app never saw it).
+    #[serde(default)]
+    pub released_connections: u64,
+    #[serde(default)]
+    pub release_races: u64,
     /// Its event loop as the kernel counts it (`None`: not counted).
     #[serde(default)]
     pub event_loop: Option<EventLoopLoad>,

@@ -18,7 +18,7 @@ use std::{
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::sync::mpsc::UnboundedSender;
-use watt_common::SlotState;
+use watt_common::{LoopStats, SlotState};
 
 use crate::{
     config::{LoopSignal, Policy},
@@ -55,6 +55,10 @@ pub enum Command {
     Stop { slot: Slot },
     /// Close the agent's copy of the listener; the slot is empty.
     Close { slot: Slot },
+    /// Worker process `pid`'s preload marks its connections' responses in
+    /// progress (`WATT_IDLE_MARKS=nodelay`): its idle keep-alive
+    /// connections can be told apart, and released.
+    IdleMarks { pid: Pid },
 }
 
 /// A worker the balancer found unhealthy enough to be replaced. Sent once
@@ -92,6 +96,10 @@ pub struct Snapshot {
     /// Queue rescues done and connections they moved (all slots, ever).
     pub rescues: u64,
     pub rescued_connections: u64,
+    /// Idle keep-alive connections closed, and of those, ones a request
+    /// raced (all workers, ever; see `keepalive`).
+    pub released_connections: u64,
+    pub release_races: u64,
     /// Which program runs (`None` under `--policy kernel`).
     pub program_mode: Option<ProgramMode>,
     /// Where the queue depths come from (`None`: nowhere).
@@ -121,6 +129,8 @@ pub struct Settings {
     pub health: health::Params,
     /// The group's address (for `sock_diag` queries).
     pub addr: SocketAddr,
+    /// Close a busy worker's idle keep-alive connections (`keepalive`).
+    pub release_idle: bool,
 }
 
 /// The supervisor's end.
@@ -178,6 +188,9 @@ impl Handle {
             tick_time: Duration::ZERO,
             rescues: 0,
             rescued_connections: 0,
+            released_connections: 0,
+            release_races: 0,
+            release_refused: false,
         };
         let thread_wake = Arc::clone(&wake);
         let thread = thread::Builder::new()
@@ -237,6 +250,15 @@ struct Entry {
     last_io: Option<u64>,
     /// Its event loop's turns at the previous observation (kernel count).
     last_turns: Option<u64>,
+    /// Its turns at the previous tick and slow sample: a loop that turns
+    /// serves, so the balancer keeps ticking (keep-alive traffic queues
+    /// nothing on the listeners to wake it).
+    tick_turns: Option<u64>,
+    slow_turns: Option<u64>,
+    /// The process whose preload said it marks responses in progress
+    /// (`Command::IdleMarks`): its connections can be judged idle while it
+    /// is the slot's worker.
+    marks_idle: Option<Pid>,
     /// The kernel counts this worker's event-loop turns (since it was
     /// ready), and whether it still looks for its main loop's epoll fd to
     /// count only those: libuv registers the listener with epoll on the
@@ -298,6 +320,11 @@ impl Entry {
     /// the last tick. `None` when the kernel has no count for the worker.
     fn turned(&mut self, loops: &LoopWatch, tick: Duration) -> Option<bool> {
         let stats = loops.stats(self.pid?).ok().flatten()?;
+        Some(self.turned_in(&stats, tick))
+    }
+
+    /// [`Entry::turned`] from stats already read.
+    fn turned_in(&mut self, stats: &LoopStats, tick: Duration) -> bool {
         let since_last = match self.last_turns {
             Some(before) => stats.turns != before,
             None => {
@@ -306,7 +333,7 @@ impl Entry {
             }
         };
         self.last_turns = Some(stats.turns);
-        Some(stats.in_wait() || since_last)
+        stats.in_wait() || since_last
     }
 
     /// Looks for the worker's main loop (the epoll instance its listener is
@@ -369,6 +396,9 @@ impl Entry {
             pending_rss: None,
             last_io: None,
             last_turns: None,
+            tick_turns: None,
+            slow_turns: None,
+            marks_idle: None,
             watched: false,
             seeking_main_loop: false,
             load: Load::default(),
@@ -400,6 +430,11 @@ struct Balancer {
     tick_time: Duration,
     rescues: u64,
     rescued_connections: u64,
+    released_connections: u64,
+    release_races: u64,
+    /// Copying a worker's sockets was refused (no `CAP_SYS_PTRACE`): said
+    /// once, and not tried again.
+    release_refused: bool,
 }
 
 impl Balancer {
@@ -487,7 +522,15 @@ impl Balancer {
                     e.tracker.reset();
                     e.reported = false;
                     e.last_turns = None;
+                    e.tick_turns = None;
+                    e.slow_turns = None;
                     e.load.event_loop = None;
+                }
+                false
+            }
+            Command::IdleMarks { pid } => {
+                if let Some(e) = self.slots.values_mut().find(|e| e.pid == Some(pid)) {
+                    e.marks_idle = Some(pid);
                 }
                 false
             }
@@ -558,6 +601,50 @@ impl Balancer {
         moved
     }
 
+    /// Closes the idle keep-alive connections of the worker in `slot`, if
+    /// its preload marks responses in progress. Returns how many closed.
+    fn release(&mut self, slot: Slot) -> u32 {
+        if !self.settings.release_idle || self.release_refused {
+            return 0;
+        }
+        let Some(e) = self.slots.get_mut(&slot) else {
+            return 0;
+        };
+        let Some(pid) = e.pid.filter(|&p| e.marks_idle == Some(p)) else {
+            return 0;
+        };
+        match crate::keepalive::release_idle(pid, self.settings.addr.port()) {
+            Ok(r) => {
+                e.load.released_connections += u64::from(r.closed);
+                e.load.release_races += u64::from(r.raced);
+                self.released_connections += u64::from(r.closed);
+                self.release_races += u64::from(r.raced);
+                tracing::debug!(
+                    slot,
+                    pid,
+                    closed = r.closed,
+                    raced = r.raced,
+                    kept = r.kept,
+                    "released idle keep-alive connections"
+                );
+                r.closed
+            }
+            Err(err @ crate::keepalive::ConnsError::Permission { .. }) => {
+                self.release_refused = true;
+                tracing::warn!("keep-alive release is off: {}", crate::error_chain(&err));
+                0
+            }
+            Err(err) => {
+                tracing::debug!(
+                    slot,
+                    "keep-alive release failed: {}",
+                    crate::error_chain(&err)
+                );
+                0
+            }
+        }
+    }
+
     fn migrations(&self) -> u64 {
         self.steering
             .as_ref()
@@ -605,6 +692,8 @@ impl Balancer {
                 tick_time: self.tick_time,
                 rescues: self.rescues,
                 rescued_connections: self.rescued_connections,
+                released_connections: self.released_connections,
+                release_races: self.release_races,
                 program_mode: self.steering.as_ref().map(Steering::mode),
                 queue_source: self.queues.as_ref().map(QueueSource::kind),
                 loop_signal: if self.loops.is_some() {

@@ -45,6 +45,8 @@ pub const LOG_LEVEL: &str = "info";
 pub const PROGRAM_LOG: ProgramLog = ProgramLog::Off;
 /// Off: the kernel's statistics cost about 20ns per connection.
 pub const BPF_STATS: bool = false;
+/// On: a blocked worker's kept-alive clients would wait out its block.
+pub const KEEPALIVE_RELEASE: bool = true;
 
 // The value types take their defaults from here, by hand rather than
 // derived, so that code asking for a default and the settings table agree

@@ -177,6 +177,21 @@ macro_rules! settings {
             /// GOAWAY), so pools that never reconnect get steered again [default: no limit]
             #[arg(long, env = "WATT_MAX_CONNECTION_AGE", value_parser = parse_duration)]
             max_connection_age: Duration, file: V<Duration>;
+
+            /// When a worker's event loop stops turning while other workers idle,
+            /// send it no new connections and close its idle keep-alive connections,
+            /// so their clients reconnect to a worker that serves (needs the
+            /// kernel's event-loop count and CAP_SYS_PTRACE) [default: true]
+            #[arg(
+                long,
+                env = "WATT_KEEPALIVE_RELEASE",
+                num_args = 0..=1,
+                require_equals = true,
+                default_missing_value = "true",
+                value_name = "BOOL",
+                value_parser = clap::builder::BoolishValueParser::new()
+            )]
+            keepalive_release: bool = defaults::KEEPALIVE_RELEASE, file: bool;
         }
     };
 }

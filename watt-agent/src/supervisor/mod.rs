@@ -322,6 +322,7 @@ impl Driver<'_> {
     fn notice(&mut self, notice: Notice) {
         match notice {
             Notice::Ready { pid } => self.feed(Event::Ready { pid }),
+            Notice::IdleMarks { pid } => self.balancer.send(balancer::Command::IdleMarks { pid }),
             Notice::OtherPort { pid, port } => {
                 self.other_ports.insert(pid, port);
                 if let Some(worker) = self.pids.get(&pid) {

@@ -25,6 +25,11 @@ pub enum Notice {
         pid: Pid,
         port: u16,
     },
+    /// The preload marks responses in progress on the worker's connections
+    /// (`WATT_IDLE_MARKS=nodelay`), so the agent can tell idle ones.
+    IdleMarks {
+        pid: Pid,
+    },
 }
 
 /// Parses one notify line (`KEY=VALUE`, `sd_notify` style).
@@ -37,6 +42,7 @@ pub fn parse_notify(pid: Pid, line: &str) -> Option<Notice> {
             .parse()
             .ok()
             .map(|port| Notice::OtherPort { pid, port }),
+        "WATT_IDLE_MARKS" if value == "nodelay" => Some(Notice::IdleMarks { pid }),
         _ => None,
     }
 }
@@ -150,6 +156,12 @@ mod tests {
         assert_eq!(parse_notify(7, "STATUS=hello"), None);
         assert_eq!(parse_notify(7, "garbage"), None);
         assert_eq!(parse_notify(7, "WATT_OTHER_PORT=x"), None);
+        assert_eq!(
+            parse_notify(7, "WATT_IDLE_MARKS=nodelay\n"),
+            Some(Notice::IdleMarks { pid: 7 })
+        );
+        // A mark this agent does not know is not one it can read.
+        assert_eq!(parse_notify(7, "WATT_IDLE_MARKS=tos"), None);
     }
 
     #[test]

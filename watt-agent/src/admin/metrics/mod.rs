@@ -43,6 +43,8 @@ pub fn encode(
         tick_seconds: snap.tick_time.as_secs_f64(),
         rescues: snap.rescues,
         rescued_connections: snap.rescued_connections,
+        released_connections: snap.released_connections,
+        release_races: snap.release_races,
     }));
     let mut out = String::new();
     if openmetrics {
@@ -61,6 +63,8 @@ struct Scrape {
     tick_seconds: f64,
     rescues: u64,
     rescued_connections: u64,
+    released_connections: u64,
+    release_races: u64,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -319,7 +323,7 @@ impl Scrape {
             &'static str,
             fn(&status::WorkerStatus) -> Option<u64>,
         );
-        let counters: [Counter; 4] = [
+        let counters: [Counter; 5] = [
             (
                 "watt_worker_connections",
                 "New connections the program steered to the worker's slot (per slot since the agent started)",
@@ -339,6 +343,11 @@ impl Scrape {
                 "watt_worker_rescued_connections",
                 "Connections moved out of the worker's accept queue by rescues",
                 |x| Some(x.load.measured.rescued_connections),
+            ),
+            (
+                "watt_worker_released_connections",
+                "Idle keep-alive connections the agent closed while the worker was busy",
+                |x| Some(x.load.measured.released_connections),
             ),
         ];
         for (name, help, value) in counters {
@@ -448,6 +457,20 @@ impl Scrape {
             "Connections moved by accept-queue rescues, all workers",
             None,
             &counter(self.rescued_connections),
+        )?;
+        single(
+            enc,
+            "watt_released_connections",
+            "Idle keep-alive connections of busy workers closed by the agent, all workers",
+            None,
+            &counter(self.released_connections),
+        )?;
+        single(
+            enc,
+            "watt_release_races",
+            "Released connections on which a request arrived as they closed: taken out unread (the app never saw it; the client saw the connection close before a response)",
+            None,
+            &counter(self.release_races),
         )
     }
 }

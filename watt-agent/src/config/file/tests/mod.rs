@@ -223,6 +223,7 @@ program_log = "warn"
 bpf_stats = true
 max_requests_per_socket = 100
 max_connection_age = "30s"
+keepalive_release = false
 "#;
     let f = parse(Path::new(PATH), text).unwrap();
     let l = &f.layer;
@@ -249,6 +250,7 @@ max_connection_age = "30s"
     assert_eq!(l.program_log, Some(ProgramLog::Warn));
     assert_eq!(l.bpf_stats, Some(true));
     assert_eq!(l.max_connection_age, Some(Duration::from_secs(30)));
+    assert_eq!(l.keepalive_release, Some(false));
     assert_eq!(f.line("workers"), 2);
     assert_eq!(f.line("max_requests_per_socket"), 31);
     assert_eq!(l.loop_signal, Some(LoopSignal::Proc));

@@ -1,0 +1,153 @@
+//! The rule that says a worker's connection may be closed from outside: it
+//! is idle. A pure function over what the kernel and the worker's preload
+//! say of the socket, so every case is a unit test.
+//!
+//! Idle means all of:
+//! - established (not closing, not half-closed by the peer: a closing
+//!   connection is the worker's business);
+//! - nothing unread (`SIOCINQ` 0): no request, or part of one, waits in the
+//!   socket;
+//! - nothing unsent or unacknowledged (`SIOCOUTQ` 0): the last response
+//!   left and arrived;
+//! - no response in progress, as the worker's preload marks it
+//!   (`TCP_NODELAY` off; see `shim.js`): the app is not in the middle of a
+//!   response that waits for more of its own work (a stream, a response
+//!   waiting on I/O), which the kernel cannot see;
+//! - the last data received is not newer than the last data sent: a request
+//!   the worker's HTTP parser has read but not yet handed to the app (its
+//!   headers came in two pieces) is in flight, though nothing is unread.
+//!   The kernel keeps these two times in milliseconds (jiffies on some
+//!   kernels), so a request and its response within one such step look
+//!   simultaneous; then the preload's mark decides, which is exact for a
+//!   request the app has seen.
+
+/// What is known of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnState {
+    /// `TCP_ESTABLISHED`.
+    pub established: bool,
+    /// Bytes received and not read by the worker.
+    pub unread: u32,
+    /// Bytes not sent, or sent and not acknowledged.
+    pub unsent: u32,
+    /// The worker's preload marks a response in progress (or the
+    /// connection has not finished its first response, or was taken over
+    /// by the app: an upgrade).
+    pub response_in_progress: bool,
+    /// Milliseconds since data was last received, and sent.
+    pub last_received_ms: u32,
+    pub last_sent_ms: u32,
+}
+
+/// Why a connection is left open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    NotEstablished,
+    Unread,
+    Unsent,
+    ResponseInProgress,
+    RequestRead,
+}
+
+/// `Ok(())`: idle, may be closed. Otherwise why not.
+pub fn judge(c: &ConnState) -> Result<(), Kept> {
+    if !c.established {
+        return Err(Kept::NotEstablished);
+    }
+    if c.unread > 0 {
+        return Err(Kept::Unread);
+    }
+    if c.unsent > 0 {
+        return Err(Kept::Unsent);
+    }
+    if c.response_in_progress {
+        return Err(Kept::ResponseInProgress);
+    }
+    // "ms ago": a smaller number is more recent.
+    if c.last_received_ms < c.last_sent_ms {
+        return Err(Kept::RequestRead);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection whose last response went out 40 ms ago, 1 ms after its
+    /// request came in.
+    fn idle() -> ConnState {
+        ConnState {
+            established: true,
+            unread: 0,
+            unsent: 0,
+            response_in_progress: false,
+            last_received_ms: 41,
+            last_sent_ms: 40,
+        }
+    }
+
+    #[test]
+    fn a_connection_between_requests_is_idle() {
+        assert_eq!(judge(&idle()), Ok(()));
+        // Request and response within the same millisecond.
+        assert_eq!(
+            judge(&ConnState {
+                last_received_ms: 40,
+                ..idle()
+            }),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_request_waiting_to_be_read_is_kept() {
+        let c = ConnState {
+            unread: 120,
+            last_received_ms: 0,
+            ..idle()
+        };
+        assert_eq!(judge(&c), Err(Kept::Unread));
+    }
+
+    #[test]
+    fn a_response_still_leaving_is_kept() {
+        let c = ConnState {
+            unsent: 65_536,
+            last_sent_ms: 0,
+            ..idle()
+        };
+        assert_eq!(judge(&c), Err(Kept::Unsent));
+    }
+
+    #[test]
+    fn a_response_the_app_has_not_finished_is_kept() {
+        // A stream paused while the loop is blocked: everything sent so
+        // far left, the request is older than the last chunk.
+        let c = ConnState {
+            response_in_progress: true,
+            ..idle()
+        };
+        assert_eq!(judge(&c), Err(Kept::ResponseInProgress));
+    }
+
+    #[test]
+    fn a_request_read_but_not_answered_is_kept() {
+        // The parser consumed a partial request 2 ms ago; the last
+        // response left 40 ms ago. Nothing unread, no response marked.
+        let c = ConnState {
+            last_received_ms: 2,
+            ..idle()
+        };
+        assert_eq!(judge(&c), Err(Kept::RequestRead));
+    }
+
+    #[test]
+    fn a_closing_connection_is_the_workers_business() {
+        let c = ConnState {
+            established: false,
+            ..idle()
+        };
+        assert_eq!(judge(&c), Err(Kept::NotEstablished));
+    }
+}

@@ -1,0 +1,20 @@
+//! Keep-alive release: the idle keep-alive connections of a worker that
+//! stopped serving are closed from the agent's side, so their clients (a
+//! browser through a load balancer, an ingress proxy's upstream pool)
+//! reconnect, and the new connection is steered to a worker that serves.
+//!
+//! The steering program chooses a worker only when a connection is made. A
+//! request sent on a kept-alive connection to a worker whose event loop is
+//! blocked waits for the whole block; the only way to spare the next ones
+//! is for the connection to end. The agent ends only idle ones
+//! ([`idle::judge`]): a connection whose request the worker has read is
+//! never cut. A client that sends a request just as the agent's FIN
+//! arrives gets its connection closed (or reset) before any response; the
+//! worker never saw that request ([`conns::Released::raced`]), and clients
+//! retry such a request on a new connection as they do when any server
+//! closes an idle keep-alive connection (nginx for idempotent methods by
+//! default, undici, hyper; Node's `http.Agent` reports it to the caller).
+pub mod conns;
+pub mod idle;
+
+pub use conns::{ConnsError, Released, release_idle};
