@@ -59,18 +59,48 @@ pub struct BlockResult {
     pub total: usize,
 }
 
+/// One request as a load saw it: when it was sent, and which worker
+/// answered (`None`: it failed).
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    pub sent: Instant,
+    pub pid: Option<i32>,
+}
+
 /// Steady 300 new connections/s; one worker's loop blocks for [`BLOCK`]
 /// (SIGUSR2: the agent runs the test app with `TEST_APP_MARK_DIR` set to
 /// `marks`, and `TEST_APP_USR2_BLOCK_KIND` says how it blocks).
 #[must_use]
 pub fn block_one_worker(agent: &Agent, marks: &Marks) -> BlockResult {
-    let load = load::spawn(load::Spec {
+    let spec = load::Spec {
         addr: agent.addr(),
         rate: 300.0,
         count: 900,
         path: "/".into(),
         timeout: Duration::from_secs(5),
-    });
+    };
+    block_one_worker_under(agent, marks, move || {
+        thread::spawn(move || {
+            load::run(&spec)
+                .iter()
+                .map(|o| Sent {
+                    sent: o.sent,
+                    pid: o.result.as_ref().ok().and_then(|r| http::pid_of(&r.body)),
+                })
+                .collect()
+        })
+    })
+}
+
+/// The same under any load of 3 s at 300 requests/s that `load` starts
+/// (on a thread whose result is every request it sent).
+#[must_use]
+pub fn block_one_worker_under(
+    agent: &Agent,
+    marks: &Marks,
+    load: impl FnOnce() -> thread::JoinHandle<Vec<Sent>>,
+) -> BlockResult {
+    let load = load();
     thread::sleep(Duration::from_millis(800));
     let victim = *agent.worker_pids().iter().next().expect("a worker");
     // The block starts when the worker runs its signal handler, after the
@@ -85,13 +115,10 @@ pub fn block_one_worker(agent: &Agent, marks: &Marks) -> BlockResult {
     );
     let seen_blocked = Instant::now();
     let outcomes = load.join().expect("load");
-    let answered_by_victim = |o: &&load::Outcome| {
-        o.result.as_ref().ok().and_then(|r| http::pid_of(&r.body)) == Some(victim)
-    };
-    let during = |o: &&load::Outcome| {
-        o.sent >= seen_blocked + MARGIN && o.sent + MARGIN <= signalled + BLOCK
-    };
-    let after = |o: &&load::Outcome| o.sent >= seen_blocked + BLOCK + Duration::from_millis(200);
+    let answered_by_victim = |o: &&Sent| o.pid == Some(victim);
+    let during =
+        |o: &&Sent| o.sent >= seen_blocked + MARGIN && o.sent + MARGIN <= signalled + BLOCK;
+    let after = |o: &&Sent| o.sent >= seen_blocked + BLOCK + Duration::from_millis(200);
     // The window must hold enough requests for "none waited" to mean
     // something (about 250 at 300/s).
     let in_window = outcomes.iter().filter(during).count();
@@ -110,7 +137,7 @@ pub fn block_one_worker(agent: &Agent, marks: &Marks) -> BlockResult {
             .filter(after)
             .filter(answered_by_victim)
             .count(),
-        failed: load::failures(&outcomes).len(),
+        failed: outcomes.iter().filter(|o| o.pid.is_none()).count(),
         total: outcomes.len(),
     };
     eprintln!(

@@ -19,9 +19,11 @@ use watt_common::SlotState;
 pub mod agent;
 pub mod block;
 pub mod http;
+pub mod kept_alive;
 pub mod kill;
 pub mod load;
 pub mod nginx;
+pub mod node_client;
 pub mod sysctl;
 
 /// The workspace root.

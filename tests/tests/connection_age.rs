@@ -4,16 +4,11 @@
 //! the age, and never loses a request to it. Each test runs the same client
 //! without the setting too, which keeps its one connection throughout: the
 //! self-check that what closed the connections was the age.
-use std::{
-    io::Read as _,
-    process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use watt_tests::{
     agent::{Agent, start_test_app},
-    free_port, root,
+    free_port, node_client,
 };
 
 /// Requests per client run, the pause between them, and the time after
@@ -46,38 +41,15 @@ struct Answer {
 /// Runs `tests/fixtures/clients/sequential.js` in `mode` (`h1`, `h2`)
 /// against `port` to its end.
 fn run_client(mode: &str, port: u16) -> Vec<Answer> {
-    let script = root().join("tests/fixtures/clients/sequential.js");
     let port = port.to_string();
-    let mut child = Command::new("node")
-        .arg(&script)
-        .args([mode, &port, COUNT, INTERVAL_MS, BUDGET_MS])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start node {}: {e}", script.display()));
-    let mut stdout = child.stdout.take().expect("piped");
-    let reader = thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
-    let deadline = Instant::now() + CLIENT_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the client") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            // Our own child, by its pid.
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the client ran past {CLIENT_DEADLINE:?}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    let out = reader.join().expect("client output");
-    assert!(status.success(), "client exited with {status}:\n{out}");
-    out.lines().map(parse_answer).collect()
+    node_client::run(
+        "sequential.js",
+        &[mode, &port, COUNT, INTERVAL_MS, BUDGET_MS],
+        CLIENT_DEADLINE,
+    )
+    .lines()
+    .map(parse_answer)
+    .collect()
 }
 
 fn parse_answer(line: &str) -> Answer {

@@ -40,6 +40,10 @@ pub const SAMPLES: &str = "watt_agent::samples";
 const SLOW: Duration = Duration::from_secs(1);
 /// Ticks with every queue empty before going back to sleep.
 const QUIET_TICKS: u32 = 200;
+/// Asleep, how often the balancer looks whether a worker's loop turned or
+/// is out of its wait (see `Balancer::watches_stalls`): traffic on
+/// kept-alive connections queues nothing on the listeners to wake it.
+const LOOK: Duration = Duration::from_millis(100);
 /// The tick of the policies that do not steer by load: busy detection only
 /// feeds the stuck-worker replacement there, which needs no precision.
 const COARSE_TICK: Duration = Duration::from_millis(100);
@@ -65,6 +69,14 @@ impl Balancer {
                 self.publish();
             }
             let now = Instant::now();
+            if !self.active && self.watches_stalls() && now >= self.next_look {
+                self.next_look = now + LOOK;
+                let loops = self.loop_stats();
+                if self.loops_turned(&loops) {
+                    self.active = true;
+                    self.quiet_ticks = 0;
+                }
+            }
             if queued && !self.active {
                 self.active = true;
                 self.quiet_ticks = 0;
@@ -83,6 +95,14 @@ impl Balancer {
         }
     }
 
+    /// Stalled loops are watched (`health::Sample::stalled`): the default
+    /// policy with keep-alive release on and the kernel's loop count. Then
+    /// the balancer also ticks while loops turn, not only while
+    /// connections queue.
+    fn watches_stalls(&self) -> bool {
+        self.settings.policy == Policy::Rescue && self.settings.release_idle && self.loops.is_some()
+    }
+
     pub(super) fn tick_length(&self) -> Duration {
         if self.settings.policy == Policy::Rescue {
             self.settings.tick
@@ -98,6 +118,10 @@ impl Balancer {
         let now = Instant::now();
         let timeout = if self.active {
             self.tick_length()
+        } else if self.watches_stalls() {
+            self.next_slow
+                .min(self.next_look)
+                .saturating_duration_since(now)
         } else {
             self.next_slow.saturating_duration_since(now)
         };
@@ -147,7 +171,7 @@ impl Balancer {
         activity |= self.rescue_out_of_table(now, &nonempty);
         let loops = self.loop_stats();
         activity |= self.loops_turned(&loops);
-        let stalled = if steer && self.settings.release_idle {
+        let stalled = if self.watches_stalls() {
             self.stalled(&loops)
         } else {
             Vec::new()
@@ -409,20 +433,11 @@ impl Balancer {
         for slot in slots {
             let e = self.slots.get_mut(&slot).expect("listed above");
             if let (Some(loops), Some(pid)) = (&self.loops, e.pid) {
-                let stats = loops.stats(pid).ok().flatten();
-                let turns = stats.map(|s| s.turns);
-                // Its loop turned since the last second: it serves, maybe
-                // only kept-alive connections, which wake nothing. Tick.
-                if e.view.lifecycle == SlotState::Ready
-                    && e.slow_turns.is_some()
-                    && turns != e.slow_turns
-                    && !self.active
-                {
-                    self.active = true;
-                    self.quiet_ticks = 0;
-                }
-                e.slow_turns = turns;
-                e.load.event_loop = stats.map(|s| super::EventLoopLoad::from_stats(&s, now_ns));
+                e.load.event_loop = loops
+                    .stats(pid)
+                    .ok()
+                    .flatten()
+                    .map(|s| super::EventLoopLoad::from_stats(&s, now_ns));
             }
             let Some(probe) = e.probe.as_mut() else {
                 continue;

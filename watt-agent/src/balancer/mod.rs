@@ -183,6 +183,7 @@ impl Handle {
             active: false,
             quiet_ticks: 0,
             next_slow: Instant::now(),
+            next_look: Instant::now(),
             started: Instant::now(),
             ticks: 0,
             tick_time: Duration::ZERO,
@@ -250,11 +251,10 @@ struct Entry {
     last_io: Option<u64>,
     /// Its event loop's turns at the previous observation (kernel count).
     last_turns: Option<u64>,
-    /// Its turns at the previous tick and slow sample: a loop that turns
-    /// serves, so the balancer keeps ticking (keep-alive traffic queues
-    /// nothing on the listeners to wake it).
+    /// Its turns at the previous tick: a loop that turns serves, so the
+    /// balancer keeps ticking (keep-alive traffic queues nothing on the
+    /// listeners to wake it).
     tick_turns: Option<u64>,
-    slow_turns: Option<u64>,
     /// The process whose preload said it marks responses in progress
     /// (`Command::IdleMarks`): its connections can be judged idle while it
     /// is the slot's worker.
@@ -397,7 +397,6 @@ impl Entry {
             last_io: None,
             last_turns: None,
             tick_turns: None,
-            slow_turns: None,
             marks_idle: None,
             watched: false,
             seeking_main_loop: false,
@@ -424,6 +423,8 @@ struct Balancer {
     active: bool,
     quiet_ticks: u32,
     next_slow: Instant,
+    /// Next look at the loops while asleep (`event_loop::LOOK`).
+    next_look: Instant,
     /// Time base of the recorded samples (see `SAMPLES`).
     started: Instant,
     ticks: u64,
@@ -523,7 +524,6 @@ impl Balancer {
                     e.reported = false;
                     e.last_turns = None;
                     e.tick_turns = None;
-                    e.slow_turns = None;
                     e.load.event_loop = None;
                 }
                 false

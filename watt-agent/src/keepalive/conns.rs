@@ -86,7 +86,10 @@ pub fn release_idle(pid: Pid, port: u16) -> Result<Released, ConnsError> {
                 }
             }
             Err(Kept::NotEstablished) => {} // the listener, a closing one
-            Err(_) => out.kept += 1,
+            Err(why) => {
+                tracing::trace!(pid, fd, ?why, ?state, "connection kept");
+                out.kept += 1;
+            }
         }
     }
     Ok(out)
@@ -119,7 +122,6 @@ fn conn_state(fd: BorrowedFd<'_>) -> io::Result<ConnState> {
     Ok(ConnState {
         established: info.tcpi_state == TCP_ESTABLISHED,
         unread: unread(fd)?,
-        unsent: ioctl_count(fd, libc::TIOCOUTQ)?,
         response_in_progress: socket::getsockopt(&fd, sockopt::TcpNoDelay)
             .map_err(io::Error::from)?,
         last_received_ms: info.tcpi_last_data_recv,
@@ -129,16 +131,12 @@ fn conn_state(fd: BorrowedFd<'_>) -> io::Result<ConnState> {
 
 const TCP_ESTABLISHED: u8 = 1;
 
+/// `SIOCINQ` (= `FIONREAD`) of a TCP socket: bytes received, not read.
 fn unread(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    ioctl_count(fd, libc::FIONREAD)
-}
-
-/// `SIOCINQ` (= `FIONREAD`) or `SIOCOUTQ` (= `TIOCOUTQ`) of a TCP socket.
-fn ioctl_count(fd: BorrowedFd<'_>, request: libc::Ioctl) -> io::Result<u32> {
     let mut n: libc::c_int = 0;
-    // SAFETY: both requests write one int through the pointer, which points
-    // at a live local.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request, &raw mut n) };
+    // SAFETY: FIONREAD writes one int through the pointer, which points at
+    // a live local.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &raw mut n) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }

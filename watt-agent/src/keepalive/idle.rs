@@ -7,12 +7,14 @@
 //!   connection is the worker's business);
 //! - nothing unread (`SIOCINQ` 0): no request, or part of one, waits in the
 //!   socket;
-//! - nothing unsent or unacknowledged (`SIOCOUTQ` 0): the last response
-//!   left and arrived;
 //! - no response in progress, as the worker's preload marks it
-//!   (`TCP_NODELAY` off; see `shim.js`): the app is not in the middle of a
-//!   response that waits for more of its own work (a stream, a response
-//!   waiting on I/O), which the kernel cannot see;
+//!   (`TCP_NODELAY` off; see `shim.js`): the app has handed every response
+//!   to the kernel whole, and is not in the middle of one that waits for
+//!   more of its own work (a stream, a response waiting on I/O), which the
+//!   kernel cannot see. Bytes of a finished response that are still in
+//!   the socket's send queue do not count: the FIN of the shutdown goes
+//!   out after them, and the client's delayed ACK keeps the last response
+//!   unacknowledged for up to 40 ms after every request;
 //! - the last data received is not newer than the last data sent: a request
 //!   the worker's HTTP parser has read but not yet handed to the app (its
 //!   headers came in two pieces) is in flight, though nothing is unread.
@@ -28,8 +30,6 @@ pub struct ConnState {
     pub established: bool,
     /// Bytes received and not read by the worker.
     pub unread: u32,
-    /// Bytes not sent, or sent and not acknowledged.
-    pub unsent: u32,
     /// The worker's preload marks a response in progress (or the
     /// connection has not finished its first response, or was taken over
     /// by the app: an upgrade).
@@ -44,7 +44,6 @@ pub struct ConnState {
 pub enum Kept {
     NotEstablished,
     Unread,
-    Unsent,
     ResponseInProgress,
     RequestRead,
 }
@@ -56,9 +55,6 @@ pub fn judge(c: &ConnState) -> Result<(), Kept> {
     }
     if c.unread > 0 {
         return Err(Kept::Unread);
-    }
-    if c.unsent > 0 {
-        return Err(Kept::Unsent);
     }
     if c.response_in_progress {
         return Err(Kept::ResponseInProgress);
@@ -80,7 +76,6 @@ mod tests {
         ConnState {
             established: true,
             unread: 0,
-            unsent: 0,
             response_in_progress: false,
             last_received_ms: 41,
             last_sent_ms: 40,
@@ -108,16 +103,6 @@ mod tests {
             ..idle()
         };
         assert_eq!(judge(&c), Err(Kept::Unread));
-    }
-
-    #[test]
-    fn a_response_still_leaving_is_kept() {
-        let c = ConnState {
-            unsent: 65_536,
-            last_sent_ms: 0,
-            ..idle()
-        };
-        assert_eq!(judge(&c), Err(Kept::Unsent));
     }
 
     #[test]

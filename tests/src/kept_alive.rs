@@ -1,0 +1,136 @@
+//! A kept-alive HTTP/1.1 connection driven by hand: requests one at a time
+//! on the same socket, and a look at whether the server has closed it.
+use std::{
+    io::{self, ErrorKind, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+pub struct KeptAlive {
+    stream: TcpStream,
+    /// Bytes read past the last response.
+    pending: Vec<u8>,
+}
+
+impl KeptAlive {
+    pub fn connect(addr: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Self {
+            stream,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The client's port: which connection this is.
+    #[must_use]
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().map_or(0, |a| a.port())
+    }
+
+    /// Sends `GET path`, without waiting for the answer.
+    pub fn send(&mut self, path: &str) -> io::Result<()> {
+        self.stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+    }
+
+    /// `GET path` and its whole response body.
+    pub fn get(&mut self, path: &str) -> io::Result<String> {
+        self.send(path)?;
+        self.response()
+    }
+
+    /// Reads one whole response (`Content-Length` or chunked) and returns
+    /// its body (chunks joined).
+    pub fn response(&mut self) -> io::Result<String> {
+        let head_end = self.fill_until(|b| find(b, b"\r\n\r\n").map(|i| i + 4))?;
+        let head = String::from_utf8_lossy(&self.pending[..head_end]).to_ascii_lowercase();
+        self.pending.drain(..head_end);
+        if let Some(len) = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            self.fill_until(|b| (b.len() >= len).then_some(len))?;
+            let body: Vec<u8> = self.pending.drain(..len).collect();
+            return Ok(String::from_utf8_lossy(&body).into_owned());
+        }
+        self.rest_of_stream()
+    }
+
+    /// Reads the first part of a response that is still being written (the
+    /// test app's `/stream`): the head and its first chunk.
+    pub fn first_chunk(&mut self) -> io::Result<String> {
+        let head_end = self.fill_until(|b| find(b, b"\r\n\r\n").map(|i| i + 4))?;
+        let after_head = self.fill_until(|b| {
+            let rest = &b[head_end..];
+            let line = find(rest, b"\r\n")?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..line]).ok()?.trim(), 16).ok()?;
+            (rest.len() >= line + 2 + size + 2).then_some(head_end + line + 2 + size + 2)
+        })?;
+        let text = String::from_utf8_lossy(&self.pending[head_end..after_head]).into_owned();
+        // Keep the head away but leave the stream positioned at the next
+        // chunk for `rest_of_stream`.
+        self.pending.drain(..after_head);
+        Ok(text)
+    }
+
+    /// The remaining chunks of a chunked response (all of them after the
+    /// head, or those after `first_chunk`), joined.
+    pub fn rest_of_stream(&mut self) -> io::Result<String> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = self.fill_until(|b| find(b, b"\r\n").map(|i| i + 2))?;
+            let size_line = String::from_utf8_lossy(&self.pending[..line_end - 2]).into_owned();
+            self.pending.drain(..line_end);
+            let size = usize::from_str_radix(size_line.trim(), 16)
+                .map_err(|_| io::Error::new(ErrorKind::InvalidData, "bad chunk size"))?;
+            self.fill_until(|b| (b.len() >= size + 2).then_some(size + 2))?;
+            body.extend(self.pending.drain(..size));
+            self.pending.drain(..2);
+            if size == 0 {
+                return Ok(String::from_utf8_lossy(&body).into_owned());
+            }
+        }
+    }
+
+    /// Whether the server has closed the connection by now (a FIN or a
+    /// reset arrived); `false` when it is open and silent.
+    pub fn closed_by_server(&mut self) -> bool {
+        let _ = self.stream.set_nonblocking(true);
+        let mut b = [0u8; 1];
+        let closed = match self.stream.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => {
+                self.pending.push(b[0]);
+                false
+            }
+            Err(e) => e.kind() != ErrorKind::WouldBlock,
+        };
+        let _ = self.stream.set_nonblocking(false);
+        closed
+    }
+
+    /// Reads until `done` finds the end of what is wanted in the buffer.
+    fn fill_until(&mut self, done: impl Fn(&[u8]) -> Option<usize>) -> io::Result<usize> {
+        loop {
+            if let Some(n) = done(&self.pending) {
+                return Ok(n);
+            }
+            let mut buf = [0u8; 4096];
+            let n = self.stream.read(&mut buf)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                ));
+            }
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

@@ -1,0 +1,291 @@
+//! Keep-alive release with real Node workers: when a worker's event loop
+//! blocks while the others idle, the agent closes that worker's idle
+//! kept-alive connections (their clients reconnect and are steered to a
+//! worker that serves), and never a connection with a request in flight or
+//! a response in progress. Counted on each connection, never timed.
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use watt_tests::{
+    agent::{Agent, start_test_app},
+    block::{BlockResult, Marks, Sent, block_one_worker_under},
+    http,
+    kept_alive::KeptAlive,
+    node_client, wait_until,
+};
+
+/// How long the blocking request blocks its worker.
+const BLOCK_MS: u64 = 1500;
+/// How long the streamed response waits between its two parts: it ends
+/// after the block.
+const STREAM_MS: u64 = 2000;
+
+/// A directory the workers log cut responses to (`TEST_APP_LOG_CUT`).
+struct CutLog(PathBuf);
+
+impl CutLog {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("watt-cut-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the cut-log directory");
+        Self(dir)
+    }
+
+    /// Every response a worker saw cut: its URL.
+    fn cut(&self) -> Vec<String> {
+        fs::read_dir(&self.0)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| fs::read_to_string(e.path()).ok())
+                    .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for CutLog {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(release: bool, cut: &CutLog) -> Agent {
+    let release = format!("--keepalive-release={release}");
+    let dir = cut.0.display().to_string();
+    start_test_app(
+        4,
+        &["--loop-signal", "kernel", &release],
+        &[("TEST_APP_LOG_CUT", &dir)],
+    )
+}
+
+/// What became of each connection while one worker was blocked.
+#[derive(Debug)]
+struct Outcome {
+    /// The blocked worker's idle connections, and how many the server
+    /// closed during the block.
+    idle: usize,
+    idle_closed: usize,
+    /// The other workers' connections the server closed (all idle).
+    others_closed: usize,
+    /// The blocking request was answered in full, on its connection.
+    blocker_answered: bool,
+    /// The response in progress on the blocked worker finished.
+    stream_finished: bool,
+    /// Responses the workers saw cut.
+    cut: Vec<String>,
+}
+
+/// 40 kept-alive connections, spread by the program over 4 workers. On the
+/// connections of the worker that holds the most: a streamed response
+/// starts (`unmark`: its preload mark removed, the control), a request
+/// that blocks the worker's loop for `BLOCK_MS`, and the rest stay idle.
+/// Nothing else is sent: the balancer must notice the block by itself.
+fn block_with_kept_alive_connections(release: bool, unmark: bool) -> Outcome {
+    let cut = CutLog::new(&format!("{release}-{unmark}"));
+    let agent = start(release, &cut);
+    // Warm the workers up: a cold worker's first requests take long turns
+    // (compilation), which the balancer would rightly see as stalls.
+    for _ in 0..200 {
+        let _ = http::get(agent.addr(), "/");
+    }
+    let mut by_pid: BTreeMap<i32, Vec<KeptAlive>> = BTreeMap::new();
+    for _ in 0..40 {
+        let mut c = KeptAlive::connect(agent.addr()).expect("connect");
+        let body = c.get("/").expect("first request");
+        let pid = http::pid_of(&body).expect("a pid in the answer");
+        by_pid.entry(pid).or_default().push(c);
+    }
+    let victim = *by_pid
+        .iter()
+        .max_by_key(|(_, conns)| conns.len())
+        .expect("connections")
+        .0;
+    let mut mine = by_pid.remove(&victim).expect("the victim's connections");
+    assert!(
+        mine.len() >= 4,
+        "the busiest of 4 workers holds only {} of 40 connections",
+        mine.len()
+    );
+    thread::sleep(Duration::from_millis(300));
+    let mut stream = mine.pop().expect("a connection");
+    let mut blocker = mine.pop().expect("a connection");
+    let unmark = if unmark { "&unmark=1" } else { "" };
+    stream
+        .send(&format!("/stream?ms={STREAM_MS}{unmark}"))
+        .expect("send the stream request");
+    let first = stream.first_chunk().expect("the stream's first part");
+    assert_eq!(http::pid_of(&first), Some(victim), "{first}");
+    let blocked_at = Instant::now();
+    blocker
+        .send(&format!("/block?ms={BLOCK_MS}"))
+        .expect("send the blocking request");
+    // Well inside the block: the balancer looks at the loops 10 times a
+    // second while asleep, and acts two ticks into a stall.
+    thread::sleep(Duration::from_millis(500));
+    let idle = mine.len();
+    let idle_closed = mine
+        .iter_mut()
+        .map(KeptAlive::closed_by_server)
+        .filter(|&c| c)
+        .count();
+    let others_closed = by_pid
+        .values_mut()
+        .flatten()
+        .map(KeptAlive::closed_by_server)
+        .filter(|&c| c)
+        .count();
+    assert!(
+        blocked_at.elapsed() < Duration::from_millis(BLOCK_MS),
+        "the checks outlasted the block: the counts mean nothing"
+    );
+    let blocker_answered = blocker
+        .response()
+        .is_ok_and(|b| b.contains("\"blocked_ms\""));
+    let stream_finished = stream.rest_of_stream().is_ok_and(|b| b == "end\n");
+    if !stream_finished {
+        // The worker learns that its response was cut when it writes the
+        // rest, after the block.
+        wait_until(Duration::from_secs(10), || !cut.cut().is_empty());
+    }
+    let outcome = Outcome {
+        idle,
+        idle_closed,
+        others_closed,
+        blocker_answered,
+        stream_finished,
+        cut: cut.cut(),
+    };
+    eprintln!("keep-alive release {release}, unmark {unmark:?}: {outcome:?}");
+    outcome
+}
+
+#[test]
+fn a_blocked_workers_idle_connections_are_released_and_nothing_in_flight_is_cut() {
+    let o = block_with_kept_alive_connections(true, false);
+    assert!(o.idle >= 2, "{o:?}");
+    assert_eq!(
+        o.idle_closed, o.idle,
+        "every idle connection released: {o:?}"
+    );
+    assert_eq!(o.others_closed, 0, "the serving workers keep theirs: {o:?}");
+    assert!(o.blocker_answered, "the request in flight was cut: {o:?}");
+    assert!(o.stream_finished, "the response in progress was cut: {o:?}");
+    assert!(o.cut.is_empty(), "{o:?}");
+}
+
+/// The control of the test above: without release, the blocked worker's
+/// kept-alive connections stay with it, and their clients' next requests
+/// would wait out the block.
+#[test]
+fn without_release_the_idle_connections_stay_with_the_blocked_worker() {
+    let o = block_with_kept_alive_connections(false, false);
+    assert!(o.idle >= 2, "{o:?}");
+    assert_eq!(o.idle_closed, 0, "{o:?}");
+    assert!(o.blocker_answered && o.stream_finished, "{o:?}");
+}
+
+/// The control of "never cut": what the kernel shows of a response paused
+/// between two parts (everything sent so far acknowledged, the request
+/// older than the last part) looks idle. The preload's mark is what keeps
+/// it: removed, the stream is cut.
+#[test]
+fn a_response_in_progress_without_its_mark_would_be_cut() {
+    let o = block_with_kept_alive_connections(true, true);
+    assert!(!o.stream_finished, "{o:?}");
+    assert!(o.cut.iter().any(|u| u.starts_with("/stream")), "{o:?}");
+    assert!(o.blocker_answered, "{o:?}");
+}
+
+/// A real pool client under steady load: Node's `http.Agent` keeping 50
+/// connections alive (`scheduling: "fifo"`, so requests go round all of
+/// them), 300 requests/s, and one worker blocked for a second. Returns the
+/// block's counts and the client's failures (error codes).
+fn pool_client_with_a_blocked_worker(release: bool) -> (BlockResult, Vec<String>, Vec<String>) {
+    let cut = CutLog::new(&format!("pool-{release}"));
+    let marks = Marks::new(&format!("pool-{release}"));
+    let release = format!("--keepalive-release={release}");
+    let (mark_dir, cut_dir) = (marks.dir(), cut.0.display().to_string());
+    let agent = start_test_app(
+        4,
+        &["--loop-signal", "kernel", &release],
+        &[
+            ("TEST_APP_MARK_DIR", &mark_dir),
+            ("TEST_APP_LOG_CUT", &cut_dir),
+        ],
+    );
+    let port = agent.addr().port().to_string();
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::clone(&failures);
+    let result = block_one_worker_under(&agent, &marks, move || {
+        thread::spawn(move || {
+            // The client's clock is the wall clock: anchor it to ours.
+            let (wall, mono) = (SystemTime::now(), Instant::now());
+            let out = node_client::run(
+                "pool.js",
+                &["agent", &port, "50", "300", "900"],
+                Duration::from_mins(1),
+            );
+            out.lines()
+                .map(|line| {
+                    let v: serde_json::Value = serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("client line {line:?}: {e}"));
+                    if v["ok"].as_bool() != Some(true) {
+                        failed.lock().expect("failures").push(line.to_owned());
+                    }
+                    let sent = UNIX_EPOCH
+                        + Duration::from_secs_f64(v["sent"].as_f64().unwrap_or(0.0) / 1000.0);
+                    Sent {
+                        sent: sent.duration_since(wall).map_or(mono, |d| mono + d),
+                        pid: v["pid"]
+                            .as_i64()
+                            .and_then(|p| i32::try_from(p).ok())
+                            .filter(|_| v["ok"].as_bool() == Some(true)),
+                    }
+                })
+                .collect()
+        })
+    });
+    let failures = failures.lock().expect("failures").clone();
+    (result, failures, cut.cut())
+}
+
+#[test]
+fn a_pool_client_is_not_kept_waiting_by_a_blocked_worker() {
+    let (r, failures, cut) = pool_client_with_a_blocked_worker(true);
+    assert_eq!(r.waited_out, 0, "requests waited for the blocked worker");
+    // (Whether it serves again afterwards is up to the pool: its released
+    // connections reconnected to the others, and a pool opens no new ones
+    // while it has enough; `--max-connection-age` spreads them again.)
+    assert!(cut.is_empty(), "responses cut: {cut:?}");
+    // A request the client sends just as the agent's FIN arrives fails
+    // before any response (a reset: the worker never saw it), as with any
+    // server closing idle keep-alive connections; Node's http.Agent does
+    // not retry it. The run releases a few dozen connections at most.
+    assert!(
+        failures.len() <= 2,
+        "{} failures: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        failures
+            .iter()
+            .all(|f| f.contains("ECONNRESET") || f.contains("socket hang up")),
+        "{failures:?}"
+    );
+}
+
+/// The control: without release, the pool keeps sending requests on the
+/// blocked worker's connections, and they wait out the block.
+#[test]
+fn without_release_a_pool_client_waits_for_a_blocked_worker() {
+    let (r, failures, _) = pool_client_with_a_blocked_worker(false);
+    assert!(r.waited_out > 0, "{} failures", failures.len());
+}
