@@ -125,13 +125,15 @@ fn user_switch(caps: u64, root: bool) -> Option<Check> {
 }
 
 /// The sampler reads each worker's `/proc/<pid>/task/<pid>/syscall` (is
-/// its event loop idle or blocked?), which needs ptrace access to it.
+/// its event loop idle or blocked?), and keep-alive release copies its
+/// sockets (`pidfd_getfd`): both need ptrace access to it.
 pub(super) fn sampling(caps: Option<u64>, other_user: bool) -> Check {
     let scope: Option<u32> = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
         .ok()
         .and_then(|s| s.trim().parse().ok());
     let ptrace = caps.is_some_and(|c| preflight::has_cap(c, cap::SYS_PTRACE));
-    let caveat = "busy workers are then told by their accept queues alone";
+    let caveat = "busy workers are then told by their accept queues alone, and keep-alive \
+                  release cannot copy their sockets";
     match scope {
         Some(3) => Check::warn(
             SAMPLING,
@@ -154,7 +156,8 @@ pub(super) fn sampling(caps: Option<u64>, other_user: bool) -> Check {
         ),
         _ => Check::pass(
             SAMPLING,
-            "the workers' syscall state is readable (busy detection)",
+            "the workers' syscall state and sockets are readable (busy detection, keep-alive \
+             release)",
         ),
     }
 }
