@@ -132,6 +132,8 @@ function activate() {
     if (maxAgeMs) limitAge(server);
     markIdle(server);
 
+    trackInFlight(server);
+
     // HTTP/2 sessions are not connections closeIdleConnections() knows about:
     // track them so SIGTERM can send GOAWAY. ('session' is emitted only by
     // http2 servers.)
@@ -254,6 +256,83 @@ function activate() {
       res.once('finish', end);
       res.once('close', end);
     });
+  }
+
+  // Crash attribution (WATT_CRASH_* in docs/worker-contract.md): when the
+  // process dies of an uncaught error or exits non-zero, tell the agent what
+  // the managed server was serving, so its log says which request crashed it.
+  const inFlight = new Set(); // { method, url } of requests not yet closed
+  const CRASH_MAX_REQUESTS = 16;
+  const CRASH_MAX_URL = 200;
+  const CRASH_MAX_ERROR = 500;
+  let uncaught = null; // { origin, error }: the last uncaught error seen
+  let crashReported = false;
+
+  function trackInFlight(server) {
+    // Prepended: a handler that throws synchronously must find its own
+    // request already tracked. 'close' follows both finish and abort.
+    // On an http2 server a 'request' listener would switch on the compat
+    // layer for an app that serves 'stream' events only, so it is added
+    // there only if the app has one (it then sees allowHTTP1 requests);
+    // HTTP/2 requests, compat or not, are counted as streams.
+    const http1 = server instanceof require('http').Server || server instanceof require('https').Server;
+    if (http1 || server.listenerCount('request') > 0) {
+      server.prependListener('request', (req, res) => {
+        if (req.httpVersionMajor !== 1) return;
+        inFlight.add(req);
+        res.once('close', () => inFlight.delete(req));
+      });
+    }
+    server.prependListener('stream', (stream, headers) => {
+      const entry = { method: headers[':method'], url: headers[':path'] };
+      inFlight.add(entry);
+      stream.once('close', () => inFlight.delete(entry));
+    });
+  }
+
+  // The monitor observes without handling: Node still dies unless the app
+  // listens to 'uncaughtException'. Promise rejections arrive here too
+  // (origin 'unhandledRejection') when they are about to kill the process.
+  process.on('uncaughtExceptionMonitor', (error, origin) => {
+    uncaught = { origin, error };
+    if (process.listenerCount('uncaughtException') === 0) reportCrash(origin);
+  });
+  // process.exit(1), process.exitCode, or an app's 'uncaughtException'
+  // handler that exits non-zero. Exit code 0 is a clean stop: nothing to say.
+  process.on('exit', (code) => {
+    if (code !== 0) reportCrash(uncaught ? uncaught.origin : 'exit');
+  });
+
+  function reportCrash(origin) {
+    if (crashReported) return;
+    crashReported = true;
+    const lines = [`WATT_CRASH=${origin}`];
+    if (uncaught) lines.push(`WATT_CRASH_ERROR=${oneLine(errorText(uncaught.error), CRASH_MAX_ERROR)}`);
+    // Newest first: a handler that threw synchronously is serving the newest.
+    const requests = [...inFlight].reverse();
+    for (const r of requests.slice(0, CRASH_MAX_REQUESTS)) {
+      lines.push(`WATT_CRASH_REQUEST=${oneLine(String(r.method), 20)} ${oneLine(String(r.url), CRASH_MAX_URL)}`);
+    }
+    if (requests.length > CRASH_MAX_REQUESTS) lines.push(`WATT_CRASH_MORE=${requests.length - CRASH_MAX_REQUESTS}`);
+    notify(lines.join('\n')); // one write: the agent reads the report whole
+  }
+
+  // The error's first line: `TypeError: x is not a function` (the stack
+  // stays in the worker's stderr, which the agent logs anyway).
+  function errorText(error) {
+    try {
+      const text = error instanceof Error ? String(error) : require('util').inspect(error);
+      return text.split('\n', 1)[0];
+    } catch {
+      return 'an error that cannot be printed';
+    }
+  }
+
+  // Without control characters or line separators (one report line stays
+  // one line), at most `max` characters.
+  function oneLine(text, max) {
+    const line = text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, '');
+    return line.length > max ? `${line.slice(0, max)}…` : line;
   }
 
   // Graceful stop, only if the app did not take SIGTERM itself. A listener

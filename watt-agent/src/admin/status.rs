@@ -13,6 +13,7 @@ use crate::{
     steering::{LoopHook, ProgramMode},
     supervisor::{
         ReloadOutcome, Shared,
+        crashes::LastCrash,
         lifecycle::{Phase, WorkerView},
     },
 };
@@ -137,6 +138,10 @@ pub struct WorkerStatus {
     /// A replacement being started (reload, restart, memory, stuck).
     pub replacement: Option<Replacement>,
     pub load: Load,
+    /// Its last crash (kept until the next one): when, how it exited, and
+    /// what it was serving, as the worker reported it.
+    #[serde(default)]
+    pub last_crash: Option<LastCrash>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +211,7 @@ pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Sta
                     connections: counters.map(|c| c.selected),
                     migrated_in: counters.map(|c| c.migrated_in),
                 },
+                last_crash: shared.last_crashes.get(&w.id).cloned(),
             }
         })
         .collect();
@@ -322,6 +328,16 @@ pub(crate) mod tests {
             ..Shared::default()
         };
         shared.workers[1].restart_at = Some(Instant::now() + Duration::from_secs(3));
+        shared.last_crashes.insert(
+            1,
+            LastCrash {
+                pid: 1001,
+                exit_code: Some(1),
+                reported: true,
+                requests: vec!["GET /crash".into()],
+                ..LastCrash::default()
+            },
+        );
         let mut counters = Counters {
             slots: vec![watt_common::SlotCounters::default(); 4],
             new_connections: 7,
@@ -365,6 +381,15 @@ pub(crate) mod tests {
         assert_eq!(back.workers[0].load, s.workers[0].load);
         assert_eq!(back.workers[1].state, WorkerState::Down);
         assert!(json.contains("\"state\":\"down\""), "{json}");
+        assert!(json.contains("\"last_crash\":null"), "{json}");
+        assert_eq!(back.workers[1].last_crash, s.workers[1].last_crash);
+        assert_eq!(
+            back.workers[1]
+                .last_crash
+                .as_ref()
+                .map(|c| c.requests.clone()),
+            Some(vec!["GET /crash".to_owned()])
+        );
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! The status table of `watt-agent status` and `watt-agent top`.
-use std::{fmt::Write as _, time::Duration};
+use std::{
+    fmt::Write as _,
+    time::{Duration, SystemTime},
+};
 
 use crate::{
     admin::status::{Status, WorkerStatus},
     config::LoopSignal,
     sampler::QueueSourceKind,
+    supervisor::crashes::LastCrash,
 };
 
 /// The status as a table. With `rates` (seconds since, previous status),
@@ -141,6 +145,9 @@ fn worker_row(w: &WorkerStatus, prev: Option<(f64, &WorkerStatus)>) -> String {
     if let Some(r) = &w.replacement {
         note.push(format!("replacement on slot {} pid {}", r.slot, opt(r.pid)));
     }
+    if let Some(c) = &w.last_crash {
+        note.push(crash_note(c, SystemTime::now()));
+    }
     let stall = w
         .load
         .measured
@@ -166,6 +173,43 @@ fn worker_row(w: &WorkerStatus, prev: Option<(f64, &WorkerStatus)>) -> String {
         stall,
         note.join("; ")
     )
+}
+
+/// `crashed 5m ago serving GET /api/report (+2): TypeError: x`, cut to fit
+/// a terminal: `/status` has the whole of it.
+fn crash_note(c: &LastCrash, now: SystemTime) -> String {
+    const MAX: usize = 80;
+    let ago = humantime::parse_rfc3339_weak(&c.at)
+        .ok()
+        .and_then(|at| now.duration_since(at).ok())
+        .map_or_else(String::new, |d| {
+            format!(" {} ago", human_duration(d.as_secs_f64()))
+        });
+    let mut note = format!("crashed{ago}");
+    if let Some(first) = c.requests.first() {
+        let _ = write!(note, " serving {first}");
+        let others = c.requests.len() - 1 + c.more_requests as usize;
+        if others > 0 {
+            let _ = write!(note, " (+{others})");
+        }
+    }
+    match (&c.error, c.exit_code, c.signal) {
+        (Some(e), _, _) => {
+            let _ = write!(note, ": {e}");
+        }
+        (None, Some(code), _) => {
+            let _ = write!(note, ": exit code {code}");
+        }
+        (None, None, Some(sig)) => {
+            let _ = write!(note, ": signal {sig}");
+        }
+        (None, None, None) => {}
+    }
+    if note.chars().count() > MAX {
+        note = note.chars().take(MAX - 1).collect();
+        note.push('…');
+    }
+    note
 }
 
 /// A stall: milliseconds below 10 s, else seconds.
@@ -265,6 +309,7 @@ mod tests {
                     crash_looping: false,
                     restart_in_seconds: None,
                     replacement: None,
+                    last_crash: None,
                     load: Load {
                         measured: balancer::Load {
                             queue_depth: Some(0),
@@ -291,6 +336,13 @@ mod tests {
                     restart_in_seconds: Some(2.5),
                     replacement: None,
                     load: Load::default(),
+                    last_crash: Some(LastCrash {
+                        at: "2027-01-15T08:00:00.000Z".into(),
+                        pid: 99,
+                        exit_code: None,
+                        signal: Some(9),
+                        ..LastCrash::default()
+                    }),
                 },
             ],
             program: None,
@@ -320,9 +372,44 @@ mod tests {
         );
         let second = table.iter().find(|l| l.starts_with("1 ")).unwrap();
         assert!(
-            second.contains("down") && second.contains("crash loop; restart in 2.5s"),
+            second.contains("down") && second.contains("crash loop; restart in 2.5s; crashed"),
             "{second}"
         );
+    }
+
+    #[test]
+    fn a_crash_note_says_when_what_and_why_in_a_line() {
+        let at = humantime::parse_rfc3339("2027-01-15T08:00:00.000Z").unwrap();
+        let mut c = LastCrash {
+            at: "2027-01-15T08:00:00.000Z".into(),
+            exit_code: Some(1),
+            reported: true,
+            error: Some("TypeError: x is undefined".into()),
+            requests: vec!["GET /api/report".into(), "GET /".into()],
+            more_requests: 1,
+            ..LastCrash::default()
+        };
+        let now = at + Duration::from_mins(5);
+        assert_eq!(
+            crash_note(&c, now),
+            "crashed 5m ago serving GET /api/report (+2): TypeError: x is undefined"
+        );
+        c.error = None;
+        c.requests.truncate(1);
+        c.more_requests = 0;
+        assert_eq!(
+            crash_note(&c, now),
+            "crashed 5m ago serving GET /api/report: exit code 1"
+        );
+        c.requests = vec![format!("GET /{}", "a".repeat(200))];
+        let note = crash_note(&c, now);
+        assert!(note.chars().count() == 80 && note.ends_with('…'), "{note}");
+        let killed = LastCrash {
+            at: "2027-01-15T08:00:00.000Z".into(),
+            signal: Some(9),
+            ..LastCrash::default()
+        };
+        assert_eq!(crash_note(&killed, now), "crashed 5m ago: signal 9");
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! fires when the thread that forked a worker exits, so that thread must
 //! live as long as the agent.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use nix::{
@@ -31,6 +31,8 @@ use crate::{
 };
 
 pub mod backoff;
+pub mod crash_report;
+pub mod crashes;
 mod env;
 pub mod lifecycle;
 mod notes;
@@ -38,6 +40,8 @@ mod plan;
 pub mod spawn;
 pub mod worker_io;
 
+use crash_report::Exit;
+use crashes::{Crash, Crashes, LastCrash};
 use lifecycle::{Action, Event, Lifecycle, Note, Refused, Sig, WorkerView};
 pub use plan::Plan;
 use worker_io::{Notice, Tail};
@@ -97,6 +101,8 @@ pub struct Shared {
     pub reloads_finished: u64,
     pub last_reload: Option<ReloadOutcome>,
     pub shutting_down: bool,
+    /// Each worker's last crash, kept until its next one.
+    pub last_crashes: BTreeMap<WorkerId, LastCrash>,
     /// Last time the loop went round (for /healthz).
     pub heartbeat: Option<Instant>,
 }
@@ -136,6 +142,7 @@ pub async fn run(
         pids: HashMap::new(),
         other_ports: HashMap::new(),
         tails: HashMap::new(),
+        crashes: Crashes::default(),
         notice_tx,
         queue: VecDeque::new(),
         exit: None,
@@ -145,12 +152,22 @@ pub async fn run(
     loop {
         driver.publish(&shared);
         if let Some(code) = driver.exit {
+            // Crashes still waiting for their reports are logged as they are.
+            for finished in driver.crashes.drain() {
+                notes::log_crash(finished);
+            }
             return Ok(code);
         }
         // Wake at the next deadline, and at least every second anyway, to
         // keep the heartbeat (/healthz) fresh.
         let wake = Instant::now() + Duration::from_secs(1);
-        let deadline = driver.machine.next_deadline().map_or(wake, |d| d.min(wake));
+        let deadline = [
+            driver.machine.next_deadline(),
+            driver.crashes.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(wake, Instant::min);
         let sleep = tokio::time::sleep_until(deadline.into());
         tokio::select! {
             _ = sigchld.recv() => driver.reap(),
@@ -163,7 +180,12 @@ pub async fn run(
             Some(notice) = notices.recv() => driver.notice(notice),
             Some(control) = channels.control.recv() => driver.control(control),
             Some(report) = channels.health.recv() => driver.feed(health_event(report)),
-            () = sleep => driver.feed(Event::Tick),
+            () = sleep => {
+                driver.feed(Event::Tick);
+                for finished in driver.crashes.due(Instant::now()) {
+                    notes::log_crash(finished);
+                }
+            }
         }
     }
 }
@@ -183,6 +205,8 @@ struct Driver<'a> {
     other_ports: HashMap<Pid, u16>,
     /// The last stderr lines of each worker id, across its restarts.
     tails: HashMap<WorkerId, Tail>,
+    /// Crashes, what the workers reported of them, and each one's last.
+    crashes: Crashes,
     notice_tx: mpsc::UnboundedSender<Notice>,
     queue: VecDeque<Event>,
     exit: Option<i32>,
@@ -215,6 +239,28 @@ impl Driver<'_> {
                 self.balancer.send(balancer::Command::Close { slot });
             }
             Action::Signal { pid, sig } => send_signal(pid, sig),
+            // Logged once the worker's report is in (or known missing).
+            Action::Note(Note::Crashed {
+                worker,
+                pid,
+                status,
+                uptime,
+                phase,
+            }) => {
+                let crash = Crash {
+                    worker,
+                    pid,
+                    exit: Exit {
+                        status,
+                        uptime,
+                        phase,
+                    },
+                    at: SystemTime::now(),
+                };
+                if let Some(finished) = self.crashes.crashed(crash, Instant::now()) {
+                    notes::log_crash(finished);
+                }
+            }
             Action::Note(note) => {
                 if let Note::ReloadFinished { replaced, failed } = note {
                     self.reloads = (self.reloads.0 + 1, Some(ReloadOutcome { replaced, failed }));
@@ -304,6 +350,7 @@ impl Driver<'_> {
         let _ = killpg(NixPid::from_raw(pid), Signal::SIGKILL);
         self.feed(Event::Exited { pid, status });
         self.other_ports.remove(&pid);
+        self.crashes.reaped(pid);
     }
 
     fn signal_shutdown(&mut self, name: &str) {
@@ -335,6 +382,16 @@ impl Driver<'_> {
                     );
                 }
             }
+            Notice::Crash { pid, line } => {
+                let running = self.pids.contains_key(&pid);
+                self.crashes.line(pid, line, running);
+            }
+            Notice::Closed { pid } => {
+                let running = self.pids.contains_key(&pid);
+                if let Some(finished) = self.crashes.closed(pid, running) {
+                    notes::log_crash(finished);
+                }
+            }
         }
     }
 
@@ -363,6 +420,9 @@ impl Driver<'_> {
             s.reloading = self.machine.is_reloading();
             (s.reloads_finished, s.last_reload) = self.reloads;
             s.shutting_down = self.machine.is_shutting_down();
+            if s.last_crashes != *self.crashes.last() {
+                s.last_crashes.clone_from(self.crashes.last());
+            }
             s.heartbeat = Some(Instant::now());
         }
     }

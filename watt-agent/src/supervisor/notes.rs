@@ -1,7 +1,12 @@
 //! One log line per note from the lifecycle, with its reason.
 use std::time::Duration;
 
-use super::{Driver, Note, lifecycle::Refused};
+use super::{
+    Driver, Note,
+    crash_report::{Exit, crash_line},
+    crashes::Finished,
+    lifecycle::Refused,
+};
 use crate::ids::{Pid, WorkerId};
 
 impl Driver<'_> {
@@ -20,11 +25,14 @@ impl Driver<'_> {
                 status,
                 uptime,
                 phase,
-            } => tracing::warn!(
+            } => log_unreported_crash(
                 worker,
                 pid,
-                "worker exited unexpectedly with {status} after {} ({phase:?})",
-                human(uptime)
+                Exit {
+                    status,
+                    uptime,
+                    phase,
+                },
             ),
             Note::NotReady {
                 worker,
@@ -85,7 +93,31 @@ impl Driver<'_> {
     }
 }
 
-fn human(d: Duration) -> String {
+/// A crash, with what the worker reported of it if it did.
+pub(super) fn log_crash((crash, report): Finished) {
+    match report {
+        Some(report) => tracing::warn!(
+            worker = crash.worker,
+            pid = crash.pid,
+            "{}",
+            crash_line(crash.worker, &report, crash.exit)
+        ),
+        None => log_unreported_crash(crash.worker, crash.pid, crash.exit),
+    }
+}
+
+fn log_unreported_crash(worker: WorkerId, pid: Pid, exit: Exit) {
+    tracing::warn!(
+        worker,
+        pid,
+        "worker exited unexpectedly with {} after {} ({:?})",
+        exit.status,
+        human(exit.uptime),
+        exit.phase
+    );
+}
+
+pub(super) fn human(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
     } else {

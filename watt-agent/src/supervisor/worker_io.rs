@@ -12,10 +12,11 @@ use tokio::{
     sync::mpsc,
 };
 
+use super::crash_report::CrashLine;
 use crate::ids::{Pid, WorkerId};
 
 /// A line from a worker's notify pipe that the supervisor acts on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
     Ready {
         pid: Pid,
@@ -28,6 +29,16 @@ pub enum Notice {
     /// The preload marks responses in progress on the worker's connections
     /// (`WATT_IDLE_MARKS=nodelay`), so the agent can tell idle ones.
     IdleMarks {
+        pid: Pid,
+    },
+    /// A line of the report a dying worker writes (`WATT_CRASH*`).
+    Crash {
+        pid: Pid,
+        line: CrashLine,
+    },
+    /// The pipe ended: the process exited (or closed it), nothing more
+    /// comes from it.
+    Closed {
         pid: Pid,
     },
 }
@@ -132,12 +143,21 @@ pub fn watch_notify(fd: OwnedFd, worker: WorkerId, pid: Pid, tx: mpsc::Unbounded
             if let Some(status) = line.strip_prefix("STATUS=") {
                 tracing::info!(worker, pid, "worker status: {status}");
             }
-            if let Some(notice) = parse_notify(pid, &line)
+            let notice = match CrashLine::parse(&line) {
+                Ok(Some(line)) => Some(Notice::Crash { pid, line }),
+                Ok(None) => parse_notify(pid, &line),
+                Err(e) => {
+                    tracing::warn!(worker, pid, "ignoring a line of its crash report: {e}");
+                    None
+                }
+            };
+            if let Some(notice) = notice
                 && tx.send(notice).is_err()
             {
-                break;
+                return;
             }
         }
+        let _ = tx.send(Notice::Closed { pid });
     });
 }
 
@@ -162,6 +182,35 @@ mod tests {
         );
         // A mark this agent does not know is not one it can read.
         assert_eq!(parse_notify(7, "WATT_IDLE_MARKS=tos"), None);
+    }
+
+    /// What the shim writes as it dies, then the end of the pipe: every
+    /// crash line in order, other lines as before, and `Closed` last.
+    #[tokio::test]
+    async fn the_reader_passes_a_crash_report_then_the_end() {
+        let (rx, tx_fd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (tx, mut notices) = mpsc::unbounded_channel();
+        watch_notify(rx, 0, 7, tx);
+        let report = "READY=1\nWATT_CRASH=exit\nWATT_CRASH_MORE=x\n\
+                      WATT_CRASH_REQUEST=GET /crash?x=1\nWATT_CRASH_MORE=2\n";
+        nix::unistd::write(&tx_fd, report.as_bytes()).unwrap();
+        drop(tx_fd);
+        let mut got = Vec::new();
+        while let Some(n) = notices.recv().await {
+            got.push(n);
+        }
+        let crash = |line| Notice::Crash { pid: 7, line };
+        assert_eq!(
+            got,
+            [
+                Notice::Ready { pid: 7 },
+                crash(CrashLine::Origin("exit".into())),
+                crash(CrashLine::Request("GET /crash?x=1".into())),
+                crash(CrashLine::More(2)),
+                Notice::Closed { pid: 7 },
+            ],
+            "the bad count is dropped"
+        );
     }
 
     #[test]
