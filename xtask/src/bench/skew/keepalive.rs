@@ -72,8 +72,15 @@ pub(super) struct Released {
     pub races: u64,
 }
 
-/// Reads the release counters from the agent's admin API at `admin`.
+/// How long after the load the counters are read: the agent refreshes
+/// what `/metrics` shows once a second (its slow sample), so releases in
+/// the last second would be missing.
+const METRICS_LAG: Duration = Duration::from_millis(1500);
+
+/// Reads the release counters from the agent's admin API at `admin`, once
+/// they include the end of the run.
 pub(super) fn read_released(admin: SocketAddr) -> anyhow::Result<Released> {
+    std::thread::sleep(METRICS_LAG);
     let text = get_metrics(admin)?;
     Ok(Released {
         connections: counter(&text, "watt_released_connections_total")?,
