@@ -15,5 +15,5 @@ pub fn release_binary() -> anyhow::Result<PathBuf> {
         "-p",
         "watt-agent",
     ]))?;
-    Ok(util::root().join("target/release/watt-agent"))
+    Ok(util::target_dir().join("release/watt-agent"))
 }

@@ -50,7 +50,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 
     let mut integration = cargo();
     integration
-        .env("WATT_AGENT_BIN", root.join("target/release/watt-agent"))
+        .env(
+            "WATT_AGENT_BIN",
+            util::target_dir().join("release/watt-agent"),
+        )
         .args(["test", "-p", "watt-tests"]);
     let elevate = util::elevate();
     if !elevate.is_empty() {
@@ -138,7 +141,7 @@ fn deploy(root: &Path) -> anyhow::Result<()> {
         )
     };
     elevated("deploy/check.sh", &[])?;
-    let agent = root.join("target/release/watt-agent");
+    let agent = util::target_dir().join("release/watt-agent");
     let agent = agent.to_str().unwrap_or("target/release/watt-agent");
     elevated("deploy/e2e-netns.sh", &[agent])?;
     elevated("deploy/e2e-netns.sh", &["--overlay", "privileged", agent])

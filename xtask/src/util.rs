@@ -14,6 +14,13 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set (a relative one
+/// taken from the workspace root), else `target/` in the workspace. The
+/// binaries that commands build and then run are found here.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |d| root().join(d))
+}
+
 /// Runs `cmd`, inheriting stdio; fails with the command line on a non-zero exit.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd

@@ -15,6 +15,6 @@ pub fn run() -> anyhow::Result<()> {
         "--example",
         "bench_steering",
     ]))?;
-    let bin = root.join("target/release/examples/bench_steering");
+    let bin = util::target_dir().join("release/examples/bench_steering");
     util::run(util::elevated(&bin).current_dir(&root))
 }

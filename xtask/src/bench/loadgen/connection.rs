@@ -5,9 +5,11 @@ use std::{
     cell::Cell,
     io,
     net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd as _,
     rc::Rc,
 };
 
+use nix::{errno::Errno, sys::socket::MsgFlags};
 use tokio::{
     io::AsyncWriteExt as _,
     net::{TcpSocket, TcpStream},
@@ -108,12 +110,43 @@ async fn next_ticket(ctx: &Ctx) -> Option<Ticket> {
     }
 }
 
+/// Whether an idle kept-alive connection can take another request: not
+/// when the server closed it (FIN: readable with 0 bytes), reset it (an
+/// error), or sent bytes nobody asked for (a broken exchange).
+///
+/// Why: a request written on a connection the server closed while it sat
+/// idle fails although the server refused nothing. Real clients check
+/// before they reuse a pooled connection and open a new one instead
+/// (hyper's pool, curl's `Curl_conn_is_alive`, nginx's close handler on
+/// cached upstream connections, Node's `http.Agent`, undici), so this one
+/// does too. What stays counted is the real race: a request written just
+/// as the FIN arrives fails as `closed` or `reset`.
+///
+/// A non-blocking `MSG_PEEK` straight to the kernel (tokio's `try_read`
+/// trusts the reactor's last readiness, which may not have seen the FIN
+/// yet); it reads nothing, and costs one syscall per reuse.
+fn reusable(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        nix::sys::socket::recv(
+            stream.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ),
+        Err(Errno::EAGAIN)
+    )
+}
+
 /// One kept-alive connection: takes queued requests one at a time until the
 /// queue is closed, and reconnects after the server closed it or it failed.
 pub(super) async fn keep_alive_conn(ctx: Rc<Ctx>) {
     let mut conn: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(4096);
     while let Some(t) = next_ticket(&ctx).await {
+        if conn.as_ref().is_some_and(|c| !reusable(c)) {
+            conn = None;
+            ctx.state.borrow_mut().closed_idle += 1;
+        }
         let port = Cell::new(
             conn.as_ref()
                 .and_then(|c| c.local_addr().ok())
@@ -153,5 +186,55 @@ pub(super) async fn keep_alive_conn(ctx: Rc<Ctx>) {
         };
         ctx.state.borrow_mut().record(&t, result, port.get());
         ctx.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write as _,
+        net::TcpListener,
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+
+    /// Polls `reusable` until it says `want` (loopback delivers the FIN or
+    /// the bytes asynchronously), for at most a few seconds.
+    async fn settles_to(stream: &TcpStream, want: bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if reusable(stream) == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_or_wrote_on_is_not_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+
+        let open = TcpStream::connect(addr).await.expect("connect");
+        let (_kept, _) = listener.accept().expect("accept");
+        assert!(reusable(&open), "an idle open connection is reusable");
+
+        let closed = TcpStream::connect(addr).await.expect("connect");
+        drop(listener.accept().expect("accept"));
+        assert!(
+            settles_to(&closed, false).await,
+            "a connection the server closed is not reusable"
+        );
+
+        let chatty = TcpStream::connect(addr).await.expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        server.write_all(b"x").expect("write");
+        assert!(
+            settles_to(&chatty, false).await,
+            "a connection with unrequested bytes is not reusable"
+        );
+        assert!(reusable(&open), "the open one still is");
     }
 }

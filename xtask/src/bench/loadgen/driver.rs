@@ -160,7 +160,7 @@ fn collect(ctx: &Ctx, plan: &Plan, lag: Histogram<u64>) -> Report {
     for t in &left {
         s.record(t, Err(ErrorKind::Timeout), None);
     }
-    let connects = s.connects;
+    let (connects, closed_idle) = (s.connects, s.closed_idle);
     let classes = plan
         .classes
         .iter()
@@ -172,6 +172,7 @@ fn collect(ctx: &Ctx, plan: &Plan, lag: Histogram<u64>) -> Report {
         measured: plan.duration,
         lag,
         connects,
+        closed_idle,
         cpu: Duration::ZERO,
         wall: Duration::ZERO,
     }

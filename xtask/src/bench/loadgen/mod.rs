@@ -11,7 +11,8 @@
 //! Requests go either on a new connection each (`Connection: close`), or
 //! keep-alive over K connections: a request waits for an idle connection
 //! (that wait is part of its latency), a connection the server closes is
-//! reopened for the next request.
+//! reopened for the next request (also one it closed while idle: checked
+//! before each reuse, as client pools do).
 //!
 //! Everything runs on one thread (a current-thread tokio runtime). The
 //! schedule is kept with a timerfd, not tokio's 1 ms timer wheel, so requests

@@ -115,6 +115,9 @@ pub struct Report {
     pub lag: Histogram<u64>,
     /// TCP connections opened (warm-up included).
     pub connects: u64,
+    /// Kept-alive connections the server had closed while they were idle,
+    /// dropped before reuse (warm-up included).
+    pub closed_idle: u64,
     /// CPU time of the load generator's thread, user + system.
     pub cpu: Duration,
     /// Wall time of the whole run (warm-up and drain included).

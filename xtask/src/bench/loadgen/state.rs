@@ -50,6 +50,9 @@ pub(super) struct Shared {
     pub(super) closed: bool,
     pub(super) next_port: u32,
     pub(super) connects: u64,
+    /// Kept-alive connections found closed by the server when about to be
+    /// reused, and reopened.
+    pub(super) closed_idle: u64,
 }
 
 impl Shared {
@@ -70,6 +73,7 @@ impl Shared {
             closed: false,
             next_port: 0,
             connects: 0,
+            closed_idle: 0,
         }
     }
 

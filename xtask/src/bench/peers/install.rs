@@ -170,7 +170,7 @@ pub fn agent(root: &Path, given: Option<&Path>, build: bool) -> anyhow::Result<P
         ]))
         .context("building watt-agent failed; `cargo xtask setup` installs the eBPF toolchain")?;
     }
-    let bin = root.join("target/release/watt-agent");
+    let bin = util::target_dir().join("release/watt-agent");
     if !bin.exists() {
         bail!(
             "{} does not exist; build it (cargo xtask build)",

@@ -59,7 +59,7 @@ pub fn reexec_release() -> anyhow::Result<()> {
             .current_dir(&root)
             .args(["build", "--quiet", "--release", "-p", "xtask"]),
     )?;
-    let bin = root.join("target/release/xtask");
+    let bin = util::target_dir().join("release/xtask");
     let err = std::os::unix::process::CommandExt::exec(
         std::process::Command::new(&bin).args(std::env::args_os().skip(1)),
     );

@@ -9,12 +9,19 @@
 //!   default policy, `hash` and `kernel`, and the default policy at other
 //!   ticks (reaction vs. the agent's CPU);
 //! - uniform: a higher rate of fast requests, default policy vs. `kernel`;
+//! - keepalive: the skew mix over 50 kept-alive connections, with
+//!   keep-alive release (the default), without it, and under `kernel`,
+//!   next to a keep-alive baseline ([`keepalive`]);
 //! - idle: 16 workers and no traffic for a minute: the agent's CPU and RSS.
+//!
+//! Each run's agent log stays in `target/bench-skew/<run>.log`.
+mod keepalive;
+mod report;
+
 use std::{
-    fmt::Write as _,
     fs,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -24,7 +31,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use super::{
-    loadgen::{self, Plan, Summary},
+    loadgen::{self, Connections, Plan, Summary},
     peers::{
         install,
         procs::{self, Group},
@@ -76,11 +83,54 @@ struct Run {
     policy: String,
     tick: String,
     loop_signal: String,
+    /// Agent flags besides policy, tick and loop signal.
+    flags: Vec<String>,
+    connections: Connections,
     fast: Summary,
     block: Option<Summary>,
     /// The agent's CPU over the measured window, % of one core.
     agent_cpu_percent: f64,
     rescues: Option<u64>,
+    /// The agent's keep-alive release counters at the end of the run (none
+    /// when its `/metrics` could not be read).
+    released: Option<keepalive::Released>,
+    /// Kept-alive connections the client found closed by the server when
+    /// about to reuse them, and reopened (warm-up included).
+    reopened: u64,
+    /// Fast requests answered after more than [`SLOW`]: they waited behind
+    /// a block.
+    fast_slow: u64,
+}
+
+/// A fast request this slow waited behind a block (a fast one takes well
+/// under a millisecond here; a block, 100 ms by default).
+const SLOW: Duration = Duration::from_millis(20);
+
+/// The file name of a run's agent log: `keepalive skew, release off` →
+/// `keepalive-skew-release-off`.
+fn file_name(run: &str) -> String {
+    run.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+        .to_ascii_lowercase()
+}
+
+impl Run {
+    /// Failed requests of every class.
+    fn failed(&self) -> u64 {
+        self.fast.failed + self.block.as_ref().map_or(0, |b| b.failed)
+    }
+}
+
+/// How one run starts its agent.
+struct Setting<'a> {
+    policy: &'a str,
+    loop_signal: &'a str,
+    tick: &'a str,
+    /// More agent flags, e.g. `--keepalive-release=false`.
+    flags: &'a [&'a str],
+    workers: usize,
 }
 
 #[derive(Serialize)]
@@ -122,7 +172,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let agent = build::release_binary()?;
     let root = util::root();
     let app = root.join("tests/fixtures/apps/test-app.js");
-    let dir = root.join("target/bench-skew");
+    let dir = util::target_dir().join("bench-skew");
     fs::create_dir_all(&dir)?;
     let runs = measure_all(args, &agent, &app, &dir)?;
 
@@ -150,46 +200,108 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         // A subset: printed above, but it does not replace the full results.
         return Ok(());
     }
-    write(&root, &results)
+    report::write(&root, &results)
+}
+
+/// Runs each selected run against a fresh agent, prints it as it ends,
+/// and keeps it.
+struct Runner<'a> {
+    args: &'a Args,
+    agent: &'a Path,
+    app: &'a Path,
+    dir: &'a Path,
+    runs: Vec<Run>,
+}
+
+impl Runner<'_> {
+    /// One run under `policy` (with a loop signal: `rescue+proc` is policy
+    /// rescue with `--loop-signal proc`).
+    fn one(
+        &mut self,
+        name: &str,
+        policy: &str,
+        tick: &str,
+        plan: &dyn Fn(Plan) -> Plan,
+    ) -> anyhow::Result<()> {
+        self.with_flags(name, policy, tick, &[], plan)
+    }
+
+    /// [`Runner::one`] with more agent flags; skipped when `--only` leaves
+    /// it out.
+    fn with_flags(
+        &mut self,
+        name: &str,
+        policy: &str,
+        tick: &str,
+        flags: &[&str],
+        plan: &dyn Fn(Plan) -> Plan,
+    ) -> anyhow::Result<()> {
+        if self
+            .args
+            .only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|o| name.contains(o.as_str())))
+        {
+            return Ok(());
+        }
+        let (policy, loop_signal) = policy.split_once('+').unwrap_or((policy, "auto"));
+        let setting = Setting {
+            policy,
+            loop_signal,
+            tick,
+            flags,
+            workers: 4,
+        };
+        let duration = Duration::from_secs(self.args.duration);
+        let r = measure(
+            self.agent, self.app, self.dir, name, &setting, duration, plan,
+        )?;
+        report::print_run(&r);
+        self.runs.push(r);
+        Ok(())
+    }
+}
+
+impl Args {
+    /// The fast class.
+    fn fast(&self, plan: Plan) -> Plan {
+        plan.get("fast", "/", self.rate)
+    }
+
+    /// The fast class and one that blocks the event loop (`/block`).
+    fn skewed(&self, plan: Plan) -> Plan {
+        let block = format!("/block?ms={}", self.block_ms);
+        self.fast(plan).get("block", &block, self.block_rate)
+    }
 }
 
 /// Every run but the idle one, each against a fresh agent, printed as it
 /// ends.
 fn measure_all(args: &Args, agent: &Path, app: &Path, dir: &Path) -> anyhow::Result<Vec<Run>> {
-    let duration = Duration::from_secs(args.duration);
-    let fast = |plan: Plan| plan.get("fast", "/", args.rate);
-    let block_path = format!("/block?ms={}", args.block_ms);
-    let skewed = |plan: Plan| fast(plan).get("block", &block_path, args.block_rate);
-
-    let mut runs = Vec::new();
-    let mut one =
-        |name: &str, policy: &str, tick: &str, plan: &dyn Fn(Plan) -> Plan| -> anyhow::Result<()> {
-            if args
-                .only
-                .as_ref()
-                .is_some_and(|o| !o.iter().any(|o| name.contains(o.as_str())))
-            {
-                return Ok(());
-            }
-            let (policy, signal) = policy.split_once('+').unwrap_or((policy, "auto"));
-            let r = measure(
-                agent, app, dir, name, policy, signal, tick, 4, duration, plan,
-            )?;
-            print_run(&r);
-            runs.push(r);
-            Ok(())
-        };
+    let fast = |plan: Plan| args.fast(plan);
+    let skewed = |plan: Plan| args.skewed(plan);
+    let mut r = Runner {
+        args,
+        agent,
+        app,
+        dir,
+        runs: Vec::new(),
+    };
     println!(
-        "skew: {} fast req/s + {} req/s blocking {} ms, new connection each, {} s per run, 4 workers",
-        args.rate, args.block_rate, args.block_ms, args.duration
+        "skew: {} fast req/s + {} req/s blocking {} ms, new connection each (keepalive runs: over {} connections), {} s per run, 4 workers",
+        args.rate,
+        args.block_rate,
+        args.block_ms,
+        keepalive::CONNECTIONS,
+        args.duration
     );
-    one("baseline (no blocking)", "rescue", "2ms", &fast)?;
-    one("skew, rescue (default)", "rescue", "2ms", &skewed)?;
+    r.one("baseline (no blocking)", "rescue", "2ms", &fast)?;
+    r.one("skew, rescue (default)", "rescue", "2ms", &skewed)?;
     // (hash and kernel sample at a coarse tick whatever --tick says.)
-    one("skew, hash", "hash", "2ms", &skewed)?;
-    one("skew, kernel", "kernel", "2ms", &skewed)?;
+    r.one("skew, hash", "hash", "2ms", &skewed)?;
+    r.one("skew, kernel", "kernel", "2ms", &skewed)?;
     for tick in &args.ticks {
-        one(
+        r.one(
             &format!("skew, rescue, tick {tick}"),
             "rescue",
             tick,
@@ -201,84 +313,65 @@ fn measure_all(args: &Args, agent: &Path, app: &Path, dir: &Path) -> anyhow::Res
     for kind in &args.kinds {
         let path = format!("/{kind}?ms={}", args.block_ms);
         let plan = |plan: Plan| fast(plan).get("block", &path, args.block_rate);
-        one(
+        r.one(
             &format!("kind {kind}, rescue"),
             "rescue+kernel",
             "2ms",
             &plan,
         )?;
-        one(
+        r.one(
             &format!("kind {kind}, rescue, /proc signal"),
             "rescue+proc",
             "2ms",
             &plan,
         )?;
-        one(&format!("kind {kind}, kernel"), "kernel", "2ms", &plan)?;
+        r.one(&format!("kind {kind}, kernel"), "kernel", "2ms", &plan)?;
     }
     let uniform = |plan: Plan| plan.get("fast", "/", args.uniform_rate);
-    one(
+    r.one(
         &format!("uniform {}/s, rescue (default)", args.uniform_rate),
         "rescue",
         "2ms",
         &uniform,
     )?;
-    one(
+    r.one(
         &format!("uniform {}/s, kernel", args.uniform_rate),
         "kernel",
         "2ms",
         &uniform,
     )?;
-
-    Ok(runs)
+    keepalive::runs(&mut r)?;
+    Ok(r.runs)
 }
 
-/// One line per run: the fast class's latency and the agent's cost.
-fn print_run(r: &Run) {
-    println!(
-        "{:<28} fast p50 {:>7.3} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  failed {:>3}  agent CPU {:>5.2}%{}",
-        r.name,
-        r.fast.p50_ms,
-        r.fast.p99_ms,
-        r.fast.p999_ms,
-        r.fast.failed,
-        r.agent_cpu_percent,
-        r.rescues
-            .map(|n| format!("  rescues {n}"))
-            .unwrap_or_default()
-    );
-}
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one caller, which names every setting of the run"
-)]
 fn measure(
     agent: &Path,
     app: &Path,
     dir: &Path,
     name: &str,
-    policy: &str,
-    loop_signal: &str,
-    tick: &str,
-    workers: usize,
+    setting: &Setting,
     duration: Duration,
     plan: &dyn Fn(Plan) -> Plan,
 ) -> anyhow::Result<Run> {
     let port = free_port()?;
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let mut flags = vec![
+        "--policy",
+        setting.policy,
+        "--tick",
+        setting.tick,
+        "--loop-signal",
+        setting.loop_signal,
+    ];
+    flags.extend(setting.flags);
+    let log = dir.join(format!("{}.log", file_name(name)));
     let mut group = start_agent(
         agent,
         app,
-        dir,
-        port,
-        workers,
-        &[
-            "--policy",
-            policy,
-            "--tick",
-            tick,
-            "--loop-signal",
-            loop_signal,
-        ],
+        &log,
+        (port, Some(admin)),
+        setting.workers,
+        &flags,
     )?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let warmup = Duration::from_secs(2);
@@ -301,7 +394,10 @@ fn measure(
         .ok()
         .flatten()
         .context("the agent's CPU time could not be read (did it exit?)")?;
-    let log = fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    let released = keepalive::read_released(admin)
+        .inspect_err(|e| eprintln!("{name}: {e:#}"))
+        .ok();
     group.stop(Duration::from_secs(15));
     let summaries: Vec<Summary> = report
         .classes
@@ -314,21 +410,31 @@ fn measure(
         .cloned()
         .context("no fast class")?;
     let block = summaries.into_iter().find(|s| s.name == "block");
+    let slow_us = u64::try_from(SLOW.as_micros()).expect("a few ms");
+    let slow = report
+        .class("fast")
+        .map_or(0, |c| c.latency.count_between(slow_us, u64::MAX));
     Ok(Run {
         name: name.to_owned(),
-        policy: policy.to_owned(),
-        tick: tick.to_owned(),
-        loop_signal: loop_signal.to_owned(),
+        policy: setting.policy.to_owned(),
+        tick: setting.tick.to_owned(),
+        loop_signal: setting.loop_signal.to_owned(),
+        flags: setting.flags.iter().map(|&f| f.to_owned()).collect(),
+        connections: p.connections,
         fast,
         block,
         agent_cpu_percent: 100.0 * cpu.as_secs_f64() / duration.as_secs_f64(),
-        rescues: (policy == "rescue").then(|| log.matches("worker busy").count() as u64),
+        rescues: (setting.policy == "rescue").then(|| log.matches("worker busy").count() as u64),
+        released,
+        reopened: report.closed_idle,
+        fast_slow: slow,
     })
 }
 
 fn idle(agent: &Path, app: &Path, dir: &Path, window: Duration) -> anyhow::Result<Idle> {
     let port = free_port()?;
-    let mut group = start_agent(agent, app, dir, port, 16, &[])?;
+    let log = dir.join("idle.log");
+    let mut group = start_agent(agent, app, &log, (port, None), 16, &[])?;
     // Let start-up settle before measuring.
     thread::sleep(Duration::from_secs(3));
     let pid = group.pid();
@@ -355,18 +461,19 @@ fn idle(agent: &Path, app: &Path, dir: &Path, window: Duration) -> anyhow::Resul
     })
 }
 
-/// Starts the agent in its own process group; returns once every worker is
-/// ready.
+/// Starts the agent in its own process group, serving `port` and its admin
+/// API at `admin` (or none), its output in `log`; returns once every worker
+/// is ready.
 fn start_agent(
     agent: &Path,
     app: &Path,
-    dir: &Path,
-    port: u16,
+    log: &Path,
+    (port, admin): (u16, Option<SocketAddr>),
     workers: usize,
     extra: &[&str],
 ) -> anyhow::Result<Group> {
-    let log = dir.join("agent.log");
-    let _ = fs::remove_file(&log);
+    let admin = admin.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let _ = fs::remove_file(log);
     let mut cmd = Command::new(agent);
     cmd.arg("run")
         .args([
@@ -375,17 +482,17 @@ fn start_agent(
             "--port",
             &port.to_string(),
         ])
-        .args(["--host", "127.0.0.1", "--admin", "off"])
+        .args(["--host", "127.0.0.1", "--admin", &admin])
         .args(extra)
         .arg("--")
         .arg("node")
         .arg(app)
         .env_remove("PORT")
         .env("NO_COLOR", "1");
-    let mut group = Group::spawn("watt-agent", &mut cmd, &log)?;
+    let mut group = Group::spawn("watt-agent", &mut cmd, log)?;
     let deadline = Instant::now() + Duration::from_mins(1);
     loop {
-        let text = fs::read_to_string(&log).unwrap_or_default();
+        let text = fs::read_to_string(log).unwrap_or_default();
         if text.matches("worker ready").count() >= workers {
             return Ok(group);
         }
@@ -422,55 +529,4 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-fn write(root: &Path, r: &Results) -> anyhow::Result<()> {
-    let dir = root.join("bench/results");
-    fs::create_dir_all(&dir)?;
-    let day = &r.date[..10];
-    let json: PathBuf = dir.join(format!("skew-{day}.json"));
-    fs::write(&json, serde_json::to_string_pretty(r)?)?;
-    let mut md = format!(
-        "# Skew benchmark, {}\n\nMachine: {}. watt-agent {}. 4 workers of tests/fixtures/apps/test-app.js on Node {}. \
-         Open-loop load, new connection per request, latency from the scheduled start.\n\n\
-         | run | policy | tick | fast p50 | fast p99 | fast p99.9 | failed | agent CPU |\n|---|---|---|---|---|---|---|---|\n",
-        r.date,
-        r.machine
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        r.commit,
-        r.node
-    );
-    for run in &r.runs {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.2}% |",
-            run.name,
-            run.policy,
-            run.tick,
-            run.fast.p50_ms,
-            run.fast.p99_ms,
-            run.fast.p999_ms,
-            run.fast.failed + run.block.as_ref().map_or(0, |b| b.failed),
-            run.agent_cpu_percent
-        );
-    }
-    if let Some(i) = &r.idle {
-        let _ = writeln!(
-            md,
-            "\nIdle: {} workers, no traffic for {} s: agent CPU {:.3}% of one core (resolution {:.3}%), RSS {} KiB, {} threads.",
-            i.workers,
-            i.seconds,
-            i.agent_cpu_percent,
-            i.cpu_resolution_percent,
-            i.agent_rss_kib,
-            i.agent_threads
-        );
-    }
-    fs::write(dir.join(format!("skew-{day}.md")), &md)?;
-    fs::write(dir.join("skew-latest.md"), &md)?;
-    println!("\n{md}\nwritten: {}", json.display());
-    Ok(())
 }
