@@ -117,7 +117,9 @@ impl Balancer {
     fn wait(&mut self, wake: &EventFd) -> bool {
         let now = Instant::now();
         let timeout = if self.active {
-            self.tick_length()
+            // Sooner when a loop's stall reaches the window before the
+            // next tick: the later it is seen, the more requests wait.
+            self.tick_length().min(self.stall_due.unwrap_or(Duration::MAX))
         } else if self.watches_stalls() {
             self.next_slow
                 .min(self.next_look)
@@ -171,11 +173,12 @@ impl Balancer {
         activity |= self.rescue_out_of_table(now, &nonempty);
         let loops = self.loop_stats();
         activity |= self.loops_turned(&loops);
-        let stalled = if self.watches_stalls() {
+        let (stalled, due) = if self.watches_stalls() {
             self.stalled(&loops)
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
+        self.stall_due = due;
         let slots: Vec<u32> = self.slots.keys().copied().collect();
         let tick = self.tick_length();
         for slot in slots {
@@ -285,30 +288,24 @@ impl Balancer {
         turned
     }
 
-    /// Ready workers whose loop has been out of its wait for the rescue
-    /// window (`rescue_after` ticks) while another steered worker sits in
-    /// its wait: anything sent to them now would wait, and another worker
-    /// would serve it at once (`health::Sample::stalled`). When every
-    /// worker is working, none is stalled: moving load between equally
-    /// busy workers gains nothing and costs their clients reconnections.
-    fn stalled(&self, loops: &BTreeMap<u32, LoopStats>) -> Vec<u32> {
-        let window = self.tick_length() * self.settings.health.rescue_after;
-        let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-        let now_ns = super::load::monotonic_ns();
-        let idle = |slot: u32| {
-            self.slots.get(&slot).is_some_and(super::Entry::steered)
-                && loops.get(&slot).is_some_and(LoopStats::in_wait)
-        };
-        loops
-            .iter()
-            .filter(|(_, st)| {
-                !st.in_wait()
-                    && st.last_return_ns != 0
-                    && now_ns.saturating_sub(st.last_return_ns) >= window_ns
-            })
-            .map(|(&s, _)| s)
-            .filter(|&s| loops.keys().any(|&o| o != s && idle(o)))
-            .collect()
+    /// Ready workers whose loop stalled (`stall::stalled`) for a tick, and
+    /// how long until the next loop out of its wait reaches that.
+    ///
+    /// A tick, not `rescue_after` ticks as for a queue: a queued connection
+    /// is rescued whenever the block is seen, but a request sent on a
+    /// kept-alive connection before the release waits out the whole block,
+    /// and each millisecond of a block lets more of them in.
+    fn stalled(&self, loops: &BTreeMap<u32, LoopStats>) -> (Vec<u32>, Option<Duration>) {
+        let window = u64::try_from(self.tick_length().as_nanos()).unwrap_or(u64::MAX);
+        let now = super::load::monotonic_ns();
+        let stalled = super::stall::stalled(
+            loops,
+            |s| self.slots.get(&s).is_some_and(super::Entry::steered),
+            now,
+            window,
+        );
+        let due = super::stall::next_due(loops, now, window).map(Duration::from_nanos);
+        (stalled, due)
     }
 
     /// Slots whose listener has a connection waiting, one `poll(2)`: those

@@ -32,6 +32,7 @@ mod event_loop;
 pub mod health;
 mod load;
 pub mod policy;
+mod stall;
 
 pub use load::{EventLoopLoad, Load};
 use policy::SlotView;
@@ -184,6 +185,7 @@ impl Handle {
             quiet_ticks: 0,
             next_slow: Instant::now(),
             next_look: Instant::now(),
+            stall_due: None,
             started: Instant::now(),
             ticks: 0,
             tick_time: Duration::ZERO,
@@ -425,6 +427,9 @@ struct Balancer {
     next_slow: Instant,
     /// Next look at the loops while asleep (`event_loop::LOOK`).
     next_look: Instant,
+    /// Ticking: how long until a loop out of its wait will have stalled
+    /// (the next tick comes no later).
+    stall_due: Option<Duration>,
     /// Time base of the recorded samples (see `SAMPLES`).
     started: Instant,
     ticks: u64,

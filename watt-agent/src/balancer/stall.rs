@@ -1,0 +1,117 @@
+//! Which workers' event loops are stalled: out of their wait long enough,
+//! while another worker waits for work. Pure, over the kernel's loop
+//! counts (`steering::LoopWatch`), so every case is a unit test.
+use std::collections::BTreeMap;
+
+use watt_common::LoopStats;
+
+use crate::ids::Slot;
+
+/// The slots of `loops` whose loop has been out of its wait for at least
+/// `window_ns` at `now_ns` (both `CLOCK_MONOTONIC`) while another slot that
+/// `steered` says gets new connections sits in its wait: anything sent to
+/// the stalled one now would wait, and the idle one would serve it at once
+/// (`health::Sample::stalled`). When every worker is working, none is
+/// stalled: moving load between equally busy workers gains nothing and
+/// costs their clients reconnections.
+pub fn stalled(
+    loops: &BTreeMap<Slot, LoopStats>,
+    steered: impl Fn(Slot) -> bool,
+    now_ns: u64,
+    window_ns: u64,
+) -> Vec<Slot> {
+    let waits_for_work = |s: Slot| steered(s) && loops.get(&s).is_some_and(LoopStats::in_wait);
+    loops
+        .iter()
+        .filter(|(_, st)| {
+            !st.in_wait()
+                && st.last_return_ns != 0
+                && now_ns.saturating_sub(st.last_return_ns) >= window_ns
+        })
+        .map(|(&s, _)| s)
+        .filter(|&s| loops.keys().any(|&o| o != s && waits_for_work(o)))
+        .collect()
+}
+
+/// Nanoseconds until the first loop now out of its wait (and not stalled
+/// yet) has been out for `window_ns`: when to look again.
+pub fn next_due(loops: &BTreeMap<Slot, LoopStats>, now_ns: u64, window_ns: u64) -> Option<u64> {
+    loops
+        .values()
+        .filter(|st| !st.in_wait() && st.last_return_ns != 0)
+        .map(|st| now_ns.saturating_sub(st.last_return_ns))
+        .filter(|&out| out < window_ns)
+        .map(|out| window_ns - out)
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const NOW: u64 = 1_000 * MS;
+    const WINDOW: u64 = 4 * MS;
+
+    /// A loop in its wait (entered it after it last left).
+    fn waiting() -> LoopStats {
+        LoopStats {
+            turns: 10,
+            returns: 9,
+            last_enter_ns: NOW - MS,
+            last_return_ns: NOW - 2 * MS,
+            ..LoopStats::default()
+        }
+    }
+
+    /// A loop out of its wait for `ms`.
+    fn working(ms: u64) -> LoopStats {
+        LoopStats {
+            turns: 10,
+            returns: 10,
+            last_enter_ns: NOW - ms * MS - MS,
+            last_return_ns: NOW - ms * MS,
+            ..LoopStats::default()
+        }
+    }
+
+    #[test]
+    fn a_loop_out_of_its_wait_for_the_window_while_another_waits_is_stalled() {
+        let loops = BTreeMap::from([(0, working(5)), (1, waiting()), (2, working(1))]);
+        assert_eq!(stalled(&loops, |_| true, NOW, WINDOW), vec![0]);
+    }
+
+    #[test]
+    fn when_every_loop_works_none_is_stalled() {
+        let loops = BTreeMap::from([(0, working(50)), (1, working(8))]);
+        assert!(stalled(&loops, |_| true, NOW, WINDOW).is_empty());
+    }
+
+    #[test]
+    fn an_idle_worker_that_gets_no_connections_does_not_count() {
+        // Slot 1 waits, but is out of the table (busy, draining): nothing
+        // sent to slot 0 would go there instead.
+        let loops = BTreeMap::from([(0, working(5)), (1, waiting())]);
+        assert!(stalled(&loops, |s| s != 1, NOW, WINDOW).is_empty());
+    }
+
+    #[test]
+    fn the_next_look_is_when_the_first_loop_reaches_the_window() {
+        let loops = BTreeMap::from([
+            (0, working(1)),
+            (1, working(3)),
+            (2, waiting()),
+            (3, working(9)),
+        ]);
+        assert_eq!(next_due(&loops, NOW, WINDOW), Some(MS));
+        let loops = BTreeMap::from([(0, waiting()), (1, working(9))]);
+        assert_eq!(next_due(&loops, NOW, WINDOW), None);
+    }
+
+    #[test]
+    fn a_loop_never_seen_leaving_its_wait_is_not_stalled() {
+        let fresh = LoopStats::default();
+        let loops = BTreeMap::from([(0, fresh), (1, waiting())]);
+        assert!(stalled(&loops, |_| true, NOW, WINDOW).is_empty());
+    }
+}
