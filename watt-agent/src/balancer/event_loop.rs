@@ -119,7 +119,8 @@ impl Balancer {
         let timeout = if self.active {
             // Sooner when a loop's stall reaches the window before the
             // next tick: the later it is seen, the more requests wait.
-            self.tick_length().min(self.stall_due.unwrap_or(Duration::MAX))
+            self.tick_length()
+                .min(self.stall_due.unwrap_or(Duration::MAX))
         } else if self.watches_stalls() {
             self.next_slow
                 .min(self.next_look)
