@@ -238,7 +238,13 @@ function activate() {
   }
 
   function markIdle(server) {
+    // Every kind of server: a TLS or HTTP/2 connection must never read as
+    // idle (a socket's TCP_NODELAY may start off).
     server.on('connection', (socket) => busy(socket, Infinity));
+    // Only plain HTTP/1 is marked idle between requests. (A 'request'
+    // listener on an http2 server would also switch on its compat layer
+    // for an app that serves 'stream' events only.)
+    if (!(server instanceof require('http').Server)) return;
     // Prepended: the flag is on before the app's handler writes anything.
     server.prependListener('request', (req, res) => {
       const socket = req.socket;
