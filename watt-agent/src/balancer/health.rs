@@ -51,13 +51,12 @@ pub struct Sample {
     /// it now, as the kernel counted (`None`: not counted; the two signals
     /// above decide).
     pub turned: Option<bool>,
-    /// Its event loop has been out of its wait for the rescue window (the
-    /// kernel's count) while another worker sits in its wait: whatever
-    /// reaches it now waits, on a new connection or on a kept-alive one,
-    /// and another worker would answer at once. Counts as connections
-    /// waiting for `rescue_after` ticks: with keep-alive clients nothing
-    /// queues on the listener, and a request on a kept-alive connection
-    /// cannot be rescued, only the ones after it.
+    /// Its event loop stalled (out of its wait for a tick, as the kernel
+    /// counts, while another worker sits in its wait) and the balancer
+    /// released its idle keep-alive connections: their clients reconnect
+    /// now, and must not be steered back. Counts as connections waiting
+    /// for `rescue_after` ticks: kept-alive clients queue nothing on the
+    /// listener.
     pub stalled: bool,
     /// Resident memory, when sampled this tick.
     pub rss: Option<u64>,

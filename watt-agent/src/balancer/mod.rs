@@ -186,6 +186,7 @@ impl Handle {
             next_slow: Instant::now(),
             next_look: Instant::now(),
             stall_due: None,
+            last_full_tick: Instant::now(),
             started: Instant::now(),
             ticks: 0,
             tick_time: Duration::ZERO,
@@ -257,6 +258,12 @@ struct Entry {
     /// balancer keeps ticking (keep-alive traffic queues nothing on the
     /// listeners to wake it).
     tick_turns: Option<u64>,
+    /// The stall its loop is in (when it left its wait, as the kernel
+    /// counts: `CLOCK_MONOTONIC` ns), as of the last tick; `None` in its
+    /// wait. And the stall whose idle connections were released: once per
+    /// stall.
+    stall: Option<u64>,
+    released_in: Option<u64>,
     /// The process whose preload said it marks responses in progress
     /// (`Command::IdleMarks`): its connections can be judged idle while it
     /// is the slot's worker.
@@ -400,6 +407,8 @@ impl Entry {
             last_turns: None,
             tick_turns: None,
             marks_idle: None,
+            stall: None,
+            released_in: None,
             watched: false,
             seeking_main_loop: false,
             load: Load::default(),
@@ -430,6 +439,8 @@ struct Balancer {
     /// Ticking: how long until a loop out of its wait will have stalled
     /// (the next tick comes no later).
     stall_due: Option<Duration>,
+    /// The last tick that sampled every worker (not an early one).
+    last_full_tick: Instant,
     /// Time base of the recorded samples (see `SAMPLES`).
     started: Instant,
     ticks: u64,
@@ -607,7 +618,9 @@ impl Balancer {
     }
 
     /// Closes the idle keep-alive connections of the worker in `slot`, if
-    /// its preload marks responses in progress. Returns how many closed.
+    /// its preload marks responses in progress, once per stall of its loop
+    /// (or, without the kernel's count, each time it is called). Returns
+    /// how many closed.
     fn release(&mut self, slot: Slot) -> u32 {
         if !self.settings.release_idle || self.release_refused {
             return 0;
@@ -618,6 +631,10 @@ impl Balancer {
         let Some(pid) = e.pid.filter(|&p| e.marks_idle == Some(p)) else {
             return 0;
         };
+        if e.stall.is_some() && e.released_in == e.stall {
+            return 0;
+        }
+        e.released_in = e.stall;
         match crate::keepalive::release_idle(pid, self.settings.addr.port()) {
             Ok(r) => {
                 e.load.released_connections += u64::from(r.closed);
