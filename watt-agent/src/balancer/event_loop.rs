@@ -283,7 +283,8 @@ impl Balancer {
         let mut turned = false;
         for (slot, stats) in loops {
             if let Some(e) = self.slots.get_mut(slot) {
-                turned |= e.tick_turns.is_some_and(|t| t != stats.turns) || !stats.in_wait();
+                turned |= e.tick_turns.is_some_and(|t| t != stats.turns)
+                    || super::stall::out_of_wait(stats);
                 e.tick_turns = Some(stats.turns);
             }
         }
@@ -301,7 +302,7 @@ impl Balancer {
     fn release_stalled(&mut self, loops: &BTreeMap<u32, LoopStats>) -> Vec<u32> {
         for (&slot, stats) in loops {
             if let Some(e) = self.slots.get_mut(&slot) {
-                e.stall = (!stats.in_wait()).then_some(stats.last_return_ns);
+                e.stall = super::stall::out_of_wait(stats).then_some(stats.last_return_ns);
             }
         }
         if !self.watches_stalls() {

@@ -62,7 +62,7 @@ impl EventLoopLoad {
     /// aged out here.
     #[must_use]
     pub fn from_stats(stats: &LoopStats, now_ns: u64) -> Self {
-        let current = (!stats.in_wait() && stats.last_return_ns != 0)
+        let current = super::stall::out_of_wait(stats)
             .then(|| now_ns.saturating_sub(stats.last_return_ns));
         let age = now_ns.saturating_sub(stats.window_start_ns);
         let windows = if age < STALL_WINDOW_NS {

@@ -7,6 +7,14 @@ use watt_common::LoopStats;
 
 use crate::ids::Slot;
 
+/// The loop is out of its wait, working. Not a loop never seen leaving
+/// its wait since it was watched: an idle worker sits in the wait it
+/// entered before the count began, which the count shows as neither in
+/// it nor out.
+pub fn out_of_wait(st: &LoopStats) -> bool {
+    !st.in_wait() && st.last_return_ns != 0
+}
+
 /// The slots of `loops` whose loop has been out of its wait for at least
 /// `window_ns` at `now_ns` (both `CLOCK_MONOTONIC`) while another slot that
 /// `steered` says gets new connections sits in its wait: anything sent to
@@ -23,11 +31,7 @@ pub fn stalled(
     let waits_for_work = |s: Slot| steered(s) && loops.get(&s).is_some_and(LoopStats::in_wait);
     loops
         .iter()
-        .filter(|(_, st)| {
-            !st.in_wait()
-                && st.last_return_ns != 0
-                && now_ns.saturating_sub(st.last_return_ns) >= window_ns
-        })
+        .filter(|(_, st)| out_of_wait(st) && now_ns.saturating_sub(st.last_return_ns) >= window_ns)
         .map(|(&s, _)| s)
         .filter(|&s| loops.keys().any(|&o| o != s && waits_for_work(o)))
         .collect()
@@ -38,7 +42,7 @@ pub fn stalled(
 pub fn next_due(loops: &BTreeMap<Slot, LoopStats>, now_ns: u64, window_ns: u64) -> Option<u64> {
     loops
         .values()
-        .filter(|st| !st.in_wait() && st.last_return_ns != 0)
+        .filter(|st| out_of_wait(st))
         .map(|st| now_ns.saturating_sub(st.last_return_ns))
         .filter(|&out| out < window_ns)
         .map(|out| window_ns - out)
