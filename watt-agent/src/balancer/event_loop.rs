@@ -22,7 +22,7 @@ use nix::{
     poll::{PollFd, PollFlags, PollTimeout, poll, ppoll},
     sys::{eventfd::EventFd, time::TimeSpec},
 };
-use watt_common::{LoopStats, SlotState};
+use watt_common::SlotState;
 
 use super::{Balancer, Command, HealthReport, SlotView, Unhealthy, health, policy};
 use crate::{
@@ -95,14 +95,6 @@ impl Balancer {
         }
     }
 
-    /// Stalled loops are watched (`health::Sample::stalled`): the default
-    /// policy with keep-alive release on and the kernel's loop count. Then
-    /// the balancer also ticks while loops turn, not only while
-    /// connections queue.
-    fn watches_stalls(&self) -> bool {
-        self.settings.policy == Policy::Rescue && self.settings.release_idle && self.loops.is_some()
-    }
-
     pub(super) fn tick_length(&self) -> Duration {
         if self.settings.policy == Policy::Rescue {
             self.settings.tick
@@ -172,7 +164,13 @@ impl Balancer {
                 .is_some_and(|e| e.view.lifecycle == SlotState::Ready)
         });
         activity |= self.rescue_out_of_table(now, &nonempty);
-        let loops = self.loop_stats();
+        // Only where stalls are watched: elsewhere the loops are read only
+        // for workers whose queue waits, as before.
+        let loops = if self.watches_stalls() {
+            self.loop_stats()
+        } else {
+            BTreeMap::new()
+        };
         activity |= self.loops_turned(&loops);
         let stalled = self.release_stalled(&loops);
         let tick = self.tick_length();
@@ -261,80 +259,6 @@ impl Balancer {
         );
         let acted = self.act(slot, verdict, &sample);
         (verdict, acted)
-    }
-
-    /// The kernel's count for each ready worker's event loop (empty without
-    /// the kernel's count): one map read each.
-    fn loop_stats(&self) -> BTreeMap<u32, LoopStats> {
-        let Some(loops) = &self.loops else {
-            return BTreeMap::new();
-        };
-        self.slots
-            .iter()
-            .filter(|(_, e)| e.view.lifecycle == SlotState::Ready)
-            .filter_map(|(&s, e)| Some((s, loops.stats(e.pid?).ok().flatten()?)))
-            .collect()
-    }
-
-    /// Whether some worker's loop turned since the last tick: it serves,
-    /// perhaps only kept-alive connections, which queue nothing on the
-    /// listeners (the balancer would otherwise go back to sleep).
-    fn loops_turned(&mut self, loops: &BTreeMap<u32, LoopStats>) -> bool {
-        let mut turned = false;
-        for (slot, stats) in loops {
-            if let Some(e) = self.slots.get_mut(slot) {
-                turned |= e.tick_turns.is_some_and(|t| t != stats.turns)
-                    || super::stall::out_of_wait(stats);
-                e.tick_turns = Some(stats.turns);
-            }
-        }
-        turned
-    }
-
-    /// Notes each loop's stall, releases the idle kept-alive connections
-    /// of the stalled ones, and returns those that had some: only they are
-    /// taken out of the table for a stall (their clients reconnect at
-    /// once, and must not come back). One that had none serves new
-    /// connections only, and its queue says when those wait: a worker
-    /// merely waiting for a CPU on a busy node would otherwise leave the
-    /// table over and over (it did at 2500 new connections/s here, 8 to
-    /// 14% of the time).
-    fn release_stalled(&mut self, loops: &BTreeMap<u32, LoopStats>) -> Vec<u32> {
-        for (&slot, stats) in loops {
-            if let Some(e) = self.slots.get_mut(&slot) {
-                e.stall = super::stall::out_of_wait(stats).then_some(stats.last_return_ns);
-            }
-        }
-        if !self.watches_stalls() {
-            self.stall_due = None;
-            return Vec::new();
-        }
-        let (stalled, due) = self.stalled(loops);
-        self.stall_due = due;
-        stalled
-            .into_iter()
-            .filter(|&slot| self.release(slot) > 0)
-            .collect()
-    }
-
-    /// Ready workers whose loop stalled (`stall::stalled`) for a tick, and
-    /// how long until the next loop out of its wait reaches that.
-    ///
-    /// A tick, not `rescue_after` ticks as for a queue: a queued connection
-    /// is rescued whenever the block is seen, but a request sent on a
-    /// kept-alive connection before the release waits out the whole block,
-    /// and each millisecond of a block lets more of them in.
-    fn stalled(&self, loops: &BTreeMap<u32, LoopStats>) -> (Vec<u32>, Option<Duration>) {
-        let window = u64::try_from(self.tick_length().as_nanos()).unwrap_or(u64::MAX);
-        let now = super::load::monotonic_ns();
-        let stalled = super::stall::stalled(
-            loops,
-            |s| self.slots.get(&s).is_some_and(super::Entry::steered),
-            now,
-            window,
-        );
-        let due = super::stall::next_due(loops, now, window).map(Duration::from_nanos);
-        (stalled, due)
     }
 
     /// Slots whose listener has a connection waiting, one `poll(2)`: those

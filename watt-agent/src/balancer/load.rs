@@ -62,8 +62,8 @@ impl EventLoopLoad {
     /// aged out here.
     #[must_use]
     pub fn from_stats(stats: &LoopStats, now_ns: u64) -> Self {
-        let current = super::stall::out_of_wait(stats)
-            .then(|| now_ns.saturating_sub(stats.last_return_ns));
+        let current =
+            super::stall::out_of_wait(stats).then(|| now_ns.saturating_sub(stats.last_return_ns));
         let age = now_ns.saturating_sub(stats.window_start_ns);
         let windows = if age < STALL_WINDOW_NS {
             stats.window_max_ns.max(stats.previous_window_max_ns)

@@ -32,6 +32,7 @@ mod event_loop;
 pub mod health;
 mod load;
 pub mod policy;
+mod release;
 mod stall;
 
 pub use load::{EventLoopLoad, Load};
@@ -615,56 +616,6 @@ impl Balancer {
         self.rescues += 1;
         self.rescued_connections += moved;
         moved
-    }
-
-    /// Closes the idle keep-alive connections of the worker in `slot`, if
-    /// its preload marks responses in progress, once per stall of its loop
-    /// (or, without the kernel's count, each time it is called). Returns
-    /// how many closed.
-    fn release(&mut self, slot: Slot) -> u32 {
-        if !self.settings.release_idle || self.release_refused {
-            return 0;
-        }
-        let Some(e) = self.slots.get_mut(&slot) else {
-            return 0;
-        };
-        let Some(pid) = e.pid.filter(|&p| e.marks_idle == Some(p)) else {
-            return 0;
-        };
-        if e.stall.is_some() && e.released_in == e.stall {
-            return 0;
-        }
-        e.released_in = e.stall;
-        match crate::keepalive::release_idle(pid, self.settings.addr.port()) {
-            Ok(r) => {
-                e.load.released_connections += u64::from(r.closed);
-                e.load.release_races += u64::from(r.raced);
-                self.released_connections += u64::from(r.closed);
-                self.release_races += u64::from(r.raced);
-                tracing::debug!(
-                    slot,
-                    pid,
-                    closed = r.closed,
-                    raced = r.raced,
-                    kept = r.kept,
-                    "released idle keep-alive connections"
-                );
-                r.closed
-            }
-            Err(err @ crate::keepalive::ConnsError::Permission { .. }) => {
-                self.release_refused = true;
-                tracing::warn!("keep-alive release is off: {}", crate::error_chain(&err));
-                0
-            }
-            Err(err) => {
-                tracing::debug!(
-                    slot,
-                    "keep-alive release failed: {}",
-                    crate::error_chain(&err)
-                );
-                0
-            }
-        }
     }
 
     fn migrations(&self) -> u64 {
