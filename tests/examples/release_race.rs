@@ -21,8 +21,8 @@
 //! the requests, which failed and how, the connections the agent released
 //! and the races it counted (`/metrics`). The same run with
 //! `--keepalive-release=false` is the control: a failure with release on
-//! beyond the control's is the race. `RELEASE_RACE_RATE` and
-//! `RELEASE_RACE_CONNECTIONS` change the load.
+//! beyond the control's is the race. `RELEASE_RACE_RATE`,
+//! `RELEASE_RACE_CONNECTIONS` and `RELEASE_RACE_SECONDS` change the load.
 //!
 //! Clients: Node's `http.Agent` and undici's `Pool`
 //! (`tests/fixtures/clients/pool.js`), curl (its connection cache), nginx's
@@ -47,7 +47,6 @@ use hyper_util::{
 };
 use watt_tests::{agent, free_port, http, load, nginx::Nginx, node_client};
 
-const SECONDS: u32 = 10;
 /// How long each stall blocks a worker's loop, and how often one starts.
 const STALL_MS: &str = "100";
 const STALL_EVERY: Duration = Duration::from_millis(250);
@@ -107,11 +106,13 @@ impl Client {
 
 /// The load: `RELEASE_RACE_RATE` requests/s (default 400) over
 /// `RELEASE_RACE_CONNECTIONS` kept-alive connections (default 40, where
-/// the client lets us choose), for [`SECONDS`].
+/// the client lets us choose), for `RELEASE_RACE_SECONDS` (default 10).
+/// The race is rare: a longer run sees more of it.
 #[derive(Clone, Copy)]
 struct Load {
     rate: u32,
     connections: u32,
+    seconds: u32,
 }
 
 impl Load {
@@ -124,11 +125,12 @@ impl Load {
         Self {
             rate: var("RELEASE_RACE_RATE", 400),
             connections: var("RELEASE_RACE_CONNECTIONS", 40),
+            seconds: var("RELEASE_RACE_SECONDS", 10),
         }
     }
 
     fn count(self) -> u32 {
-        self.rate * SECONDS
+        self.rate * self.seconds
     }
 }
 
@@ -229,9 +231,9 @@ impl Counters {
 fn main() {
     let load = Load::from_env();
     println!(
-        "release_race: {} requests/s over {} connections for {SECONDS} s; a worker's loop \
-         blocked for {STALL_MS} ms every {STALL_EVERY:?}, round the 4 workers",
-        load.rate, load.connections
+        "release_race: {} requests/s over {} connections for {} s; a worker's loop blocked for \
+         {STALL_MS} ms every {STALL_EVERY:?}, round the 4 workers",
+        load.rate, load.connections, load.seconds
     );
     let mut table = String::from(
         "client | requests | connections | failed (kinds) | released | races counted by the \
@@ -339,7 +341,7 @@ fn node_pool(client: &str, load: Load, addr: SocketAddr) -> Tally {
             &load.rate.to_string(),
             &load.count().to_string(),
         ],
-        Duration::from_mins(2),
+        Duration::from_secs(u64::from(load.seconds) + 60),
     );
     let mut tally = Tally::default();
     for line in out.lines() {
