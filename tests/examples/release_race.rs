@@ -385,9 +385,20 @@ fn curl(load: Load, addr: SocketAddr) -> Tally {
                 .expect("start curl")
         })
         .collect();
+    // Every curl's output read at once: one whose pipe fills while another
+    // is read stops sending.
+    let outputs: Vec<_> = thread::scope(|s| {
+        let readers: Vec<_> = children
+            .into_iter()
+            .map(|c| s.spawn(|| c.wait_with_output().expect("curl's output")))
+            .collect();
+        readers
+            .into_iter()
+            .map(|r| r.join().expect("curl reader"))
+            .collect()
+    });
     let mut tally = Tally::default();
-    for child in children {
-        let out = child.wait_with_output().expect("curl's output");
+    for out in outputs {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let mut f = line.splitn(3, ' ');
             let (exit, status, msg) = (f.next(), f.next(), f.next().unwrap_or(""));
