@@ -426,9 +426,11 @@ fn curl(load: Load, addr: SocketAddr) -> Tally {
 }
 
 /// nginx in front of the agent with a keep-alive pool of
-/// `load.connections`; each request a new connection to nginx. A failure is a non-200 (502) or
-/// a connection error; nginx's error log says what went wrong upstream,
-/// and a logged upstream error whose request still got a 200 was retried.
+/// `load.connections`; each request a new connection to nginx. A failure
+/// is a non-200 (502) or a connection error. nginx retries a request that
+/// failed on a cached upstream connection (`proxy_next_upstream error`,
+/// without counting the try); its error log says what went wrong upstream,
+/// so an upstream error logged while every request got a 200 was retried.
 fn nginx(load: Load, addr: SocketAddr) -> Tally {
     let proxy = Nginx::start(addr, load.connections);
     let outcomes = load::run(&load::Spec {
