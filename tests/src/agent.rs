@@ -266,5 +266,10 @@ pub fn same_alive(pid: i32, started: Option<u64>) -> bool {
 /// Whether something accepts TCP connections on `addr`.
 #[must_use]
 pub fn port_open(addr: SocketAddr) -> bool {
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    // A connect to a port in the ephemeral range that nothing listens on
+    // can succeed by connecting to itself (TCP simultaneous open, when the
+    // kernel picks that very port as the source): not a listener. Go's
+    // dialer checks for the same thing.
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+        .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
 }

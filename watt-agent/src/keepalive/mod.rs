@@ -10,10 +10,12 @@
 //! ([`idle::judge`]): a connection whose request the worker has read is
 //! never cut. A client that sends a request just as the agent's FIN
 //! arrives gets its connection closed (or reset) before any response; the
-//! worker never saw that request ([`conns::Released::raced`]), and clients
-//! retry such a request on a new connection as they do when any server
-//! closes an idle keep-alive connection (nginx for idempotent methods by
-//! default, undici, hyper; Node's `http.Agent` reports it to the caller).
+//! worker never saw that request ([`conns::Released::raced`] counts those
+//! that reached the socket before the shutdown; the kernel resets the
+//! later ones). What clients do then is measured by the tests crate's
+//! `release_race` example (README): curl retries it, nginx would, undici
+//! checks an idle connection before reusing it and so rarely meets it,
+//! Node's `http.Agent` and hyper report it to the caller.
 pub mod conns;
 pub mod idle;
 
