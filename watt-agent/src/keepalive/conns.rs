@@ -122,6 +122,7 @@ fn conn_state(fd: BorrowedFd<'_>) -> io::Result<ConnState> {
     Ok(ConnState {
         established: info.tcpi_state == TCP_ESTABLISHED,
         unread: unread(fd)?,
+        responded: info.tcpi_bytes_acked > 0,
         response_in_progress: socket::getsockopt(&fd, sockopt::TcpNoDelay)
             .map_err(io::Error::from)?,
         last_received_ms: info.tcpi_last_data_recv,

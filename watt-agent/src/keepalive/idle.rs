@@ -7,6 +7,11 @@
 //!   connection is the worker's business);
 //! - nothing unread (`SIOCINQ` 0): no request, or part of one, waits in the
 //!   socket;
+//! - a response has left on it before (the peer acknowledged data): the
+//!   worker's code has seen the connection, so the preload's mark below is
+//!   live. A connection the worker's loop accepted but has not yet handed
+//!   to the app still has the kernel's defaults (`TCP_NODELAY` off) and
+//!   its first request may be a moment away;
 //! - no response in progress, as the worker's preload marks it
 //!   (`TCP_NODELAY` off; see `shim.js`): the app has handed every response
 //!   to the kernel whole, and is not in the middle of one that waits for
@@ -30,6 +35,8 @@ pub struct ConnState {
     pub established: bool,
     /// Bytes received and not read by the worker.
     pub unread: u32,
+    /// The peer has acknowledged data from the worker: a response went out.
+    pub responded: bool,
     /// The worker's preload marks a response in progress (or the
     /// connection has not finished its first response, or was taken over
     /// by the app: an upgrade).
@@ -44,6 +51,7 @@ pub struct ConnState {
 pub enum Kept {
     NotEstablished,
     Unread,
+    Fresh,
     ResponseInProgress,
     RequestRead,
 }
@@ -55,6 +63,9 @@ pub fn judge(c: &ConnState) -> Result<(), Kept> {
     }
     if c.unread > 0 {
         return Err(Kept::Unread);
+    }
+    if !c.responded {
+        return Err(Kept::Fresh);
     }
     if c.response_in_progress {
         return Err(Kept::ResponseInProgress);
@@ -76,6 +87,7 @@ mod tests {
         ConnState {
             established: true,
             unread: 0,
+            responded: true,
             response_in_progress: false,
             last_received_ms: 41,
             last_sent_ms: 40,
@@ -125,6 +137,19 @@ mod tests {
             ..idle()
         };
         assert_eq!(judge(&c), Err(Kept::RequestRead));
+    }
+
+    #[test]
+    fn a_connection_that_never_answered_is_kept() {
+        // Accepted by the worker's loop and not yet handed to the app: no
+        // mark yet, and handshake and accept in the same millisecond.
+        let c = ConnState {
+            responded: false,
+            last_received_ms: 3,
+            last_sent_ms: 3,
+            ..idle()
+        };
+        assert_eq!(judge(&c), Err(Kept::Fresh));
     }
 
     #[test]
