@@ -18,8 +18,9 @@ pub const BLOCK: Duration = Duration::from_secs(1);
 /// this long before the block can have ended. Many ticks (2 ms) long.
 const MARGIN: Duration = Duration::from_millis(50);
 
-/// A directory the blocked worker marks (`TEST_APP_MARK_DIR`), removed on
-/// drop.
+/// A directory the workers write to, removed on drop: the blocked worker
+/// marks it (`TEST_APP_MARK_DIR`), and every worker logs the responses it
+/// saw cut there (`TEST_APP_LOG_CUT`).
 pub struct Marks(PathBuf);
 
 impl Marks {
@@ -31,10 +32,24 @@ impl Marks {
         Self(dir)
     }
 
-    /// The directory, for `TEST_APP_MARK_DIR`.
+    /// The directory, for `TEST_APP_MARK_DIR` and `TEST_APP_LOG_CUT`.
     #[must_use]
     pub fn dir(&self) -> String {
         self.0.display().to_string()
+    }
+
+    /// The URL of every response a worker saw cut (its `<pid>.cut` file).
+    #[must_use]
+    pub fn cut(&self) -> Vec<String> {
+        fs::read_dir(&self.0)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "cut"))
+                    .filter_map(|e| fs::read_to_string(e.path()).ok())
+                    .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Waits until worker `pid` marked that it starts blocking.

@@ -43,9 +43,7 @@ impl KeptAlive {
     /// Reads one whole response (`Content-Length` or chunked) and returns
     /// its body (chunks joined).
     pub fn response(&mut self) -> io::Result<String> {
-        let head_end = self.fill_until(|b| find(b, b"\r\n\r\n").map(|i| i + 4))?;
-        let head = String::from_utf8_lossy(&self.pending[..head_end]).to_ascii_lowercase();
-        self.pending.drain(..head_end);
+        let head = self.head()?;
         if let Some(len) = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
@@ -59,40 +57,44 @@ impl KeptAlive {
     }
 
     /// Reads the first part of a response that is still being written (the
-    /// test app's `/stream`): the head and its first chunk.
+    /// test app's `/stream`): its head and first chunk, which it returns.
     pub fn first_chunk(&mut self) -> io::Result<String> {
-        let head_end = self.fill_until(|b| find(b, b"\r\n\r\n").map(|i| i + 4))?;
-        let after_head = self.fill_until(|b| {
-            let rest = &b[head_end..];
-            let line = find(rest, b"\r\n")?;
-            let size =
-                usize::from_str_radix(std::str::from_utf8(&rest[..line]).ok()?.trim(), 16).ok()?;
-            (rest.len() >= line + 2 + size + 2).then_some(head_end + line + 2 + size + 2)
-        })?;
-        let text = String::from_utf8_lossy(&self.pending[head_end..after_head]).into_owned();
-        // Keep the head away but leave the stream positioned at the next
-        // chunk for `rest_of_stream`.
-        self.pending.drain(..after_head);
-        Ok(text)
+        self.head()?;
+        self.chunk()
     }
 
     /// The remaining chunks of a chunked response (all of them after the
     /// head, or those after `first_chunk`), joined.
     pub fn rest_of_stream(&mut self) -> io::Result<String> {
-        let mut body = Vec::new();
+        let mut body = String::new();
         loop {
-            let line_end = self.fill_until(|b| find(b, b"\r\n").map(|i| i + 2))?;
-            let size_line = String::from_utf8_lossy(&self.pending[..line_end - 2]).into_owned();
-            self.pending.drain(..line_end);
-            let size = usize::from_str_radix(size_line.trim(), 16)
-                .map_err(|_| io::Error::new(ErrorKind::InvalidData, "bad chunk size"))?;
-            self.fill_until(|b| (b.len() >= size + 2).then_some(size + 2))?;
-            body.extend(self.pending.drain(..size));
-            self.pending.drain(..2);
-            if size == 0 {
-                return Ok(String::from_utf8_lossy(&body).into_owned());
+            let chunk = self.chunk()?;
+            if chunk.is_empty() {
+                return Ok(body);
             }
+            body.push_str(&chunk);
         }
+    }
+
+    /// A response's head, lowercased.
+    fn head(&mut self) -> io::Result<String> {
+        let end = self.fill_until(|b| find(b, b"\r\n\r\n").map(|i| i + 4))?;
+        let head: Vec<u8> = self.pending.drain(..end).collect();
+        Ok(String::from_utf8_lossy(&head).to_ascii_lowercase())
+    }
+
+    /// One chunk of a chunked body (empty: the last one).
+    fn chunk(&mut self) -> io::Result<String> {
+        let line_end = self.fill_until(|b| find(b, b"\r\n").map(|i| i + 2))?;
+        let size_line: Vec<u8> = self.pending.drain(..line_end).collect();
+        let size = std::str::from_utf8(&size_line[..line_end - 2])
+            .ok()
+            .and_then(|l| usize::from_str_radix(l.trim(), 16).ok())
+            .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "bad chunk size"))?;
+        self.fill_until(|b| (b.len() >= size + 2).then_some(size + 2))?;
+        let data: Vec<u8> = self.pending.drain(..size).collect();
+        self.pending.drain(..2);
+        Ok(String::from_utf8_lossy(&data).into_owned())
     }
 
     /// Whether the server has closed the connection by now (a FIN or a
