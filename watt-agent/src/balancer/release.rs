@@ -59,10 +59,7 @@ impl Balancer {
                 e.stall = super::stall::out_of_wait(stats).then_some(stats.last_return_ns);
             }
         }
-        if !self.watches_stalls() {
-            self.stall_due = None;
-            return Vec::new();
-        }
+        // (Empty where stalls are not watched: nothing stalls, nothing due.)
         let (stalled, due) = self.stalled(loops);
         self.stall_due = due;
         stalled
