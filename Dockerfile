@@ -121,6 +121,13 @@ LABEL org.opencontainers.image.title="watt-agent app" \
 
 COPY --from=builder /out/watt-agent /usr/local/bin/watt-agent
 
+# undici 7 for the shared HTTP cache (--http-cache): its cache interceptor is
+# what the workers use, and Node 20 and 22 bundle undici 6 (no Node exposes
+# its own copy). An app with undici 7+ in its node_modules uses that one.
+# Pinned to the version the tests run.
+RUN npm install --prefix /usr/lib/watt-agent --no-audit --no-fund --omit=dev undici@7.30.3 \
+ && npm cache clean --force
+
 # The app, owned by root and read-only for the workers; only .next/cache
 # (Next.js's own cache) is theirs to write. In Kubernetes an emptyDir is
 # mounted there (deploy/base: /app/.next/cache; with APP_SERVER_DIR, move

@@ -25,6 +25,7 @@ pub mod load;
 pub mod nginx;
 pub mod node_client;
 pub mod sysctl;
+pub mod upstream;
 
 /// The workspace root.
 #[must_use]

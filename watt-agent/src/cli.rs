@@ -83,6 +83,26 @@ pub struct RestartArgs {
     pub client: ClientArgs,
 }
 
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum CacheCommand {
+    /// Remove entries from the shared HTTP cache, for every worker
+    Invalidate(InvalidateArgs),
+}
+
+#[derive(Args, Clone, Debug, Default)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["tag", "key"])))]
+pub struct InvalidateArgs {
+    /// Entries whose response was tagged with this (repeatable; the tags
+    /// header, x-cache-tags by default)
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+    /// The entries of this URL, every method and variant (repeatable)
+    #[arg(long, value_name = "URL")]
+    pub key: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct TopArgs {
     /// Refresh period
@@ -128,8 +148,17 @@ fn fail(message: impl std::fmt::Display, code: i32) -> i32 {
 }
 
 fn call(client: &ClientArgs, method: Method, path: &str) -> Result<Reply, i32> {
+    call_with_body(client, method, path, None)
+}
+
+fn call_with_body(
+    client: &ClientArgs,
+    method: Method,
+    path: &str,
+    json: Option<String>,
+) -> Result<Reply, i32> {
     let addr = client.admin().map_err(|m| fail(m, exit::USAGE))?;
-    client::call(&addr, method, path).map_err(|e| {
+    client::call_with_body(&addr, method, path, json).map_err(|e| {
         let code = if matches!(e, ClientError::Off) {
             exit::USAGE
         } else {
@@ -180,6 +209,24 @@ pub fn command(client: &ClientArgs, worker: Option<u32>) -> i32 {
         Some(w) => format!("/workers/{w}/restart"),
     };
     match call(client, Method::POST, &path) {
+        Ok(r) if r.is_success() => {
+            println!("{}", r.message());
+            exit::OK
+        }
+        Ok(r) => fail(
+            format!("the agent refused: {} ({})", r.message(), r.status),
+            exit::FAILURE,
+        ),
+        Err(code) => code,
+    }
+}
+
+/// `watt-agent cache invalidate --tag T --key URL`.
+#[must_use]
+pub fn cache(command: &CacheCommand) -> i32 {
+    let CacheCommand::Invalidate(args) = command;
+    let body = serde_json::json!({ "tags": args.tag, "keys": args.key }).to_string();
+    match call_with_body(&args.client, Method::POST, "/cache/invalidate", Some(body)) {
         Ok(r) if r.is_success() => {
             println!("{}", r.message());
             exit::OK

@@ -35,6 +35,7 @@ pub mod config;
 pub mod cpus;
 pub mod doctor;
 pub mod exit;
+pub mod http_cache;
 pub mod ids;
 pub mod keepalive;
 pub mod listeners;

@@ -39,6 +39,9 @@ enum Command {
     Restart(cli::RestartArgs),
     /// Live view of the workers, refreshed every second
     Top(cli::TopArgs),
+    /// The shared HTTP cache: `watt-agent cache invalidate --tag T` / `--key URL`
+    #[command(subcommand)]
+    Cache(cli::CacheCommand),
     /// Check that this machine can run the agent: kernel, BPF, capabilities, Node, port
     Doctor(cli::DoctorArgs),
 }
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Reload(a) => cli::reload(&a),
         Command::Restart(a) => cli::command(&a.client, Some(a.worker)),
         Command::Top(a) => cli::top(&a),
+        Command::Cache(c) => cli::cache(&c),
         Command::Doctor(a) => cli::doctor(&a),
     };
     exit_code(code)

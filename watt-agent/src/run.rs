@@ -14,8 +14,11 @@ use tokio::sync::mpsc;
 
 use crate::{
     admin, balancer,
-    config::{self, LoopSignal, Policy, RunConfig, Workers, args::RunArgs},
-    cpus, exit,
+    config::{
+        self, LoopSignal, Policy, RunConfig, Workers, args::RunArgs,
+        http_cache::settings as http_cache_settings,
+    },
+    cpus, exit, http_cache,
     listeners::{self, ListenSpec},
     logging,
     runtime_dir::RuntimeDir,
@@ -57,6 +60,10 @@ pub enum StartError {
     Admin(#[from] admin::AdminError),
     #[error("supervisor failed: {0}")]
     Supervisor(#[source] io::Error),
+    #[error(transparent)]
+    Undici(#[from] http_cache::undici::UndiciError),
+    #[error("cannot start the HTTP cache's store: {0}")]
+    HttpCache(#[source] io::Error),
 }
 
 impl StartError {
@@ -73,10 +80,13 @@ impl StartError {
             | Self::Command(_)
             | Self::UserNeedsRoot
             | Self::NoSuchUser(_)
-            | Self::NoSuchGroup(_) => exit::ENVIRONMENT,
-            Self::Balancer(_) | Self::Runtime(_) | Self::Admin(_) | Self::Supervisor(_) => {
-                exit::FAILURE
-            }
+            | Self::NoSuchGroup(_)
+            | Self::Undici(_) => exit::ENVIRONMENT,
+            Self::Balancer(_)
+            | Self::Runtime(_)
+            | Self::Admin(_)
+            | Self::Supervisor(_)
+            | Self::HttpCache(_) => exit::FAILURE,
         }
     }
 }
@@ -126,16 +136,19 @@ struct Prepared {
     /// Keeps the kernel's BPF run-time statistics on while open.
     bpf_stats: Option<std::os::fd::OwnedFd>,
     runtime: RuntimeDir,
+    /// The shared HTTP cache's settings and the undici the workers load.
+    http_cache: Option<(http_cache::Settings, std::path::PathBuf)>,
 }
 
 fn start(config: &RunConfig) -> Result<i32, StartError> {
     let started = Instant::now();
     let Prepared {
-        plan,
+        mut plan,
         steering,
         loops,
         bpf_stats,
         runtime,
+        http_cache,
     } = prepare(config)?;
     become_subreaper();
     let spec = plan.spec;
@@ -158,7 +171,23 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
         .map_err(StartError::Runtime)?;
     let admin = {
         let _in_runtime = rt.enter();
+        let cache = match http_cache {
+            Some((settings, undici)) => {
+                let owner = plan.program.identity.as_ref().map(|i| (i.uid, i.gid));
+                let cache =
+                    http_cache::Cache::start(settings, undici, &runtime.http_cache_socket(), owner)
+                        .map_err(StartError::HttpCache)?;
+                plan.http_cache = Some(cache.worker_env());
+                tracing::info!(
+                    "shared HTTP cache on; the workers reach it at {}",
+                    runtime.http_cache_socket().display()
+                );
+                Some(cache)
+            }
+            None => None,
+        };
         let inputs = admin::Inputs {
+            cache: cache.as_ref().map(http_cache::Cache::view),
             shared: Arc::clone(&shared),
             snapshot: Arc::clone(&balancer.snapshot),
             control: control_tx,
@@ -170,8 +199,9 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
                 started,
             },
         };
-        admin::Server::start(&config.admin, inputs)?
+        (admin::Server::start(&config.admin, inputs)?, cache)
     };
+    let (admin, cache) = admin;
     if let Some(a) = &admin {
         tracing::info!(
             "admin API on {} (/metrics, /healthz, /readyz, /status)",
@@ -186,6 +216,7 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
     ));
     // Stop answering before the listeners and the runtime go.
     drop(admin);
+    drop(cache);
     balancer.stop();
     drop(runtime);
     let code = result.map_err(StartError::Supervisor)?;
@@ -200,6 +231,15 @@ fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
     }
     .min(crate::MAX_WORKERS);
     let program = program(config)?;
+    // Before any BPF: a cache the workers could not load is a bad setting.
+    // (`resolve` checked the settings: an error here cannot happen.)
+    let http_cache = match http_cache_settings(config.http_cache.as_ref()).unwrap_or_default() {
+        Some(settings) => {
+            let undici = http_cache::undici::find(settings.undici.as_deref(), &app_dirs(config))?;
+            Some((settings, undici))
+        }
+        None => None,
+    };
     let spec = ListenSpec {
         addr: config.listen_addr(),
         backlog: i32::try_from(config.backlog).unwrap_or(i32::MAX),
@@ -232,6 +272,7 @@ fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
         max_requests_per_socket: config.max_requests_per_socket,
         max_connection_age: config.max_connection_age,
         user_sets_port: config.env.iter().any(|(k, _)| k == "PORT"),
+        http_cache: None,
     };
     Ok(Prepared {
         plan,
@@ -239,7 +280,27 @@ fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
         loops,
         bpf_stats,
         runtime,
+        http_cache,
     })
+}
+
+/// Where the app's own packages may be: the workers' directory and the
+/// directory of each argument of the command that is a file (the script
+/// `node` runs), as Node resolves `require` from the script.
+fn app_dirs(config: &RunConfig) -> Vec<std::path::PathBuf> {
+    let cwd = config
+        .cwd
+        .clone()
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    let scripts = config.command.iter().skip(1).filter_map(|arg| {
+        let path = cwd.join(arg);
+        path.is_file()
+            .then(|| path.parent().map(std::path::Path::to_path_buf))?
+    });
+    let mut dirs: Vec<_> = scripts.collect();
+    dirs.push(cwd);
+    dirs
 }
 
 /// The event-loop signal `signal` asks for: the kernel's count where it

@@ -1,5 +1,5 @@
 //! The agent's private runtime directory: where the Node preload lives (Node
-//! needs a file path for `--require`). Removed on exit; directories left by
+//! needs a file path for `--require`) and the HTTP cache's socket. Removed on exit; directories left by
 //! an agent that was killed are removed by the next one.
 use std::{
     fs, io,
@@ -9,6 +9,9 @@ use std::{
 
 /// The preload, embedded in the binary.
 pub const SHIM: &str = include_str!("shim.js");
+/// The worker's side of the shared HTTP cache, which the preload loads
+/// from beside itself when the agent runs with `--http-cache`.
+pub const HTTP_CACHE: &str = include_str!("http_cache.js");
 
 #[derive(Debug)]
 pub struct RuntimeDir {
@@ -25,15 +28,23 @@ impl RuntimeDir {
         let path = base.join(format!("watt-agent-{}", std::process::id()));
         fs::create_dir_all(&path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        let shim = path.join("shim.js");
-        fs::write(&shim, SHIM)?;
-        fs::set_permissions(&shim, fs::Permissions::from_mode(0o644))?;
+        for (name, text) in [("shim.js", SHIM), ("http_cache.js", HTTP_CACHE)] {
+            let file = path.join(name);
+            fs::write(&file, text)?;
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o644))?;
+        }
         Ok(Self { path })
     }
 
     #[must_use]
     pub fn shim_path(&self) -> PathBuf {
         self.path.join("shim.js")
+    }
+
+    /// Where the shared HTTP cache's store listens for the workers.
+    #[must_use]
+    pub fn http_cache_socket(&self) -> PathBuf {
+        self.path.join("http-cache.sock")
     }
 }
 

@@ -51,6 +51,16 @@ function activate() {
     if (rest) env.NODE_OPTIONS = rest;
     else delete env.NODE_OPTIONS;
   }
+  // The shared HTTP cache (--http-cache): outgoing fetch/undici requests.
+  const httpCache = env.WATT_HTTP_CACHE;
+  delete env.WATT_HTTP_CACHE;
+  if (httpCache) {
+    try {
+      require(require('path').join(__dirname, 'http_cache.js')).install(JSON.parse(httpCache));
+    } catch (err) {
+      console.warn(`watt-agent http cache: not installed in this worker: ${err && err.message}`);
+    }
+  }
   if (wattPort === null) return; // nothing to manage without a port
 
   function notify(line) {

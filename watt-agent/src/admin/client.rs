@@ -7,7 +7,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, header};
 use hyper_util::rt::TokioIo;
 use tokio::{
@@ -69,6 +69,16 @@ pub enum ClientError {
 
 /// Sends `method path` to the agent at `addr` and reads the whole answer.
 pub async fn request(addr: &AdminAddr, method: Method, path: &str) -> Result<Reply, ClientError> {
+    request_with_body(addr, method, path, None).await
+}
+
+/// [`request`] with a JSON body.
+pub async fn request_with_body(
+    addr: &AdminAddr,
+    method: Method,
+    path: &str,
+    json: Option<String>,
+) -> Result<Reply, ClientError> {
     let connect_err = |source| ClientError::Connect {
         addr: addr.clone(),
         source,
@@ -80,11 +90,11 @@ pub async fn request(addr: &AdminAddr, method: Method, path: &str) -> Result<Rep
                 let s = TcpStream::connect(reachable(*a))
                     .await
                     .map_err(connect_err)?;
-                exchange(s, addr, method, path).await
+                exchange(s, addr, method, path, json.clone()).await
             }
             AdminAddr::Unix(p) => {
                 let s = UnixStream::connect(p).await.map_err(connect_err)?;
-                exchange(s, addr, method, path).await
+                exchange(s, addr, method, path, json.clone()).await
             }
         }
     };
@@ -95,6 +105,16 @@ pub async fn request(addr: &AdminAddr, method: Method, path: &str) -> Result<Rep
 
 /// The same, blocking, on a runtime of its own.
 pub fn call(addr: &AdminAddr, method: Method, path: &str) -> Result<Reply, ClientError> {
+    call_with_body(addr, method, path, None)
+}
+
+/// [`call`] with a JSON body.
+pub fn call_with_body(
+    addr: &AdminAddr,
+    method: Method,
+    path: &str,
+    json: Option<String>,
+) -> Result<Reply, ClientError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -102,7 +122,7 @@ pub fn call(addr: &AdminAddr, method: Method, path: &str) -> Result<Reply, Clien
             addr: addr.clone(),
             source,
         })?;
-    rt.block_on(request(addr, method, path))
+    rt.block_on(request_with_body(addr, method, path, json))
 }
 
 /// An agent listening on the unspecified address is reached on loopback.
@@ -123,6 +143,7 @@ async fn exchange<S>(
     addr: &AdminAddr,
     method: Method,
     path: &str,
+    json: Option<String>,
 ) -> Result<Reply, ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -134,15 +155,17 @@ where
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(http_err)?;
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
+    let mut request = Request::builder().method(method).uri(path);
+    if json.is_some() {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    let request = request
         .header(header::HOST, "localhost")
         .header(
             header::USER_AGENT,
             concat!("watt-agent/", env!("CARGO_PKG_VERSION")),
         )
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(Bytes::from(json.unwrap_or_default())))
         .expect("a valid request");
     // The connection runs in its own task while the exchange reads.
     let driver = tokio::spawn(async move {

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{info::Info, metrics, peer::Peer, status};
 use crate::{
     balancer::Snapshot,
+    http_cache,
     supervisor::{Command, Control, Shared, lifecycle::Refused},
 };
 
@@ -35,6 +36,8 @@ pub struct Inputs {
     pub snapshot: Arc<Mutex<Snapshot>>,
     pub control: mpsc::UnboundedSender<Control>,
     pub info: Info,
+    /// The shared HTTP cache (`None`: off).
+    pub cache: Option<http_cache::View>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -61,7 +64,11 @@ fn json_message(status: StatusCode, message: impl Into<String>) -> Reply {
     reply(status, "application/json", format!("{body}\n"))
 }
 
-pub(super) async fn handle(req: &Request<Incoming>, inputs: &Inputs, peer: Peer) -> Reply {
+pub(super) async fn handle(req: Request<Incoming>, inputs: &Inputs, peer: Peer) -> Reply {
+    if req.uri().path() == "/cache/invalidate" {
+        return invalidate(req, inputs, peer).await;
+    }
+    let req = &req;
     let path = req.uri().path();
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     let post = *req.method() == Method::POST;
@@ -83,7 +90,7 @@ pub(super) async fn handle(req: &Request<Incoming>, inputs: &Inputs, peer: Peer)
             None => text(
                 StatusCode::NOT_FOUND,
                 "not found: try /metrics, /healthz, /readyz, /status, POST /reload, \
-                 POST /workers/{id}/restart",
+                 POST /workers/{id}/restart, POST /cache/invalidate",
             ),
         },
     }
@@ -127,6 +134,7 @@ fn metrics(req: &Request<Incoming>, inputs: &Inputs) -> Reply {
         &inputs.info,
         &shared(inputs),
         &snapshot(inputs),
+        inputs.cache.as_ref().map(status::CacheStatus::of),
         Instant::now(),
         openmetrics,
     );
@@ -182,12 +190,13 @@ fn readyz(inputs: &Inputs) -> Reply {
 }
 
 fn status(inputs: &Inputs) -> Reply {
-    let s = status::build(
+    let mut s = status::build(
         &inputs.info,
         &shared(inputs),
         &snapshot(inputs),
         Instant::now(),
     );
+    s.http_cache = inputs.cache.as_ref().map(status::CacheStatus::of);
     match serde_json::to_string_pretty(&s) {
         Ok(mut body) => {
             body.push('\n');
@@ -201,21 +210,100 @@ fn status(inputs: &Inputs) -> Reply {
 /// here; whether it runs, by the lifecycle (its answer comes back on the
 /// command's reply).
 async fn command(req: &Request<Incoming>, inputs: &Inputs, peer: Peer, command: Command) -> Reply {
+    if let Some(refused) = refuse_command(req, peer) {
+        return refused;
+    }
+    send_command(&inputs.control, command).await
+}
+
+/// Commands come only from this host, and never from a web page: the
+/// answer to one that does not.
+fn refuse_command(req: &Request<Incoming>, peer: Peer) -> Option<Reply> {
     if !peer.is_local() {
-        return json_message(
+        return Some(json_message(
             StatusCode::FORBIDDEN,
             "commands are accepted only from this host (loopback, its own address) or the \
              unix socket",
-        );
+        ));
     }
     // Browsers send Origin on cross-site POSTs; tools like curl do not.
     if req.headers().contains_key(header::ORIGIN) {
-        return json_message(
+        return Some(json_message(
             StatusCode::FORBIDDEN,
             "commands are not accepted from web pages (the request has an Origin header)",
+        ));
+    }
+    None
+}
+
+/// The body of `POST /cache/invalidate`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Invalidate {
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+/// A body this long at most: lists of tags and URLs.
+const MAX_INVALIDATE_BODY: usize = 1 << 20;
+
+/// `POST /cache/invalidate` with `{"tags": [..], "keys": [URL, ..]}`:
+/// removes the entries so tagged and those of the URLs, for every worker.
+async fn invalidate(req: Request<Incoming>, inputs: &Inputs, peer: Peer) -> Reply {
+    use http_body_util::BodyExt as _;
+    if *req.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    if let Some(refused) = refuse_command(&req, peer) {
+        return refused;
+    }
+    let Some(cache) = &inputs.cache else {
+        return json_message(
+            StatusCode::CONFLICT,
+            "the HTTP cache is off (start the agent with --http-cache)",
+        );
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_INVALIDATE_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return json_message(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            );
+        }
+    };
+    let asked: Invalidate = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => {
+            return json_message(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"tags\": [...], \"keys\": [URL, ...]}}: {e}"),
+            );
+        }
+    };
+    if asked.tags.is_empty() && asked.keys.is_empty() {
+        return json_message(
+            StatusCode::BAD_REQUEST,
+            "nothing to invalidate: give tags or keys",
         );
     }
-    send_command(&inputs.control, command).await
+    match cache.invalidate(&asked.tags, &asked.keys) {
+        Ok(n) => {
+            tracing::info!(tags = ?asked.tags, keys = ?asked.keys, "http cache: invalidated {n} entries");
+            let body = serde_json::json!({
+                "ok": true,
+                "message": format!("invalidated {n} entries"),
+                "invalidated": n,
+            });
+            reply(StatusCode::OK, "application/json", format!("{body}\n"))
+        }
+        Err(e) => json_message(StatusCode::BAD_REQUEST, e),
+    }
 }
 
 /// Sends `command` to the supervisor and answers with its verdict: 202 when

@@ -185,7 +185,7 @@ where
 {
     let service = service_fn(move |req| {
         let inputs = Arc::clone(&inputs);
-        async move { Ok::<_, Infallible>(handle(&req, &inputs, peer).await) }
+        async move { Ok::<_, Infallible>(handle(req, &inputs, peer).await) }
     });
     let served = http1::Builder::new()
         .timer(TokioTimer::new())

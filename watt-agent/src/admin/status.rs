@@ -118,6 +118,50 @@ pub struct Status {
     /// `tracepoint` (absent with `proc`).
     #[serde(default)]
     pub loop_hook: Option<LoopHook>,
+    /// The shared HTTP cache (absent when it is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_cache: Option<CacheStatus>,
+}
+
+/// The shared HTTP cache's store, as `status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheStatus {
+    /// `local`: the agent's memory.
+    pub store: String,
+    pub entries: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// hits / (hits + misses), absent before the first lookup.
+    pub hit_ratio: Option<f64>,
+    pub stores: u64,
+    pub evictions: u64,
+    pub invalidations: u64,
+    pub too_large: u64,
+}
+
+impl CacheStatus {
+    #[must_use]
+    pub fn of(view: &crate::http_cache::View) -> Self {
+        let s = view.stats();
+        let lookups = s.hits + s.misses;
+        #[expect(clippy::cast_precision_loss, reason = "a ratio")]
+        let hit_ratio = (lookups > 0).then(|| s.hits as f64 / lookups as f64);
+        Self {
+            store: "local".into(),
+            entries: s.entries,
+            bytes: s.bytes,
+            max_bytes: view.settings.limits.max_size,
+            hits: s.hits,
+            misses: s.misses,
+            hit_ratio,
+            stores: s.stores,
+            evictions: s.evictions,
+            invalidations: s.invalidations,
+            too_large: s.too_large,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -247,6 +291,7 @@ pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Sta
         queue_depth_source: snap.queue_source,
         loop_signal: Some(snap.loop_signal),
         loop_hook: snap.loop_hook,
+        http_cache: None,
     }
 }
 

@@ -51,6 +51,24 @@ pub fn render_status(s: &Status, rates: Option<(f64, &Status)>) -> String {
     out
 }
 
+/// The shared HTTP cache's line: hit ratio, use, evictions.
+fn cache_line(c: &crate::admin::status::CacheStatus) -> String {
+    let ratio = c.hit_ratio.map_or_else(
+        || "no lookups yet".to_owned(),
+        |r| format!("{:.1}% hits", r * 100.0),
+    );
+    format!(
+        "http cache ({}): {ratio} ({} hits, {} misses), {} entries, {} of {} used, {} evicted\n",
+        c.store,
+        c.hits,
+        c.misses,
+        c.entries,
+        bytesize::ByteSize(c.bytes).display().iec(),
+        bytesize::ByteSize(c.max_bytes).display().iec(),
+        c.evictions
+    )
+}
+
 /// The lines above the table: the agent, readiness, the program's
 /// counters and how queue depths are measured.
 fn summary(s: &Status) -> String {
@@ -106,6 +124,9 @@ fn summary(s: &Status) -> String {
             let _ = write!(out, ", {per:.0}ns per decision");
         }
         out.push('\n');
+    }
+    if let Some(c) = &s.http_cache {
+        out.push_str(&cache_line(c));
     }
     match s.queue_depth_source {
         Some(QueueSourceKind::SockDiag) => {}
@@ -298,6 +319,16 @@ mod tests {
             queue_depth_source: Some(QueueSourceKind::SockDiag),
             loop_signal: Some(LoopSignal::Kernel),
             loop_hook: Some(crate::steering::LoopHook::Fentry),
+            http_cache: Some(crate::admin::status::CacheStatus {
+                store: "local".into(),
+                hits: 90,
+                misses: 10,
+                hit_ratio: Some(0.9),
+                entries: 4,
+                bytes: 3 * 1024 * 1024,
+                max_bytes: 32 * 1024 * 1024,
+                ..Default::default()
+            }),
             workers: vec![
                 WorkerStatus {
                     id: 0,
@@ -355,6 +386,12 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].contains("up 1h 2m"), "{text}");
         assert!(lines[1].starts_with("1 of 2 workers ready"), "{text}");
+        assert!(
+            text.lines().any(|l| l
+                == "http cache (local): 90.0% hits (90 hits, 10 misses), 4 entries, 3.0 MiB of \
+                    32.0 MiB used, 0 evicted"),
+            "{text}"
+        );
         let table: Vec<&str> = lines
             .iter()
             .skip_while(|l| !l.starts_with("WORKER"))

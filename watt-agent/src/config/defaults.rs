@@ -74,3 +74,17 @@ impl Default for LogFormat {
         LOG_FORMAT
     }
 }
+
+/// The shared HTTP cache's memory, all entries together: the agent's own
+/// footprint grows by up to this much.
+pub const HTTP_CACHE_MAX_SIZE: u64 = 32 * 1024 * 1024;
+/// undici's memory store's default entry limit is 5 MB; API responses are
+/// smaller, and one entry must not crowd out the rest.
+pub const HTTP_CACHE_MAX_ENTRY_SIZE: u64 = 1024 * 1024;
+pub const HTTP_CACHE_MAX_ENTRIES: usize = 10_000;
+/// A lookup the store has not answered by then is a miss: a hit from the
+/// agent takes well under a millisecond.
+pub const HTTP_CACHE_TIMEOUT: Duration = Duration::from_millis(50);
+/// The response header that tags an entry for invalidation by tag
+/// (configurable: CDNs differ, e.g. `Cache-Tag`, `Surrogate-Key`).
+pub const HTTP_CACHE_TAGS_HEADER: &str = "x-cache-tags";

@@ -19,6 +19,7 @@ use serde::{
 use toml::de::DeTable;
 
 use self::{
+    http_cache::HttpCacheFile,
     position::{Keys, key_on_line, line_at},
     suggest::suggest,
     value::{CommandLine, Env, Int, IntoSetting as _, NameOrId, Number, V},
@@ -30,6 +31,7 @@ use super::{
 };
 use crate::steering::ProgramLog;
 
+mod http_cache;
 mod position;
 mod suggest;
 mod value;

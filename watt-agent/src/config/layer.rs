@@ -10,6 +10,7 @@ use std::{
 
 use super::{
     defaults,
+    http_cache::{HttpCacheSpec, parse_http_cache},
     settings::settings,
     to_toml::ToToml,
     values::{

@@ -12,6 +12,7 @@ mod settings;
 pub mod args;
 pub mod defaults;
 pub mod file;
+pub mod http_cache;
 mod layer;
 mod render;
 mod resolve;

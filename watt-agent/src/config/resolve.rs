@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::{
+    http_cache,
     layer::{Layer, RunConfig, pick},
     values::Workers,
 };
@@ -32,6 +33,8 @@ pub fn resolve(layers: &[&Layer]) -> Result<RunConfig, ConfigError> {
         return Err(ConfigError::NoCommand);
     }
     config.env = merge_env(layers);
+    let caches: Vec<_> = layers.iter().map(|l| l.http_cache.as_ref()).collect();
+    config.http_cache = http_cache::merge(&caches);
     validate(&config)?;
     Ok(config)
 }
@@ -115,6 +118,7 @@ fn validate_timing(c: &RunConfig) -> Result<(), ConfigError> {
 }
 
 fn validate_limits(c: &RunConfig) -> Result<(), ConfigError> {
+    http_cache::settings(c.http_cache.as_ref())?;
     // Below a megabyte every Node process would be replaced at once.
     if let Some(m) = c.max_memory_restart
         && m.0 < 1024 * 1024

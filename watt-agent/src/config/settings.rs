@@ -192,6 +192,21 @@ macro_rules! settings {
                 value_parser = clap::builder::BoolishValueParser::new()
             )]
             keepalive_release: bool = defaults::KEEPALIVE_RELEASE, file: bool;
+
+            /// One HTTP cache for all workers' outgoing fetch/undici requests: on,
+            /// off, or KEY=VALUE pairs (max_size, max_entry_size, max_entries,
+            /// origin, mode, tags_header, timeout, undici); see watt.example.toml
+            /// [default: off]
+            #[arg(
+                long,
+                env = "WATT_HTTP_CACHE",
+                num_args = 0..=1,
+                require_equals = true,
+                default_missing_value = "true",
+                value_name = "on|off|KEY=VALUE,...",
+                value_parser = parse_http_cache
+            )]
+            http_cache: HttpCacheSpec, file: HttpCacheFile;
         }
     };
 }

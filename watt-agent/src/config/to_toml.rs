@@ -2,7 +2,10 @@
 //! same value: `check-config`'s output is built from it.
 use std::{ffi::OsString, fmt, net::IpAddr, path::PathBuf, time::Duration};
 
-use super::values::{AdminAddr, LogFormat, LoopSignal, MemorySize, Policy, Workers};
+use super::{
+    http_cache::HttpCacheSpec,
+    values::{AdminAddr, LogFormat, LoopSignal, MemorySize, Policy, Workers},
+};
 use crate::steering::ProgramLog;
 
 /// A resolved value as TOML that the config file reads back to the same
@@ -111,5 +114,11 @@ impl ToToml for Vec<(String, String)> {
             .map(|(k, v)| format!("{} = {}", quoted(k), quoted(v)))
             .collect();
         format!("{{ {} }}", vars.join(", "))
+    }
+}
+
+impl ToToml for HttpCacheSpec {
+    fn to_toml(&self) -> String {
+        self.toml()
     }
 }

@@ -53,5 +53,8 @@ pub(super) fn worker_env(plan: &Plan, worker: WorkerId) -> Vec<(OsString, OsStri
         let ms = age.as_millis().to_string();
         env.push(("WATT_MAX_CONNECTION_AGE_MS".into(), ms.into()));
     }
+    if let Some(cache) = &plan.http_cache {
+        env.push(("WATT_HTTP_CACHE".into(), cache.into()));
+    }
     env
 }

@@ -14,4 +14,7 @@ pub struct Plan {
     pub max_connection_age: Option<Duration>,
     /// `PORT` from the config's `env` table wins over the agent's port.
     pub user_sets_port: bool,
+    /// `WATT_HTTP_CACHE` for the workers: where the shared HTTP cache's
+    /// store listens and how to use it (`None`: no cache).
+    pub http_cache: Option<String>,
 }

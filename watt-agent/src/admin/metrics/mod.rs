@@ -33,12 +33,15 @@ pub fn encode(
     info: &Info,
     shared: &Shared,
     snap: &Snapshot,
+    cache: Option<status::CacheStatus>,
     now: Instant,
     openmetrics: bool,
 ) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
+    let mut status = status::build(info, shared, snap, now);
+    status.http_cache = cache;
     registry.register_collector(Box::new(Scrape {
-        status: status::build(info, shared, snap, now),
+        status,
         ticks: snap.ticks,
         tick_seconds: snap.tick_time.as_secs_f64(),
         rescues: snap.rescues,
@@ -132,6 +135,7 @@ impl Collector for Scrape {
         self.listeners(enc)?;
         self.program(enc)?;
         self.event_loops(enc)?;
+        self.http_cache(enc)?;
         self.sampler(enc)
     }
 }
@@ -471,6 +475,68 @@ impl Scrape {
             "Released connections on which a request arrived as they closed: taken out unread (the app never saw it; the client saw the connection close before a response)",
             None,
             &counter(self.release_races),
+        )
+    }
+
+    /// The shared HTTP cache's store (nothing when the cache is off).
+    fn http_cache(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(c) = &self.status.http_cache else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "watt_http_cache_hits",
+                "Lookups of the shared HTTP cache that found a stored response",
+                c.hits,
+            ),
+            (
+                "watt_http_cache_misses",
+                "Lookups of the shared HTTP cache that found nothing",
+                c.misses,
+            ),
+            (
+                "watt_http_cache_stores",
+                "Responses stored in the shared HTTP cache",
+                c.stores,
+            ),
+            (
+                "watt_http_cache_evictions",
+                "Entries removed from the shared HTTP cache to keep it within its size and count limits",
+                c.evictions,
+            ),
+            (
+                "watt_http_cache_invalidations",
+                "Entries removed from the shared HTTP cache by an invalidation (tags, keys, or an unsafe request to the same URL)",
+                c.invalidations,
+            ),
+            (
+                "watt_http_cache_too_large",
+                "Responses not stored because they were larger than max_entry_size",
+                c.too_large,
+            ),
+        ] {
+            single(enc, name, help, None, &counter(value))?;
+        }
+        single(
+            enc,
+            "watt_http_cache_size",
+            "Memory the shared HTTP cache's entries take",
+            Some(&Unit::Bytes),
+            &int(c.bytes),
+        )?;
+        single(
+            enc,
+            "watt_http_cache_max_size",
+            "The shared HTTP cache's size limit (max_size)",
+            Some(&Unit::Bytes),
+            &int(c.max_bytes),
+        )?;
+        single(
+            enc,
+            "watt_http_cache_entries",
+            "Responses in the shared HTTP cache",
+            None,
+            &int(c.entries),
         )
     }
 }

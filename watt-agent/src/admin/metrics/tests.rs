@@ -65,10 +65,17 @@ fn sample() -> (Shared, Snapshot) {
 #[test]
 fn the_text_follows_the_naming_conventions() {
     let (shared, snap) = sample();
+    let cache = status::CacheStatus {
+        hits: 3,
+        misses: 1,
+        bytes: 2048,
+        ..status::CacheStatus::default()
+    };
     let text = encode(
         &status::tests::info(),
         &shared,
         &snap,
+        Some(cache),
         Instant::now(),
         false,
     )
@@ -97,6 +104,12 @@ fn the_text_follows_the_naming_conventions() {
         "watt_worker_event_loop_longest_recent_stall_seconds{worker=\"0\",slot=\"0\"} 0.2",
         "watt_worker_event_loop_turns_total{worker=\"0\",slot=\"0\"} 7",
         "watt_loop_signal{signal=\"proc\",hook=\"\"} 1",
+        "watt_http_cache_hits_total 3",
+        "watt_http_cache_misses_total 1",
+        "watt_http_cache_stores_total 0",
+        "watt_http_cache_evictions_total 0",
+        "watt_http_cache_size_bytes 2048",
+        "watt_http_cache_entries 0",
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
     }
@@ -121,6 +134,14 @@ fn the_text_follows_the_naming_conventions() {
         }
         assert!(!name.contains("_ms") && !name.contains("_kib"), "{name}");
     }
-    let open = encode(&status::tests::info(), &shared, &snap, Instant::now(), true).unwrap();
+    let open = encode(
+        &status::tests::info(),
+        &shared,
+        &snap,
+        None,
+        Instant::now(),
+        true,
+    )
+    .unwrap();
     assert!(open.ends_with("# EOF\n"), "{open}");
 }

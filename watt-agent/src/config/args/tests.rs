@@ -8,7 +8,7 @@ use super::*;
 use crate::config::{self, Layer};
 
 /// `[default: ...]` wordings of settings that have no default value.
-const NO_VALUE: &[&str] = &["the agent's", "the user's", "none", "no limit"];
+const NO_VALUE: &[&str] = &["the agent's", "the user's", "none", "no limit", "off"];
 
 fn with_command() -> Layer {
     Layer {

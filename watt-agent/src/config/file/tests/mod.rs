@@ -224,6 +224,7 @@ bpf_stats = true
 max_requests_per_socket = 100
 max_connection_age = "30s"
 keepalive_release = false
+http_cache = { max_size = "8M", origins = ["https://api.example"], mode = "private", timeout = "20ms" }
 "#;
     let f = parse(Path::new(PATH), text).unwrap();
     let l = &f.layer;
@@ -341,6 +342,7 @@ fn the_example_parses_documents_every_key_and_its_defaults() {
         "max_memory_restart",
         "max_requests_per_socket",
         "max_connection_age",
+        "http_cache",
     ];
     for ((key, shown), (_, default)) in config::entries(&documented)
         .into_iter()

@@ -1,0 +1,217 @@
+//! The HTTP cache the workers share (`--http-cache`).
+//!
+//! Each worker's preload puts undici's cache interceptor (RFC 9111
+//! semantics) on the process's global dispatcher, which `fetch` and undici
+//! use, with a store that holds nothing itself: it asks the agent, over a
+//! unix socket in the agent's runtime directory (`protocol`), and the
+//! agent answers from one [`Store`] for all workers (`server`). What one
+//! worker fetched, the others then find; an invalidation (`POST
+//! /cache/invalidate`, by tags or keys) reaches every worker at once.
+//!
+//! The agent hosts the store rather than a file every worker opens because
+//! it has to run anyway, bounds the memory in one place, and sees every
+//! hit, miss and eviction for the metrics. A worker whose store does not
+//! answer within the timeout goes on without the cache: a request is never
+//! failed by it, only slowed by at most the timeout.
+//!
+//! undici 7 brings the interceptor; Node 20 and 22 bundle undici 6 (and no
+//! Node exposes its bundled copy), so the package comes from the app's own
+//! `node_modules` or from the agent's install (`undici`).
+pub mod protocol;
+mod server;
+pub mod store;
+pub mod undici;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+pub use server::Server;
+pub use store::{Limits, Stats, Store};
+
+/// Whether the cache is a shared one (RFC 9111's rules for a shared cache:
+/// no responses to requests with `Authorization` unless they allow it, no
+/// `private` responses) or a private one (one user's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    #[default]
+    Shared,
+    Private,
+}
+
+impl Mode {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shared => "shared",
+            Self::Private => "private",
+        }
+    }
+}
+
+/// The resolved `[http_cache]` settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub limits: Limits,
+    pub mode: Mode,
+    /// Only requests to these origins (`scheme://host[:port]`, compared
+    /// without case) go through the cache; empty: every origin.
+    pub origins: Vec<String>,
+    /// The response header whose comma-separated values tag an entry, for
+    /// invalidation by tag.
+    pub tags_header: String,
+    /// A worker waits this long for the store, then goes on without it.
+    pub timeout: Duration,
+    /// The undici package directory the workers load (`None`: found at
+    /// start, see [`undici::find`]).
+    pub undici: Option<PathBuf>,
+}
+
+/// What the admin API reads and changes: the store and its settings.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub store: Arc<Mutex<Store>>,
+    pub settings: Settings,
+}
+
+impl View {
+    /// The store's counters now.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.store.lock().map(|s| s.stats()).unwrap_or_default()
+    }
+
+    /// Removes the entries tagged with any of `tags` and those of the URLs
+    /// `keys`; returns how many.
+    ///
+    /// # Errors
+    /// A key that is not an absolute `http(s)://` URL.
+    pub fn invalidate(&self, tags: &[String], keys: &[String]) -> Result<usize, String> {
+        let paths = keys
+            .iter()
+            .map(|k| split_url(k).ok_or_else(|| format!("not an http(s) URL: {k:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut store = self
+            .store
+            .lock()
+            .map_err(|_| "the store's lock is poisoned".to_owned())?;
+        let mut n = store.delete_tags(tags);
+        for (origin, path) in paths {
+            n += store.delete_path(&origin, &path);
+        }
+        Ok(n)
+    }
+}
+
+/// `https://Host:8443/a?b` → (`https://host:8443`, `/a?b`), the origin as
+/// undici's cache key writes it (lower case, no default port).
+#[must_use]
+pub fn split_url(url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return None;
+    }
+    let mut authority = authority.to_ascii_lowercase();
+    let default_port = if scheme == "http" { ":80" } else { ":443" };
+    if let Some(host) = authority.strip_suffix(default_port) {
+        authority = host.to_owned();
+    }
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_owned()
+    };
+    Some((format!("{scheme}://{authority}"), path))
+}
+
+/// The running cache: the store and its socket.
+#[derive(Debug)]
+pub struct Cache {
+    server: Server,
+    view: View,
+    undici: PathBuf,
+}
+
+impl Cache {
+    /// Creates the store and listens on `socket` for the workers. Call
+    /// inside the agent's runtime.
+    ///
+    /// # Errors
+    /// The socket cannot be created.
+    pub fn start(
+        settings: Settings,
+        undici: PathBuf,
+        socket: &Path,
+        owner: Option<(u32, u32)>,
+    ) -> std::io::Result<Self> {
+        let store = Arc::new(Mutex::new(Store::new(settings.limits)));
+        let server = Server::start(socket, owner, Arc::clone(&store))?;
+        Ok(Self {
+            server,
+            view: View { store, settings },
+            undici,
+        })
+    }
+
+    #[must_use]
+    pub fn view(&self) -> View {
+        self.view.clone()
+    }
+
+    /// What the workers' preload reads (`WATT_HTTP_CACHE`, JSON).
+    #[must_use]
+    pub fn worker_env(&self) -> String {
+        let s = &self.view.settings;
+        serde_json::json!({
+            "socket": self.server.path(),
+            "undici": self.undici,
+            "type": s.mode.as_str(),
+            "origins": s.origins,
+            "tagsHeader": s.tags_header.to_ascii_lowercase(),
+            "maxEntrySize": s.limits.max_entry_size,
+            "timeoutMs": u64::try_from(s.timeout.as_millis()).unwrap_or(u64::MAX),
+        })
+        .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_url;
+
+    #[test]
+    fn urls_split_as_undici_keys_them() {
+        let cases = [
+            (
+                "http://127.0.0.1:4000/a?b=1",
+                ("http://127.0.0.1:4000", "/a?b=1"),
+            ),
+            (
+                "HTTPS://API.Example.com:443/x",
+                ("https://api.example.com", "/x"),
+            ),
+            ("http://h:80", ("http://h", "/")),
+            ("http://h?q", ("http://h", "/?q")),
+        ];
+        for (url, (origin, path)) in cases {
+            assert_eq!(
+                split_url(url),
+                Some((origin.to_owned(), path.to_owned())),
+                "{url}"
+            );
+        }
+        for bad in ["ftp://h/x", "/x", "http:///x", "h/x"] {
+            assert_eq!(split_url(bad), None, "{bad}");
+        }
+    }
+}
