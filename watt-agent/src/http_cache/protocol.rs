@@ -9,6 +9,7 @@
 //! | `get` | `id`, `origin`, `method`, `path`, `headers` | `{"id"}` (miss) or `{"id","meta"}` + body (hit) |
 //! | `put` | `origin`, `method`, `path`, `vary`, `deleteAt`, `tags`, `meta` + body | none |
 //! | `delete` | `origin`, `path` | none |
+//! | `invalidate` | `tags`, `keys` (URLs) | none |
 //!
 //! `meta` is the interceptor's metadata as a JSON string; the agent keeps
 //! it as it came. Answers come in request order, but carry the id so the
@@ -50,6 +51,14 @@ pub enum Request {
     Delete {
         origin: String,
         path: String,
+    },
+    /// What `POST /cache/invalidate` does, from a worker (Next.js's
+    /// `revalidateTag`).
+    Invalidate {
+        #[serde(default)]
+        tags: Vec<String>,
+        #[serde(default)]
+        keys: Vec<String>,
     },
 }
 

@@ -161,6 +161,12 @@ fn answer_frames(
             Request::Delete { origin, path } => {
                 store.delete_path(&origin, &path);
             }
+            Request::Invalidate { tags, keys } => {
+                store.delete_tags(&tags);
+                for (origin, path) in keys.iter().filter_map(|k| super::split_url(k)) {
+                    store.delete_path(&origin, &path);
+                }
+            }
         }
     }
     Ok(())
