@@ -24,6 +24,7 @@ pub mod kill;
 pub mod load;
 pub mod nginx;
 pub mod node_client;
+pub mod redis;
 pub mod sysctl;
 pub mod upstream;
 

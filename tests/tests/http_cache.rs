@@ -8,7 +8,9 @@ use std::{collections::BTreeMap, net::SocketAddr, process::Command, time::Durati
 
 use watt_tests::{
     agent::{self, Agent},
-    free_port, http, root,
+    free_port, http,
+    redis::Redis,
+    root,
     upstream::Upstream,
     wait_until,
 };
@@ -31,15 +33,26 @@ fn fixture_node(version: u32) -> String {
         .to_string()
 }
 
-/// The app's workers behind the agent, with the admin API on.
-struct Setup {
-    upstream: Upstream,
+/// The app's workers behind an agent, with the admin API on.
+struct Node {
     agent: Agent,
     admin: SocketAddr,
 }
 
+/// A counting upstream, and a node whose app fetches from it.
+struct Setup {
+    upstream: Upstream,
+    node: Node,
+}
+
 fn start(node: &str, workers: usize, cache: Option<&str>) -> Setup {
     let upstream = Upstream::start(node);
+    let node = start_node(node, workers, cache, &upstream.url());
+    Setup { upstream, node }
+}
+
+/// An agent running the app with `node`, its fetches going to `upstream`.
+fn start_node(node: &str, workers: usize, cache: Option<&str>, upstream: &str) -> Node {
     let admin_port = free_port("127.0.0.1");
     let admin_arg = format!("--admin=127.0.0.1:{admin_port}");
     let n = workers.to_string();
@@ -48,16 +61,14 @@ fn start(node: &str, workers: usize, cache: Option<&str>) -> Setup {
     if let Some(c) = &cache_arg {
         args.push(c);
     }
-    let url = upstream.url();
     let agent = Agent::start_with_env(
         free_port("127.0.0.1"),
         &args,
         &[node, APP],
-        &[("UPSTREAM", &url)],
+        &[("UPSTREAM", upstream)],
     );
     agent.wait_ready(workers, Duration::from_secs(30));
-    Setup {
-        upstream,
+    Node {
         agent,
         admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
     }
@@ -65,7 +76,7 @@ fn start(node: &str, workers: usize, cache: Option<&str>) -> Setup {
 
 /// The app's answer to `/fetch?path=<path>&<extra>`: the worker's pid and
 /// the upstream's body.
-fn fetch(s: &Setup, path: &str, extra: &str) -> (i32, serde_json::Value) {
+fn fetch(s: &Node, path: &str, extra: &str) -> (i32, serde_json::Value) {
     let target = format!("/fetch?path={}{extra}", encode(path));
     let r = http::get(s.agent.addr(), &target).unwrap_or_else(|e| panic!("{target}: {e}"));
     assert_eq!(r.status, 200, "{target}: {}", r.body);
@@ -84,7 +95,7 @@ fn encode(path: &str) -> String {
 }
 
 /// A counter of the admin API's metrics (0 when absent).
-fn metric(s: &Setup, name: &str) -> f64 {
+fn metric(s: &Node, name: &str) -> f64 {
     let r = http::get(s.admin, "/metrics").expect("/metrics");
     r.body
         .lines()
@@ -94,7 +105,7 @@ fn metric(s: &Setup, name: &str) -> f64 {
 
 /// Waits until the store holds `n` responses (a response is stored when its
 /// body has ended, which may be a moment after the app answered).
-fn wait_stored(s: &Setup, n: f64) {
+fn wait_stored(s: &Node, n: f64) {
     assert!(
         wait_until(Duration::from_secs(5), || metric(
             s,
@@ -118,12 +129,12 @@ fn watt(args: &[&str]) -> std::process::Output {
 fn one_fetch_serves_every_worker(node: &str) {
     let s = start(node, WORKERS, Some("true"));
     let path = "/api/products?tags=products,catalog";
-    let (_, first) = fetch(&s, path, "");
+    let (_, first) = fetch(&s.node, path, "");
     assert_eq!(first["n"], 1);
-    wait_stored(&s, 1.0);
+    wait_stored(&s.node, 1.0);
     let mut by_worker: BTreeMap<i32, usize> = BTreeMap::new();
     for _ in 1..1000 {
-        let (pid, body) = fetch(&s, path, "");
+        let (pid, body) = fetch(&s.node, path, "");
         assert_eq!(body["n"], 1, "a worker fetched again: {body}");
         *by_worker.entry(pid).or_default() += 1;
     }
@@ -137,25 +148,25 @@ fn one_fetch_serves_every_worker(node: &str) {
         1,
         "1000 requests, one upstream request"
     );
-    assert!(metric(&s, "watt_http_cache_hits_total") >= 999.0);
+    assert!(metric(&s.node, "watt_http_cache_hits_total") >= 999.0);
 
     // Invalidation by tag: the next request goes upstream again.
-    let admin = format!("--admin=127.0.0.1:{}", s.admin.port());
+    let admin = format!("--admin=127.0.0.1:{}", s.node.admin.port());
     let out = watt(&["cache", "invalidate", "--tag", "catalog", &admin]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "invalidated 1 entries"
     );
-    assert_eq!(fetch(&s, path, "").1["n"], 2);
-    wait_stored(&s, 2.0);
-    assert_eq!(fetch(&s, path, "").1["n"], 2, "stored again");
+    assert_eq!(fetch(&s.node, path, "").1["n"], 2);
+    wait_stored(&s.node, 2.0);
+    assert_eq!(fetch(&s.node, path, "").1["n"], 2, "stored again");
 
     // By key: the URL the app fetched.
     let key = format!("{}{path}", s.upstream.url());
     let out = watt(&["cache", "invalidate", "--key", &key, &admin]);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(fetch(&s, path, "").1["n"], 3);
+    assert_eq!(fetch(&s.node, path, "").1["n"], 3);
     assert_eq!(s.upstream.count(path).0, 3);
 }
 
@@ -181,7 +192,7 @@ fn without_the_cache_every_request_goes_upstream() {
     let s = start(&node20(), WORKERS, None);
     let path = "/api/products?tags=products";
     for _ in 0..1000 {
-        fetch(&s, path, "");
+        fetch(&s.node, path, "");
     }
     assert_eq!(s.upstream.count(path).0, 1000);
     let out = watt(&[
@@ -189,7 +200,7 @@ fn without_the_cache_every_request_goes_upstream() {
         "invalidate",
         "--tag",
         "products",
-        &format!("--admin=127.0.0.1:{}", s.admin.port()),
+        &format!("--admin=127.0.0.1:{}", s.node.admin.port()),
     ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
@@ -206,7 +217,7 @@ fn a_shared_cache_stores_only_what_it_may() {
     let s = start(&fixture_node(22), 2, Some("true"));
     let twice = |path: &str, extra: &str| {
         for _ in 0..2 {
-            fetch(&s, path, extra);
+            fetch(&s.node, path, extra);
             // Give a store the time it would need, so a miss is not a race.
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -227,7 +238,7 @@ fn a_shared_cache_stores_only_what_it_may() {
 
     let path = "/greet?vary=accept-language";
     for (lang, round) in [("fr", 1), ("en", 1), ("fr", 2), ("en", 2)] {
-        let (_, body) = fetch(&s, path, &format!("&lang={lang}"));
+        let (_, body) = fetch(&s.node, path, &format!("&lang={lang}"));
         assert_eq!(
             body["lang"], lang,
             "round {round}: the variant of the request"
@@ -243,9 +254,9 @@ fn a_shared_cache_stores_only_what_it_may() {
 
     let s = start(&fixture_node(22), 2, Some("mode=private"));
     let private = "/private?cc=private,max-age=60";
-    fetch(&s, private, "");
-    wait_stored(&s, 1.0);
-    fetch(&s, private, "");
+    fetch(&s.node, private, "");
+    wait_stored(&s.node, 1.0);
+    fetch(&s.node, private, "");
     assert_eq!(s.upstream.count(private).0, 1, "a private cache stores it");
 }
 
@@ -266,44 +277,45 @@ impl Drop for Stopped<'_> {
 fn a_store_that_stops_answering_fails_nothing() {
     let s = start(&node20(), 2, Some("timeout=50ms"));
     let cached = "/cached";
-    fetch(&s, cached, "");
-    wait_stored(&s, 1.0);
+    fetch(&s.node, cached, "");
+    wait_stored(&s.node, 1.0);
 
     {
-        let _stopped = Stopped(&s.agent);
-        s.agent.signal(libc::SIGSTOP);
+        let _stopped = Stopped(&s.node.agent);
+        s.node.agent.signal(libc::SIGSTOP);
         for i in 0..DURING {
-            let (_, body) = fetch(&s, &format!("/during?i={i}"), "");
+            let (_, body) = fetch(&s.node, &format!("/during?i={i}"), "");
             assert_eq!(body["n"], 1);
         }
         // Two lookups with the store down: still answered.
-        fetch(&s, cached, "");
+        fetch(&s.node, cached, "");
     }
     assert!(
-        s.agent
+        s.node
+            .agent
             .wait_log("store unreachable", 1, Duration::from_secs(5)),
         "no warning; agent log:\n{}",
-        s.agent.log_text()
+        s.node.agent.log_text()
     );
-    let warnings = s.agent.log_count("store unreachable");
+    let warnings = s.node.agent.log_count("store unreachable");
     assert!(
         warnings <= 2,
         "{warnings} warnings for one outage of two workers ({DURING} requests):\n{}",
-        s.agent.log_text()
+        s.node.agent.log_text()
     );
     // Back: the cache serves again (a worker retries the store a second
     // after it failed, so the first requests may still go upstream).
     assert!(
-        metric(&s, "watt_http_cache_hits_total") < 1.0,
+        metric(&s.node, "watt_http_cache_hits_total") < 1.0,
         "no hit before"
     );
     assert!(
         wait_until(Duration::from_secs(10), || {
-            fetch(&s, cached, "");
-            metric(&s, "watt_http_cache_hits_total") >= 1.0
+            fetch(&s.node, cached, "");
+            metric(&s.node, "watt_http_cache_hits_total") >= 1.0
         }),
         "the cache did not serve again; agent log:\n{}",
-        s.agent.log_text()
+        s.node.agent.log_text()
     );
 }
 
@@ -331,5 +343,103 @@ fn an_undici_that_is_not_7_is_refused() {
     assert!(
         stderr.contains("is undici 6.21.0; the cache needs undici 7 or newer"),
         "{stderr}"
+    );
+}
+
+/// The fleet store: two agents (two nodes, here two ports) with one Redis
+/// share what they fetched and an invalidation made on either. When the
+/// server goes away, both fetch from the upstream without a failed request
+/// and warn once; when it is back, they share again.
+#[test]
+fn two_agents_share_one_fleet_store() {
+    let mut redis = Redis::start(free_port("127.0.0.1"));
+    let upstream = Upstream::start(&node20());
+    let cache = format!("store={}", redis.url());
+    let a = start_node(&node20(), 2, Some(&cache), &upstream.url());
+    let b = start_node(&fixture_node(22), 2, Some(&cache), &upstream.url());
+    let path = "/shared?tags=fleet";
+
+    assert_eq!(fetch(&a, path, "").1["n"], 1);
+    wait_stored(&a, 1.0);
+    for node in [&b, &a, &b] {
+        assert_eq!(fetch(node, path, "").1["n"], 1, "found in the fleet store");
+    }
+    assert_eq!(
+        upstream.count(path).0,
+        1,
+        "one upstream request for both nodes"
+    );
+    assert!(metric(&b, "watt_http_cache_hits_total") >= 2.0);
+
+    // Invalidated through b: a fetches again.
+    let out = watt(&[
+        "cache",
+        "invalidate",
+        "--tag",
+        "fleet",
+        &format!("--admin=127.0.0.1:{}", b.admin.port()),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fetch(&a, path, "").1["n"], 2);
+    wait_stored(&a, 2.0);
+    assert_eq!(fetch(&b, path, "").1["n"], 2);
+
+    the_store_goes_away_and_comes_back(&mut redis, &upstream, &a, &b);
+}
+
+/// The fleet store goes away: nothing fails, one warning per agent; back
+/// (empty), it is filled and shared again.
+fn the_store_goes_away_and_comes_back(redis: &mut Redis, upstream: &Upstream, a: &Node, b: &Node) {
+    // The server goes away: nothing fails, one warning per agent.
+    redis.stop();
+    for i in 0..DURING {
+        let node = if i % 2 == 0 { a } else { b };
+        assert_eq!(fetch(node, &format!("/down?i={i}"), "").1["n"], 1);
+    }
+    for node in [a, b] {
+        assert!(
+            node.agent
+                .wait_log("fleet store", 1, Duration::from_secs(5)),
+            "no warning:\n{}",
+            node.agent.log_text()
+        );
+        let warnings = node.agent.log_count("fetch from their origins");
+        assert_eq!(
+            warnings,
+            1,
+            "one warning per outage:\n{}",
+            node.agent.log_text()
+        );
+        assert!(metric(node, "watt_http_cache_store_errors_total") >= 1.0);
+        assert!(
+            metric(node, "watt_http_cache_store_up") < 1.0,
+            "reported down"
+        );
+    }
+
+    redis.restart();
+    // Each agent's connection finds the server gone at its first call after
+    // the restart, reconnects, and answers from the next one.
+    for node in [a, b] {
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                fetch(node, "/again", "");
+                metric(node, "watt_http_cache_store_up") >= 1.0
+            }),
+            "the store never answered again:\n{}",
+            node.agent.log_text()
+        );
+    }
+    // Stored by a after the outage, found by b.
+    let fresh = "/after";
+    let stored = metric(a, "watt_http_cache_stores_total");
+    assert_eq!(fetch(a, fresh, "").1["n"], 1);
+    wait_stored(a, stored + 1.0);
+    assert_eq!(fetch(b, fresh, "").1["n"], 1, "b found what a stored");
+    assert_eq!(upstream.count(fresh).0, 1);
+    assert!(
+        a.agent.log_count("answers again") >= 1,
+        "{}",
+        a.agent.log_text()
     );
 }

@@ -62,8 +62,8 @@ pub enum StartError {
     Supervisor(#[source] io::Error),
     #[error(transparent)]
     Undici(#[from] http_cache::undici::UndiciError),
-    #[error("cannot start the HTTP cache's store: {0}")]
-    HttpCache(#[source] io::Error),
+    #[error(transparent)]
+    HttpCache(#[from] http_cache::StartError),
 }
 
 impl StartError {
@@ -171,21 +171,7 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
         .map_err(StartError::Runtime)?;
     let admin = {
         let _in_runtime = rt.enter();
-        let cache = match http_cache {
-            Some((settings, undici)) => {
-                let owner = plan.program.identity.as_ref().map(|i| (i.uid, i.gid));
-                let cache =
-                    http_cache::Cache::start(settings, undici, &runtime.http_cache_socket(), owner)
-                        .map_err(StartError::HttpCache)?;
-                plan.http_cache = Some(cache.worker_env());
-                tracing::info!(
-                    "shared HTTP cache on; the workers reach it at {}",
-                    runtime.http_cache_socket().display()
-                );
-                Some(cache)
-            }
-            None => None,
-        };
+        let cache = start_cache(http_cache, &runtime, &mut plan)?;
         let inputs = admin::Inputs {
             cache: cache.as_ref().map(http_cache::Cache::view),
             shared: Arc::clone(&shared),
@@ -222,6 +208,28 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
     let code = result.map_err(StartError::Supervisor)?;
     tracing::info!(code, "watt-agent stopped");
     Ok(code)
+}
+
+/// Starts the shared HTTP cache's store, if it is on, and tells the
+/// workers' plan where it is. Call inside the runtime.
+fn start_cache(
+    http_cache: Option<(http_cache::Settings, std::path::PathBuf)>,
+    runtime: &RuntimeDir,
+    plan: &mut Plan,
+) -> Result<Option<http_cache::Cache>, StartError> {
+    let Some((settings, undici)) = http_cache else {
+        return Ok(None);
+    };
+    let owner = plan.program.identity.as_ref().map(|i| (i.uid, i.gid));
+    let socket = runtime.http_cache_socket();
+    let cache = http_cache::Cache::start(settings, undici, &socket, owner)?;
+    plan.http_cache = Some(cache.worker_env());
+    tracing::info!(
+        store = %cache.view().settings.store,
+        "shared HTTP cache on; the workers reach it at {}",
+        socket.display()
+    );
+    Ok(Some(cache))
 }
 
 fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {

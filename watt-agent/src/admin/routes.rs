@@ -292,7 +292,7 @@ async fn invalidate(req: Request<Incoming>, inputs: &Inputs, peer: Peer) -> Repl
             "nothing to invalidate: give tags or keys",
         );
     }
-    match cache.invalidate(&asked.tags, &asked.keys) {
+    match cache.invalidate(&asked.tags, &asked.keys).await {
         Ok(n) => {
             tracing::info!(tags = ?asked.tags, keys = ?asked.keys, "http cache: invalidated {n} entries");
             let body = serde_json::json!({

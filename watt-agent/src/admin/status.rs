@@ -126,8 +126,12 @@ pub struct Status {
 /// The shared HTTP cache's store, as `status` shows it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CacheStatus {
-    /// `local`: the agent's memory.
+    /// `local` (the agent's memory), or the fleet store's URL.
     pub store: String,
+    /// Whether the store answers (a fleet store can go away).
+    pub store_up: bool,
+    /// Calls to the fleet store that failed or timed out.
+    pub store_errors: u64,
     pub entries: u64,
     pub bytes: u64,
     pub max_bytes: u64,
@@ -149,7 +153,9 @@ impl CacheStatus {
         #[expect(clippy::cast_precision_loss, reason = "a ratio")]
         let hit_ratio = (lookups > 0).then(|| s.hits as f64 / lookups as f64);
         Self {
-            store: "local".into(),
+            store: view.backend.name(),
+            store_up: view.backend.is_up(),
+            store_errors: view.backend.errors(),
             entries: s.entries,
             bytes: s.bytes,
             max_bytes: view.settings.limits.max_size,

@@ -57,9 +57,13 @@ fn cache_line(c: &crate::admin::status::CacheStatus) -> String {
         || "no lookups yet".to_owned(),
         |r| format!("{:.1}% hits", r * 100.0),
     );
+    let store = if c.store_up {
+        c.store.clone()
+    } else {
+        format!("{}: DOWN, {} failed calls", c.store, c.store_errors)
+    };
     format!(
-        "http cache ({}): {ratio} ({} hits, {} misses), {} entries, {} of {} used, {} evicted\n",
-        c.store,
+        "http cache ({store}): {ratio} ({} hits, {} misses), {} entries, {} of {} used, {} evicted\n",
         c.hits,
         c.misses,
         c.entries,
@@ -321,6 +325,7 @@ mod tests {
             loop_hook: Some(crate::steering::LoopHook::Fentry),
             http_cache: Some(crate::admin::status::CacheStatus {
                 store: "local".into(),
+                store_up: true,
                 hits: 90,
                 misses: 10,
                 hit_ratio: Some(0.9),

@@ -15,12 +15,13 @@ use super::{
     resolve::ConfigError,
     values::{MemorySize, parse_duration},
 };
-use crate::http_cache::{Limits, Mode, Settings};
+use crate::http_cache::{Limits, Mode, Settings, StoreKind};
 
 /// The parts of `http_cache` one layer sets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HttpCacheSpec {
     pub enabled: Option<bool>,
+    pub store: Option<StoreKind>,
     pub max_size: Option<MemorySize>,
     pub max_entry_size: Option<MemorySize>,
     pub max_entries: Option<u32>,
@@ -34,6 +35,7 @@ pub struct HttpCacheSpec {
 /// The keys of the `[http_cache]` table (and of the command line's list).
 pub const KEYS: &[&str] = &[
     "enabled",
+    "store",
     "max_size",
     "max_entry_size",
     "max_entries",
@@ -80,6 +82,7 @@ pub fn parse_http_cache(s: &str) -> Result<HttpCacheSpec, String> {
                         .ok_or_else(|| bad(format!("expected true or false, got {value:?}")))?,
                 );
             }
+            "store" => spec.store = Some(StoreKind::parse(value).map_err(bad)?),
             "max_size" => spec.max_size = Some(value.parse().map_err(bad)?),
             "max_entry_size" => spec.max_entry_size = Some(value.parse().map_err(bad)?),
             "max_entries" => {
@@ -132,6 +135,7 @@ pub(super) fn merge(specs: &[Option<&HttpCacheSpec>]) -> Option<HttpCacheSpec> {
         }
         take!(
             enabled,
+            store,
             max_size,
             max_entry_size,
             max_entries,
@@ -207,6 +211,7 @@ pub fn settings(spec: Option<&HttpCacheSpec>) -> Result<Option<Settings>, Config
         .filter_map(|o| crate::http_cache::split_url(o).map(|(origin, _)| origin))
         .collect();
     Ok(Some(Settings {
+        store: spec.store.clone().unwrap_or_default(),
         limits,
         mode: spec.mode.unwrap_or_default(),
         origins,
@@ -224,6 +229,9 @@ impl HttpCacheSpec {
         let mut parts = Vec::new();
         if let Some(v) = self.enabled {
             parts.push(format!("enabled = {v}"));
+        }
+        if let Some(v) = &self.store {
+            parts.push(format!("store = {}", q(&v.to_string())));
         }
         if let Some(v) = self.max_size {
             parts.push(format!("max_size = {}", v.0));
@@ -294,6 +302,7 @@ mod tests {
     fn layers_merge_part_by_part() {
         let file = HttpCacheSpec {
             enabled: Some(true),
+            store: Some(StoreKind::Fleet("redis://cache:6379".into())),
             max_size: Some(MemorySize(1 << 24)),
             ..HttpCacheSpec::default()
         };
@@ -304,6 +313,7 @@ mod tests {
         let merged = merge(&[Some(&cli), Some(&file)]).unwrap();
         assert_eq!(merged.enabled, Some(false));
         assert_eq!(merged.max_size, Some(MemorySize(1 << 24)));
+        assert_eq!(merged.store, file.store);
         assert_eq!(merge(&[None, None]), None);
         assert_eq!(settings(Some(&merged)).unwrap(), None);
     }

@@ -17,6 +17,8 @@
 //! undici 7 brings the interceptor; Node 20 and 22 bundle undici 6 (and no
 //! Node exposes its bundled copy), so the package comes from the app's own
 //! `node_modules` or from the agent's install (`undici`).
+mod backend;
+pub mod fleet;
 pub mod protocol;
 mod server;
 pub mod store;
@@ -28,6 +30,8 @@ use std::{
     time::Duration,
 };
 
+pub use backend::Backend;
+pub use fleet::{Fleet, FleetError};
 pub use server::Server;
 pub use store::{Limits, Stats, Store};
 
@@ -51,9 +55,53 @@ impl Mode {
     }
 }
 
+/// Where the entries are kept (`http_cache.store`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The agent's memory: this node's workers share it.
+    #[default]
+    Local,
+    /// A Valkey or Redis server every node's agent shares
+    /// (`redis://host:port[/db]`).
+    Fleet(String),
+}
+
+impl StoreKind {
+    /// `local`, or a `redis://` / `valkey://` URL (a `valkey://` one is
+    /// read as `redis://`: the same protocol).
+    ///
+    /// # Errors
+    /// Anything else.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "local" {
+            return Ok(Self::Local);
+        }
+        let url = match s.strip_prefix("valkey://") {
+            Some(rest) => format!("redis://{rest}"),
+            None => s.to_owned(),
+        };
+        if url.starts_with("redis://") && redis::Client::open(url.as_str()).is_ok() {
+            return Ok(Self::Fleet(url));
+        }
+        Err(format!(
+            "expected \"local\" or a server URL such as \"redis://10.0.0.5:6379\" (or valkey://), got {s:?}"
+        ))
+    }
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local => f.write_str("local"),
+            Self::Fleet(url) => f.write_str(url),
+        }
+    }
+}
+
 /// The resolved `[http_cache]` settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
+    pub store: StoreKind,
     pub limits: Limits,
     pub mode: Mode,
     /// Only requests to these origins (`scheme://host[:port]`, compared
@@ -72,7 +120,7 @@ pub struct Settings {
 /// What the admin API reads and changes: the store and its settings.
 #[derive(Clone, Debug)]
 pub struct View {
-    pub store: Arc<Mutex<Store>>,
+    pub backend: Backend,
     pub settings: Settings,
 }
 
@@ -80,7 +128,7 @@ impl View {
     /// The store's counters now.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        self.store.lock().map(|s| s.stats()).unwrap_or_default()
+        self.backend.stats()
     }
 
     /// Removes the entries tagged with any of `tags` and those of the URLs
@@ -88,18 +136,14 @@ impl View {
     ///
     /// # Errors
     /// A key that is not an absolute `http(s)://` URL.
-    pub fn invalidate(&self, tags: &[String], keys: &[String]) -> Result<usize, String> {
+    pub async fn invalidate(&self, tags: &[String], keys: &[String]) -> Result<usize, String> {
         let paths = keys
             .iter()
             .map(|k| split_url(k).ok_or_else(|| format!("not an http(s) URL: {k:?}")))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut store = self
-            .store
-            .lock()
-            .map_err(|_| "the store's lock is poisoned".to_owned())?;
-        let mut n = store.delete_tags(tags);
+        let mut n = self.backend.delete_tags(tags).await;
         for (origin, path) in paths {
-            n += store.delete_path(&origin, &path);
+            n += self.backend.delete_path(&origin, &path).await;
         }
         Ok(n)
     }
@@ -134,6 +178,23 @@ pub fn split_url(url: &str) -> Option<(String, String)> {
     Some((format!("{scheme}://{authority}"), path))
 }
 
+/// Why the cache could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the HTTP cache's socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+}
+
+/// The fleet store's calls get most of the workers' timeout: the agent
+/// then answers a miss before a worker gives up on it (which would leave
+/// the agent alone for a second).
+#[must_use]
+pub fn fleet_timeout(worker_timeout: Duration) -> Duration {
+    worker_timeout.mul_f64(0.6)
+}
+
 /// The running cache: the store and its socket.
 #[derive(Debug)]
 pub struct Cache {
@@ -143,22 +204,40 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Creates the store and listens on `socket` for the workers. Call
-    /// inside the agent's runtime.
+    /// Creates the store (or the fleet store's client) and listens on
+    /// `socket` for the workers. Call inside the agent's runtime.
     ///
     /// # Errors
-    /// The socket cannot be created.
+    /// The socket cannot be created, or the fleet store's URL is unusable.
     pub fn start(
         settings: Settings,
         undici: PathBuf,
         socket: &Path,
         owner: Option<(u32, u32)>,
-    ) -> std::io::Result<Self> {
-        let store = Arc::new(Mutex::new(Store::new(settings.limits)));
-        let server = Server::start(socket, owner, Arc::clone(&store))?;
+    ) -> Result<Self, StartError> {
+        let backend = match &settings.store {
+            StoreKind::Local => Backend::Local(Arc::new(Mutex::new(Store::new(settings.limits)))),
+            StoreKind::Fleet(url) => {
+                let fleet = Arc::new(Fleet::new(
+                    url,
+                    fleet_timeout(settings.timeout),
+                    settings.limits.max_entry_size,
+                )?);
+                // Connected before the first lookup, if the server is up.
+                fleet.start_connecting();
+                Backend::Fleet(fleet)
+            }
+        };
+        let server = Server::start(
+            socket,
+            owner,
+            backend.clone(),
+            settings.limits.max_entry_size,
+        )
+        .map_err(StartError::Socket)?;
         Ok(Self {
             server,
-            view: View { store, settings },
+            view: View { backend, settings },
             undici,
         })
     }

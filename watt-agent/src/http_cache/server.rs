@@ -1,23 +1,25 @@
 //! The store's socket: one task per worker connection on the agent's
-//! runtime, each answering the frames of `protocol` from the shared store.
+//! runtime, each answering the frames of `protocol` from the backend.
+//! Answers go through one writer task per connection, so lookups in the
+//! fleet store run side by side (each answer carries its request's id).
 use std::{
     io,
     os::unix::fs::{PermissionsExt as _, chown},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{UnixListener, UnixStream},
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
+    sync::mpsc,
     task::JoinHandle,
 };
 
 use super::{
+    backend::Backend,
     protocol::{self, FrameError, Request},
-    store::{Key, Store},
+    store::Key,
 };
 
 /// The listening socket and its accept task; dropping it stops both and
@@ -30,14 +32,16 @@ pub struct Server {
 
 impl Server {
     /// Listens on `path` (mode 0600, owned by `owner` when the workers run
-    /// as another user) and serves `store`. Call inside the runtime.
+    /// as another user) and serves `backend`; `max_entry_size` bounds a
+    /// frame. Call inside the runtime.
     ///
     /// # Errors
     /// The socket cannot be created or handed to `owner`.
     pub fn start(
         path: &Path,
         owner: Option<(u32, u32)>,
-        store: Arc<Mutex<Store>>,
+        backend: Backend,
+        max_entry_size: u64,
     ) -> io::Result<Self> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
@@ -45,12 +49,14 @@ impl Server {
         if let Some((uid, gid)) = owner {
             chown(path, Some(uid), Some(gid))?;
         }
-        let max_frame = frame_limit(&store);
+        let max_frame = usize::try_from(max_entry_size)
+            .unwrap_or(usize::MAX)
+            .saturating_add(protocol::MAX_HEADER + 8);
         let accept = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
-                        tokio::spawn(serve(stream, Arc::clone(&store), max_frame));
+                        tokio::spawn(serve(stream, backend.clone(), max_frame));
                     }
                     Err(e) => {
                         tracing::warn!("http cache: cannot accept a worker's connection: {e}");
@@ -78,96 +84,101 @@ impl Drop for Server {
     }
 }
 
-/// The largest frame a worker may send: an entry at the size limit plus
-/// its header.
-fn frame_limit(store: &Mutex<Store>) -> usize {
-    let max_entry = store.lock().map_or(0, |s| s.limits().max_entry_size);
-    usize::try_from(max_entry)
-        .unwrap_or(usize::MAX)
-        .saturating_add(protocol::MAX_HEADER + 8)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Answers one worker until it disconnects or sends what is not a frame.
-async fn serve(stream: UnixStream, store: Arc<Mutex<Store>>, max_frame: usize) {
-    let (mut rd, mut wr) = stream.into_split();
+async fn serve(stream: UnixStream, backend: Backend, max_frame: usize) {
+    let (mut rd, wr) = stream.into_split();
+    let (answers, queue) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_answers(wr, queue));
     let mut input = BytesMut::with_capacity(16 * 1024);
-    let mut output = BytesMut::new();
     loop {
         match rd.read_buf(&mut input).await {
-            Ok(0) => return,
+            Ok(0) => break,
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!("http cache: a worker's connection failed: {e}");
-                return;
+                break;
             }
         }
-        if let Err(e) = answer_frames(&mut input, &mut output, &store, max_frame) {
+        if let Err(e) = handle_frames(&mut input, &backend, &answers, max_frame).await {
             tracing::warn!("http cache: closing a worker's connection: {e}");
-            return;
+            break;
         }
-        if !output.is_empty() {
-            if let Err(e) = wr.write_all(&output).await {
-                tracing::debug!("http cache: cannot answer a worker: {e}");
-                return;
-            }
-            output.clear();
+    }
+    drop(answers);
+    let _ = writer.await;
+}
+
+async fn write_answers(mut wr: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<Bytes>) {
+    while let Some(frame) = queue.recv().await {
+        if let Err(e) = wr.write_all(&frame).await {
+            tracing::debug!("http cache: cannot answer a worker: {e}");
+            return;
         }
     }
 }
 
-/// Handles every whole frame in `input`, appending the answers to `output`.
-fn answer_frames(
+/// Handles every whole frame in `input`: a local store in line, the
+/// fleet store in a task per request.
+async fn handle_frames(
     input: &mut BytesMut,
-    output: &mut BytesMut,
-    store: &Mutex<Store>,
+    backend: &Backend,
+    answers: &mpsc::UnboundedSender<Bytes>,
     max_frame: usize,
 ) -> Result<(), FrameError> {
     while let Some((header, body)) = protocol::split_frame(input, max_frame)? {
         let request = protocol::parse_request(&header)?;
-        let mut store = store
-            .lock()
-            .map_err(|_| FrameError::Malformed("the store's lock is poisoned".into()))?;
-        match request {
-            Request::Get {
-                id,
-                origin,
-                method,
-                path,
-                headers,
-            } => {
-                let key = Key {
-                    origin,
-                    method,
-                    path,
-                };
-                let hit = store.get(&key, &headers, now_ms());
-                let header = protocol::answer_header(id, hit.as_ref().map(|h| &*h.meta));
-                let body = hit.map(|h| h.body).unwrap_or_default();
-                protocol::write_frame(output, &header, &body);
-            }
-            put @ Request::Put { .. } => {
-                if let Some(put) = put.into_put(body) {
-                    // A refused entry is counted by the store; the worker
-                    // does not wait for an answer.
-                    let _ = store.put(put, now_ms());
-                }
-            }
-            Request::Delete { origin, path } => {
-                store.delete_path(&origin, &path);
-            }
-            Request::Invalidate { tags, keys } => {
-                store.delete_tags(&tags);
-                for (origin, path) in keys.iter().filter_map(|k| super::split_url(k)) {
-                    store.delete_path(&origin, &path);
-                }
-            }
+        if backend.is_local() {
+            handle(request, body, backend, answers).await;
+        } else {
+            let (backend, answers) = (backend.clone(), answers.clone());
+            tokio::spawn(async move { handle(request, body, &backend, &answers).await });
         }
     }
     Ok(())
+}
+
+async fn handle(
+    request: Request,
+    body: Bytes,
+    backend: &Backend,
+    answers: &mpsc::UnboundedSender<Bytes>,
+) {
+    match request {
+        Request::Get {
+            id,
+            origin,
+            method,
+            path,
+            headers,
+        } => {
+            let key = Key {
+                origin,
+                method,
+                path,
+            };
+            let hit = backend.get(&key, &headers).await;
+            let header = protocol::answer_header(id, hit.as_ref().map(|h| &*h.meta));
+            let mut frame = BytesMut::new();
+            protocol::write_frame(
+                &mut frame,
+                &header,
+                hit.as_ref().map_or(&[][..], |h| &h.body),
+            );
+            let _ = answers.send(frame.freeze());
+        }
+        put @ Request::Put { .. } => {
+            if let Some(put) = put.into_put(body) {
+                backend.put(put).await;
+            }
+        }
+        Request::Delete { origin, path } => {
+            backend.delete_path(&origin, &path).await;
+        }
+        Request::Invalidate { tags, keys } => {
+            backend.delete_tags(&tags).await;
+            for (origin, path) in keys.iter().filter_map(|k| super::split_url(k)) {
+                backend.delete_path(&origin, &path).await;
+            }
+        }
+    }
 }

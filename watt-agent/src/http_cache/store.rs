@@ -293,7 +293,7 @@ impl Store {
 /// Whether a request with `headers` may be served an entry stored for the
 /// `vary` values (undici's rule: the same string, the same array, or both
 /// absent).
-fn vary_matches(vary: Option<&Headers>, headers: &Headers) -> bool {
+pub(super) fn vary_matches(vary: Option<&Headers>, headers: &Headers) -> bool {
     vary.is_none_or(|vary| {
         vary.iter().all(|(name, want)| {
             let have = headers.get(name).unwrap_or(&Value::Null);

@@ -514,6 +514,11 @@ impl Scrape {
                 "Responses not stored because they were larger than max_entry_size",
                 c.too_large,
             ),
+            (
+                "watt_http_cache_store_errors",
+                "Calls to the fleet store (Valkey/Redis) that failed or timed out; each was a miss",
+                c.store_errors,
+            ),
         ] {
             single(enc, name, help, None, &counter(value))?;
         }
@@ -533,8 +538,15 @@ impl Scrape {
         )?;
         single(
             enc,
+            "watt_http_cache_store_up",
+            "1 while the shared HTTP cache's store answers, 0 during an outage of the fleet store",
+            None,
+            &int(u64::from(c.store_up)),
+        )?;
+        single(
+            enc,
             "watt_http_cache_entries",
-            "Responses in the shared HTTP cache",
+            "Responses in the shared HTTP cache (the local store; 0 with a fleet store)",
             None,
             &int(c.entries),
         )

@@ -12,8 +12,15 @@ use crate::{
         http_cache::{HttpCacheSpec, parse_mode},
         values::MemorySize,
     },
-    http_cache::Mode,
+    http_cache::{Mode, StoreKind},
 };
+
+impl FileValue for StoreKind {
+    const EXPECTING: &'static str = "\"local\" or a server URL such as \"redis://10.0.0.5:6379\"";
+    fn parse(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
 
 impl FileValue for Mode {
     const EXPECTING: &'static str = "one of \"shared\", \"private\"";
@@ -27,6 +34,7 @@ impl FileValue for Mode {
 #[serde(deny_unknown_fields)]
 struct Table {
     enabled: Option<bool>,
+    store: Option<V<StoreKind>>,
     max_size: Option<V<MemorySize>>,
     max_entry_size: Option<V<MemorySize>>,
     max_entries: Option<Int<1, 4_294_967_295>>,
@@ -59,6 +67,7 @@ impl<'de> Deserialize<'de> for HttpCacheFile {
                 Ok(HttpCacheFile(HttpCacheSpec {
                     // A table turns the cache on unless it says otherwise.
                     enabled: Some(t.enabled.unwrap_or(true)),
+                    store: t.store.map(IntoSetting::into_setting),
                     max_size: t.max_size.map(IntoSetting::into_setting),
                     max_entry_size: t.max_entry_size.map(IntoSetting::into_setting),
                     max_entries: t.max_entries.map(IntoSetting::into_setting),
