@@ -357,6 +357,16 @@ pub fn doctor(args: &DoctorArgs) -> i32 {
         user: file.user,
         bpf_stats: file.bpf_stats.unwrap_or(defaults::BPF_STATS),
         node: args.node.clone(),
+        http_cache: config::http_cache::settings(file.http_cache.as_ref())
+            .ok()
+            .flatten()
+            .map(|s| {
+                let dirs = crate::http_cache::undici::app_dirs(
+                    file.cwd.as_deref(),
+                    file.command.as_deref().unwrap_or_default(),
+                );
+                (s, dirs)
+            }),
     };
     doctor::run(&opts)
 }

@@ -243,7 +243,10 @@ fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
     // (`resolve` checked the settings: an error here cannot happen.)
     let http_cache = match http_cache_settings(config.http_cache.as_ref()).unwrap_or_default() {
         Some(settings) => {
-            let undici = http_cache::undici::find(settings.undici.as_deref(), &app_dirs(config))?;
+            let undici = http_cache::undici::find(
+                settings.undici.as_deref(),
+                &http_cache::undici::app_dirs(config.cwd.as_deref(), &config.command),
+            )?;
             Some((settings, undici))
         }
         None => None,
@@ -290,25 +293,6 @@ fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
         runtime,
         http_cache,
     })
-}
-
-/// Where the app's own packages may be: the workers' directory and the
-/// directory of each argument of the command that is a file (the script
-/// `node` runs), as Node resolves `require` from the script.
-fn app_dirs(config: &RunConfig) -> Vec<std::path::PathBuf> {
-    let cwd = config
-        .cwd
-        .clone()
-        .or_else(|| std::env::current_dir().ok())
-        .unwrap_or_default();
-    let scripts = config.command.iter().skip(1).filter_map(|arg| {
-        let path = cwd.join(arg);
-        path.is_file()
-            .then(|| path.parent().map(std::path::Path::to_path_buf))?
-    });
-    let mut dirs: Vec<_> = scripts.collect();
-    dirs.push(cwd);
-    dirs
 }
 
 /// The event-loop signal `signal` asks for: the kernel's count where it

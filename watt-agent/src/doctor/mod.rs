@@ -9,12 +9,14 @@
 //! - `network`: the port, the admin API, accept-queue depths.
 //! - `event_loop`: whether the kernel counts the workers' event-loop turns.
 //! - `node`: the Node.js the workers run.
+//! - `http_cache`: the shared HTTP cache's undici and store, when it is on.
 //! - `render`: the printed lines and the exit code.
 use std::net::SocketAddr;
 
 use crate::preflight;
 
 mod event_loop;
+mod http_cache;
 mod kernel;
 mod network;
 mod node;
@@ -49,6 +51,7 @@ pub fn checks(opts: &Options) -> Vec<Check> {
     let running = network::running_agent(&opts.admin);
     out.push(network::port(addr, running.as_ref()));
     out.push(network::admin(&opts.admin, running.as_ref()));
+    out.extend(http_cache::http_cache(opts.http_cache.as_ref()));
     // `--policy kernel` loads no program: what the BPF checks found is
     // reported, but not as failures. Each check's scope says which.
     for c in &mut out {
@@ -118,6 +121,7 @@ mod tests {
             user: Some("node".into()),
             bpf_stats: false,
             node: "node".into(),
+            http_cache: None,
         };
         let mut out = privilege::capabilities(Some(0), &opts);
         for c in &mut out {

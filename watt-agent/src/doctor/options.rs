@@ -14,4 +14,7 @@ pub struct Options {
     pub bpf_stats: bool,
     /// The Node binary to ask for its version (`node` in PATH).
     pub node: String,
+    /// The shared HTTP cache as configured (`None`: off), with where the
+    /// app's packages are.
+    pub http_cache: Option<(crate::http_cache::Settings, Vec<std::path::PathBuf>)>,
 }

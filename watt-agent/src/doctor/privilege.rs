@@ -185,6 +185,7 @@ mod tests {
             user: Some("node".into()),
             bpf_stats: true,
             node: "node".into(),
+            http_cache: None,
         }
     }
 

@@ -32,6 +32,29 @@ pub enum UndiciError {
     Missing { app: PathBuf },
 }
 
+/// Where the app's own packages may be: the workers' directory (`cwd`,
+/// else the agent's) and the directory of each argument of `command` that
+/// is a file (the script `node` runs), as Node resolves `require` from the
+/// script.
+#[must_use]
+pub fn app_dirs(cwd: Option<&Path>, command: &[std::ffi::OsString]) -> Vec<PathBuf> {
+    let cwd = cwd
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = command
+        .iter()
+        .skip(1)
+        .filter_map(|arg| {
+            let path = cwd.join(arg);
+            path.is_file()
+                .then(|| path.parent().map(Path::to_path_buf))?
+        })
+        .collect();
+    dirs.push(cwd);
+    dirs
+}
+
 /// The undici package directory to use.
 ///
 /// # Errors
