@@ -45,9 +45,12 @@ struct Setup {
     node: Node,
 }
 
+/// `cache`: the `--http-cache` value, `{upstream}` in it replaced by the
+/// upstream's URL.
 fn start(node: &str, workers: usize, cache: Option<&str>) -> Setup {
     let upstream = Upstream::start(node);
-    let node = start_node(node, workers, cache, &upstream.url());
+    let cache = cache.map(|c| c.replace("{upstream}", &upstream.url()));
+    let node = start_node(node, workers, cache.as_deref(), &upstream.url());
     Setup { upstream, node }
 }
 
@@ -209,32 +212,34 @@ fn without_the_cache_every_request_goes_upstream() {
     );
 }
 
+/// Fetches `path` twice (with time for a store in between, so a second
+/// upstream request is not a race); the upstream's count for it.
+fn twice(s: &Setup, path: &str, extra: &str) -> u64 {
+    for _ in 0..2 {
+        fetch(&s.node, path, extra);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.upstream.count(path).0
+}
+
 /// What a shared cache may store: not what was asked with `Authorization`
 /// (unless the response allows it), not `private` or `no-store`
 /// responses; one entry per `Vary` variant. Private mode stores `private`.
 #[test]
 fn a_shared_cache_stores_only_what_it_may() {
     let s = start(&fixture_node(22), 2, Some("true"));
-    let twice = |path: &str, extra: &str| {
-        for _ in 0..2 {
-            fetch(&s.node, path, extra);
-            // Give a store the time it would need, so a miss is not a race.
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        s.upstream.count(path).0
-    };
-    assert_eq!(twice("/auth", "&auth=1"), 2, "asked with Authorization");
+    assert_eq!(twice(&s, "/auth", "&auth=1"), 2, "asked with Authorization");
     assert_eq!(
-        twice("/private?cc=private,max-age=60", ""),
+        twice(&s, "/private?cc=private,max-age=60", ""),
         2,
         "Cache-Control: private"
     );
     assert_eq!(
-        twice("/nostore?cc=no-store", ""),
+        twice(&s, "/nostore?cc=no-store", ""),
         2,
         "Cache-Control: no-store"
     );
-    assert_eq!(twice("/public", ""), 1, "the same request, cacheable");
+    assert_eq!(twice(&s, "/public", ""), 1, "the same request, cacheable");
 
     let path = "/greet?vary=accept-language";
     for (lang, round) in [("fr", 1), ("en", 1), ("fr", 2), ("en", 2)] {
@@ -258,6 +263,18 @@ fn a_shared_cache_stores_only_what_it_may() {
     wait_stored(&s.node, 1.0);
     fetch(&s.node, private, "");
     assert_eq!(s.upstream.count(private).0, 1, "a private cache stores it");
+    drop(s);
+
+    // An allowlist of origins: the upstream's in it, then not.
+    let s = start(
+        &fixture_node(22),
+        2,
+        Some("origin=http://api.example,origin={upstream}"),
+    );
+    assert_eq!(twice(&s, "/listed", ""), 1, "an allowed origin");
+    drop(s);
+    let s = start(&fixture_node(22), 2, Some("origin=http://api.example"));
+    assert_eq!(twice(&s, "/elsewhere", ""), 2, "not an allowed origin");
 }
 
 /// Restarts a stopped agent even if the test fails.

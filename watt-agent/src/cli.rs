@@ -208,17 +208,7 @@ pub fn command(client: &ClientArgs, worker: Option<u32>) -> i32 {
         None => "/reload".to_owned(),
         Some(w) => format!("/workers/{w}/restart"),
     };
-    match call(client, Method::POST, &path) {
-        Ok(r) if r.is_success() => {
-            println!("{}", r.message());
-            exit::OK
-        }
-        Ok(r) => fail(
-            format!("the agent refused: {} ({})", r.message(), r.status),
-            exit::FAILURE,
-        ),
-        Err(code) => code,
-    }
+    post(client, &path, None)
 }
 
 /// `watt-agent cache invalidate --tag T --key URL`.
@@ -226,7 +216,12 @@ pub fn command(client: &ClientArgs, worker: Option<u32>) -> i32 {
 pub fn cache(command: &CacheCommand) -> i32 {
     let CacheCommand::Invalidate(args) = command;
     let body = serde_json::json!({ "tags": args.tag, "keys": args.key }).to_string();
-    match call_with_body(&args.client, Method::POST, "/cache/invalidate", Some(body)) {
+    post(&args.client, "/cache/invalidate", Some(body))
+}
+
+/// A command: `POST path`, its message printed, exit 0; or the refusal.
+fn post(client: &ClientArgs, path: &str, json: Option<String>) -> i32 {
+    match call_with_body(client, Method::POST, path, json) {
         Ok(r) if r.is_success() => {
             println!("{}", r.message());
             exit::OK

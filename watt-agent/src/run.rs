@@ -151,6 +151,7 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
         http_cache,
     } = prepare(config)?;
     become_subreaper();
+    release_startup_memory();
     let spec = plan.spec;
     let (health_tx, health) = mpsc::unbounded_channel();
     let balancer =
@@ -230,6 +231,17 @@ fn start_cache(
         socket.display()
     );
     Ok(Some(cache))
+}
+
+/// Hands the heap that loading the programs used (the kernel's BTF is
+/// parsed, some megabytes) back to the kernel: glibc keeps freed memory
+/// for reuse, and the agent, on every node, must stay small.
+fn release_startup_memory() {
+    // SAFETY: malloc_trim only returns free heap memory; no pointer is
+    // touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
