@@ -48,7 +48,14 @@ class AgentStore {
     if (Date.now() < this.retryAt) return null;
     const sock = net.connect(this.path);
     sock.unref(); // the cache never keeps a worker alive
-    sock.on('data', (chunk) => this.onData(chunk));
+    sock.on('data', (chunk) => {
+      try {
+        this.onData(chunk);
+      } catch (err) {
+        // A frame this side cannot read: drop the connection, never the worker.
+        this.fail(sock, err);
+      }
+    });
     sock.on('error', (err) => this.fail(sock, err));
     sock.on('close', () => this.fail(sock, new Error('the agent closed the connection')));
     this.sock = sock;
