@@ -16,17 +16,71 @@ const MAX_UNSENT = 8 * 1024 * 1024;
 // After the socket fails, the next attempt waits this long.
 const RETRY_MS = 1000;
 
+// The global dispatcher's slot, which undici (the app's, Node's bundled
+// one for `fetch`, and ours) reads on every request.
+const GLOBAL_DISPATCHER = Symbol.for('undici.globalDispatcher.1');
+
+// Puts the cache on the global dispatcher, lazily: undici (a large module
+// graph) is loaded on the first outgoing request, not at start. Loaded at
+// start, its garbage kept every idle worker's event loop turning for a
+// minute (the agent saw the turns and woke for them); an app that never
+// fetches never pays for it.
 exports.install = function install(opts) {
-  const undici = require(opts.undici);
-  const store = new AgentStore(opts);
-  const cache = undici.interceptors.cache({
-    store,
-    type: opts.type,
-    origins: opts.origins && opts.origins.length ? opts.origins : undefined,
+  if (Object.getOwnPropertyDescriptor(globalThis, GLOBAL_DISPATCHER)) {
+    // Someone set a dispatcher already: wrap nothing, take the slot.
+    return build(opts);
+  }
+  Object.defineProperty(globalThis, GLOBAL_DISPATCHER, {
+    configurable: true,
+    enumerable: false,
+    get() {
+      return build(opts);
+    },
+    set(value) {
+      // The app set its own before its first request: it wins, as it
+      // would after.
+      define(value);
+    },
   });
-  undici.setGlobalDispatcher(new undici.Agent().compose(cache));
-  return store;
 };
+
+function define(value) {
+  Object.defineProperty(globalThis, GLOBAL_DISPATCHER, {
+    value,
+    writable: true,
+    enumerable: false,
+    configurable: false,
+  });
+}
+
+// Loads undici and sets the global dispatcher to an Agent composed with the
+// cache interceptor over the agent's store; the first caller's dispatcher.
+function build(opts) {
+  // A plain slot first: loading undici reads (and may fill) it, which must
+  // not come back here.
+  Object.defineProperty(globalThis, GLOBAL_DISPATCHER, {
+    value: undefined,
+    writable: true,
+    enumerable: false,
+    configurable: true,
+  });
+  try {
+    const undici = require(opts.undici);
+    const store = new AgentStore(opts);
+    const cache = undici.interceptors.cache({
+      store,
+      type: opts.type,
+      origins: opts.origins && opts.origins.length ? opts.origins : undefined,
+    });
+    const agent = new undici.Agent().compose(cache);
+    define(agent);
+    return agent;
+  } catch (err) {
+    // Without it, undici makes its own default dispatcher (no cache).
+    console.warn(`watt-agent http cache: not installed in this worker: ${err && err.message}`);
+    return globalThis[GLOBAL_DISPATCHER];
+  }
+}
 
 class AgentStore {
   constructor(opts) {

@@ -375,6 +375,46 @@ impl Fleet {
         n
     }
 
+    /// The lease `key` for `owner` for `ttl_ms` (0: release it), as the
+    /// local store's `lease`: granted when nobody else holds it (then
+    /// until `ttl_ms` from now), and granted while the server does not
+    /// answer (work done twice, never refused).
+    pub async fn lease(self: &Arc<Self>, key: &str, owner: &str, ttl_ms: u64) -> bool {
+        let lease_key = format!("{PREFIX}l:{key}");
+        let owner = owner.to_owned();
+        let granted = self
+            .with("lease", |mut c| async move {
+                if ttl_ms == 0 {
+                    let holder: Option<String> = c.get(&lease_key).await?;
+                    if holder.as_deref() == Some(owner.as_str()) {
+                        let () = c.del(&lease_key).await?;
+                    }
+                    return Ok(false);
+                }
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&lease_key)
+                    .arg(&owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(&mut c)
+                    .await?;
+                if set.is_some() {
+                    return Ok(true);
+                }
+                let holder: Option<String> = c.get(&lease_key).await?;
+                if holder.as_deref() == Some(owner.as_str()) {
+                    let () = c
+                        .pexpire(&lease_key, i64::try_from(ttl_ms).unwrap_or(i64::MAX))
+                        .await?;
+                    return Ok(true);
+                }
+                Ok(false)
+            })
+            .await;
+        granted.unwrap_or(ttl_ms > 0)
+    }
+
     /// A round trip (doctor's check).
     ///
     /// # Errors
