@@ -167,7 +167,75 @@ fn answer_frames(
                     store.delete_path(&origin, &path);
                 }
             }
+            Request::Lease {
+                id,
+                key,
+                owner,
+                ttl_ms,
+            } => {
+                let granted = store.lease(&key, &owner, ttl_ms, now_ms());
+                protocol::write_frame(output, &protocol::lease_answer(id, granted), &[]);
+            }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http_cache::store::Limits;
+
+    fn answers(store: &Mutex<Store>, requests: &[&str]) -> Vec<serde_json::Value> {
+        let mut input = BytesMut::new();
+        for r in requests {
+            protocol::write_frame(&mut input, r.as_bytes(), b"");
+        }
+        let mut output = BytesMut::new();
+        answer_frames(&mut input, &mut output, store, 1 << 20).unwrap();
+        let mut out = Vec::new();
+        while let Some((header, _)) = protocol::split_frame(&mut output, 1 << 20).unwrap() {
+            out.push(serde_json::from_slice(&header).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn one_worker_of_several_gets_a_lease() {
+        let store = Mutex::new(Store::new(Limits {
+            max_size: 1 << 20,
+            max_entry_size: 1 << 16,
+            max_entries: 10,
+        }));
+        let lease = |id: u64, owner: &str, ttl: u64| {
+            format!(
+                r#"{{"op":"lease","id":{id},"key":"next:b:/isr","owner":"{owner}","ttlMs":{ttl}}}"#
+            )
+        };
+        let got = answers(
+            &store,
+            &[
+                &lease(1, "w1", 5000),
+                &lease(2, "w2", 5000),
+                &lease(3, "w1", 0),
+            ],
+        );
+        let granted: Vec<_> = got
+            .iter()
+            .map(|a| (a["id"].clone(), a["granted"].clone()))
+            .collect();
+        assert_eq!(
+            granted,
+            [
+                (1.into(), true.into()),
+                (2.into(), false.into()),
+                (3.into(), false.into())
+            ]
+        );
+        // Released by w1: w2 gets it now.
+        assert_eq!(
+            answers(&store, &[&lease(4, "w2", 5000)])[0]["granted"],
+            true
+        );
+    }
 }
