@@ -19,7 +19,14 @@
 //!
 //! The control runs the same app without `--http-cache`: the fixture's
 //! cache handler then falls back to Next's own (each worker's memory and
-//! disk), and several workers render the page within one window.
+//! disk), and several workers render the page within one window. With the
+//! handler's lease switched off in its code, the first test fails the same
+//! way (3 runs: 3 to 4 renders in one window).
+//!
+//! Also: `revalidatePath` in one worker makes the next request of any
+//! worker a miss (and, with the handler's `invalidate` switched off, none
+//! is); a store that stops answering fails no request and is warned about
+//! once per worker.
 use std::{
     collections::BTreeSet,
     fmt::Write as _,
@@ -119,10 +126,10 @@ fn renders(log: &PathBuf) -> Vec<(u64, i32)> {
     r
 }
 
-/// Runs the fixture under the agent (with the shared cache or not) and
-/// requests `/isr` in batches until the page has been rendered
-/// `WINDOWS + 1` times and its last render has been served.
-fn run(cache: bool) -> Run {
+/// The fixture under the agent, its workers ready, with `--http-cache=<cache>`
+/// if given; renders are appended to the returned file. `debug`: the
+/// handler's and Next's cache debug lines in the agent's log.
+fn start(cache: Option<&str>, debug: bool) -> (Agent, PathBuf) {
     let script = root().join(SERVER);
     assert!(
         script.exists(),
@@ -130,29 +137,43 @@ fn run(cache: bool) -> Run {
         script.display()
     );
     let log = std::env::temp_dir().join(format!(
-        "watt-next-renders-{}-{cache}.log",
-        std::process::id()
+        "watt-next-renders-{}-{}.log",
+        std::process::id(),
+        free_port("127.0.0.1")
     ));
     let _ = std::fs::remove_file(&log);
     let n = WORKERS.to_string();
-    let mut args = vec!["--workers", n.as_str()];
-    if cache {
-        // A generous timeout: the machine is shared, and a lookup that
-        // times out is a miss that any worker renders.
-        args.push("--http-cache=timeout=2s");
+    let mut args = vec!["--workers".to_owned(), n];
+    if let Some(c) = cache {
+        args.push(format!("--http-cache={c}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log_path = log.display().to_string();
+    let mut env = vec![
+        ("HOSTNAME", "watt-agent-7d9f8-xk2p4"),
+        ("NEXT_TELEMETRY_DISABLED", "1"),
+        ("ISR_RENDER_LOG", log_path.as_str()),
+    ];
+    if debug {
+        env.push(("NEXT_PRIVATE_DEBUG_CACHE", "1"));
     }
     let agent = Agent::start_with_env(
         free_port("127.0.0.1"),
         &args,
         &["node", &script.display().to_string()],
-        &[
-            ("HOSTNAME", "watt-agent-7d9f8-xk2p4"),
-            ("NEXT_TELEMETRY_DISABLED", "1"),
-            ("ISR_RENDER_LOG", &log.display().to_string()),
-            ("NEXT_PRIVATE_DEBUG_CACHE", "1"),
-        ],
+        &env,
     );
     agent.wait_ready(WORKERS, Duration::from_mins(1));
+    (agent, log)
+}
+
+/// Runs the fixture under the agent (with the shared cache or not) and
+/// requests `/isr` in batches until the page has been rendered
+/// `WINDOWS + 1` times and its last render has been served.
+fn run(cache: bool) -> Run {
+    // A generous timeout: the machine is shared, and a lookup that times
+    // out is a miss that any worker renders.
+    let (agent, log) = start(cache.then_some("timeout=2s"), true);
     let workers = agent.worker_pids();
     let addr = agent.addr();
 
@@ -310,5 +331,112 @@ fn without_the_store_workers_render_separately() {
     assert!(
         extra_renders(&run.renders) >= 1 && renderers.len() >= 2,
         "expected several workers rendering within one window; {info}"
+    );
+}
+
+/// `revalidatePath('/isr')` in one worker (the fixture's
+/// `/api/revalidate`) removes the page from the store for all: the next
+/// request is a miss (rendered again) whichever worker serves it, where
+/// without the removal it would be a hit or a stale hit, and from then on
+/// every worker serves the new render.
+#[test]
+fn revalidate_path_in_one_worker_reaches_every_worker() {
+    let (agent, log) = start(Some("timeout=2s"), true);
+    let addr = agent.addr();
+    let first = get_isr(addr, 0);
+    // The miss stored the page: the next requests are hits (or a stale
+    // hit, when a window passed).
+    let again = get_isr(addr, 0);
+    assert_ne!(again.cache, "MISS", "the page was not stored: {again:?}");
+
+    let r = watt_tests::http::get(addr, "/api/revalidate").expect("/api/revalidate");
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The removal reaches the store once the route has run: the first miss
+    // after it is the proof.
+    let mut after = Vec::new();
+    let missed = (0..200).find_map(|_| {
+        let s = get_isr(addr, 1);
+        after.push(s.clone());
+        (s.cache == "MISS").then_some(s)
+    });
+    let Some(missed) = missed else {
+        panic!(
+            "no request missed after revalidatePath: {after:?}; agent log:\n{}",
+            agent.log_text()
+        );
+    };
+    assert!(missed.rendered_at > first.rendered_at);
+    // Every worker serves that render or a newer one now.
+    let handles: Vec<_> = (0..BATCH)
+        .map(|_| thread::spawn(move || get_isr(addr, 2)))
+        .collect();
+    for h in handles {
+        let s = h.join().expect("a request");
+        assert!(
+            s.rendered_at >= missed.rendered_at,
+            "{s:?} after {missed:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&log);
+}
+
+/// Restarts a stopped agent even if the test fails.
+struct Stopped<'a>(&'a Agent);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        self.0.signal(libc::SIGCONT);
+    }
+}
+
+/// The store stops answering (the agent stopped with SIGSTOP): every
+/// request still gets the page (each worker renders it, as without a
+/// cache), each worker warns once for the outage, not per request, and
+/// the store serves again once the agent runs.
+#[test]
+fn a_store_that_stops_answering_fails_no_page() {
+    const DURING: usize = 20;
+    let (agent, log) = start(Some("timeout=50ms"), false);
+    let addr = agent.addr();
+    get_isr(addr, 0);
+    {
+        let _stopped = Stopped(&agent);
+        agent.signal(libc::SIGSTOP);
+        for i in 0..DURING {
+            // get_isr asserts a 200 with the page.
+            get_isr(addr, i + 1);
+        }
+    }
+    assert!(
+        agent.wait_log(
+            "watt-agent next cache: store unreachable",
+            1,
+            Duration::from_secs(5)
+        ),
+        "no warning; agent log:\n{}",
+        agent.log_text()
+    );
+    let warnings = agent.log_count("watt-agent next cache: store unreachable");
+    assert!(
+        warnings <= WORKERS,
+        "{warnings} warnings for one outage of {WORKERS} workers ({DURING} requests):\n{}",
+        agent.log_text()
+    );
+    // Back: served from the store again (a worker retries a second after
+    // its connection failed).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let s = get_isr(addr, DURING + 1);
+        if s.cache == "HIT" {
+            let _ = std::fs::remove_file(&log);
+            return;
+        }
+        seen.push(s);
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "no hit after the outage: {seen:?}; agent log:\n{}",
+        agent.log_text()
     );
 }
