@@ -12,6 +12,9 @@ pub const SHIM: &str = include_str!("shim.js");
 /// The worker's side of the shared HTTP cache, which the preload loads
 /// from beside itself when the agent runs with `--http-cache`.
 pub const HTTP_CACHE: &str = include_str!("http_cache.js");
+/// The Next.js cache handler on the same store, which the app's
+/// `cache-handler.js` requires from here (docs/operate.md, "Next.js").
+pub const NEXT_CACHE_HANDLER: &str = include_str!("next_cache_handler.js");
 
 #[derive(Debug)]
 pub struct RuntimeDir {
@@ -28,7 +31,11 @@ impl RuntimeDir {
         let path = base.join(format!("watt-agent-{}", std::process::id()));
         fs::create_dir_all(&path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        for (name, text) in [("shim.js", SHIM), ("http_cache.js", HTTP_CACHE)] {
+        for (name, text) in [
+            ("shim.js", SHIM),
+            ("http_cache.js", HTTP_CACHE),
+            ("next_cache_handler.js", NEXT_CACHE_HANDLER),
+        ] {
             let file = path.join(name);
             fs::write(&file, text)?;
             fs::set_permissions(&file, fs::Permissions::from_mode(0o644))?;

@@ -56,7 +56,17 @@ function activate() {
   delete env.WATT_HTTP_CACHE;
   if (httpCache) {
     try {
-      require(require('path').join(__dirname, 'http_cache.js')).install(JSON.parse(httpCache));
+      const opts = JSON.parse(httpCache);
+      // For the Next.js cache handler (next_cache_handler.js, which the
+      // app's cache-handler.js requires from here): the store's socket,
+      // kept out of the environment like the rest.
+      globalThis[Symbol.for('watt-agent.http-cache')] = Object.freeze({
+        socket: opts.socket,
+        timeoutMs: opts.timeoutMs,
+        maxEntrySize: opts.maxEntrySize,
+        nextCacheHandler: require('path').join(__dirname, 'next_cache_handler.js'),
+      });
+      require(require('path').join(__dirname, 'http_cache.js')).install(opts);
     } catch (err) {
       console.warn(`watt-agent http cache: not installed in this worker: ${err && err.message}`);
     }

@@ -67,6 +67,16 @@ impl Backend {
         }
     }
 
+    /// The lease `key` for `owner` (`Store::lease`; `ttl_ms` 0 releases).
+    pub async fn lease(&self, key: &str, owner: &str, ttl_ms: u64) -> bool {
+        match self {
+            Self::Local(store) => store
+                .lock()
+                .map_or(true, |mut s| s.lease(key, owner, ttl_ms, now_ms())),
+            Self::Fleet(fleet) => fleet.lease(key, owner, ttl_ms).await,
+        }
+    }
+
     #[must_use]
     pub fn stats(&self) -> Stats {
         match self {

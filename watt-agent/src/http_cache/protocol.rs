@@ -10,10 +10,17 @@
 //! | `put` | `origin`, `method`, `path`, `vary`, `deleteAt`, `tags`, `meta` + body | none |
 //! | `delete` | `origin`, `path` | none |
 //! | `invalidate` | `tags`, `keys` (URLs) | none |
+//! | `lease` | `id`, `key`, `owner`, `ttlMs` | `{"id","granted"}` |
 //!
 //! `meta` is the interceptor's metadata as a JSON string; the agent keeps
 //! it as it came. Answers come in request order, but carry the id so the
 //! preload need not rely on that.
+//!
+//! `lease` is a claim on the name `key` (any string, apart from the
+//! entries) for `ttlMs` milliseconds: granted when nobody else holds it;
+//! `ttlMs` 0 releases the owner's claim (answered `granted: false`). The
+//! Next.js cache handler (`next_cache_handler.js`) takes one before it
+//! regenerates a stale entry, so one worker of all does.
 use std::{io, sync::Arc};
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
@@ -60,6 +67,15 @@ pub enum Request {
         #[serde(default)]
         keys: Vec<String>,
     },
+    /// A claim on `key` for `ttl_ms` (0: release), answered with
+    /// [`lease_answer`].
+    Lease {
+        id: u64,
+        key: String,
+        owner: String,
+        #[serde(rename = "ttlMs")]
+        ttl_ms: u64,
+    },
 }
 
 /// The header of a `get`'s answer (the body follows it): `{"id"}` for a
@@ -72,6 +88,14 @@ pub fn answer_header(id: u64, meta: Option<&str>) -> Vec<u8> {
     }
     .to_string()
     .into_bytes()
+}
+
+/// The header of a `lease`'s answer (no body).
+#[must_use]
+pub fn lease_answer(id: u64, granted: bool) -> Vec<u8> {
+    serde_json::json!({ "id": id, "granted": granted })
+        .to_string()
+        .into_bytes()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,5 +254,19 @@ mod tests {
         assert_eq!(put.delete_at, 1_733_500_000_000);
         assert_eq!(put.tags, ["t"]);
         assert_eq!(&put.body[..], b"hi");
+        let lease = parse_request(
+            br#"{"op":"lease","id":9,"key":"next:b1:/isr","owner":"42-x","ttlMs":10000}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            lease,
+            Request::Lease {
+                id: 9,
+                key: "next:b1:/isr".into(),
+                owner: "42-x".into(),
+                ttl_ms: 10_000
+            }
+        );
+        assert_eq!(lease_answer(9, true), br#"{"granted":true,"id":9}"#);
     }
 }

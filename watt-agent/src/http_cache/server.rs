@@ -174,11 +174,87 @@ async fn handle(
         Request::Delete { origin, path } => {
             backend.delete_path(&origin, &path).await;
         }
+        Request::Lease {
+            id,
+            key,
+            owner,
+            ttl_ms,
+        } => {
+            let granted = backend.lease(&key, &owner, ttl_ms).await;
+            let mut frame = BytesMut::new();
+            protocol::write_frame(&mut frame, &protocol::lease_answer(id, granted), &[]);
+            let _ = answers.send(frame.freeze());
+        }
         Request::Invalidate { tags, keys } => {
             backend.delete_tags(&tags).await;
             for (origin, path) in keys.iter().filter_map(|k| super::split_url(k)) {
                 backend.delete_path(&origin, &path).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::http_cache::store::{Limits, Store};
+
+    /// The answers of `backend` to `requests`, sent as one worker would.
+    fn answers(backend: &Backend, requests: &[String]) -> Vec<serde_json::Value> {
+        let mut input = BytesMut::new();
+        for r in requests {
+            protocol::write_frame(&mut input, r.as_bytes(), b"");
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(handle_frames(&mut input, backend, &tx, 1 << 20))
+            .unwrap();
+        let mut out = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            let mut frame = BytesMut::from(&frame[..]);
+            let (header, _) = protocol::split_frame(&mut frame, 1 << 20).unwrap().unwrap();
+            out.push(serde_json::from_slice(&header).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn one_worker_of_several_gets_a_lease() {
+        let backend = Backend::Local(Arc::new(Mutex::new(Store::new(Limits {
+            max_size: 1 << 20,
+            max_entry_size: 1 << 16,
+            max_entries: 10,
+        }))));
+        let lease = |id: u64, owner: &str, ttl: u64| {
+            format!(
+                r#"{{"op":"lease","id":{id},"key":"next:b:/isr","owner":"{owner}","ttlMs":{ttl}}}"#
+            )
+        };
+        let granted = |answers: Vec<serde_json::Value>| -> Vec<(u64, bool)> {
+            answers
+                .iter()
+                .map(|a| (a["id"].as_u64().unwrap(), a["granted"].as_bool().unwrap()))
+                .collect()
+        };
+        assert_eq!(
+            granted(answers(
+                &backend,
+                &[
+                    lease(1, "w1", 5000),
+                    lease(2, "w2", 5000),
+                    lease(3, "w1", 0)
+                ]
+            )),
+            [(1, true), (2, false), (3, false)]
+        );
+        // Released by w1: w2 gets it now.
+        assert_eq!(
+            granted(answers(&backend, &[lease(4, "w2", 5000)])),
+            [(4, true)]
+        );
     }
 }

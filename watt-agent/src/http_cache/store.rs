@@ -8,6 +8,11 @@
 //! headers, freshness: opaque here, returned as it came) and the body.
 //! Freshness is the interceptor's business; the store only forgets what
 //! has passed `delete_at`.
+//!
+//! Beside the entries it keeps short *leases* (`lease`): a named claim
+//! that one owner holds until it releases it or its time is up. The
+//! Next.js cache handler takes one before it regenerates a stale page, so
+//! one worker regenerates and the others serve the stale page meanwhile.
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -90,6 +95,20 @@ pub struct Stats {
 /// responses still meets the size limit.
 const ENTRY_OVERHEAD: u64 = 128;
 
+/// Leases held at most; past it (after dropping the expired ones) a new
+/// one is granted without being recorded: work done twice, never refused.
+pub const MAX_LEASES: usize = 10_000;
+/// The longest a lease may be held, in ms: a holder that died frees it
+/// within this.
+pub const MAX_LEASE_MS: u64 = 5 * 60 * 1000;
+
+/// Who holds a lease, and until when (ms since the epoch).
+#[derive(Debug)]
+struct Lease {
+    owner: String,
+    until: u64,
+}
+
 #[derive(Debug)]
 struct Entry {
     put: Put,
@@ -106,6 +125,7 @@ pub struct Store {
     /// `get` looks here, and an invalidation by key removes them all.
     by_path: HashMap<(String, String), Vec<u64>>,
     by_tag: HashMap<String, HashSet<u64>>,
+    leases: HashMap<String, Lease>,
     next_id: u64,
     stats: Stats,
 }
@@ -118,6 +138,7 @@ impl Store {
             entries: LruCache::unbounded(),
             by_path: HashMap::new(),
             by_tag: HashMap::new(),
+            leases: HashMap::new(),
             next_id: 0,
             stats: Stats::default(),
         }
@@ -197,6 +218,40 @@ impl Store {
             self.stats.evictions += 1;
         }
         Ok(())
+    }
+
+    /// Takes the lease `key` for `owner` for `ttl_ms` (at most
+    /// [`MAX_LEASE_MS`]): granted when nobody holds it, its holder's time
+    /// is up, or `owner` holds it already (then extended). `ttl_ms` 0
+    /// releases it if `owner` holds it, and is never granted.
+    pub fn lease(&mut self, key: &str, owner: &str, ttl_ms: u64, now_ms: u64) -> bool {
+        let held_by_other = self
+            .leases
+            .get(key)
+            .is_some_and(|l| l.until > now_ms && l.owner != owner);
+        if ttl_ms == 0 {
+            if !held_by_other {
+                self.leases.remove(key);
+            }
+            return false;
+        }
+        if held_by_other {
+            return false;
+        }
+        if self.leases.len() >= MAX_LEASES && !self.leases.contains_key(key) {
+            self.leases.retain(|_, l| l.until > now_ms);
+            if self.leases.len() >= MAX_LEASES {
+                return true;
+            }
+        }
+        self.leases.insert(
+            key.to_owned(),
+            Lease {
+                owner: owner.to_owned(),
+                until: now_ms.saturating_add(ttl_ms.min(MAX_LEASE_MS)),
+            },
+        );
+        true
     }
 
     /// Removes every entry of `origin` + `path` (all methods and

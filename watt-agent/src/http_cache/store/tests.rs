@@ -195,3 +195,40 @@ fn invalidation_by_tag_and_by_path() {
         "indexes emptied"
     );
 }
+
+#[test]
+fn a_lease_has_one_holder_until_released_or_expired() {
+    let mut s = Store::new(limits());
+    assert!(s.lease("k", "a", 1000, NOW), "free: granted");
+    assert!(!s.lease("k", "b", 1000, NOW + 10), "held by a");
+    assert!(s.lease("k", "a", 1000, NOW + 10), "a again: extended");
+    assert!(s.lease("other", "b", 1000, NOW + 10), "another key");
+    // Released by its holder only.
+    assert!(!s.lease("k", "b", 0, NOW + 20));
+    assert!(!s.lease("k", "b", 1000, NOW + 20), "b cannot release it");
+    assert!(!s.lease("k", "a", 0, NOW + 20), "a release is not a grant");
+    assert!(s.lease("k", "b", 1000, NOW + 20), "released: b gets it");
+    // Expired: anyone gets it.
+    assert!(s.lease("k", "c", 1000, NOW + 1020));
+    // The lifetime is bounded.
+    assert!(s.lease("long", "a", u64::MAX, NOW));
+    assert!(s.lease("long", "b", 1000, NOW + MAX_LEASE_MS));
+    // Leases are not entries.
+    assert_eq!(s.stats().entries, 0);
+}
+
+#[test]
+fn leases_are_bounded_and_granted_past_the_bound() {
+    let mut s = Store::new(limits());
+    for i in 0..MAX_LEASES {
+        assert!(s.lease(&i.to_string(), "a", 100, NOW));
+    }
+    // Full of live leases: granted, not recorded (work done twice, never
+    // refused).
+    assert!(s.lease("new", "a", 100, NOW));
+    assert!(s.lease("new", "b", 100, NOW));
+    // Once they expire, the new one is recorded again.
+    assert!(s.lease("new", "a", 100, NOW + 200));
+    assert!(!s.lease("new", "b", 100, NOW + 200));
+    assert_eq!(s.leases.len(), 1);
+}
