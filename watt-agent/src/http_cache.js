@@ -24,24 +24,21 @@ const GLOBAL_DISPATCHER = Symbol.for('undici.globalDispatcher.1');
 // graph) is loaded on the first outgoing request, not at start. Loaded at
 // start, its garbage kept every idle worker's event loop turning for a
 // minute (the agent saw the turns and woke for them); an app that never
-// fetches never pays for it.
+// fetches never pays for it. Until then the slot holds a stand-in that
+// builds the real dispatcher on first use: a getter on the slot instead
+// would run inside undici's own module initialisation (it reads the slot),
+// and loading undici from there breaks an app that loads the same copy.
 exports.install = function install(opts) {
-  if (Object.getOwnPropertyDescriptor(globalThis, GLOBAL_DISPATCHER)) {
-    // Someone set a dispatcher already: wrap nothing, take the slot.
-    return build(opts);
-  }
-  Object.defineProperty(globalThis, GLOBAL_DISPATCHER, {
-    configurable: true,
-    enumerable: false,
-    get() {
-      return build(opts);
-    },
-    set(value) {
-      // The app set its own before its first request: it wins, as it
-      // would after.
-      define(value);
+  let real;
+  const standIn = new Proxy(Object.create(null), {
+    get(_, prop) {
+      if (real === undefined) real = build(opts);
+      if (!real) return undefined;
+      const value = Reflect.get(real, prop, real);
+      return typeof value === 'function' ? value.bind(real) : value;
     },
   });
+  define(standIn);
 };
 
 function define(value) {
@@ -53,17 +50,10 @@ function define(value) {
   });
 }
 
-// Loads undici and sets the global dispatcher to an Agent composed with the
-// cache interceptor over the agent's store; the first caller's dispatcher.
+// Loads undici and makes the global dispatcher an Agent composed with the
+// cache interceptor over the agent's store (unless the app has set its own
+// meanwhile); null when undici cannot be loaded.
 function build(opts) {
-  // A plain slot first: loading undici reads (and may fill) it, which must
-  // not come back here.
-  Object.defineProperty(globalThis, GLOBAL_DISPATCHER, {
-    value: undefined,
-    writable: true,
-    enumerable: false,
-    configurable: true,
-  });
   try {
     const undici = require(opts.undici);
     const store = new AgentStore(opts);
@@ -72,13 +62,10 @@ function build(opts) {
       type: opts.type,
       origins: opts.origins && opts.origins.length ? opts.origins : undefined,
     });
-    const agent = new undici.Agent().compose(cache);
-    define(agent);
-    return agent;
+    return new undici.Agent().compose(cache);
   } catch (err) {
-    // Without it, undici makes its own default dispatcher (no cache).
     console.warn(`watt-agent http cache: not installed in this worker: ${err && err.message}`);
-    return globalThis[GLOBAL_DISPATCHER];
+    return null;
   }
 }
 
