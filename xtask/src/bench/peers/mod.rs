@@ -295,7 +295,11 @@ fn run_plan(
 
 /// One line per finished cell on stderr: its key figures, or why it failed.
 fn print_cell(cell: &Cell) {
-    if let Some(c) = cell.crash.as_ref().filter(|_| cell.ok()) {
+    if let Some(c) = cell
+        .crash
+        .as_ref()
+        .filter(|_| cell.ok() && cell.front != Front::Direct.id())
+    {
         let n = |v: Option<u64>| v.map_or_else(|| "n/a".into(), |v| v.to_string());
         eprintln!(
             "      crash: {} fast failed, {} worker crashes, {} fast in flight on them, {} refused",
