@@ -10,14 +10,33 @@
 //   BENCH_REUSEPORT=1: every TCP listen gets `reusePort: true` (Node 22.12+),
 //   i.e. the kernel's SO_REUSEPORT hash spreads connections over processes.
 //   BENCH_NOTIFY=1 with an IPC channel: tells the parent once it listens.
+//   BENCH_INFLIGHT_LOG=dir: when the process exits with a non-zero code (a
+//   crash: `process.exit(1)`, an uncaught exception), append one line to
+//   dir/<pid>.log: the time (ms since the epoch) and the requests in flight
+//   on its HTTP servers then, e.g. `1765200000000 GET /crash GET /`: what
+//   the crash took with it, as watt-agent's shim reports it.
 // CommonJS, no dependencies.
 const net = require('net');
 
 const servers = new Set();
 const origListen = net.Server.prototype.listen;
 
+const inflightDir = process.env.BENCH_INFLIGHT_LOG;
+const inflight = new Set();
+
 net.Server.prototype.listen = function listen(...args) {
   servers.add(this);
+  // An http.Server: count its requests from the moment they arrive (before
+  // the app's handler, which may exit the process) until their response
+  // ends or their connection closes.
+  if (inflightDir && typeof this.setTimeout === 'function' && 'maxHeadersCount' in this) {
+    this.prependListener('request', (req, res) => {
+      const entry = `${req.method} ${req.url}`;
+      const item = { entry };
+      inflight.add(item);
+      res.once('close', () => inflight.delete(item));
+    });
+  }
   if (process.env.BENCH_REUSEPORT === '1') args = withReusePort(args);
   if (process.env.BENCH_NOTIFY === '1' && typeof process.send === 'function') {
     this.once('listening', () => process.send({ bench: 'listening', pid: process.pid }));
@@ -40,6 +59,16 @@ function withReusePort(args) {
     return [opts, ...args.slice(i)];
   }
   return args;
+}
+
+if (inflightDir) {
+  process.on('exit', (code) => {
+    if (code === 0) return;
+    const line = [String(Date.now()), ...[...inflight].map((i) => i.entry)].join(' ');
+    try {
+      require('fs').appendFileSync(require('path').join(inflightDir, `${process.pid}.log`), `${line}\n`);
+    } catch {}
+  });
 }
 
 let stopping = false;

@@ -60,6 +60,6 @@ mod sweep;
 mod timer;
 
 pub use plan::{Connections, Plan};
-pub use report::{ClientStats, Report, Summary};
+pub use report::{ClassReport, ClientStats, Report, Summary};
 pub use run::{run, spawn};
 pub use sweep::{Sweep, SweepSpec, sweep};

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::{
     arms::Arm,
-    scenarios::{Scenario, Settings},
+    scenarios::{Front, Scenario, Settings},
 };
 use crate::bench::loadgen::SweepSpec;
 
@@ -16,6 +16,18 @@ pub struct PeersArgs {
     /// Arms to run, comma-separated [default: all]
     #[arg(long, value_delimiter = ',', value_enum)]
     pub arms: Vec<Arm>,
+    /// How clients reach each arm, comma-separated [default: all]: direct
+    /// (every scenario), keepalive and nginx (the baseline, skew, crash
+    /// and reload scenarios).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub fronts: Vec<Front>,
+    /// Kept-alive client connections of the keepalive and nginx fronts.
+    #[arg(long, default_value_t = 50)]
+    pub front_connections: usize,
+    /// Crash requests (`GET /crash`) per second through the keepalive and
+    /// nginx fronts: a worker crash every 2 s by default.
+    #[arg(long, default_value_t = 0.5)]
+    pub front_crash_rate: f64,
     /// Workers per arm.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
@@ -115,6 +127,8 @@ impl PeersArgs {
             resteer_requests: 100,
             watt_restart_ms: 100,
             realtime: !self.no_realtime,
+            front_connections: self.front_connections,
+            front_crash_rate: self.front_crash_rate,
         }
     }
 }

@@ -36,8 +36,8 @@ fn pct_label(q: f64) -> String {
 pub fn svg(r: &Results) -> anyhow::Result<String> {
     let mut scenarios: Vec<String> = Vec::new();
     for c in &r.cells {
-        if c.ok() && !scenarios.contains(&c.scenario) {
-            scenarios.push(c.scenario.clone());
+        if c.ok() && !scenarios.contains(&c.section()) {
+            scenarios.push(c.section());
         }
     }
     let mut out = String::new();
@@ -51,7 +51,7 @@ pub fn svg(r: &Results) -> anyhow::Result<String> {
             let cells: Vec<_> = r
                 .cells
                 .iter()
-                .filter(|c| &c.scenario == scn && c.ok())
+                .filter(|c| &c.section() == scn && c.ok())
                 .collect();
             let res = if scn.contains("saturation") {
                 bars(area, scn, &cells)

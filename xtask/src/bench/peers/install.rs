@@ -237,3 +237,105 @@ pub fn machine() -> BTreeMap<String, String> {
     m.insert("memory".into(), format!("{mem_gib:.1} GiB"));
     m
 }
+
+/// nginx for the nginx front, and its version: `WATT_NGINX`; else the one
+/// `tests/fixtures/prepare.sh` extracted; else Debian's package, fetched
+/// (`apt-get download nginx`, after an `apt-get update` if the lists are
+/// empty) and extracted (`dpkg -x`) into bench/cache/nginx/root, with the
+/// libraries it links installed if missing. No service is installed or
+/// started: each cell runs its own nginx in the foreground.
+pub fn nginx(root: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let bin = if let Some(p) = std::env::var_os("WATT_NGINX") {
+        PathBuf::from(p)
+    } else {
+        let fixture = root.join("tests/fixtures/nginx/root/usr/sbin/nginx");
+        let cache = root.join("bench/cache/nginx");
+        let cached = cache.join("root/usr/sbin/nginx");
+        if fixture.exists() {
+            fixture
+        } else {
+            if !cached.exists() {
+                fetch_nginx(&cache)?;
+            }
+            cached
+        }
+    };
+    if !bin.exists() {
+        bail!("no nginx at {}", bin.display());
+    }
+    let ldd = util::output(Command::new("ldd").arg(&bin)).unwrap_or_default();
+    if ldd.contains("not found") {
+        eprintln!("bench: installing nginx's libraries (apt-get install)");
+        procs::run_bounded(
+            "apt-get install",
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "libpcre2-8-0",
+                    "libssl3",
+                    "zlib1g",
+                    "libcrypt1",
+                ]),
+            Duration::from_mins(10),
+        )
+        .context("installing nginx's libraries failed")?;
+    }
+    // `nginx -v` prints to stderr.
+    let out = Command::new(&bin)
+        .arg("-v")
+        .output()
+        .with_context(|| format!("{} -v", bin.display()))?;
+    let version = String::from_utf8_lossy(&out.stderr)
+        .trim()
+        .trim_start_matches("nginx version: nginx/")
+        .to_owned();
+    Ok((bin, version))
+}
+
+fn fetch_nginx(cache: &Path) -> anyhow::Result<()> {
+    eprintln!(
+        "bench: fetching Debian's nginx into {} (apt-get download, dpkg -x)",
+        cache.display()
+    );
+    let _ = fs::remove_dir_all(cache);
+    let deb = cache.join("deb");
+    fs::create_dir_all(&deb)?;
+    let download = || {
+        procs::run_bounded(
+            "apt-get download nginx",
+            Command::new("apt-get")
+                .current_dir(&deb)
+                .args(["download", "-q", "nginx"]),
+            Duration::from_mins(5),
+        )
+    };
+    if download().is_err() {
+        // Package lists may be empty on a fresh machine.
+        procs::run_bounded(
+            "apt-get update",
+            Command::new("apt-get").args(["update", "-q"]),
+            Duration::from_mins(10),
+        )?;
+        download()
+            .context("apt-get download nginx (Debian or Ubuntu needed; or set WATT_NGINX)")?;
+    }
+    let file = fs::read_dir(&deb)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    procs::run_bounded(
+        "dpkg -x",
+        Command::new("dpkg")
+            .arg("-x")
+            .arg(&file)
+            .arg(cache.join("root")),
+        Duration::from_mins(2),
+    )?;
+    let _ = fs::remove_dir_all(&deb);
+    Ok(())
+}

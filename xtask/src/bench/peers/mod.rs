@@ -1,7 +1,8 @@
 //! `cargo xtask bench peers`: watt-agent side by side with what users compare
 //! it with (Platformatic Watt, PM2 cluster mode, Node's cluster module, plain
 //! `SO_REUSEPORT`), on the same app, the same Node 22 and the same open-loop
-//! load. Writes bench/results/peers-<date>.{json,md,svg}, latest.{md,svg}
+//! load, with the clients straight on each arm or behind a front (a pool of
+//! kept-alive client connections, or a real nginx reverse proxy). Writes bench/results/peers-<date>.{json,md,svg}, latest.{md,svg}
 //! and the latest table in bench/README.md.
 //!
 //! Bounded: every load has a fixed schedule and a deadline, every arm a
@@ -12,6 +13,7 @@ mod args;
 mod arms;
 mod chart;
 pub(crate) mod install;
+mod nginx;
 mod plan;
 pub(crate) mod procs;
 mod report;
@@ -27,7 +29,7 @@ use std::{
 use anyhow::{Context as _, bail};
 pub use args::PeersArgs;
 use arms::{App, Arm, Ctx};
-use scenarios::{Cell, CellEnv, Scenario, Settings};
+use scenarios::{Cell, CellEnv, Front, Scenario, Settings};
 
 use crate::util;
 
@@ -81,6 +83,9 @@ fn render(root: &Path, json: &Path) -> anyhow::Result<()> {
     let complete = Scenario::DEFAULT
         .iter()
         .all(|s| results.cells.iter().any(|c| c.scenario == s.id()))
+        && Front::ALL
+            .iter()
+            .all(|f| results.cells.iter().any(|c| c.front == f.id()))
         && Arm::ALL
             .iter()
             .all(|a| results.cells.iter().any(|c| c.arm == a.id()));
@@ -100,8 +105,9 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
     procs::install_cleanup();
     let started = Instant::now();
     let root = util::root();
-    let (scenarios, arms) = selection(args)?;
+    let (scenarios, fronts, arms) = selection(args)?;
     let settings = args.settings();
+    let plan = plan::plan(&scenarios, &fronts, &arms, args.repeats);
 
     let agent = install::agent(
         &root,
@@ -111,6 +117,13 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
     let peers = install::peers(&root)?;
     let mut versions = peers.versions.clone();
     versions.insert("watt-agent".into(), install::git_rev(&root));
+    let nginx = if plan.iter().any(|p| p.1 == Front::Nginx) {
+        let (bin, version) = install::nginx(&root)?;
+        versions.insert("nginx".into(), version);
+        Some(bin)
+    } else {
+        None
+    };
     let ctx = Ctx {
         root: &root,
         peers: &peers,
@@ -125,17 +138,24 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
     let run_dir = cache.join("runs").join(&stamp);
     fs::create_dir_all(&run_dir)?;
 
-    let plan = plan::plan(&scenarios, &arms, args.repeats);
     eprintln!(
-        "bench peers: {} cells ({} scenarios x {} arms x {} runs), {} workers each; logs in {}",
+        "bench peers: {} cells ({} scenarios x {} fronts x {} arms, where they apply, x {} runs), {} workers each; logs in {}",
         plan.len(),
         scenarios.len(),
+        fronts.len(),
         arms.len(),
         args.repeats,
         args.workers,
         run_dir.display()
     );
-    let runs = run_plan(&ctx, &settings, &plan, &run_dir, args.port)?;
+    let runs = run_plan(
+        &ctx,
+        &settings,
+        &plan,
+        &run_dir,
+        args.port,
+        nginx.as_deref(),
+    )?;
     let (cells, repeats) = plan::medians(&plan, runs, args.repeats);
 
     let mut results = report::Results {
@@ -155,14 +175,25 @@ pub fn run(args: &PeersArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The scenarios and arms asked for (all by default), after checking the
-/// arguments that bound a run.
-fn selection(args: &PeersArgs) -> anyhow::Result<(Vec<Scenario>, Vec<Arm>)> {
+/// The scenarios, fronts and arms asked for (all by default), after
+/// checking the arguments that bound a run.
+fn selection(args: &PeersArgs) -> anyhow::Result<(Vec<Scenario>, Vec<Front>, Vec<Arm>)> {
     let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
         Scenario::DEFAULT.to_vec()
     } else {
         args.scenarios.clone()
     };
+    let fronts: Vec<Front> = if args.fronts.is_empty() {
+        Front::ALL.to_vec()
+    } else {
+        args.fronts.clone()
+    };
+    if !(1..=1000).contains(&args.front_connections) {
+        bail!("--front-connections must be within 1..=1000");
+    }
+    if !(args.front_crash_rate > 0.0 && args.front_crash_rate <= 10.0) {
+        bail!("--front-crash-rate must be within (0, 10] per second");
+    }
     let arms: Vec<Arm> = if args.arms.is_empty() {
         Arm::ALL.to_vec()
     } else {
@@ -182,7 +213,18 @@ fn selection(args: &PeersArgs) -> anyhow::Result<(Vec<Scenario>, Vec<Arm>)> {
             "the watt-agent arms need root (the agent loads an eBPF program); run as root or pick --arms without agent*"
         );
     }
-    Ok((scenarios, arms))
+    Ok((scenarios, fronts, arms))
+}
+
+/// The first port from `port` on that is free, and the one after.
+fn next_free(mut port: u16) -> anyhow::Result<u16> {
+    for _ in 0..1000 {
+        if port_free(port) {
+            return Ok(port);
+        }
+        port = port.checked_add(1).context("no free port")?;
+    }
+    bail!("no free port")
 }
 
 /// Runs every cell of the plan in order, each on the next free port from
@@ -190,33 +232,44 @@ fn selection(args: &PeersArgs) -> anyhow::Result<(Vec<Scenario>, Vec<Arm>)> {
 fn run_plan(
     ctx: &Ctx<'_>,
     settings: &Settings,
-    plan: &[(Scenario, Arm)],
+    plan: &[plan::Slot],
     run_dir: &Path,
     mut port: u16,
-) -> anyhow::Result<Vec<(Scenario, Arm, Cell)>> {
+    nginx: Option<&Path>,
+) -> anyhow::Result<Vec<(plan::Slot, Cell)>> {
     let cache = ctx.root.join("bench/cache");
     let test_app = App::test_app(ctx.root);
     let next_app = App::nextjs(ctx.root);
     let mut cells = Vec::new();
-    for (slot, &(scn, arm)) in plan.iter().enumerate() {
-        let mut tries = 0;
-        while !port_free(port) {
-            port = port
-                .checked_add(1)
-                .filter(|_| tries < 1000)
-                .ok_or_else(|| anyhow::anyhow!("no free port"))?;
-            tries += 1;
-        }
-        let dir = run_dir.join(format!("{slot:02}-{}-{}", scn.id(), arm.id()));
+    for (slot, &(scn, front, arm)) in plan.iter().enumerate() {
+        port = next_free(port)?;
+        // nginx listens on the next free port after the arm's.
+        let front_port = if front == Front::Nginx {
+            next_free(port.checked_add(1).context("no free port")?)?
+        } else {
+            port
+        };
+        let dir = run_dir.join(format!(
+            "{slot:02}-{}-{}-{}",
+            scn.id(),
+            front.id(),
+            arm.id()
+        ));
         let sock_dir = cache.join("s").join(format!("{slot}"));
         fs::create_dir_all(&dir)?;
         fs::create_dir_all(&sock_dir)?;
         eprintln!(
-            "[{}/{}] {} / {} on port {port}",
+            "[{}/{}] {} / {} / {} on port {port}{}",
             slot + 1,
             plan.len(),
             scn.id(),
-            arm.label()
+            front.id(),
+            arm.label(),
+            if front == Front::Nginx {
+                format!(", nginx on {front_port}")
+            } else {
+                String::new()
+            }
         );
         let env = CellEnv {
             ctx,
@@ -227,18 +280,35 @@ fn run_plan(
             sock_dir: &sock_dir,
             port,
             slot,
+            front,
+            front_port,
+            nginx,
         };
         let cell = scenarios::run_cell(&env, scn, arm);
         let _ = fs::remove_dir_all(&sock_dir);
         print_cell(&cell);
-        cells.push((scn, arm, cell));
-        port = port.wrapping_add(1).max(1024);
+        cells.push(((scn, front, arm), cell));
+        port = front_port.wrapping_add(1).max(1024);
     }
     Ok(cells)
 }
 
 /// One line per finished cell on stderr: its key figures, or why it failed.
 fn print_cell(cell: &Cell) {
+    if let Some(c) = cell
+        .crash
+        .as_ref()
+        .filter(|_| cell.ok() && cell.front != Front::Direct.id())
+    {
+        let n = |v: Option<u64>| v.map_or_else(|| "n/a".into(), |v| v.to_string());
+        eprintln!(
+            "      crash: {} fast failed, {} worker crashes, {} fast in flight on them, {} refused",
+            c.failed,
+            n(c.worker_crashes),
+            n(c.in_flight),
+            c.refused
+        );
+    }
     match (&cell.status[..], cell.classes.first()) {
         ("ok", Some(c)) => eprintln!(
             "      {}: ok/s {:.0}, failed {}, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; client lag p99 {:.2} ms ({:.0} s){}",
@@ -292,13 +362,13 @@ fn save(
         return Ok(());
     }
     // Only a complete run replaces latest.* and the README's table.
-    let complete = args.scenarios.is_empty() && args.arms.is_empty();
+    let complete = args.scenarios.is_empty() && args.arms.is_empty() && args.fronts.is_empty();
     for p in report::write(root, results, stamp, &svg, complete)? {
         eprintln!("bench peers: wrote {}", p.display());
     }
     if !complete {
         eprintln!(
-            "bench peers: a subset of scenarios or arms: latest.* and bench/README.md left as they were"
+            "bench peers: a subset of scenarios, fronts or arms: latest.* and bench/README.md left as they were"
         );
     }
     Ok(())

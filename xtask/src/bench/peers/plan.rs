@@ -2,19 +2,35 @@
 use super::{
     arms::Arm,
     report,
-    scenarios::{self, Scenario},
+    scenarios::{self, Front, Scenario},
 };
 
-/// Every (scenario, arm) cell `repeats` times: round after round, each
-/// round with the arms rotated by one, so that order effects (the first
-/// cell on a cold machine) do not always favour the same arm.
-pub(super) fn plan(scenarios: &[Scenario], arms: &[Arm], repeats: usize) -> Vec<(Scenario, Arm)> {
+/// One cell of a plan: a scenario, through a front, on an arm.
+pub(super) type Slot = (Scenario, Front, Arm);
+
+/// Every (scenario, front, arm) cell `repeats` times: round after round,
+/// each round with the arms rotated by one, so that order effects (the
+/// first cell on a cold machine) do not always favour the same arm. Within
+/// a round, front after front, scenario after scenario.
+pub(super) fn plan(
+    scenarios: &[Scenario],
+    fronts: &[Front],
+    arms: &[Arm],
+    repeats: usize,
+) -> Vec<Slot> {
     let mut out = Vec::new();
     for round in 0..repeats {
         let mut order = arms.to_vec();
         order.rotate_left(round % arms.len().max(1));
-        for &scn in scenarios {
-            out.extend(order.iter().filter(|&&a| scn.applies(a)).map(|&a| (scn, a)));
+        for &front in fronts {
+            for &scn in scenarios {
+                out.extend(
+                    order
+                        .iter()
+                        .filter(|&&a| scn.applies(a, front))
+                        .map(|&a| (scn, front, a)),
+                );
+            }
         }
     }
     out
@@ -24,21 +40,22 @@ pub(super) fn plan(scenarios: &[Scenario], arms: &[Arm], repeats: usize) -> Vec<
 /// the median key figure (the lower middle of an even count); and, when
 /// there was more than one run, every run's figure.
 pub(super) fn medians(
-    plan: &[(Scenario, Arm)],
-    mut runs: Vec<(Scenario, Arm, scenarios::Cell)>,
+    plan: &[Slot],
+    mut runs: Vec<(Slot, scenarios::Cell)>,
     repeats: usize,
 ) -> (Vec<scenarios::Cell>, Vec<report::Repeat>) {
     let per_round = plan.len() / repeats.max(1);
     let mut cells = Vec::new();
     let mut spread = Vec::new();
-    for &(scn, arm) in &plan[..per_round] {
+    for &slot in &plan[..per_round] {
+        let (scn, front, arm) = slot;
         let mut mine: Vec<scenarios::Cell> = Vec::new();
         let mut rest = Vec::new();
-        for (s, a, c) in runs {
-            if (s, a) == (scn, arm) {
+        for (s, c) in runs {
+            if s == slot {
                 mine.push(c);
             } else {
-                rest.push((s, a, c));
+                rest.push((s, c));
             }
         }
         runs = rest;
@@ -48,7 +65,11 @@ pub(super) fn medians(
             .collect();
         if repeats > 1 {
             spread.push(report::Repeat {
-                scenario: scn.id().into(),
+                scenario: if front == Front::Direct {
+                    scn.id().into()
+                } else {
+                    format!("{} via {}", scn.id(), front.id())
+                },
                 label: arm.label().into(),
                 figure: scn.figure().into(),
                 values: values.clone(),
@@ -74,11 +95,11 @@ pub(super) fn medians(
 mod tests {
     #[test]
     fn repeats_rotate_the_arms_and_report_the_median_run() {
-        use super::{Arm, Scenario, scenarios::Cell};
+        use super::{Arm, Front, Scenario, scenarios::Cell};
         let arms = [Arm::Agent, Arm::Reuseport];
-        let plan = super::plan(&[Scenario::Crash], &arms, 3);
+        let plan = super::plan(&[Scenario::Crash], &[Front::Direct], &arms, 3);
         assert_eq!(
-            plan.iter().map(|p| p.1).collect::<Vec<_>>(),
+            plan.iter().map(|p| p.2).collect::<Vec<_>>(),
             [
                 Arm::Agent,
                 Arm::Reuseport,
@@ -90,6 +111,7 @@ mod tests {
         );
         let cell = |arm: Arm, lost: u64, ok: bool| Cell {
             scenario: "crash".into(),
+            front: "direct".into(),
             arm: arm.id().into(),
             label: arm.label().into(),
             status: if ok { "ok" } else { "error" }.into(),
@@ -100,22 +122,28 @@ mod tests {
             ..Cell::default()
         };
         let runs = vec![
-            (Scenario::Crash, Arm::Agent, cell(Arm::Agent, 5, true)),
             (
-                Scenario::Crash,
-                Arm::Reuseport,
+                (Scenario::Crash, Front::Direct, Arm::Agent),
+                cell(Arm::Agent, 5, true),
+            ),
+            (
+                (Scenario::Crash, Front::Direct, Arm::Reuseport),
                 cell(Arm::Reuseport, 80, true),
             ),
             (
-                Scenario::Crash,
-                Arm::Reuseport,
+                (Scenario::Crash, Front::Direct, Arm::Reuseport),
                 cell(Arm::Reuseport, 0, false),
             ),
-            (Scenario::Crash, Arm::Agent, cell(Arm::Agent, 0, true)),
-            (Scenario::Crash, Arm::Agent, cell(Arm::Agent, 1, true)),
             (
-                Scenario::Crash,
-                Arm::Reuseport,
+                (Scenario::Crash, Front::Direct, Arm::Agent),
+                cell(Arm::Agent, 0, true),
+            ),
+            (
+                (Scenario::Crash, Front::Direct, Arm::Agent),
+                cell(Arm::Agent, 1, true),
+            ),
+            (
+                (Scenario::Crash, Front::Direct, Arm::Reuseport),
                 cell(Arm::Reuseport, 90, true),
             ),
         ];

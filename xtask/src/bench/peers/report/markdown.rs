@@ -2,7 +2,37 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use super::results::{Results, f};
-use crate::bench::peers::scenarios::{Cell, Settings};
+use crate::bench::peers::{
+    arms::Arm,
+    scenarios::{Cell, Front, Scenario, Settings},
+};
+
+/// A section's title: the scenario's load, and how the clients reach the arm.
+fn section_title(s: &Settings, c: &Cell) -> String {
+    let front = Front::from_id(&c.front).unwrap_or_default();
+    if front == Front::Direct {
+        return scenario_title(s, &c.scenario);
+    }
+    let run = format!("{} s measured after {} s warm-up", s.duration_s, s.warmup_s);
+    let load = match c.scenario.as_str() {
+        "baseline" => format!("`GET /` at {}/s alone", s.skew_fast_rate),
+        "skew" => format!(
+            "`GET /` at {}/s plus `GET /block?ms={}` (event loop blocked, no CPU) at {}/s",
+            s.skew_fast_rate, s.skew_block_ms, s.skew_block_rate
+        ),
+        "crash" => format!(
+            "`GET /` at {}/s plus `GET /crash` (the worker that reads it exits at once) every {} s, on the same connections",
+            s.crash_fast_rate,
+            1.0 / s.front_crash_rate
+        ),
+        "reload" => format!(
+            "`GET /` at {}/s; a rolling reload starts {} s into the measured window",
+            s.reload_fast_rate, s.reload_at_s
+        ),
+        other => other.to_owned(),
+    };
+    format!("{load}, {}, {run}", front.describe(s.front_connections))
+}
 
 fn scenario_title(s: &Settings, scn: &str) -> String {
     let conns = |ka: bool| {
@@ -46,6 +76,11 @@ fn scenario_title(s: &Settings, scn: &str) -> String {
             s.sweep.p99_bound_ms,
             conns(scn == "saturation-ka")
         ),
+        "baseline" => format!(
+            "`GET /` at {}/s alone (the skew scenario without its blocks), {}, {run}",
+            s.skew_fast_rate,
+            conns(false)
+        ),
         "next" => format!(
             "Next.js standalone `GET /` (dynamic page) at {}/s, {}, {run}",
             s.next_rate,
@@ -78,24 +113,30 @@ pub fn markdown(r: &Results, chart_file: &str) -> String {
     if !r.repeats.is_empty() {
         repeats_table(&mut md, r);
     }
-    let mut scenarios: Vec<&str> = Vec::new();
+    fronts_table(&mut md, r);
+    let mut sections: Vec<String> = Vec::new();
     for c in &r.cells {
-        if !scenarios.contains(&c.scenario.as_str()) {
-            scenarios.push(&c.scenario);
+        if !sections.contains(&c.section()) {
+            sections.push(c.section());
         }
     }
-    for scn in scenarios {
-        let cells: Vec<&Cell> = r.cells.iter().filter(|c| c.scenario == scn).collect();
-        let _ = writeln!(md, "## {scn}\n\n{}\n", scenario_title(&r.settings, scn));
-        if scn.contains("saturation") {
+    for sec in sections {
+        let cells: Vec<&Cell> = r.cells.iter().filter(|c| c.section() == sec).collect();
+        let _ = writeln!(md, "## {sec}\n\n{}\n", section_title(&r.settings, cells[0]));
+        if sec.contains("saturation") {
             saturation_table(&mut md, &cells);
             continue;
         }
         latency_table(&mut md, &cells);
-        match scn {
-            "crash" => crash_table(&mut md, &cells),
+        let direct = cells[0].front == Front::Direct.id();
+        match cells[0].scenario.as_str() {
+            "crash" if direct => crash_table(&mut md, &cells),
+            "crash" => crash_storm_table(&mut md, &cells),
             "reload" => reload_table(&mut md, &cells),
             _ => {}
+        }
+        if cells.iter().any(|c| c.nginx.is_some()) {
+            nginx_table(&mut md, &cells);
         }
     }
     md.push_str(NOTES);
@@ -286,6 +327,179 @@ fn crash_table(md: &mut String, cells: &[&Cell]) {
     md.push('\n');
 }
 
+/// The arms that ran through a front, in the usual order.
+fn front_arms(r: &Results) -> Vec<Arm> {
+    Arm::ALL
+        .into_iter()
+        .filter(|a| {
+            r.cells
+                .iter()
+                .any(|c| c.arm == a.id() && c.front != Front::Direct.id())
+        })
+        .collect()
+}
+
+/// One table of the fronts' key figures, arms side by side: the skew
+/// scenario's fast p99 next to the baseline's, failed requests, and for
+/// the crash storm what the arms say their crashed workers had in flight.
+fn fronts_table(md: &mut String, r: &Results) {
+    let arms = front_arms(r);
+    if arms.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Through fronts\n\nKey figures of every cell that ran behind a front ({}), one column per arm; the sections below have the full tables.\n",
+        [Front::Keepalive, Front::Nginx]
+            .iter()
+            .map(|f| format!("{}: {}", f.id(), f.describe(r.settings.front_connections)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let _ = write!(md, "| front | figure |");
+    for a in &arms {
+        let _ = write!(md, " {} |", a.label());
+    }
+    let _ = write!(md, "\n|---|---|");
+    for _ in &arms {
+        md.push_str("---|");
+    }
+    md.push('\n');
+    for front in [Front::Keepalive, Front::Nginx] {
+        let rows = front_rows(r, front);
+        for (figure, cells) in rows {
+            let _ = write!(md, "| {} | {figure} |", front.id());
+            for a in &arms {
+                let v = cells
+                    .iter()
+                    .find(|(arm, _)| arm == a)
+                    .map_or_else(|| "-".to_owned(), |(_, v)| v.clone());
+                let _ = write!(md, " {v} |");
+            }
+            md.push('\n');
+        }
+    }
+    md.push('\n');
+}
+
+type Row = (String, Vec<(Arm, String)>);
+
+/// The rows of [`fronts_table`] for one front (only scenarios that ran).
+fn front_rows(r: &Results, front: Front) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut row = |figure: &str, scn: Scenario, value: &dyn Fn(&Cell) -> Option<String>| {
+        let cells: Vec<(Arm, String)> = Arm::ALL
+            .into_iter()
+            .filter_map(|a| {
+                let c = r
+                    .cells
+                    .iter()
+                    .find(|c| c.scenario == scn.id() && c.front == front.id() && c.arm == a.id())?;
+                Some((a, if c.ok() { value(c)? } else { c.status.clone() }))
+            })
+            .collect();
+        if !cells.is_empty() {
+            rows.push((figure.to_owned(), cells));
+        }
+    };
+    let fast = |c: &Cell| c.class("fast").cloned();
+    let failed = |c: &Cell| c.classes.iter().map(|s| s.failed).sum::<u64>();
+    row(
+        "baseline (no blocks): fast p99 ms",
+        Scenario::Baseline,
+        &|c| fast(c).map(|s| f(s.p99_ms)),
+    );
+    row("skew: fast p99 ms", Scenario::Skew, &|c| {
+        fast(c).map(|s| f(s.p99_ms))
+    });
+    row("skew: failed requests", Scenario::Skew, &|c| {
+        Some(failed(c).to_string())
+    });
+    row(
+        "crash storm: failed fast requests (of sent)",
+        Scenario::Crash,
+        &|c| fast(c).map(|s| format!("{} of {}", s.failed, s.sent)),
+    );
+    row(
+        "crash storm: worker crashes / fast requests in flight on them",
+        Scenario::Crash,
+        &|c| {
+            let x = c.crash.as_ref()?;
+            Some(match (x.worker_crashes, x.in_flight) {
+                (Some(n), Some(i)) => format!("{n} / {i}"),
+                _ => "n/a".into(),
+            })
+        },
+    );
+    row("crash storm: refused connections", Scenario::Crash, &|c| {
+        c.crash.as_ref().map(|x| x.refused.to_string())
+    });
+    row("rolling reload: failed requests", Scenario::Reload, &|c| {
+        Some(failed(c).to_string())
+    });
+    rows
+}
+
+/// The crash storm through a front: every failed fast request, and what
+/// the arm's own account says its crashed workers had in flight.
+fn crash_storm_table(md: &mut String, cells: &[&Cell]) {
+    let _ = writeln!(
+        md,
+        "Failed fast requests against what the crashing workers had in flight (watt-agent: its crash lines; Node cluster, PM2, reusePort: the bench preload's exit records; Watt gives no account). Worker crashes can outnumber crash requests: a proxy re-sends a request that failed on a pooled connection.\n\n| arm | crash requests | worker crashes | fast requests in flight on them | fast failed | refused connections |\n|---|---:|---:|---:|---|---:|"
+    );
+    for c in cells {
+        if let Some(x) = &c.crash {
+            let n = |v: Option<u64>| v.map_or_else(|| "n/a".into(), |v| v.to_string());
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {}{} | {} |",
+                c.label,
+                x.crashes,
+                n(x.worker_crashes),
+                n(x.in_flight),
+                x.failed,
+                errors(&x.lost_kinds),
+                x.refused
+            );
+        }
+    }
+    md.push('\n');
+}
+
+/// What nginx's logs say (warm-up included): failed upstream attempts by
+/// cause, and requests it tried more than once.
+fn nginx_table(md: &mut String, cells: &[&Cell]) {
+    let _ = writeln!(
+        md,
+        "nginx's logs (warm-up included): failed upstream attempts by cause, and requests it sent upstream more than once (`proxy_next_upstream error timeout`, nginx's default, re-sends a request that failed on a pooled connection):\n\n| arm | failed upstream attempts | fast: retried / answered 5xx | other requests: retried / tries / answered 5xx |\n|---|---|---|---|"
+    );
+    for c in cells {
+        let Some(n) = &c.nginx else { continue };
+        let total: u64 = n.upstream_errors.values().sum();
+        let fast = n.requests.get("fast").cloned().unwrap_or_default();
+        let others: Vec<String> = n
+            .requests
+            .iter()
+            .filter(|(k, _)| k.as_str() != "fast")
+            .map(|(k, p)| format!("{k}: {} / {} / {}", p.retried, p.tries, p.status_5xx))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {total}{} | {} / {} | {} |",
+            c.label,
+            errors(&n.upstream_errors),
+            fast.retried,
+            fast.status_5xx,
+            if others.is_empty() {
+                "-".into()
+            } else {
+                others.join("; ")
+            }
+        );
+    }
+    md.push('\n');
+}
+
 /// How each arm reloads, and how long it took.
 fn reload_table(md: &mut String, cells: &[&Cell]) {
     let _ = writeln!(md, "| arm | how | took |\n|---|---|---:|");
@@ -310,5 +524,6 @@ const NOTES: &str = "## Notes\n\n\
 - **Keep-alive.** The agent steers connections, not requests: it chooses a worker when a connection is made. A keep-alive connection stays with its worker; if that worker's event loop blocks, the requests already sent on it wait, whoever balanced the connection. What steering can do with keep-alive: new connections avoid a busy worker, and with `--max-requests-per-socket` (the `watt-agent + max-requests-per-socket` arm) clients reconnect every so many requests and get steered again. The client here picks an idle connection from its pool for each request, as HTTP client pools do.\n\
 - **Crash.** The crashing worker first blocks for the stall (a request that blocks its event loop), so connections queue on its listener, then exits. Requests the worker had already accepted die with it under every arm. With plain SO_REUSEPORT (Watt's threads, the reusePort arm, `--policy kernel`) the connections still queued on its listener are reset when it exits; the agent's program moves them to another worker; Node cluster and PM2 keep them in the primary, which accepts every connection itself, but the one connection it is handing to the dying worker at that moment is neither answered nor closed (the client times out after 5 s). Watt restarts a crashed worker thread only after seconds on this machine (its log shows when), slower than one crash a second, so at times it has fewer workers left (the failure kinds are in the crash table).\n\
 - **Reload.** watt-agent: SIGHUP. PM2: `pm2 reload all`. Watt: `wattpm restart` (workers replaced one at a time). Node cluster: the primary replaces workers one at a time on SIGHUP (bench/app/cluster-primary.js). Plain reusePort processes have no reload: the launcher (bench/app/reuseport-launcher.js) restarts them one at a time, new one first, as a user would.\n\
+- **Fronts.** `keepalive`: the client keeps 50 connections to the arm open and sends each request on an idle one (checking, as pools do, that the server has not closed it meanwhile). `nginx`: Debian's nginx on loopback, one worker process, one upstream (the arm) with `keepalive 64` idle connections, HTTP/1.1, `proxy_next_upstream` at its default (`error timeout`): a request that fails on a pooled upstream connection is sent again, also a `GET /crash`; the client keeps 50 connections to nginx. Every 5xx from nginx (502, 504) and every connection error, reset or refusal counts as a failed request. The crash storm through a front sends `GET /crash` every 2 s on the same connections as the fast requests: a worker exits at once on reading it, with whatever else it had in flight.\n\
 - **Saturation.** With a new connection per request the client spends about 100 µs of CPU per request (loopback: both ends of the handshake run in its context), so at the top rates client and servers share the 2 cores; the client's lag p99 shows whether it kept its schedule. `cargo xtask bench loadgen` measures the client alone.\n\
 - Every arm runs the unchanged tests/fixtures/apps/test-app.js with the same Node 22; Node cluster, PM2 and reusePort workers get bench/app/graceful.js (stop accepting and finish in-flight requests on SIGTERM/SIGINT), the agent's workers its own shim, Watt its own handling. Watt's `restartOnError` is set to the same 100 ms as the others' restart delay (its default is 5 s).\n";

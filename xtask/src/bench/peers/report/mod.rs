@@ -71,3 +71,24 @@ fn update_readme(root: &Path, r: &Results) -> anyhow::Result<()> {
     fs::write(&path, new)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Results, markdown, targets};
+    use crate::util;
+
+    /// Results written before the fronts existed read as cells straight on
+    /// the arms, and render as before.
+    #[test]
+    fn results_from_before_the_fronts_still_render() {
+        let path = util::root().join("bench/results/peers-20261127-104908.json");
+        let text = std::fs::read_to_string(path).expect("a saved results file");
+        let mut r: Results = serde_json::from_str(&text).expect("old results parse");
+        assert!(r.cells.iter().all(|c| c.front == "direct"));
+        assert_eq!(r.settings.front_connections, 50);
+        r.targets = targets(&r);
+        let md = markdown(&r, "x.svg");
+        assert!(md.contains("## skew-ka\n"));
+        assert!(!md.contains(" via ") && !md.contains("## Through fronts"));
+    }
+}

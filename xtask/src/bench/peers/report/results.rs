@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bench::peers::{
     arms::Arm,
-    scenarios::{Cell, Scenario, Settings},
+    scenarios::{Cell, Front, Scenario, Settings},
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -49,11 +49,18 @@ pub struct Target {
 }
 
 impl Results {
+    /// The cell of `scenario` on `arm` with the clients straight on the arm.
     #[must_use]
     pub fn cell(&self, scenario: Scenario, arm: Arm) -> Option<&Cell> {
-        self.cells
-            .iter()
-            .find(|c| c.scenario == scenario.id() && c.arm == arm.id() && c.ok())
+        self.cell_via(scenario, Front::Direct, arm)
+    }
+
+    /// The cell of `scenario` on `arm` through `front`, if it ran and did not fail.
+    #[must_use]
+    pub fn cell_via(&self, scenario: Scenario, front: Front, arm: Arm) -> Option<&Cell> {
+        self.cells.iter().find(|c| {
+            c.scenario == scenario.id() && c.front == front.id() && c.arm == arm.id() && c.ok()
+        })
     }
 }
 

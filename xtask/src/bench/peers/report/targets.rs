@@ -4,7 +4,10 @@ use std::fmt::Write as _;
 use super::results::{Results, Target, f};
 use crate::bench::{
     loadgen::Summary,
-    peers::{arms::Arm, scenarios::Scenario},
+    peers::{
+        arms::Arm,
+        scenarios::{Front, Scenario},
+    },
 };
 
 const PEERS: [Arm; 4] = [Arm::Watt, Arm::Pm2, Arm::Cluster, Arm::Reuseport];
@@ -24,9 +27,169 @@ pub fn targets(r: &Results) -> Vec<Target> {
     for scn in [Scenario::Saturation, Scenario::SaturationKa] {
         out.push(saturation_target(r, scn));
     }
+    out.extend(front_targets(r));
     out
 }
 
+/// The fronts' targets (issue 11): keep-alive skew against the best peer
+/// and the agent's own keep-alive baseline, with no failed request; behind
+/// nginx, skew no worse than the best peer, a crash storm with no refused
+/// connection and no more failed requests than the crashing workers had
+/// in flight, and a rolling reload with none failed. Only those whose
+/// cells ran.
+fn front_targets(r: &Results) -> Vec<Target> {
+    let ran = |scn: Scenario, front: Front| {
+        r.cells
+            .iter()
+            .any(|c| c.scenario == scn.id() && c.front == front.id())
+    };
+    let mut out = Vec::new();
+    if ran(Scenario::Skew, Front::Keepalive) {
+        out.push(keepalive_skew_target(r));
+    }
+    if ran(Scenario::Skew, Front::Nginx) {
+        out.push(nginx_skew_target(r));
+    }
+    if ran(Scenario::Crash, Front::Nginx) {
+        out.push(nginx_crash_target(r));
+    }
+    if ran(Scenario::Reload, Front::Nginx) {
+        out.push(nginx_reload_target(r));
+    }
+    out
+}
+
+/// The `fast` class of a cell through `front`, when it got answers.
+fn fast_via(r: &Results, scn: Scenario, front: Front, arm: Arm) -> Option<Summary> {
+    r.cell_via(scn, front, arm)
+        .and_then(|c| c.class("fast"))
+        .filter(|s| s.ok > 0)
+        .cloned()
+}
+
+/// The peer with the lowest fast p99 of `scn` through `front`.
+fn best_peer(r: &Results, scn: Scenario, front: Front) -> Option<(Arm, f64)> {
+    PEERS
+        .iter()
+        .filter_map(|&a| fast_via(r, scn, front, a).map(|s| (a, s.p99_ms)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+fn keepalive_skew_target(r: &Results) -> Target {
+    let agent = fast_via(r, Scenario::Skew, Front::Keepalive, Arm::Agent);
+    let base = fast_via(r, Scenario::Baseline, Front::Keepalive, Arm::Agent);
+    let best = best_peer(r, Scenario::Skew, Front::Keepalive);
+    let (measured, pass) = match (&agent, best) {
+        (Some(a), Some((arm, p99))) => {
+            let vs_base = base.as_ref().map(|b| a.p99_ms / b.p99_ms.max(1e-6));
+            (
+                format!(
+                    "watt-agent fast p99 {} ms; best peer {} {} ms (ratio 1/{:.1}); {}; {} failed",
+                    f(a.p99_ms),
+                    arm.label(),
+                    f(p99),
+                    p99 / a.p99_ms.max(1e-6),
+                    match (vs_base, &base) {
+                        (Some(x), Some(b)) => format!(
+                            "{x:.1}x the agent's keep-alive baseline ({} ms)",
+                            f(b.p99_ms)
+                        ),
+                        _ => "no keep-alive baseline run".into(),
+                    },
+                    a.failed
+                ),
+                Some(a.p99_ms * 4.0 <= p99 && vs_base.is_some_and(|x| x <= 3.0) && a.failed == 0),
+            )
+        }
+        _ => ("not measured".into(), None),
+    };
+    Target {
+        scenario: "skew via keepalive".into(),
+        goal: "fast p99 at most 1/4 of the best peer's and at most 3x the agent's keep-alive baseline; 0 failed".into(),
+        measured,
+        pass,
+        informational: false,
+    }
+}
+
+fn nginx_skew_target(r: &Results) -> Target {
+    let agent = fast_via(r, Scenario::Skew, Front::Nginx, Arm::Agent);
+    let best = best_peer(r, Scenario::Skew, Front::Nginx);
+    let (measured, pass) = match (&agent, best) {
+        (Some(a), Some((arm, p99))) => (
+            format!(
+                "watt-agent fast p99 {} ms; best peer {} {} ms; {} failed",
+                f(a.p99_ms),
+                arm.label(),
+                f(p99),
+                a.failed
+            ),
+            Some(a.p99_ms <= p99),
+        ),
+        _ => ("not measured".into(), None),
+    };
+    Target {
+        scenario: "skew via nginx".into(),
+        goal: "fast p99 no worse than the best peer's".into(),
+        measured,
+        pass,
+        informational: false,
+    }
+}
+
+fn nginx_crash_target(r: &Results) -> Target {
+    let (measured, pass) = match r
+        .cell_via(Scenario::Crash, Front::Nginx, Arm::Agent)
+        .and_then(|c| c.crash.as_ref())
+    {
+        Some(c) => (
+            format!(
+                "watt-agent: {} refused connections; {} failed fast requests, {} in flight on the {} crashed workers",
+                c.refused,
+                c.failed,
+                c.in_flight.map_or("?".into(), |n| n.to_string()),
+                c.worker_crashes.map_or("?".into(), |n| n.to_string()),
+            ),
+            Some(c.refused == 0 && c.in_flight.is_some_and(|n| c.failed <= n)),
+        ),
+        None => ("not measured".into(), None),
+    };
+    Target {
+        scenario: "crash via nginx".into(),
+        goal: "never a refused connection; failed requests no more than those in flight on the crashing workers".into(),
+        measured,
+        pass,
+        informational: false,
+    }
+}
+
+fn nginx_reload_target(r: &Results) -> Target {
+    let (measured, pass) = match r.cell_via(Scenario::Reload, Front::Nginx, Arm::Agent) {
+        Some(c) => {
+            let failed: u64 = c.classes.iter().map(|s| s.failed).sum();
+            let done = c.reload.as_ref().is_some_and(|x| x.error.is_none());
+            (
+                format!(
+                    "{failed} failed{}",
+                    if done {
+                        ""
+                    } else {
+                        " (the reload did not report completion)"
+                    }
+                ),
+                Some(failed == 0 && done),
+            )
+        }
+        None => ("not measured".into(), None),
+    };
+    Target {
+        scenario: "reload via nginx".into(),
+        goal: "zero failed requests during a rolling reload".into(),
+        measured,
+        pass,
+        informational: false,
+    }
+}
 /// The `fast` class of a cell, when it got answers: a class with no answer
 /// has no latency (its figures read 0), not a measurement a target may
 /// pass on.

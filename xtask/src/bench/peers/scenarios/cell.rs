@@ -6,18 +6,22 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     path::Path,
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
 
 use super::{
+    front::Front,
     record::{CURVE, Cell, CrashStats, ReloadStats},
     scenario::{Scenario, Settings},
 };
 use crate::bench::{
     loadgen::{self, Plan, Report},
-    peers::arms::{self, App, Arm, Ctx, Running},
+    peers::{
+        arms::{self, App, Arm, Ctx, Running},
+        nginx::{Nginx, Seen},
+    },
 };
 
 fn curve(report: &Report) -> Vec<[f64; 2]> {
@@ -42,6 +46,13 @@ pub struct CellEnv<'a> {
     pub port: u16,
     /// Distinct per cell: picks the client address of the crash scenario.
     pub slot: usize,
+    /// How the clients reach the arm.
+    pub front: Front,
+    /// Where the clients connect: nginx's port for the nginx front, else
+    /// `port`.
+    pub front_port: u16,
+    /// The nginx binary (when a cell of the run goes through nginx).
+    pub nginx: Option<&'a Path>,
 }
 
 /// Runs `scenario` on `arm`: start, load, stop. Never fails: errors end up
@@ -50,6 +61,7 @@ pub fn run_cell(env: &CellEnv<'_>, scenario: Scenario, arm: Arm) -> Cell {
     let started = Instant::now();
     let mut cell = Cell {
         scenario: scenario.id().into(),
+        front: env.front.id().into(),
         arm: arm.id().into(),
         label: arm.label().into(),
         status: "ok".into(),
@@ -81,37 +93,85 @@ fn fill(
     app: &App,
     cell: &mut Cell,
 ) -> anyhow::Result<()> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], env.port));
+    let addr = SocketAddr::from(([127, 0, 0, 1], env.front_port));
     let accept_dir = env.dir.join("accepts");
+    let inflight_dir = env.dir.join("inflight");
     let mut extra = Vec::new();
-    if scenario == Scenario::Crash {
+    if scenario == Scenario::Crash && env.front == Front::Direct {
         fs::create_dir_all(&accept_dir)?;
         extra.push((
             "TEST_APP_LOG_ACCEPTS".to_owned(),
             accept_dir.to_string_lossy().into_owned(),
         ));
+    } else if scenario == Scenario::Crash {
+        // Node cluster, PM2 and reusePort workers record what they had in
+        // flight when they crashed (bench/app/graceful.js); the agent's
+        // shim reports it to the agent, which logs it.
+        fs::create_dir_all(&inflight_dir)?;
+        extra.push((
+            "BENCH_INFLIGHT_LOG".to_owned(),
+            inflight_dir.to_string_lossy().into_owned(),
+        ));
     }
     let running = arms::start(env.ctx, arm, app, env.port, env.dir, env.sock_dir, &extra)
         .with_context(|| format!("starting {}", arm.label()))?;
     let _ = fs::write(env.dir.join("command.txt"), &running.command);
+    let nginx = if env.front == Front::Nginx {
+        let bin = env.nginx.context("nginx is not installed")?;
+        Some(
+            Nginx::start(bin, env.front_port, env.port, &env.dir.join("nginx"))
+                .context("starting nginx in front of the arm")?,
+        )
+    } else {
+        None
+    };
     // Let the workers settle (JIT warm-up happens in the load's warm-up).
     thread::sleep(Duration::from_millis(300));
+    let started = SystemTime::now();
     let result = load(env, scenario, &running, addr, cell, &accept_dir);
     let alive = running.processes().len();
+    let log = running.log.clone();
+    if let Some(n) = nginx {
+        cell.nginx = Some(n.stop());
+    }
     running.stop();
     result?;
     if alive == 0 {
         anyhow::bail!("the arm was gone by the end of the load");
     }
+    if scenario == Scenario::Crash && env.front != Front::Direct {
+        let s = env.settings;
+        let from = started + s.warmup();
+        let window = (from, from + s.duration() + s.timeout());
+        let accounts = match arm {
+            Arm::Agent | Arm::AgentKernel | Arm::AgentResteer => {
+                Some(super::crashes::agent(&log, window))
+            }
+            Arm::Cluster | Arm::Pm2 | Arm::Reuseport => {
+                Some(super::crashes::preload(&inflight_dir, window))
+            }
+            Arm::Watt => None,
+        };
+        if let Some(c) = cell.crash.as_mut() {
+            c.worker_crashes = accounts.map(|a| a.crashes);
+            c.in_flight = accounts.map(|a| a.in_flight);
+            c.refused += cell.nginx.as_ref().map_or(0, Seen::refused);
+        }
+    }
     Ok(())
 }
 
-fn base_plan(s: &Settings, addr: SocketAddr, keep_alive: bool) -> Plan {
+/// A plan of the settings' bounds, on new connections, the scenario's own
+/// keep-alive (`*-ka`), or the front's kept-alive client connections.
+fn base_plan(env: &CellEnv<'_>, addr: SocketAddr, scenario: Scenario) -> Plan {
+    let s = env.settings;
     let p = Plan::new(addr, s.duration())
         .warmup(s.warmup())
         .timeout(s.timeout())
         .realtime(s.realtime);
-    if keep_alive {
+    if env.front != Front::Direct {
+        p.keep_alive(s.front_connections)
+    } else if scenario.keep_alive() {
         p.keep_alive(s.ka_connections)
     } else {
         p
@@ -135,15 +195,19 @@ fn load(
     let s = env.settings;
     match scenario {
         Scenario::Uniform | Scenario::UniformKa => {
-            let plan = base_plan(s, addr, scenario.keep_alive()).get("fast", "/", s.rate);
+            let plan = base_plan(env, addr, scenario).get("fast", "/", s.rate);
             record(cell, &loadgen::run(&plan)?);
         }
         Scenario::Next => {
-            let plan = base_plan(s, addr, false).get("page", "/", s.next_rate);
+            let plan = base_plan(env, addr, scenario).get("page", "/", s.next_rate);
+            record(cell, &loadgen::run(&plan)?);
+        }
+        Scenario::Baseline => {
+            let plan = base_plan(env, addr, scenario).get("fast", "/", s.skew_fast_rate);
             record(cell, &loadgen::run(&plan)?);
         }
         Scenario::Skew | Scenario::SkewKa => {
-            let plan = base_plan(s, addr, scenario.keep_alive())
+            let plan = base_plan(env, addr, scenario)
                 .get("fast", "/", s.skew_fast_rate)
                 .get(
                     "block",
@@ -152,6 +216,7 @@ fn load(
                 );
             record(cell, &loadgen::run(&plan)?);
         }
+        Scenario::Crash if env.front != Front::Direct => crash_storm(env, addr, cell)?,
         Scenario::Crash => crash(env, addr, cell, accept_dir)?,
         Scenario::Reload => reload(env, running, addr, cell)?,
         Scenario::Saturation | Scenario::SaturationKa | Scenario::NextSaturation => {
@@ -182,13 +247,42 @@ fn crash(
         u8::try_from(env.slot / 250).expect("a run has fewer than 250 * 250 cells"),
         u8::try_from(env.slot % 250 + 1).expect("at most 250"),
     );
-    let plan = base_plan(s, addr, false)
+    let plan = base_plan(env, addr, Scenario::Crash)
         .get("fast", "/", s.crash_fast_rate)
         .raw("crash", crash.as_bytes(), 1.0)
         .unique_ports(ip, 20_000..61_000);
     let report = loadgen::run(&plan)?;
     record(cell, &report);
     cell.crash = Some(attribute(&report, accept_dir));
+    Ok(())
+}
+
+/// Through a front: fast requests while `GET /crash` (the worker that
+/// reads it exits at once) arrives every `1 / front_crash_rate` s, on the
+/// same kept-alive connections as the fast requests (through nginx: on
+/// its upstream pool, which re-sends a request that failed on a pooled
+/// connection). Every failed fast request counts; the arms' own accounts
+/// of what their crashing workers had in flight are read after the stop.
+fn crash_storm(env: &CellEnv<'_>, addr: SocketAddr, cell: &mut Cell) -> anyhow::Result<()> {
+    let s = env.settings;
+    let plan = base_plan(env, addr, Scenario::Crash)
+        .get("fast", "/", s.crash_fast_rate)
+        .get("crash", "/crash", s.front_crash_rate);
+    let report = loadgen::run(&plan)?;
+    record(cell, &report);
+    let refused = report
+        .classes
+        .iter()
+        .map(|c| c.errors.get("refused").copied().unwrap_or(0))
+        .sum();
+    let fast = report.class("fast");
+    cell.crash = Some(CrashStats {
+        crashes: report.class("crash").map_or(0, |c| c.sent),
+        failed: fast.map_or(0, loadgen::ClassReport::failed),
+        lost_kinds: fast.map(|c| c.errors.clone()).unwrap_or_default(),
+        refused,
+        ..CrashStats::default()
+    });
     Ok(())
 }
 
@@ -200,7 +294,7 @@ fn reload(
     cell: &mut Cell,
 ) -> anyhow::Result<()> {
     let s = env.settings;
-    let plan = base_plan(s, addr, false).get("fast", "/", s.reload_fast_rate);
+    let plan = base_plan(env, addr, Scenario::Reload).get("fast", "/", s.reload_fast_rate);
     let load = loadgen::spawn(plan);
     thread::sleep(s.warmup() + Duration::from_secs_f64(s.reload_at_s));
     let t = Instant::now();

@@ -3,7 +3,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bench::loadgen::{ClientStats, Summary, Sweep};
+use super::front;
+use crate::bench::{
+    loadgen::{ClientStats, Summary, Sweep},
+    peers::nginx::Seen,
+};
 
 /// What a crash cell found out about its failed fast requests.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -19,6 +23,20 @@ pub struct CrashStats {
     /// queue, refused, or lost in a hand-over.
     pub lost: u64,
     pub lost_kinds: BTreeMap<String, u64>,
+    /// Through a front: worker crashes in the measured window, from the
+    /// arm's own account (watt-agent's crash lines, the bench preload's
+    /// exit records); `None` where the arm gives none (Watt).
+    #[serde(default)]
+    pub worker_crashes: Option<u64>,
+    /// Through a front: fast requests in flight on those workers when they
+    /// died (the crash request itself left out): what no balancer or proxy
+    /// can save. `None` where the arm gives no account.
+    #[serde(default)]
+    pub in_flight: Option<u64>,
+    /// Connections refused in the measured window: the client's, plus
+    /// nginx's to the arm (its error log; warm-up included).
+    #[serde(default)]
+    pub refused: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -33,6 +51,9 @@ pub struct ReloadStats {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Cell {
     pub scenario: String,
+    /// How the clients reached the arm (a [`Front`](super::Front) id).
+    #[serde(default = "front::direct")]
+    pub front: String,
     pub arm: String,
     pub label: String,
     /// `ok`, `error` or `skipped`.
@@ -45,6 +66,9 @@ pub struct Cell {
     pub crash: Option<CrashStats>,
     pub reload: Option<ReloadStats>,
     pub sweep: Option<Sweep>,
+    /// The nginx front's logs.
+    #[serde(default)]
+    pub nginx: Option<Seen>,
     /// Wall time of the cell, start and stop included.
     pub seconds: f64,
 }
@@ -58,6 +82,17 @@ impl Cell {
     #[must_use]
     pub fn ok(&self) -> bool {
         self.status == "ok"
+    }
+
+    /// The report's section: the scenario, and the front when there is one
+    /// (`skew`, `skew via nginx`).
+    #[must_use]
+    pub fn section(&self) -> String {
+        if self.front == front::direct() {
+            self.scenario.clone()
+        } else {
+            format!("{} via {}", self.scenario, self.front)
+        }
     }
 }
 

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::Cell;
+use super::{front::Front, record::Cell};
 use crate::bench::{
     loadgen::{Summary, SweepSpec},
     peers::arms::Arm,
@@ -28,6 +28,8 @@ pub enum Scenario {
     Uniform,
     /// The same over keep-alive connections.
     UniformKa,
+    /// The skew scenario's fast requests alone (what skew is compared with).
+    Baseline,
     /// Fast requests plus requests that block a worker's event loop.
     Skew,
     /// The same over keep-alive connections.
@@ -47,9 +49,10 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const DEFAULT: [Self; 10] = [
+    pub const DEFAULT: [Self; 11] = [
         Self::Uniform,
         Self::UniformKa,
+        Self::Baseline,
         Self::Skew,
         Self::SkewKa,
         Self::Crash,
@@ -65,6 +68,7 @@ impl Scenario {
         match self {
             Self::Uniform => "uniform",
             Self::UniformKa => "uniform-ka",
+            Self::Baseline => "baseline",
             Self::Skew => "skew",
             Self::SkewKa => "skew-ka",
             Self::Crash => "crash",
@@ -92,7 +96,7 @@ impl Scenario {
     pub fn figure(self) -> &'static str {
         match self {
             Self::Uniform | Self::UniformKa | Self::Next => "p50 ms",
-            Self::Skew | Self::SkewKa => "fast p99 ms",
+            Self::Baseline | Self::Skew | Self::SkewKa => "fast p99 ms",
             Self::Crash => "lost requests",
             Self::Reload => "failed requests",
             Self::Saturation | Self::SaturationKa | Self::NextSaturation => {
@@ -112,7 +116,14 @@ impl Scenario {
             Self::Uniform | Self::UniformKa | Self::Next => {
                 first.filter(answered).map(|c| c.p50_ms)
             }
-            Self::Skew | Self::SkewKa => cell.class("fast").filter(answered).map(|c| c.p99_ms),
+            Self::Baseline | Self::Skew | Self::SkewKa => {
+                cell.class("fast").filter(answered).map(|c| c.p99_ms)
+            }
+            // Behind a front the client cannot tell where a request was
+            // lost: every failed one counts.
+            Self::Crash if cell.front != Front::Direct.id() => {
+                cell.crash.as_ref().map(|c| c.failed as f64)
+            }
             Self::Crash => cell.crash.as_ref().map(|c| c.lost as f64),
             Self::Reload => first.map(|c| c.failed as f64),
             Self::Saturation | Self::SaturationKa | Self::NextSaturation => {
@@ -121,11 +132,22 @@ impl Scenario {
         }
     }
 
-    /// Does `arm` take part? The re-steering variant only matters with
-    /// keep-alive, where it differs from the plain agent.
+    /// Does `arm` take part through `front`? The re-steering variant only
+    /// matters with the `*-ka` scenarios, where it differs from the plain
+    /// agent; the fronts carry the baseline, skew, crash and reload
+    /// scenarios.
     #[must_use]
-    pub fn applies(self, arm: Arm) -> bool {
-        arm != Arm::AgentResteer || self.keep_alive()
+    pub fn applies(self, arm: Arm, front: Front) -> bool {
+        match front {
+            Front::Direct => arm != Arm::AgentResteer || self.keep_alive(),
+            Front::Keepalive | Front::Nginx => {
+                arm != Arm::AgentResteer
+                    && matches!(
+                        self,
+                        Self::Baseline | Self::Skew | Self::Crash | Self::Reload
+                    )
+            }
+        }
     }
 }
 
@@ -158,6 +180,20 @@ pub struct Settings {
     pub resteer_requests: u32,
     pub watt_restart_ms: u64,
     pub realtime: bool,
+    /// Kept-alive client connections of the keepalive and nginx fronts.
+    #[serde(default = "front_connections")]
+    pub front_connections: usize,
+    /// Crash requests per second through the keepalive and nginx fronts.
+    #[serde(default = "front_crash_rate")]
+    pub front_crash_rate: f64,
+}
+
+fn front_connections() -> usize {
+    50
+}
+
+fn front_crash_rate() -> f64 {
+    0.5
 }
 
 impl Settings {
