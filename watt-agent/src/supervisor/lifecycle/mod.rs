@@ -464,6 +464,24 @@ impl Lifecycle {
         let (delay, looping) = w.backoff.crashed(&policy, now, uptime);
         w.restarts += 1;
         w.restart_at = Some(now + delay);
+        let mut delay = delay;
+        // Every worker down (a request that crashes each worker it reaches,
+        // replayed by a proxy to the next one, does this): the backoff would
+        // keep the port unserved for seconds while connections queue. The
+        // soonest restart comes at the base delay; the others keep theirs.
+        if self.none_coming()
+            && let Some(first) = self.bring_forward(now + policy.initial)
+        {
+            if first == worker {
+                delay = policy.initial;
+            } else {
+                out.push(Action::Note(Note::RestartIn {
+                    worker: first,
+                    delay: policy.initial,
+                }));
+            }
+        }
+        let w = &mut self.workers[worker as usize];
         out.push(Action::Note(Note::RestartIn { worker, delay }));
         if looping && !w.crash_looping {
             out.push(Action::Note(Note::CrashLoop {
@@ -473,6 +491,27 @@ impl Lifecycle {
             }));
         }
         w.crash_looping = looping;
+    }
+
+    /// No worker serves, starts or is being replaced: nothing will take
+    /// connections until a restart.
+    fn none_coming(&self) -> bool {
+        self.workers
+            .iter()
+            .all(|w| w.serving.is_none() && w.incoming.is_none())
+    }
+
+    /// Moves the soonest pending restart to `at` if it was later; returns
+    /// whose it was.
+    fn bring_forward(&mut self, at: Instant) -> Option<WorkerId> {
+        let (due, first) = (0..)
+            .zip(&self.workers)
+            .filter_map(|(i, w)| Some((w.restart_at?, i)))
+            .min()?;
+        (due > at).then(|| {
+            self.workers[first as usize].restart_at = Some(at);
+            first
+        })
     }
 
     fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {

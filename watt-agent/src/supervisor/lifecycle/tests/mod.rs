@@ -424,3 +424,54 @@ fn next_deadline_tracks_start_timeouts() {
     h.all_ready();
     assert_eq!(h.m.next_deadline(), None);
 }
+
+/// A request that crashes every worker it reaches (a proxy replays it to
+/// the next one) takes all of them down at once, again and again: their
+/// backoff grows, and with it the time nothing serves. With every worker
+/// down, the soonest restart comes at the base delay; with one still
+/// serving, every crashed worker keeps its backoff.
+#[test]
+fn with_every_worker_down_one_restarts_at_the_base_delay() {
+    let policy = BackoffPolicy::default();
+    let mut h = Harness::serving(4);
+    for _ in 0..3 {
+        for w in 0..4 {
+            h.crash(w);
+        }
+        h.advance(Duration::from_secs(1));
+        h.all_ready();
+    }
+    let backoff = policy.initial * 8; // the fourth crash of each
+    for w in 0..3 {
+        h.crash(w);
+    }
+    let due = |h: &Harness| -> Vec<Option<Instant>> {
+        h.m.workers.iter().map(|w| w.restart_at).collect()
+    };
+    let at = h.now + backoff;
+    assert_eq!(
+        due(&h),
+        [Some(at), Some(at), Some(at), None],
+        "one still serves"
+    );
+
+    let (_, actions) = h.crash(3);
+    let soon = h.now + policy.initial;
+    assert_eq!(
+        due(&h),
+        [Some(soon), Some(at), Some(at), Some(at)],
+        "the first restart brought forward, the others at their backoff"
+    );
+    assert!(has_note(&actions, |n| matches!(
+        n,
+        Note::RestartIn { worker: 0, delay } if *delay == policy.initial
+    )));
+    let spawned = |actions: &[Action]| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Spawn { .. }))
+            .count()
+    };
+    assert_eq!(spawned(&h.advance(policy.initial)), 1);
+    assert_eq!(spawned(&h.advance(backoff - policy.initial)), 3);
+}
