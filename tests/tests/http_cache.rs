@@ -277,6 +277,29 @@ fn a_shared_cache_stores_only_what_it_may() {
     assert_eq!(twice(&s, "/elsewhere", ""), 2, "not an allowed origin");
 }
 
+/// A worker whose own event loop stalls while its lookup is in flight
+/// finds the answer waiting when it resumes: a hit, not a timeout charged
+/// to the store (which would send this and the next second's lookups to
+/// the upstream, and warn).
+#[test]
+fn a_worker_stalled_during_its_lookup_still_gets_the_hit() {
+    let s = start(&node20(), 1, Some("timeout=50ms"));
+    let path = "/stalled";
+    fetch(&s.node, path, "");
+    wait_stored(&s.node, 1.0);
+    for _ in 0..5 {
+        let (_, body) = fetch(&s.node, path, "&stall=200");
+        assert_eq!(body["n"], 1, "a hit after the stall");
+    }
+    assert_eq!(s.upstream.count(path).0, 1);
+    assert_eq!(
+        s.node.agent.log_count("store unreachable"),
+        0,
+        "{}",
+        s.node.agent.log_text()
+    );
+}
+
 /// Restarts a stopped agent even if the test fails.
 struct Stopped<'a>(&'a Agent);
 

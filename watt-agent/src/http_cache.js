@@ -160,11 +160,18 @@ class AgentStore {
     if (!sent) return undefined;
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
-        this.pending.delete(id);
-        resolve(undefined);
-        // A store that does not answer in time is down: the next lookups
-        // miss at once instead of each waiting out the timeout.
-        if (this.sock) this.fail(this.sock, new Error(`no answer within ${this.timeoutMs}ms`));
+        // Not yet: timers run before the loop reads its sockets, so after
+        // a stall of this worker's own loop the answer may be waiting
+        // unread. setImmediate runs after that read; only an answer still
+        // missing then is the store's fault.
+        setImmediate(() => {
+          if (!this.pending.has(id)) return;
+          this.pending.delete(id);
+          resolve(undefined);
+          // A store that does not answer in time is down: the next lookups
+          // miss at once instead of each waiting out the timeout.
+          if (this.sock) this.fail(this.sock, new Error(`no answer within ${this.timeoutMs}ms`));
+        });
       }, this.timeoutMs);
       timer.unref();
       this.pending.set(id, { resolve, timer });
