@@ -20,7 +20,7 @@
 // 100), BENCH_STATS_DIR, and for the file-backed candidate BENCH_STORE=sqlite
 // with BENCH_UNDICI (undici 7's directory) and BENCH_SQLITE (the file every
 // worker opens): undici's SqliteCacheStore under its cache interceptor on
-// this worker's global dispatcher.
+// this worker's global dispatcher (its writes guarded, see below).
 const fs = require('fs');
 const http = require('http');
 const path = require('path');
@@ -32,12 +32,35 @@ const statsDir = process.env.BENCH_STATS_DIR;
 
 if (process.env.BENCH_STORE === 'sqlite') {
   const undici = require(process.env.BENCH_UNDICI);
+  // As undici ships it, a write that finds the file locked by another
+  // worker (SQLITE_BUSY: the store sets no busy timeout) fails its stream,
+  // and the interceptor's clean-up then calls delete(), which throws the
+  // same error where nothing catches it: the worker dies. So the store's
+  // writes are guarded here, as an app using it across processes would
+  // have to: a write or delete that fails is dropped (and logged).
+  class GuardedSqliteCacheStore extends undici.cacheStores.SqliteCacheStore {
+    set(key, value) {
+      try {
+        super.set(key, value);
+      } catch (err) {
+        console.warn(`cache-app: sqlite store error on set (dropped): ${err && err.message}`);
+      }
+    }
+
+    delete(key) {
+      try {
+        super.delete(key);
+      } catch (err) {
+        console.warn(`cache-app: sqlite store error on delete (dropped): ${err && err.message}`);
+      }
+    }
+  }
   // Workers start together and opening the file sets WAL mode, which needs
   // the database's lock: retry a few times (bounded) while another holds it.
   let store;
   for (let i = 0; ; i++) {
     try {
-      store = new undici.cacheStores.SqliteCacheStore({ location: process.env.BENCH_SQLITE });
+      store = new GuardedSqliteCacheStore({ location: process.env.BENCH_SQLITE });
       break;
     } catch (err) {
       if (i >= 50 || !/locked|busy/i.test(String(err && err.message))) throw err;

@@ -113,8 +113,20 @@ pub struct ArmRun {
     /// Every process of the arm together (agent or Watt, workers,
     /// redis-server), % of one core.
     pub all_cpu_percent: f64,
+    /// Lines of the arm's log over its whole life (warm-up included):
+    /// workers that crashed, the agent preload's "store unreachable"
+    /// warnings (a lookup not answered within the timeout), and writes the
+    /// guarded `SQLite` store dropped.
+    pub log_counts: std::collections::BTreeMap<String, usize>,
     pub command: String,
 }
+
+/// What [`ArmRun::log_counts`] counts: (name, text of the log line).
+const LOG_EVENTS: [(&str, &str); 3] = [
+    ("worker crashes", " crashed"),
+    ("store unreachable", "store unreachable"),
+    ("sqlite writes dropped", "sqlite store error"),
+];
 
 #[derive(Serialize)]
 pub struct Results {
@@ -375,6 +387,27 @@ fn load(args: &Args, addr: SocketAddr, run: &str, secs: u64) -> anyhow::Result<l
     loadgen::run(&plan)
 }
 
+/// The warm-up: the same load, recorded by the app under another name.
+fn warm_up(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
+    if args.warmup > 0 {
+        let w = load(args, addr, "warmup", args.warmup)?;
+        let failed: u64 = w.summaries().iter().map(|s| s.failed).sum();
+        if failed > 0 {
+            eprintln!("      warm-up: {failed} failed requests");
+        }
+    }
+    Ok(())
+}
+
+/// [`LOG_EVENTS`] counted in the log at `path`.
+fn log_counts(path: &Path) -> std::collections::BTreeMap<String, usize> {
+    let log = fs::read_to_string(path).unwrap_or_default();
+    LOG_EVENTS
+        .iter()
+        .map(|(name, text)| ((*name).to_owned(), log.matches(text).count()))
+        .collect()
+}
+
 /// One arm: start it, warm it up, measure, read what it recorded, stop it.
 fn measure(
     args: &Args,
@@ -405,13 +438,7 @@ fn measure_running(
     let arm = running.arm;
     let addr = SocketAddr::from(([127, 0, 0, 1], running.port));
     let up0 = probe::upstream_count(ctx.upstream)?;
-    if args.warmup > 0 {
-        let w = load(args, addr, "warmup", args.warmup)?;
-        let failed: u64 = w.summaries().iter().map(|s| s.failed).sum();
-        if failed > 0 {
-            eprintln!("      warm-up: {failed} failed requests");
-        }
-    }
+    warm_up(args, addr)?;
     // Let the last stores land before the window opens.
     thread::sleep(Duration::from_millis(500));
     let up1 = probe::upstream_count(ctx.upstream)?;
@@ -483,6 +510,7 @@ fn measure_running(
         redis: redis_fp,
         watt_main: if arm == Arm::Watt { main } else { None },
         all_cpu_percent: all_cpu,
+        log_counts: log_counts(&running.log),
         command: running.command.clone(),
     })
 }

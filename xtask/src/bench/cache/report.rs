@@ -34,7 +34,7 @@ fn footprint(f: Option<&Footprint>) -> String {
 /// Two lines per arm as it ends.
 pub(super) fn print_run(r: &ArmRun) {
     eprintln!(
-        "      fetch p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms ({} recorded); end-to-end p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms, failed {}, client lag p99 {:.2} ms",
+        "      fetch p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms ({} recorded); end-to-end p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms, failed {} {:?}, client lag p99 {:.2} ms",
         r.fetch.p50_ms,
         r.fetch.p99_ms,
         r.fetch.p999_ms,
@@ -43,6 +43,7 @@ pub(super) fn print_run(r: &ArmRun) {
         r.end_to_end.p99_ms,
         r.end_to_end.p999_ms,
         r.end_to_end.failed,
+        r.end_to_end.errors,
         r.client.lag_p99_ms,
     );
     eprintln!(
@@ -60,6 +61,16 @@ pub(super) fn print_run(r: &ArmRun) {
             ))
             .unwrap_or_default()
     );
+    eprintln!("      log: {}", events(r));
+}
+
+/// `worker crashes 0, store unreachable 2, ...`
+fn events(r: &ArmRun) -> String {
+    r.log_counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The report: settings, then one table of latencies and one of costs.
@@ -133,13 +144,13 @@ pub(super) fn markdown(r: &Results) -> String {
 fn costs(md: &mut String, r: &Results) {
     md.push_str(
         "\nCosts over the measured window (CPU as % of one core; RSS at the end of the window, peak since start):\n\n\
-         | round | arm | agent CPU / RSS | redis-server CPU / RSS | Watt main thread CPU / process RSS | all processes CPU | agent cache hits / misses | client lag p99 |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         | round | arm | agent CPU / RSS | redis-server CPU / RSS | Watt main thread CPU / process RSS | all processes CPU | agent cache hits / misses | client lag p99 | log (whole arm) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for a in &r.runs {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {:.1}% | {} | {:.2} ms |",
+            "| {} | {} | {} | {} | {} | {:.1}% | {} | {:.2} ms | {} |",
             a.round + 1,
             a.label,
             footprint(a.agent.as_ref()),
@@ -149,6 +160,7 @@ fn costs(md: &mut String, r: &Results) {
             a.agent_cache
                 .map_or_else(|| "–".to_owned(), |c| format!("{} / {}", c.hits, c.misses)),
             a.client.lag_p99_ms,
+            events(a),
         );
     }
 }
