@@ -58,8 +58,12 @@ pub struct Args {
     pub warmup: u64,
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
-    /// Kept-alive client connections (0: a new connection per request).
-    #[arg(long, default_value_t = 32)]
+    /// Kept-alive client connections; 0 (the default): a new connection
+    /// per request, as the peers bench's uniform scenario (with keep-alive
+    /// on a starved machine, the agent's keep-alive release closes idle
+    /// connections, and its close races fail requests in the agent arms
+    /// only, which has nothing to do with the cache).
+    #[arg(long, default_value_t = 0)]
     pub connections: usize,
     /// Distinct upstream URLs the app fetches (each worker goes round them).
     #[arg(long, default_value_t = 100)]
