@@ -83,6 +83,8 @@ pub struct Ctx<'a> {
     pub undici: &'a Path,
     pub redis: &'a Path,
     pub workers: usize,
+    /// More `--http-cache` settings for the agent arms (may be empty).
+    pub agent_cache: &'a str,
     pub upstream: SocketAddr,
     pub keys: usize,
 }
@@ -191,7 +193,10 @@ pub fn start(ctx: &Ctx<'_>, arm: Arm, port: u16, dir: &Path) -> anyhow::Result<R
             .args(["--workers", &ctx.workers.to_string()])
             .args(["--port", &port.to_string()])
             .args(["--host", "127.0.0.1", "--admin", &a.to_string()]);
-        let undici = format!("undici={}", ctx.undici.display());
+        let mut undici = format!("undici={}", ctx.undici.display());
+        if !ctx.agent_cache.is_empty() {
+            undici = format!("{undici},{}", ctx.agent_cache);
+        }
         match arm {
             Arm::AgentLocal => {
                 cmd.arg(format!("--http-cache={undici}"));

@@ -77,6 +77,10 @@ pub struct Args {
     /// The arms, in order (default: all five).
     #[arg(long, value_delimiter = ',')]
     pub arms: Vec<Arm>,
+    /// More settings for the agent's cache in the agent arms, as
+    /// `--http-cache` takes them (e.g. `timeout=1s`); default: none.
+    #[arg(long, default_value = "")]
+    pub agent_cache: String,
     /// Rounds of every arm; each round rotates the order by one.
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
@@ -144,6 +148,8 @@ pub struct Results {
     pub workers: usize,
     pub connections: Connections,
     pub keys: usize,
+    /// `--agent-cache`: settings added to the agent arms' `--http-cache`.
+    pub agent_cache: String,
     pub upstream_delay_ms: u64,
     pub body_bytes: usize,
     /// The filesystem the `SQLite` file was on.
@@ -206,6 +212,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         undici: &undici,
         redis: &redis,
         workers: args.workers,
+        agent_cache: &args.agent_cache,
         upstream: upstream_addr,
         keys: args.keys,
     };
@@ -238,6 +245,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         workers: args.workers,
         connections: connections(args),
         keys: args.keys,
+        agent_cache: args.agent_cache.clone(),
         upstream_delay_ms: args.upstream_delay_ms,
         body_bytes: args.body_bytes,
         sqlite_fs: fs_type(&run_dir),

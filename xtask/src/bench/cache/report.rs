@@ -88,7 +88,7 @@ pub(super) fn markdown(r: &Results) -> String {
          (upstream: {} ms delay, {} B JSON, `Cache-Control: max-age=60`). \
          \"fetch\" is the app's own timing of that fetch (`process.hrtime.bigint()` from before `fetch()` \
          to the end of the body), every worker's measured requests together; \"end-to-end\" is the client's \
-         latency from each request's scheduled start. SQLite file on {}.\n\n\
+         latency from each request's scheduled start. SQLite file on {}.{}\n\n\
          | round | arm | fetch p50 | fetch p99 | fetch p99.9 | end-to-end p50 | p99 | p99.9 | failed | upstream requests (warm-up / measured) | load avg at start |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
         r.date,
@@ -116,6 +116,14 @@ pub(super) fn markdown(r: &Results) -> String {
             "?"
         } else {
             &r.sqlite_fs
+        },
+        if r.agent_cache.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " The agent arms' cache settings: `--http-cache=undici=...,{}`.",
+                r.agent_cache
+            )
         },
     );
     for a in &r.runs {
