@@ -12,7 +12,9 @@
 //
 // The recorded durations (nanoseconds, per run) are written to
 // BENCH_STATS_DIR/<pid>-<threadId>.json once the worker has had no request
-// for 300 ms, so writing never overlaps the measured requests; the bench
+// for 300 ms (between the warm-up and the measured window, and after it;
+// at 250 requests/s per worker a gap that long inside the window means the
+// worker was getting no requests anyway); the bench
 // reads every worker's file after a run (a process per worker under
 // watt-agent, a thread per worker under Watt: both get a file).
 //
