@@ -161,6 +161,11 @@ pub struct Results {
 }
 
 fn check(args: &Args) -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!(
+            "the benchmark runs the agent, which loads eBPF: run it as root (sudo -E cargo xtask bench cache)"
+        );
+    }
     if !(args.rate > 0.0 && args.rate <= 20_000.0) {
         bail!("--rate must be within (0, 20000]");
     }
@@ -179,11 +184,6 @@ fn check(args: &Args) -> anyhow::Result<()> {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     check(args)?;
     peers::reexec_release()?;
-    if !util::is_root() {
-        bail!(
-            "the benchmark runs the agent, which loads eBPF: run it as root (sudo -E cargo xtask bench cache)"
-        );
-    }
     let started = Instant::now();
     let root = util::root();
     let (node, redis) = fixtures(&root)?;
@@ -191,7 +191,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let agent = install::agent(&root, args.agent_bin.as_deref(), args.agent_bin.is_none())?;
     let peers = install::peers(&root)?;
     let undici = peers.node_modules().join("undici");
-    let versions = versions(&root, &peers, &node, &redis, &undici)?;
+    let versions = versions(
+        &root,
+        &peers,
+        &node,
+        &redis,
+        &undici,
+        args.agent_bin.as_deref(),
+    )?;
 
     let (stamp, date) = peers::stamp_and_date(SystemTime::now());
     let run_dir = root.join("bench/cache/cache-runs").join(&stamp);
@@ -216,7 +223,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         upstream: upstream_addr,
         keys: args.keys,
     };
-    let list: Vec<Arm> = if args.arms.is_empty() {
+    let list = if args.arms.is_empty() {
         Arm::ALL.to_vec()
     } else {
         args.arms.clone()
@@ -345,6 +352,7 @@ fn versions(
     node: &Path,
     redis: &Path,
     undici: &Path,
+    agent_bin: Option<&Path>,
 ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     let node_version = arms::node_version(node)?;
     let mut versions = peers.versions.clone();
@@ -371,7 +379,12 @@ fn versions(
             .find_map(|w| w.strip_prefix("v=").map(str::to_owned))
             .unwrap_or_default(),
     );
-    versions.insert("watt-agent".into(), install::git_rev(root));
+    // A binary given with --agent-bin is not this workspace's build.
+    let agent = agent_bin.map_or_else(
+        || install::git_rev(root),
+        |bin| format!("{} (--agent-bin)", bin.display()),
+    );
+    versions.insert("watt-agent".into(), agent);
     Ok(versions)
 }
 
