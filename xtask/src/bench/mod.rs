@@ -1,4 +1,5 @@
 //! Benchmarks: programs that print numbers. None of them asserts a time.
+mod cache;
 pub mod loadgen;
 mod loadgen_check;
 mod peers;
@@ -16,6 +17,10 @@ pub enum Command {
     /// Tail latency with event-loop-blocking requests: the default policy vs
     /// `hash` and `kernel`, tick choices, uniform-load cost, idle footprint.
     Skew(skew::Args),
+    /// The latency of a shared HTTP cache's hit as the app sees it: watt-agent's
+    /// local and fleet stores, Watt's shared cache, undici's `SQLite` store in
+    /// every worker, and no cache (results in bench/results/).
+    Cache(cache::Args),
     /// The load generator's own ceiling against a trivial in-process server.
     Loadgen(loadgen_check::Args),
 }
@@ -26,5 +31,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Peers(args) => peers::run(&args),
         Command::Loadgen(args) => loadgen_check::run(&args),
         Command::Skew(args) => skew::run(&args),
+        Command::Cache(args) => cache::run(&args),
     }
 }
