@@ -8,13 +8,10 @@
 // The store must never fail or hold up a request: an answer that does not
 // come within `timeoutMs` is a miss, and while the socket is down every
 // lookup is a miss at once (one warning per outage, not per request).
-const net = require('net');
+const path = require('path');
 const { Writable } = require('stream');
 
-// Puts are dropped while this much waits unsent: the agent is not reading.
-const MAX_UNSENT = 8 * 1024 * 1024;
-// After the socket fails, the next attempt waits this long.
-const RETRY_MS = 1000;
+const { StoreClient } = require(path.join(__dirname, 'store_client.js'));
 
 // The global dispatcher's slot, which undici (the app's, Node's bundled
 // one for `fetch`, and ours) reads on every request.
@@ -69,113 +66,27 @@ function build(opts) {
   }
 }
 
+// undici's cache store interface (get, createWriteStream, delete) over the
+// agent's store.
 class AgentStore {
   constructor(opts) {
-    this.path = opts.socket;
-    this.timeoutMs = opts.timeoutMs;
+    this.client = new StoreClient({
+      socket: opts.socket,
+      timeoutMs: opts.timeoutMs,
+      name: 'http cache',
+      without: 'requests go to their origins',
+    });
     this.maxEntrySize = opts.maxEntrySize;
     this.tagsHeader = opts.tagsHeader;
-    this.sock = null;
-    this.down = false; // warned about this outage already
-    this.retryAt = 0;
-    this.nextId = 1;
-    this.pending = new Map(); // id -> { resolve, timer }
-    this.input = Buffer.alloc(0);
-  }
-
-  // The connected socket, or null while the store is down.
-  connection() {
-    if (this.sock) return this.sock;
-    if (Date.now() < this.retryAt) return null;
-    const sock = net.connect(this.path);
-    sock.unref(); // the cache never keeps a worker alive
-    sock.on('data', (chunk) => {
-      try {
-        this.onData(chunk);
-      } catch (err) {
-        // A frame this side cannot read: drop the connection, never the worker.
-        this.fail(sock, err);
-      }
-    });
-    sock.on('error', (err) => this.fail(sock, err));
-    sock.on('close', () => this.fail(sock, new Error('the agent closed the connection')));
-    this.sock = sock;
-    return sock;
-  }
-
-  fail(sock, err) {
-    if (this.sock !== sock) return;
-    this.sock = null;
-    this.retryAt = Date.now() + RETRY_MS;
-    this.input = Buffer.alloc(0);
-    sock.destroy();
-    for (const [, p] of this.pending) {
-      clearTimeout(p.timer);
-      p.resolve(undefined);
-    }
-    this.pending.clear();
-    if (!this.down) {
-      this.down = true;
-      console.warn(`watt-agent http cache: store unreachable (${err.message}); requests go to their origins until it is back`);
-    }
-  }
-
-  send(header, body) {
-    const sock = this.connection();
-    if (!sock) return false;
-    const h = Buffer.from(JSON.stringify(header));
-    const b = body || Buffer.alloc(0);
-    const frame = Buffer.allocUnsafe(8);
-    frame.writeUInt32BE(4 + h.length + b.length, 0);
-    frame.writeUInt32BE(h.length, 4);
-    sock.write(b.length ? Buffer.concat([frame, h, b]) : Buffer.concat([frame, h]));
-    return true;
-  }
-
-  onData(chunk) {
-    this.input = this.input.length ? Buffer.concat([this.input, chunk]) : chunk;
-    while (this.input.length >= 8) {
-      const len = this.input.readUInt32BE(0);
-      if (this.input.length < 4 + len) return;
-      const hlen = this.input.readUInt32BE(4);
-      const header = JSON.parse(this.input.subarray(8, 8 + hlen).toString());
-      const body = Buffer.from(this.input.subarray(8 + hlen, 4 + len));
-      this.input = this.input.subarray(4 + len);
-      if (this.down) {
-        // Up again only once it answers: a stopped agent still accepts.
-        this.down = false;
-        console.warn('watt-agent http cache: the store answers again');
-      }
-      const p = this.pending.get(header.id);
-      if (!p) continue; // answered after its timeout
-      this.pending.delete(header.id);
-      clearTimeout(p.timer);
-      p.resolve(header.meta === undefined ? undefined : { ...JSON.parse(header.meta), body: [body] });
-    }
   }
 
   get(key) {
-    const id = this.nextId++;
-    const sent = this.send({ op: 'get', id, origin: key.origin, method: key.method, path: key.path, headers: key.headers || {} });
-    if (!sent) return undefined;
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        // Not yet: timers run before the loop reads its sockets, so after
-        // a stall of this worker's own loop the answer may be waiting
-        // unread. setImmediate runs after that read; only an answer still
-        // missing then is the store's fault.
-        setImmediate(() => {
-          if (!this.pending.has(id)) return;
-          this.pending.delete(id);
-          resolve(undefined);
-          // A store that does not answer in time is down: the next lookups
-          // miss at once instead of each waiting out the timeout.
-          if (this.sock) this.fail(this.sock, new Error(`no answer within ${this.timeoutMs}ms`));
-        });
-      }, this.timeoutMs);
-      timer.unref();
-      this.pending.set(id, { resolve, timer });
-    });
+    return this.client
+      .request({ op: 'get', origin: key.origin, method: key.method, path: key.path, headers: key.headers || {} })
+      .then((answer) => {
+        if (!answer || answer.header.meta === undefined) return undefined;
+        return { ...JSON.parse(answer.header.meta), body: [answer.body] };
+      });
   }
 
   createWriteStream(key, value) {
@@ -194,26 +105,23 @@ class AgentStore {
         callback();
       },
       final(callback) {
-        const sock = store.connection();
-        if (sock && sock.writableLength < MAX_UNSENT) {
-          store.send({
-            op: 'put',
-            origin: key.origin,
-            method: key.method,
-            path: key.path,
-            vary: value.vary || null,
-            deleteAt: value.deleteAt,
-            tags: tagsOf(value.headers, store.tagsHeader),
-            meta: JSON.stringify(value),
-          }, Buffer.concat(chunks));
-        }
+        store.client.send({
+          op: 'put',
+          origin: key.origin,
+          method: key.method,
+          path: key.path,
+          vary: value.vary || null,
+          deleteAt: value.deleteAt,
+          tags: tagsOf(value.headers, store.tagsHeader),
+          meta: JSON.stringify(value),
+        }, Buffer.concat(chunks));
         callback();
       },
     });
   }
 
   delete(key) {
-    this.send({ op: 'delete', origin: key.origin, path: key.path });
+    this.client.send({ op: 'delete', origin: key.origin, path: key.path });
   }
 }
 

@@ -34,10 +34,11 @@
 // come within `timeoutMs` is a miss (Next renders), a lease that is not
 // answered counts as granted, and while the socket is down every lookup is
 // a miss at once (one warning per outage, not per request).
-const net = require('net');
 const fs = require('fs');
 const path = require('path');
 const crypto = require('crypto');
+
+const { StoreClient } = require(path.join(__dirname, 'store_client.js'));
 
 const CONFIG = globalThis[Symbol.for('watt-agent.http-cache')] || null;
 const METHOD = 'NEXT';
@@ -45,8 +46,6 @@ const METHOD = 'NEXT';
 const LEASE_MS = 30 * 1000;
 // Entries without an `expire` are kept this long (the store's LRU bounds them).
 const YEAR_MS = 365 * 24 * 3600 * 1000;
-const RETRY_MS = 1000;
-const MAX_UNSENT = 8 * 1024 * 1024;
 // Who holds a lease: this process, and not a restarted one with its pid.
 const OWNER = `${process.pid}-${crypto.randomBytes(6).toString('hex')}`;
 const TAGS_HEADER = 'x-next-cache-tags';
@@ -57,111 +56,17 @@ const STALE_MARGIN_MS = 50;
 // Next's own switch for its cache's debug lines.
 const DEBUG = !!process.env.NEXT_PRIVATE_DEBUG_CACHE;
 
-// One connection per process: Next creates a handler per request.
-class Connection {
-  constructor(socket, timeoutMs) {
-    this.path = socket;
-    this.timeoutMs = timeoutMs;
-    this.sock = null;
-    this.down = false; // warned about this outage already
-    this.retryAt = 0;
-    this.nextId = 1;
-    this.pending = new Map(); // id -> { resolve, timer }
-    this.input = Buffer.alloc(0);
-  }
-
-  connection() {
-    if (this.sock) return this.sock;
-    if (Date.now() < this.retryAt) return null;
-    const sock = net.connect(this.path);
-    sock.unref();
-    sock.on('data', (chunk) => this.onData(chunk));
-    sock.on('error', (err) => this.fail(sock, err));
-    sock.on('close', () => this.fail(sock, new Error('the agent closed the connection')));
-    this.sock = sock;
-    return sock;
-  }
-
-  fail(sock, err) {
-    if (this.sock !== sock) return;
-    this.sock = null;
-    this.retryAt = Date.now() + RETRY_MS;
-    this.input = Buffer.alloc(0);
-    sock.destroy();
-    for (const [, p] of this.pending) {
-      clearTimeout(p.timer);
-      p.resolve(undefined);
-    }
-    this.pending.clear();
-    if (!this.down) {
-      this.down = true;
-      console.warn(`watt-agent next cache: store unreachable (${err.message}); Next renders without it until it is back`);
-    }
-  }
-
-  // Sends a frame; false if the store is down or not reading.
-  send(header, body) {
-    const sock = this.connection();
-    if (!sock || sock.writableLength >= MAX_UNSENT) return false;
-    const h = Buffer.from(JSON.stringify(header));
-    const b = body || Buffer.alloc(0);
-    const frame = Buffer.allocUnsafe(8);
-    frame.writeUInt32BE(4 + h.length + b.length, 0);
-    frame.writeUInt32BE(h.length, 4);
-    sock.write(b.length ? Buffer.concat([frame, h, b]) : Buffer.concat([frame, h]));
-    return true;
-  }
-
-  // Sends a request that is answered: its answer { header, body }, or
-  // undefined when the store is down or slower than the timeout.
-  request(header) {
-    const id = this.nextId++;
-    if (!this.send({ ...header, id })) return Promise.resolve(undefined);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        // Not yet: timers run before the loop reads its sockets, so after
-        // a stall of this worker's own loop the answer may be waiting
-        // unread. setImmediate runs after that read; only an answer still
-        // missing then is the store's fault.
-        setImmediate(() => {
-          if (!this.pending.has(id)) return;
-          this.pending.delete(id);
-          resolve(undefined);
-          // A store that does not answer in time is down: the next lookups
-          // miss at once instead of each waiting out the timeout.
-          if (this.sock) this.fail(this.sock, new Error(`no answer within ${this.timeoutMs}ms`));
-        });
-      }, this.timeoutMs);
-      timer.unref();
-      this.pending.set(id, { resolve, timer });
-    });
-  }
-
-  onData(chunk) {
-    this.input = this.input.length ? Buffer.concat([this.input, chunk]) : chunk;
-    while (this.input.length >= 8) {
-      const len = this.input.readUInt32BE(0);
-      if (this.input.length < 4 + len) return;
-      const hlen = this.input.readUInt32BE(4);
-      const header = JSON.parse(this.input.subarray(8, 8 + hlen).toString());
-      const body = Buffer.from(this.input.subarray(8 + hlen, 4 + len));
-      this.input = this.input.subarray(4 + len);
-      if (this.down) {
-        this.down = false;
-        console.warn('watt-agent next cache: the store answers again');
-      }
-      const p = this.pending.get(header.id);
-      if (!p) continue; // answered after its timeout, or a release
-      this.pending.delete(header.id);
-      clearTimeout(p.timer);
-      p.resolve({ header, body });
-    }
-  }
-}
-
 let connection = null;
 function conn() {
-  if (!connection && CONFIG) connection = new Connection(CONFIG.socket, CONFIG.timeoutMs || 50);
+  // One connection per process: Next creates a handler per request.
+  if (!connection && CONFIG) {
+    connection = new StoreClient({
+      socket: CONFIG.socket,
+      timeoutMs: CONFIG.timeoutMs || 50,
+      name: 'next cache',
+      without: 'Next renders without it',
+    });
+  }
   return connection;
 }
 

@@ -15,6 +15,9 @@ pub const HTTP_CACHE: &str = include_str!("http_cache.js");
 /// The Next.js cache handler on the same store, which the app's
 /// `cache-handler.js` requires from here (docs/operate.md, "Next.js").
 pub const NEXT_CACHE_HANDLER: &str = include_str!("next_cache_handler.js");
+/// The workers' connection to the shared store, which both of the above
+/// load from beside themselves.
+pub const STORE_CLIENT: &str = include_str!("store_client.js");
 
 #[derive(Debug)]
 pub struct RuntimeDir {
@@ -35,6 +38,7 @@ impl RuntimeDir {
             ("shim.js", SHIM),
             ("http_cache.js", HTTP_CACHE),
             ("next_cache_handler.js", NEXT_CACHE_HANDLER),
+            ("store_client.js", STORE_CLIENT),
         ] {
             let file = path.join(name);
             fs::write(&file, text)?;
