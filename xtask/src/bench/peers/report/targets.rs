@@ -6,7 +6,7 @@ use crate::bench::{
     loadgen::Summary,
     peers::{
         arms::Arm,
-        scenarios::{Front, Scenario},
+        scenarios::{Cell, Front, Scenario},
     },
 };
 
@@ -164,31 +164,10 @@ fn nginx_crash_target(r: &Results) -> Target {
 }
 
 fn nginx_reload_target(r: &Results) -> Target {
-    let (measured, pass) = match r.cell_via(Scenario::Reload, Front::Nginx, Arm::Agent) {
-        Some(c) => {
-            let failed: u64 = c.classes.iter().map(|s| s.failed).sum();
-            let done = c.reload.as_ref().is_some_and(|x| x.error.is_none());
-            (
-                format!(
-                    "{failed} failed{}",
-                    if done {
-                        ""
-                    } else {
-                        " (the reload did not report completion)"
-                    }
-                ),
-                Some(failed == 0 && done),
-            )
-        }
-        None => ("not measured".into(), None),
-    };
-    Target {
-        scenario: "reload via nginx".into(),
-        goal: "zero failed requests during a rolling reload".into(),
-        measured,
-        pass,
-        informational: false,
-    }
+    reload_cell_target(
+        r.cell_via(Scenario::Reload, Front::Nginx, Arm::Agent),
+        "reload via nginx",
+    )
 }
 /// The `fast` class of a cell, when it got answers: a class with no answer
 /// has no latency (its figures read 0), not a measurement a target may
@@ -271,7 +250,13 @@ fn crash_target(r: &Results) -> Target {
 }
 
 fn reload_target(r: &Results) -> Target {
-    let (measured, pass) = match r.cell(Scenario::Reload, Arm::Agent) {
+    reload_cell_target(r.cell(Scenario::Reload, Arm::Agent), "reload")
+}
+
+/// A rolling reload's cell (straight to the agent or through a front):
+/// nothing failed, and the reload reported its end.
+fn reload_cell_target(cell: Option<&Cell>, scenario: &str) -> Target {
+    let (measured, pass) = match cell {
         Some(c) => {
             let failed: u64 = c.classes.iter().map(|s| s.failed).sum();
             let done = c.reload.as_ref().is_some_and(|x| x.error.is_none());
@@ -290,7 +275,7 @@ fn reload_target(r: &Results) -> Target {
         None => ("not measured".into(), None),
     };
     Target {
-        scenario: "reload".into(),
+        scenario: scenario.into(),
         goal: "zero failed requests during a rolling reload".into(),
         measured,
         pass,
