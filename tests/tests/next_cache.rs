@@ -37,7 +37,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use watt_tests::{agent::Agent, free_port, root};
+use watt_tests::{agent::Agent, free_port, redis::Redis, root};
 
 const SERVER: &str = "tests/fixtures/nextjs/.next/standalone/nextjs/server.js";
 const WORKERS: usize = 4;
@@ -170,10 +170,9 @@ fn start(cache: Option<&str>, debug: bool) -> (Agent, PathBuf) {
 /// Runs the fixture under the agent (with the shared cache or not) and
 /// requests `/isr` in batches until the page has been rendered
 /// `WINDOWS + 1` times and its last render has been served.
-fn run(cache: bool) -> Run {
-    // A generous timeout: the machine is shared, and a lookup that times
-    // out is a miss that any worker renders.
-    let (agent, log) = start(cache.then_some("timeout=2s"), true);
+/// `cache`: the `--http-cache` settings (`None`: without it).
+fn run(cache: Option<&str>) -> Run {
+    let (agent, log) = start(cache, true);
     let workers = agent.worker_pids();
     let addr = agent.addr();
 
@@ -242,9 +241,25 @@ fn extra_renders(renders: &[(u64, i32)]) -> usize {
         .count()
 }
 
+/// A generous timeout: the machine is shared, and a lookup that times out
+/// is a miss that any worker renders.
+const CACHE: &str = "timeout=2s";
+
 #[test]
 fn an_isr_page_is_regenerated_once_per_window_for_all_workers() {
-    let run = run(true);
+    once_per_window(CACHE);
+}
+
+/// The same with the fleet store (a real redis-server): the entries and
+/// the leases are the server's, so the rule holds across nodes too.
+#[test]
+fn with_the_fleet_store_too() {
+    let redis = Redis::start(free_port("127.0.0.1"));
+    once_per_window(&format!("{CACHE},store={}", redis.url()));
+}
+
+fn once_per_window(cache: &str) {
+    let run = run(Some(cache));
     let info = summary(&run);
     let build_id = std::fs::read_to_string(
         root().join("tests/fixtures/nextjs/.next/standalone/nextjs/.next/BUILD_ID"),
@@ -319,7 +334,7 @@ fn an_isr_page_is_regenerated_once_per_window_for_all_workers() {
 /// and regenerates it itself, so several render within one window.
 #[test]
 fn without_the_store_workers_render_separately() {
-    let run = run(false);
+    let run = run(None);
     let info = summary(&run);
     let renderers: BTreeSet<i32> = run.renders.iter().map(|r| r.1).collect();
     eprintln!(
