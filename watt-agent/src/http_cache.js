@@ -29,7 +29,12 @@ exports.install = function install(opts) {
   let real;
   const standIn = new Proxy(Object.create(null), {
     get(_, prop) {
-      if (real === undefined) real = build(opts);
+      if (real === undefined) {
+        real = build(opts);
+        // From now on the slot holds the real one (unless the app has put
+        // its own there meanwhile): no stand-in on later requests.
+        if (real && globalThis[GLOBAL_DISPATCHER] === standIn) globalThis[GLOBAL_DISPATCHER] = real;
+      }
       if (!real) return undefined;
       const value = Reflect.get(real, prop, real);
       return typeof value === 'function' ? value.bind(real) : value;

@@ -132,9 +132,11 @@ pub struct CacheStatus {
     pub store_up: bool,
     /// Calls to the fleet store that failed or timed out.
     pub store_errors: u64,
-    pub entries: u64,
-    pub bytes: u64,
-    pub max_bytes: u64,
+    /// Responses stored, their bytes, and `max_size`: only the local store
+    /// knows them (a fleet store is the server's to size).
+    pub entries: Option<u64>,
+    pub bytes: Option<u64>,
+    pub max_bytes: Option<u64>,
     pub hits: u64,
     pub misses: u64,
     /// hits / (hits + misses), absent before the first lookup.
@@ -152,13 +154,14 @@ impl CacheStatus {
         let lookups = s.hits + s.misses;
         #[expect(clippy::cast_precision_loss, reason = "a ratio")]
         let hit_ratio = (lookups > 0).then(|| s.hits as f64 / lookups as f64);
+        let local = view.backend.is_local();
         Self {
             store: view.backend.name(),
             store_up: view.backend.is_up(),
             store_errors: view.backend.errors(),
-            entries: s.entries,
-            bytes: s.bytes,
-            max_bytes: view.settings.limits.max_size,
+            entries: local.then_some(s.entries),
+            bytes: local.then_some(s.bytes),
+            max_bytes: local.then_some(view.settings.limits.max_size),
             hits: s.hits,
             misses: s.misses,
             hit_ratio,

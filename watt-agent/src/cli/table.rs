@@ -62,15 +62,21 @@ fn cache_line(c: &crate::admin::status::CacheStatus) -> String {
     } else {
         format!("{}: DOWN, {} failed calls", c.store, c.store_errors)
     };
-    format!(
-        "http cache ({store}): {ratio} ({} hits, {} misses), {} entries, {} of {} used, {} evicted\n",
-        c.hits,
-        c.misses,
-        c.entries,
-        bytesize::ByteSize(c.bytes).display().iec(),
-        bytesize::ByteSize(c.max_bytes).display().iec(),
-        c.evictions
-    )
+    let mut line = format!(
+        "http cache ({store}): {ratio} ({} hits, {} misses)",
+        c.hits, c.misses
+    );
+    if let (Some(entries), Some(bytes), Some(max)) = (c.entries, c.bytes, c.max_bytes) {
+        let _ = write!(
+            line,
+            ", {entries} entries, {} of {} used, {} evicted",
+            bytesize::ByteSize(bytes).display().iec(),
+            bytesize::ByteSize(max).display().iec(),
+            c.evictions
+        );
+    }
+    line.push('\n');
+    line
 }
 
 /// The lines above the table: the agent, readiness, the program's
@@ -329,9 +335,9 @@ mod tests {
                 hits: 90,
                 misses: 10,
                 hit_ratio: Some(0.9),
-                entries: 4,
-                bytes: 3 * 1024 * 1024,
-                max_bytes: 32 * 1024 * 1024,
+                entries: Some(4),
+                bytes: Some(3 * 1024 * 1024),
+                max_bytes: Some(32 * 1024 * 1024),
                 ..Default::default()
             }),
             workers: vec![
@@ -395,6 +401,26 @@ mod tests {
             text.lines().any(|l| l
                 == "http cache (local): 90.0% hits (90 hits, 10 misses), 4 entries, 3.0 MiB of \
                     32.0 MiB used, 0 evicted"),
+            "{text}"
+        );
+        // A fleet store: its size is the server's; down, it says so.
+        let mut fleet = status();
+        if let Some(c) = &mut fleet.http_cache {
+            *c = crate::admin::status::CacheStatus {
+                store: "redis://cache:6379".into(),
+                store_up: false,
+                store_errors: 3,
+                entries: None,
+                bytes: None,
+                max_bytes: None,
+                ..c.clone()
+            };
+        }
+        let text = render_status(&fleet, None);
+        assert!(
+            text.lines().any(|l| l
+                == "http cache (redis://cache:6379: DOWN, 3 failed calls): 90.0% hits (90 hits, \
+                    10 misses)"),
             "{text}"
         );
         let table: Vec<&str> = lines

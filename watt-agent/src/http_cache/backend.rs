@@ -67,6 +67,16 @@ impl Backend {
         }
     }
 
+    /// Removes the entries tagged with any of `tags` and every variant of
+    /// each (origin, path) in `paths`; returns how many.
+    pub async fn invalidate(&self, tags: &[String], paths: &[(String, String)]) -> usize {
+        let mut n = self.delete_tags(tags).await;
+        for (origin, path) in paths {
+            n += self.delete_path(origin, path).await;
+        }
+        n
+    }
+
     /// The lease `key` for `owner` (`Store::lease`; `ttl_ms` 0 releases).
     pub async fn lease(&self, key: &str, owner: &str, ttl_ms: u64) -> bool {
         match self {

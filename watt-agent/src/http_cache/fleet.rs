@@ -204,17 +204,19 @@ impl Fleet {
         tokio::spawn(Arc::clone(self).connect());
     }
 
-    /// Makes the connection (the client reconnects it by itself later).
-    async fn connect(self: Arc<Self>) {
+    /// A connection: each call's answer within the timeout, no retries (a
+    /// failed call is a miss, and the next one reconnects).
+    async fn new_connection(&self) -> redis::RedisResult<ConnectionManager> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(self.timeout)
             .set_number_of_retries(0);
-        let made = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            self.client.get_connection_manager_with_config(config),
-        )
-        .await;
+        self.client.get_connection_manager_with_config(config).await
+    }
+
+    /// Makes the connection (the client reconnects it by itself later).
+    async fn connect(self: Arc<Self>) {
+        let made = tokio::time::timeout(CONNECT_TIMEOUT, self.new_connection()).await;
         let made = match made {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(crate::error_chain(&e)),
@@ -420,15 +422,8 @@ impl Fleet {
     /// # Errors
     /// The store cannot be reached or does not answer within the timeout.
     pub async fn ping(&self) -> Result<(), String> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(0);
         let work = async {
-            let mut c = self
-                .client
-                .get_connection_manager_with_config(config)
-                .await?;
+            let mut c = self.new_connection().await?;
             redis::cmd("PING").query_async::<String>(&mut c).await
         };
         match tokio::time::timeout(self.timeout, work).await {

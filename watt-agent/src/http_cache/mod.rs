@@ -141,11 +141,7 @@ impl View {
             .iter()
             .map(|k| split_url(k).ok_or_else(|| format!("not an http(s) URL: {k:?}")))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut n = self.backend.delete_tags(tags).await;
-        for (origin, path) in paths {
-            n += self.backend.delete_path(&origin, &path).await;
-        }
-        Ok(n)
+        Ok(self.backend.invalidate(tags, &paths).await)
     }
 }
 

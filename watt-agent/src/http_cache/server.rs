@@ -186,10 +186,9 @@ async fn handle(
             let _ = answers.send(frame.freeze());
         }
         Request::Invalidate { tags, keys } => {
-            backend.delete_tags(&tags).await;
-            for (origin, path) in keys.iter().filter_map(|k| super::split_url(k)) {
-                backend.delete_path(&origin, &path).await;
-            }
+            // URLs that are not http(s) name nothing stored.
+            let paths: Vec<_> = keys.iter().filter_map(|k| super::split_url(k)).collect();
+            backend.invalidate(&tags, &paths).await;
         }
     }
 }

@@ -34,3 +34,14 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Cache(args) => cache::run(&args),
     }
 }
+
+/// `a 1, b 2`: a report's one-line list of names and values.
+pub fn pairs<K: std::fmt::Display, V: std::fmt::Display>(
+    items: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    items
+        .into_iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -524,32 +524,38 @@ impl Scrape {
         }
         single(
             enc,
-            "watt_http_cache_size",
-            "Memory the shared HTTP cache's entries take",
-            Some(&Unit::Bytes),
-            &int(c.bytes),
-        )?;
-        single(
-            enc,
-            "watt_http_cache_max_size",
-            "The shared HTTP cache's size limit (max_size)",
-            Some(&Unit::Bytes),
-            &int(c.max_bytes),
-        )?;
-        single(
-            enc,
             "watt_http_cache_store_up",
             "1 while the shared HTTP cache's store answers, 0 during an outage of the fleet store",
             None,
             &int(u64::from(c.store_up)),
         )?;
-        single(
-            enc,
-            "watt_http_cache_entries",
-            "Responses in the shared HTTP cache (the local store; 0 with a fleet store)",
-            None,
-            &int(c.entries),
-        )
+        // The local store's own figures (a fleet store's are the server's).
+        let local = [
+            (
+                "watt_http_cache_size",
+                "Memory the shared HTTP cache's entries take (local store)",
+                Some(&Unit::Bytes),
+                c.bytes,
+            ),
+            (
+                "watt_http_cache_max_size",
+                "The shared HTTP cache's size limit, max_size (local store)",
+                Some(&Unit::Bytes),
+                c.max_bytes,
+            ),
+            (
+                "watt_http_cache_entries",
+                "Responses in the shared HTTP cache (local store)",
+                None,
+                c.entries,
+            ),
+        ];
+        for (name, help, unit, value) in local {
+            if let Some(v) = value {
+                single(enc, name, help, unit, &int(v))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -68,7 +68,8 @@ fn the_text_follows_the_naming_conventions() {
     let cache = status::CacheStatus {
         hits: 3,
         misses: 1,
-        bytes: 2048,
+        bytes: Some(2048),
+        entries: Some(0),
         ..status::CacheStatus::default()
     };
     let text = encode(

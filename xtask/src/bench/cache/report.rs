@@ -66,11 +66,7 @@ pub(super) fn print_run(r: &ArmRun) {
 
 /// `worker crashes 0, store unreachable 2, ...`
 fn events(r: &ArmRun) -> String {
-    r.log_counts
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    crate::bench::pairs(&r.log_counts)
 }
 
 /// The report: settings, then one table of latencies and one of costs.
@@ -92,17 +88,9 @@ pub(super) fn markdown(r: &Results) -> String {
          | round | arm | fetch p50 | fetch p99 | fetch p99.9 | end-to-end p50 | p99 | p99.9 | failed | upstream requests (warm-up / measured) | load avg at start |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
         r.date,
-        r.machine
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        crate::bench::pairs(&r.machine),
         r.commit,
-        r.versions
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        crate::bench::pairs(&r.versions),
         r.loadavg_start,
         r.loadavg_end,
         r.workers,

@@ -69,11 +69,7 @@ pub(super) fn write(root: &Path, r: &Results) -> anyhow::Result<()> {
          Open-loop load, new connection per request (keepalive runs: over {} kept-alive connections), latency from the scheduled start.\n\n\
          | run | policy | tick | fast p50 | fast p99 | fast p99.9 | failed | agent CPU | released (races) |\n|---|---|---|---|---|---|---|---|---|\n",
         r.date,
-        r.machine
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        crate::bench::pairs(&r.machine),
         r.commit,
         r.node,
         keepalive::CONNECTIONS

@@ -94,13 +94,7 @@ fn errors(e: &BTreeMap<String, u64>) -> String {
     if e.is_empty() {
         String::new()
     } else {
-        format!(
-            " ({})",
-            e.iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        format!(" ({})", crate::bench::pairs(e))
     }
 }
 
