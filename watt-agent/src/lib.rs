@@ -37,6 +37,7 @@ pub mod doctor;
 pub mod exit;
 pub mod http_cache;
 pub mod ids;
+pub mod in_flight;
 pub mod keepalive;
 pub mod listeners;
 pub mod logging;

@@ -18,7 +18,7 @@ use crate::{
         self, LoopSignal, Policy, RunConfig, Workers, args::RunArgs,
         http_cache::settings as http_cache_settings,
     },
-    cpus, exit, http_cache,
+    cpus, exit, http_cache, in_flight,
     listeners::{self, ListenSpec},
     logging,
     runtime_dir::RuntimeDir,
@@ -154,9 +154,12 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
     release_startup_memory();
     let spec = plan.spec;
     let (health_tx, health) = mpsc::unbounded_channel();
-    let balancer =
-        balancer::Handle::start(steering, loops, balancer_settings(config, spec), health_tx)
-            .map_err(StartError::Balancer)?;
+    let settings = balancer::Settings {
+        in_flight: plan.in_flight.clone(),
+        ..balancer_settings(config, spec)
+    };
+    let balancer = balancer::Handle::start(steering, loops, settings, health_tx)
+        .map_err(StartError::Balancer)?;
     tracing::info!(
         workers = plan.settings.workers,
         policy = %config.policy,
@@ -287,6 +290,7 @@ fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
         _ => None,
     };
     let runtime = RuntimeDir::create().map_err(StartError::RuntimeDir)?;
+    let in_flight = in_flight_board(config);
     let plan = Plan {
         settings: lifecycle_settings(config, workers),
         program,
@@ -296,6 +300,7 @@ fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
         max_connection_age: config.max_connection_age,
         user_sets_port: config.env.iter().any(|(k, _)| k == "PORT"),
         http_cache: None,
+        in_flight,
     };
     Ok(Prepared {
         plan,
@@ -305,6 +310,24 @@ fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
         runtime,
         http_cache,
     })
+}
+
+/// The board the workers write their requests in flight to, when the table
+/// is weighed by them (`weigh_in_flight`, under the `rescue` policy). Without
+/// one (no memfd), every ready worker gets an equal share, as before.
+fn in_flight_board(config: &RunConfig) -> Option<Arc<in_flight::Board>> {
+    if !config.weigh_in_flight || config.policy != Policy::Rescue {
+        return None;
+    }
+    in_flight::Board::new()
+        .inspect_err(|e| {
+            tracing::warn!(
+                "the table is not weighed by requests in flight: {}",
+                crate::error_chain(e)
+            );
+        })
+        .ok()
+        .map(Arc::new)
 }
 
 /// The event-loop signal `signal` asks for: the kernel's count where it
@@ -351,6 +374,7 @@ fn balancer_settings(config: &RunConfig, spec: ListenSpec) -> balancer::Settings
         },
         addr: spec.addr,
         release_idle: config.keepalive_release,
+        in_flight: None,
     }
 }
 

@@ -33,13 +33,16 @@ function activate() {
   const notifyFd = /^\d+$/.test(env.WATT_NOTIFY_FD || '') ? Number(env.WATT_NOTIFY_FD) : -1;
   const maxRequests = Number(env.WATT_MAX_REQUESTS_PER_SOCKET) > 0 ? Number(env.WATT_MAX_REQUESTS_PER_SOCKET) : 0;
   const maxAgeMs = Number(env.WATT_MAX_CONNECTION_AGE_MS) > 0 ? Number(env.WATT_MAX_CONNECTION_AGE_MS) : 0;
+  let inFlightFd = /^\d+$/.test(env.WATT_IN_FLIGHT_FD || '') ? Number(env.WATT_IN_FLIGHT_FD) : -1;
+  const inFlightOffset = /^\d+$/.test(env.WATT_IN_FLIGHT_OFFSET || '') ? Number(env.WATT_IN_FLIGHT_OFFSET) : -1;
+  if (inFlightOffset < 0) inFlightFd = -1;
 
   // Scrub the environment first: children the app spawns inherit process.env,
   // and a grandchild that saw LISTEN_* or the --require would try to use fds
   // that are not its own. (fds 3 and 4 themselves do not leak: Node marks
   // inherited fds close-on-exec at startup; seen with strace on 20 and 22.)
   const shimPath = env.WATT_SHIM;
-  for (const k of ['LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES', 'WATT_NOTIFY_FD', 'WATT_BACKLOG', 'WATT_SHIM', 'WATT_MAX_REQUESTS_PER_SOCKET', 'WATT_MAX_CONNECTION_AGE_MS']) {
+  for (const k of ['LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES', 'WATT_NOTIFY_FD', 'WATT_BACKLOG', 'WATT_SHIM', 'WATT_MAX_REQUESTS_PER_SOCKET', 'WATT_MAX_CONNECTION_AGE_MS', 'WATT_IN_FLIGHT_FD', 'WATT_IN_FLIGHT_OFFSET']) {
     delete env[k];
   }
   if (shimPath && env.NODE_OPTIONS !== undefined) {
@@ -294,6 +297,42 @@ function activate() {
   let uncaught = null; // { origin, error }: the last uncaught error seen
   let crashReported = false;
 
+  // Requests in flight, for the agent's table (WATT_IN_FLIGHT_FD): the
+  // agent sends new connections mostly to the workers serving the fewest.
+  // The count goes into a page the agent maps, at this worker's offset: a
+  // new request is written at once (a handler may block the loop right
+  // away, and the agent should see it serving meanwhile); finished ones
+  // are written once per event-loop turn (setImmediate coalesces them).
+  const inFlightBuf = Buffer.alloc(4);
+  let inFlightWritten = 0;
+  let inFlightFlush = null;
+
+  function writeInFlight() {
+    inFlightFlush = null;
+    const n = inFlight.size;
+    if (inFlightFd < 0 || n === inFlightWritten) return;
+    inFlightBuf.writeUInt32LE(n, 0);
+    try {
+      fs.writeSync(inFlightFd, inFlightBuf, 0, 4, inFlightOffset);
+      inFlightWritten = n;
+    } catch {
+      inFlightFd = -1; // not the agent's board after all: stop writing
+    }
+  }
+
+  function requestStarted(entry) {
+    inFlight.add(entry);
+    writeInFlight();
+  }
+
+  function requestEnded(entry) {
+    inFlight.delete(entry);
+    if (inFlightFd >= 0 && !inFlightFlush) {
+      inFlightFlush = setImmediate(writeInFlight);
+      inFlightFlush.unref();
+    }
+  }
+
   function trackInFlight(server) {
     // Prepended: a handler that throws synchronously must find its own
     // request already tracked. 'close' follows both finish and abort.
@@ -305,14 +344,14 @@ function activate() {
     if (http1 || server.listenerCount('request') > 0) {
       server.prependListener('request', (req, res) => {
         if (req.httpVersionMajor !== 1) return;
-        inFlight.add(req);
-        res.once('close', () => inFlight.delete(req));
+        requestStarted(req);
+        res.once('close', () => requestEnded(req));
       });
     }
     server.prependListener('stream', (stream, headers) => {
       const entry = { method: headers[':method'], url: headers[':path'] };
-      inFlight.add(entry);
-      stream.once('close', () => inFlight.delete(entry));
+      requestStarted(entry);
+      stream.once('close', () => requestEnded(entry));
     });
   }
 

@@ -27,6 +27,7 @@ use watt_common::SlotState;
 use super::{Balancer, Command, HealthReport, SlotView, Unhealthy, health, policy};
 use crate::{
     config::Policy,
+    ids::Slot,
     sampler::{ListenerQuery, ProcError},
 };
 
@@ -151,13 +152,7 @@ impl Balancer {
         let started = Instant::now();
         let nonempty = self.queues_nonempty();
         let steer = self.settings.policy == Policy::Rescue;
-        // Somewhere to rescue to: a ready, non-busy slot with an empty queue.
-        let capacity = |skip: u32, b: &Balancer| {
-            b.slots
-                .iter()
-                .any(|(&s, e)| s != skip && e.steered() && !nonempty.contains(&s))
-        };
-        let mut changed = false;
+        let mut changed = steer && self.update_loads(&nonempty);
         let mut activity = nonempty.iter().any(|s| {
             self.slots
                 .get(s)
@@ -214,7 +209,7 @@ impl Balancer {
             };
             let (verdict, acted) = self.observe(slot, sample);
             changed |= acted;
-            if verdict.rescue && steer && capacity(slot, self) {
+            if verdict.rescue && steer && self.better_than(slot, &nonempty) {
                 let moved = self.rescue(slot, now);
                 tracing::debug!(slot, moved, "rescued the queue of a busy worker");
             }
@@ -234,6 +229,16 @@ impl Balancer {
         }
         self.ticks += 1;
         self.tick_time += started.elapsed();
+    }
+
+    /// Somewhere better to rescue `busy`'s queue to: a ready, non-busy slot
+    /// with an empty queue and no more requests in flight than the busy
+    /// worker (moving a queue behind as much work gains nothing).
+    fn better_than(&self, busy: Slot, nonempty: &[Slot]) -> bool {
+        let busy_load = self.slots.get(&busy).map_or(0, |e| e.weighed_load);
+        self.slots.iter().any(|(&s, e)| {
+            s != busy && e.steered() && !nonempty.contains(&s) && e.weighed_load <= busy_load
+        })
     }
 
     /// Feeds one sample to the slot's health model, traces it (`SAMPLES`)
@@ -434,6 +439,13 @@ impl Balancer {
                 Err(ProcError::Vanished { .. }) => e.probe = None,
                 Err(err) => tracing::debug!(slot, "sampling the worker failed: {err}"),
             }
+        }
+        // Asleep, the loads would stay as the last tick left them.
+        if !self.active && self.update_loads(&[]) {
+            changed = true;
+        }
+        for e in self.slots.values_mut() {
+            e.load.in_flight = self.settings.in_flight.is_some().then_some(e.weighed_load);
         }
         if changed {
             self.publish();

@@ -20,6 +20,11 @@ pub struct Load {
     pub run_delay: Option<Duration>,
     /// Resident memory of the process.
     pub rss_bytes: Option<u64>,
+    /// Requests in flight on the worker as its preload counts them (plus
+    /// one while a connection waits in its queue), at the last tick: what
+    /// the table is weighed by. `None` when it is not (`weigh_in_flight`).
+    #[serde(default)]
+    pub in_flight: Option<u32>,
     /// Times its queue was rescued, and the connections that moved.
     #[serde(default)]
     pub rescues: u64,

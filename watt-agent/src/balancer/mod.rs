@@ -133,6 +133,9 @@ pub struct Settings {
     pub addr: SocketAddr,
     /// Close a busy worker's idle keep-alive connections (`keepalive`).
     pub release_idle: bool,
+    /// The workers' requests in flight, which weigh the table (`None`: equal
+    /// shares).
+    pub in_flight: Option<Arc<crate::in_flight::Board>>,
 }
 
 /// The supervisor's end.
@@ -277,6 +280,9 @@ struct Entry {
     watched: bool,
     seeking_main_loop: bool,
     load: Load,
+    /// Its requests in flight (plus one for a non-empty queue) at the last
+    /// tick: what the table is weighed by (`policy::weights`).
+    weighed_load: u32,
     /// When the program last stopped sending it new connections (not
     /// ready, or busy). What waits in the queue of a slot out of the table
     /// is moved only a tick after this (see `Balancer::rescue_out_of_table`).
@@ -413,6 +419,7 @@ impl Entry {
             watched: false,
             seeking_main_loop: false,
             load: Load::default(),
+            weighed_load: 0,
             left_table: Instant::now(),
         }
     }
@@ -499,6 +506,11 @@ impl Balancer {
             e.load.cpu_time = None;
             e.load.run_delay = None;
             e.load.rss_bytes = None;
+            // Its requests died with it.
+            e.weighed_load = 0;
+            if let Some(board) = &self.settings.in_flight {
+                board.clear(slot);
+            }
         }
         let effective = policy::effective_state(e.view);
         if let Some(st) = &mut self.steering {
@@ -626,10 +638,44 @@ impl Balancer {
     }
 
     fn publish(&mut self) {
+        let views = self.views();
+        let loads = self.weighed_loads();
         let Some(st) = &mut self.steering else { return };
-        let views: BTreeMap<Slot, SlotView> =
-            self.slots.iter().map(|(&s, e)| (s, e.view)).collect();
-        log_err(st.publish(&policy::build_table(&views)), "publish table");
+        log_err(
+            st.publish(&policy::build_table(&views, &loads)),
+            "publish table",
+        );
+    }
+
+    fn views(&self) -> BTreeMap<Slot, SlotView> {
+        self.slots.iter().map(|(&s, e)| (s, e.view)).collect()
+    }
+
+    /// The loads the table is weighed by, as of the last tick (none
+    /// without the in-flight board).
+    fn weighed_loads(&self) -> BTreeMap<Slot, u32> {
+        if self.settings.in_flight.is_none() {
+            return BTreeMap::new();
+        }
+        self.slots
+            .iter()
+            .map(|(&s, e)| (s, e.weighed_load))
+            .collect()
+    }
+
+    /// Reads every slot's requests in flight (plus one for a non-empty
+    /// queue) for the table's weights. Returns whether the weights changed:
+    /// the table must then be republished.
+    fn update_loads(&mut self, nonempty: &[Slot]) -> bool {
+        let Some(board) = self.settings.in_flight.clone() else {
+            return false;
+        };
+        let views = self.views();
+        let before = policy::weights(&views, &self.weighed_loads());
+        for (&slot, e) in &mut self.slots {
+            e.weighed_load = board.get(slot) + u32::from(nonempty.contains(&slot));
+        }
+        policy::weights(&views, &self.weighed_loads()) != before
     }
 
     fn update_snapshot(&self) {

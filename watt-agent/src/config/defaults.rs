@@ -47,6 +47,8 @@ pub const PROGRAM_LOG: ProgramLog = ProgramLog::Off;
 pub const BPF_STATS: bool = false;
 /// On: a blocked worker's kept-alive clients would wait out its block.
 pub const KEEPALIVE_RELEASE: bool = true;
+/// `weigh_in_flight`: the table favours workers with fewer requests in flight.
+pub const WEIGH_IN_FLIGHT: bool = true;
 
 // The value types take their defaults from here, by hand rather than
 // derived, so that code asking for a default and the settings table agree

@@ -193,6 +193,21 @@ macro_rules! settings {
             )]
             keepalive_release: bool = defaults::KEEPALIVE_RELEASE, file: bool;
 
+            /// Weigh the selection table by each worker's requests in flight (its
+            /// preload counts them): new connections go mostly to the workers
+            /// serving the fewest, not behind requests a worker is still working on
+            /// [default: true]
+            #[arg(
+                long,
+                env = "WATT_WEIGH_IN_FLIGHT",
+                num_args = 0..=1,
+                require_equals = true,
+                default_missing_value = "true",
+                value_name = "BOOL",
+                value_parser = clap::builder::BoolishValueParser::new()
+            )]
+            weigh_in_flight: bool = defaults::WEIGH_IN_FLIGHT, file: bool;
+
             /// One HTTP cache for all workers' outgoing fetch/undici requests: on,
             /// off, or KEY=VALUE pairs (max_size, max_entry_size, max_entries,
             /// origin, mode, tags_header, timeout, undici); see watt.example.toml

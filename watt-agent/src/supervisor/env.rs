@@ -3,10 +3,11 @@
 use std::ffi::OsString;
 
 use super::plan::Plan;
-use crate::ids::WorkerId;
+use crate::ids::{Slot, WorkerId};
 
-/// The per-worker part of the environment (docs/worker-contract.md).
-pub(super) fn worker_env(plan: &Plan, worker: WorkerId) -> Vec<(OsString, OsString)> {
+/// The per-worker part of the environment (docs/worker-contract.md), for
+/// `worker` starting in `slot`.
+pub(super) fn worker_env(plan: &Plan, worker: WorkerId, slot: Slot) -> Vec<(OsString, OsString)> {
     let port = plan.spec.addr.port().to_string();
     let id = worker.to_string();
     let shim = plan.shim.display().to_string();
@@ -52,6 +53,12 @@ pub(super) fn worker_env(plan: &Plan, worker: WorkerId) -> Vec<(OsString, OsStri
     if let Some(age) = plan.max_connection_age {
         let ms = age.as_millis().to_string();
         env.push(("WATT_MAX_CONNECTION_AGE_MS".into(), ms.into()));
+    }
+    if plan.in_flight.is_some() {
+        let fd = crate::in_flight::WORKER_FD.to_string();
+        let offset = crate::in_flight::Board::offset(slot).to_string();
+        env.push(("WATT_IN_FLIGHT_FD".into(), fd.into()));
+        env.push(("WATT_IN_FLIGHT_OFFSET".into(), offset.into()));
     }
     if let Some(cache) = &plan.http_cache {
         env.push(("WATT_HTTP_CACHE".into(), cache.into()));

@@ -299,8 +299,18 @@ impl Driver<'_> {
             });
             return;
         };
-        let env = env::worker_env(&self.plan, worker);
-        match spawn::spawn(&self.plan.program, std::os::fd::AsFd::as_fd(listener), &env) {
+        let env = env::worker_env(&self.plan, worker, slot);
+        let board = self.plan.in_flight.as_deref();
+        // The slot's last worker may have died with requests in flight.
+        if let Some(b) = board {
+            b.clear(slot);
+        }
+        match spawn::spawn(
+            &self.plan.program,
+            std::os::fd::AsFd::as_fd(listener),
+            board.map(crate::in_flight::Board::fd),
+            &env,
+        ) {
             Ok(child) => {
                 let pid = child.pid;
                 self.pids.insert(pid, worker);

@@ -17,4 +17,7 @@ pub struct Plan {
     /// `WATT_HTTP_CACHE` for the workers: where the shared HTTP cache's
     /// store listens and how to use it (`None`: no cache).
     pub http_cache: Option<String>,
+    /// Where the workers' preload writes its requests in flight (`None`:
+    /// the table is not weighed by them).
+    pub in_flight: Option<std::sync::Arc<crate::in_flight::Board>>,
 }

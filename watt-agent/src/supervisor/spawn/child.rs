@@ -63,6 +63,8 @@ pub(super) struct ChildContext {
     pub(super) stdout: RawFd,
     pub(super) stderr: RawFd,
     pub(super) notify: RawFd,
+    /// The in-flight board (`crate::in_flight`), or -1 for none.
+    pub(super) in_flight: RawFd,
     pub(super) devnull: RawFd,
     pub(super) fail: RawFd,
     /// Read end of the start pipe: one byte when the agent is ready.
@@ -141,12 +143,12 @@ unsafe fn detach(ctx: &ChildContext) {
 }
 
 /// fds 0..=4: /dev/null, stdout, stderr, the listener, the notify pipe;
-/// everything else closes at exec.
+/// 5: the in-flight board, if there is one; everything else closes at exec.
 unsafe fn place_fds(ctx: &ChildContext) {
     // SAFETY: fd syscalls on fds this process holds.
     unsafe {
         // Move every source above the target range first, so dup2 never
-        // overwrites a source that happens to sit at 0..=4.
+        // overwrites a source that happens to sit at 0..=5.
         let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
         let (null, out, err, lst, ntf) = (
             high(ctx.devnull),
@@ -155,19 +157,33 @@ unsafe fn place_fds(ctx: &ChildContext) {
             high(ctx.listener),
             high(ctx.notify),
         );
-        if [null, out, err, lst, ntf].iter().any(|&fd| fd < 0) {
+        let board = if ctx.in_flight >= 0 {
+            high(ctx.in_flight)
+        } else {
+            -1
+        };
+        if [null, out, err, lst, ntf].iter().any(|&fd| fd < 0) || (ctx.in_flight >= 0 && board < 0)
+        {
             fail(ctx, ChildStep::Descriptors);
         }
-        // dup2 clears close-on-exec on the target: these five survive exec.
-        for (src, dst) in [(null, 0), (out, 1), (err, 2), (lst, 3), (ntf, 4)] {
-            if libc::dup2(src, dst) < 0 {
+        // dup2 clears close-on-exec on the target: these survive exec.
+        for (src, dst) in [
+            (null, 0),
+            (out, 1),
+            (err, 2),
+            (lst, 3),
+            (ntf, 4),
+            (board, 5),
+        ] {
+            if src >= 0 && libc::dup2(src, dst) < 0 {
                 fail(ctx, ChildStep::Descriptors);
             }
         }
         // Anything else this process holds is closed by exec.
+        let first_closed: u32 = if board >= 0 { 6 } else { 5 };
         libc::syscall(
             libc::SYS_close_range,
-            5u32,
+            first_closed,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );

@@ -224,6 +224,7 @@ bpf_stats = true
 max_requests_per_socket = 100
 max_connection_age = "30s"
 keepalive_release = false
+weigh_in_flight = false
 http_cache = { max_size = "8M", origins = ["https://api.example"], mode = "private", timeout = "20ms" }
 "#;
     let f = parse(Path::new(PATH), text).unwrap();
@@ -252,6 +253,7 @@ http_cache = { max_size = "8M", origins = ["https://api.example"], mode = "priva
     assert_eq!(l.bpf_stats, Some(true));
     assert_eq!(l.max_connection_age, Some(Duration::from_secs(30)));
     assert_eq!(l.keepalive_release, Some(false));
+    assert_eq!(l.weigh_in_flight, Some(false));
     assert_eq!(f.line("workers"), 2);
     assert_eq!(f.line("max_requests_per_socket"), 31);
     assert_eq!(l.loop_signal, Some(LoopSignal::Proc));

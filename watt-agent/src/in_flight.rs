@@ -1,0 +1,157 @@
+//! The in-flight board: how many requests each worker is serving right now,
+//! as its preload counts them, where the balancer can read them every tick
+//! for nothing.
+//!
+//! A worker's event loop can be idle in its wait and still hold requests in
+//! progress (waiting for a database, half-way through a Next.js render that
+//! yields between steps). A connection sent there waits behind them; if one
+//! of them then blocks the loop, it waits for the block too. The balancer
+//! weighs the table by these counts (`balancer::policy`), so new
+//! connections go to the workers with the fewest requests in flight.
+//!
+//! The board is one page of memory (`memfd`): a `u32` per slot. The agent
+//! maps it and reads it; each worker gets the same file at fd
+//! [`WORKER_FD`] and `pwrite`s its own count at its slot's offset (the
+//! preload coalesces the writes to one per event-loop turn). No system call
+//! on the agent's side, one per turn with a change on the worker's, and no
+//! path in a directory a worker of another user would need access to.
+use std::{
+    num::NonZeroUsize,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use nix::sys::{
+    memfd::{MFdFlags, memfd_create},
+    mman::{MapFlags, ProtFlags, mmap, munmap},
+};
+use watt_common::MAX_SLOTS;
+
+use crate::ids::Slot;
+
+/// Where a worker finds the board (`WATT_IN_FLIGHT_FD`).
+pub const WORKER_FD: i32 = 5;
+
+/// One page holds every slot's count.
+const SIZE: usize = 4096;
+const _: () = assert!(MAX_SLOTS as usize * 4 <= SIZE);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BoardError {
+    #[error("creating the in-flight board (memfd_create)")]
+    Create(#[source] nix::Error),
+    #[error("sizing the in-flight board")]
+    Size(#[source] nix::Error),
+    #[error("mapping the in-flight board")]
+    Map(#[source] nix::Error),
+}
+
+/// The agent's side of the board.
+pub struct Board {
+    file: OwnedFd,
+    counts: NonNull<AtomicU32>,
+}
+
+impl std::fmt::Debug for Board {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Board")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the mapping is only read and written through atomics, and lives
+// as long as the `Board`.
+unsafe impl Send for Board {}
+unsafe impl Sync for Board {}
+
+impl Board {
+    pub fn new() -> Result<Self, BoardError> {
+        // Close-on-exec: only the workers' spawn places it (at fd 5).
+        let file =
+            memfd_create(c"watt-in-flight", MFdFlags::MFD_CLOEXEC).map_err(BoardError::Create)?;
+        nix::unistd::ftruncate(&file, i64::try_from(SIZE).unwrap_or(4096))
+            .map_err(BoardError::Size)?;
+        // SAFETY: a fresh shared mapping of a file this process owns,
+        // unmapped in `Drop`; nothing else aliases it in this process.
+        let ptr = unsafe {
+            mmap(
+                None,
+                NonZeroUsize::new(SIZE).expect("non-zero"),
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &file,
+                0,
+            )
+        }
+        .map_err(BoardError::Map)?;
+        Ok(Self {
+            file,
+            counts: ptr.cast(),
+        })
+    }
+
+    fn cell(&self, slot: Slot) -> Option<&AtomicU32> {
+        (slot < MAX_SLOTS).then(|| {
+            // SAFETY: `slot < MAX_SLOTS` and the page holds MAX_SLOTS
+            // aligned `u32`s; other processes write it only with `pwrite`
+            // of whole, aligned 4-byte values.
+            unsafe { &*self.counts.as_ptr().add(slot as usize) }
+        })
+    }
+
+    /// Requests in flight on `slot`'s worker, as it last wrote.
+    #[must_use]
+    pub fn get(&self, slot: Slot) -> u32 {
+        // Little-endian, as the preload writes it (`writeUInt32LE`).
+        self.cell(slot)
+            .map_or(0, |c| u32::from_le(c.load(Ordering::Relaxed)))
+    }
+
+    /// Forgets `slot`'s count: before a new worker starts in it, and when
+    /// its worker is gone (a dead worker's requests are not in flight).
+    pub fn clear(&self, slot: Slot) {
+        if let Some(c) = self.cell(slot) {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The file a worker gets at [`WORKER_FD`].
+    #[must_use]
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Byte offset of `slot`'s count (`WATT_IN_FLIGHT_OFFSET`).
+    #[must_use]
+    pub const fn offset(slot: Slot) -> u64 {
+        slot as u64 * 4
+    }
+}
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, not used after this.
+        let _ = unsafe { munmap(self.counts.cast(), SIZE) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_to_the_file_is_what_the_board_reads() {
+        let board = Board::new().unwrap();
+        assert_eq!(board.get(3), 0);
+        // What a worker does: pwrite its count at its offset.
+        let file = std::fs::File::from(board.fd().try_clone_to_owned().unwrap());
+        std::os::unix::fs::FileExt::write_at(&file, &7u32.to_le_bytes(), Board::offset(3)).unwrap();
+        assert_eq!(board.get(3), 7);
+        assert_eq!(board.get(2), 0);
+        board.clear(3);
+        assert_eq!(board.get(3), 0);
+        assert_eq!(board.get(MAX_SLOTS), 0, "out of range reads nothing");
+    }
+}
