@@ -317,6 +317,16 @@ impl Scrape {
             ),
             |x| Some(int(x.load.measured.queue_depth?)),
         )?;
+        self.per_slot(
+            enc,
+            (
+                "watt_worker_requests_in_flight",
+                "Requests the worker is serving as its preload counts them (plus one while a \
+                 connection waits in its queue), which weigh the selection table",
+                None,
+            ),
+            |x| Some(int(x.load.measured.in_flight?)),
+        )?;
         self.listener_counters(enc)
     }
 
