@@ -128,7 +128,9 @@ mod tests {
         let a = super::super::cpu_time(pid).unwrap();
         std::thread::sleep(Duration::from_millis(500));
         let b = super::super::cpu_time(pid).unwrap();
-        let used = n.stop(Some(b - a), Duration::from_millis(500)).unwrap();
+        let used = n
+            .stop(Some(b.saturating_sub(a)), Duration::from_millis(500))
+            .unwrap();
         assert_eq!(used.core, core);
         // Busy (an idle node would use next to nothing after start-up; how
         // much it gets depends on what else runs on its core).
