@@ -14,8 +14,12 @@
 //!   next to a keep-alive baseline ([`keepalive`]);
 //! - idle: 16 workers and no traffic for a minute: the agent's CPU and RSS.
 //!
+//! With `--neighbour`, a run has a CPU-heavy process beside it, pinned to
+//! one core ([`neighbour`]).
+//!
 //! Each run's agent log stays in `target/bench-skew/<run>.log`.
 mod keepalive;
+mod neighbour;
 mod report;
 
 use std::{
@@ -75,6 +79,20 @@ pub struct Args {
     /// writes no results file.
     #[arg(long, value_delimiter = ',')]
     pub only: Option<Vec<String>>,
+    /// A CPU-heavy neighbour (a busy loop pinned to one core) beside each
+    /// run, from before the warm-up to the end: `on` (what `--neighbour`
+    /// alone means), `off`, or `both` (each run without, then with one).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "off",
+        num_args = 0..=1,
+        default_missing_value = "on"
+    )]
+    pub neighbour: neighbour::Mode,
+    /// The core the neighbour is pinned to (default: the last CPU).
+    #[arg(long)]
+    pub neighbour_core: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -100,6 +118,8 @@ struct Run {
     /// Fast requests answered after more than [`SLOW`]: they waited behind
     /// a block.
     fast_slow: u64,
+    /// The CPU-heavy neighbour beside the run, if any.
+    neighbour: Option<neighbour::Use>,
 }
 
 /// A fast request this slow waited behind a block (a fast one takes well
@@ -123,7 +143,7 @@ impl Run {
     }
 }
 
-/// How one run starts its agent.
+/// How one run starts its agent, and what runs beside it.
 struct Setting<'a> {
     policy: &'a str,
     loop_signal: &'a str,
@@ -131,6 +151,23 @@ struct Setting<'a> {
     /// More agent flags, e.g. `--keepalive-release=false`.
     flags: &'a [&'a str],
     workers: usize,
+    /// The core of a CPU-heavy neighbour beside the run, if any.
+    neighbour: Option<usize>,
+}
+
+impl Setting<'_> {
+    fn agent_flags(&self) -> Vec<&str> {
+        let mut flags = vec![
+            "--policy",
+            self.policy,
+            "--tick",
+            self.tick,
+            "--loop-signal",
+            self.loop_signal,
+        ];
+        flags.extend(self.flags);
+        flags
+    }
 }
 
 #[derive(Serialize)]
@@ -210,6 +247,8 @@ struct Runner<'a> {
     agent: &'a Path,
     app: &'a Path,
     dir: &'a Path,
+    /// The core of `--neighbour`.
+    neighbour_core: usize,
     runs: Vec<Run>,
 }
 
@@ -245,19 +284,28 @@ impl Runner<'_> {
             return Ok(());
         }
         let (policy, loop_signal) = policy.split_once('+').unwrap_or((policy, "auto"));
-        let setting = Setting {
-            policy,
-            loop_signal,
-            tick,
-            flags,
-            workers: 4,
-        };
         let duration = Duration::from_secs(self.args.duration);
-        let r = measure(
-            self.agent, self.app, self.dir, name, &setting, duration, plan,
-        )?;
-        report::print_run(&r);
-        self.runs.push(r);
+        for &with in self.args.neighbour.arms() {
+            let (name, neighbour) = if with {
+                let core = self.neighbour_core;
+                (format!("{name}, neighbour on CPU {core}"), Some(core))
+            } else {
+                (name.to_owned(), None)
+            };
+            let setting = Setting {
+                policy,
+                loop_signal,
+                tick,
+                flags,
+                workers: 4,
+                neighbour,
+            };
+            let r = measure(
+                self.agent, self.app, self.dir, &name, &setting, duration, plan,
+            )?;
+            report::print_run(&r);
+            self.runs.push(r);
+        }
         Ok(())
     }
 }
@@ -280,11 +328,16 @@ impl Args {
 fn measure_all(args: &Args, agent: &Path, app: &Path, dir: &Path) -> anyhow::Result<Vec<Run>> {
     let fast = |plan: Plan| args.fast(plan);
     let skewed = |plan: Plan| args.skewed(plan);
+    let neighbour_core = match args.neighbour_core {
+        Some(c) => c,
+        None => neighbour::last_cpu()?,
+    };
     let mut r = Runner {
         args,
         agent,
         app,
         dir,
+        neighbour_core,
         runs: Vec::new(),
     };
     println!(
@@ -295,6 +348,16 @@ fn measure_all(args: &Args, agent: &Path, app: &Path, dir: &Path) -> anyhow::Res
         keepalive::CONNECTIONS,
         args.duration
     );
+    if args.neighbour != neighbour::Mode::Off {
+        println!(
+            "neighbour: a busy loop (node) pinned to CPU {neighbour_core}, from before each run's warm-up to its end{}",
+            if args.neighbour == neighbour::Mode::Both {
+                "; each run without, then with it"
+            } else {
+                ""
+            }
+        );
+    }
     r.one("baseline (no blocking)", "rescue", "2ms", &fast)?;
     r.one("skew, rescue (default)", "rescue", "2ms", &skewed)?;
     // (hash and kernel sample at a coarse tick whatever --tick says.)
@@ -355,16 +418,14 @@ fn measure(
 ) -> anyhow::Result<Run> {
     let port = free_port()?;
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let mut flags = vec![
-        "--policy",
-        setting.policy,
-        "--tick",
-        setting.tick,
-        "--loop-signal",
-        setting.loop_signal,
-    ];
-    flags.extend(setting.flags);
-    let log = dir.join(format!("{}.log", file_name(name)));
+    let log = |what: &str| dir.join(format!("{}{what}.log", file_name(name)));
+    // Started first, so it is already there when the agent starts and
+    // through the warm-up, as a busy tenant would be.
+    let neighbour = setting
+        .neighbour
+        .map(|core| neighbour::Neighbour::start(core, &log(".neighbour")))
+        .transpose()?;
+    let (flags, log) = (setting.agent_flags(), log(""));
     let mut group = start_agent(
         agent,
         app,
@@ -380,20 +441,21 @@ fn measure(
             .warmup(warmup)
             .timeout(Duration::from_secs(10)),
     );
-    // The agent's CPU over the measured window only.
-    let pid = group.pid();
-    let sampler = thread::spawn(move || {
-        thread::sleep(warmup);
-        let a = cpu_time(pid);
-        thread::sleep(duration);
-        cpu_time(pid).zip(a).map(|(b, a)| b.saturating_sub(a))
-    });
+    let sampler = cpu_over_window(
+        [
+            Some(group.pid()),
+            neighbour.as_ref().map(neighbour::Neighbour::pid),
+        ],
+        warmup,
+        duration,
+    );
     let report = loadgen::run(&p)?;
-    let cpu = sampler
-        .join()
-        .ok()
-        .flatten()
-        .context("the agent's CPU time could not be read (did it exit?)")?;
+    let [cpu, neighbour_cpu] = sampler.join().unwrap_or([None, None]);
+    let neighbour = neighbour
+        .map(|n| n.stop(neighbour_cpu, duration))
+        .transpose()
+        .with_context(|| format!("{name}: the neighbour"))?;
+    let cpu = cpu.context("the agent's CPU time could not be read (did it exit?)")?;
     let log = fs::read_to_string(&log).unwrap_or_default();
     let released = keepalive::read_released(admin)
         .inspect_err(|e| eprintln!("{name}: {e:#}"))
@@ -428,6 +490,24 @@ fn measure(
         released,
         reopened: report.closed_idle,
         fast_slow: slow,
+        neighbour,
+    })
+}
+
+/// The CPU time of each of `pids` over the measured window only: from
+/// `warmup` on, for `window`.
+fn cpu_over_window(
+    pids: [Option<i32>; 2],
+    warmup: Duration,
+    window: Duration,
+) -> thread::JoinHandle<[Option<Duration>; 2]> {
+    thread::spawn(move || {
+        let read = || pids.map(|p| p.and_then(cpu_time));
+        thread::sleep(warmup);
+        let a = read();
+        thread::sleep(window);
+        let b = read();
+        [0, 1].map(|i| b[i].zip(a[i]).map(|(b, a)| b.saturating_sub(a)))
     })
 }
 

@@ -9,11 +9,12 @@ use super::{Results, Run, keepalive};
 use crate::bench::loadgen::Connections;
 
 /// One line per run: the fast class's latency, failed requests of every
-/// class, and the agent's cost; for keep-alive runs a second line with the
-/// fast requests that waited behind a block and the release counters.
+/// class, the agent's cost and the neighbour's CPU; for keep-alive runs a
+/// second line with the fast requests that waited behind a block and the
+/// release counters.
 pub(super) fn print_run(r: &Run) {
     println!(
-        "{:<28} fast p50 {:>7.3} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  failed {:>3}{}  agent CPU {:>5.2}%{}",
+        "{:<28} fast p50 {:>7.3} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  failed {:>3}{}  agent CPU {:>5.2}%{}{}",
         r.name,
         r.fast.p50_ms,
         r.fast.p99_ms,
@@ -23,7 +24,11 @@ pub(super) fn print_run(r: &Run) {
         r.agent_cpu_percent,
         r.rescues
             .map(|n| format!("  rescues {n}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        r.neighbour.map_or_else(String::new, |n| format!(
+            "  neighbour CPU {:.1}% (CPU {})",
+            n.cpu_percent, n.core
+        ))
     );
     if matches!(r.connections, Connections::KeepAlive(_)) {
         let released = r.released.map_or_else(
@@ -67,7 +72,7 @@ pub(super) fn write(root: &Path, r: &Results) -> anyhow::Result<()> {
     let mut md = format!(
         "# Skew benchmark, {}\n\nMachine: {}. watt-agent {}. 4 workers of tests/fixtures/apps/test-app.js on Node {}. \
          Open-loop load, new connection per request (keepalive runs: over {} kept-alive connections), latency from the scheduled start.\n\n\
-         | run | policy | tick | fast p50 | fast p99 | fast p99.9 | failed | agent CPU | released (races) |\n|---|---|---|---|---|---|---|---|---|\n",
+         | run | policy | tick | fast p50 | fast p99 | fast p99.9 | failed | agent CPU | released (races) | neighbour CPU (core) |\n|---|---|---|---|---|---|---|---|---|---|\n",
         r.date,
         crate::bench::pairs(&r.machine),
         r.commit,
@@ -77,7 +82,7 @@ pub(super) fn write(root: &Path, r: &Results) -> anyhow::Result<()> {
     for run in &r.runs {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {}{} | {:.2}% | {} |",
+            "| {} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {}{} | {:.2}% | {} | {} |",
             run.name,
             run.policy,
             run.tick,
@@ -88,7 +93,11 @@ pub(super) fn write(root: &Path, r: &Results) -> anyhow::Result<()> {
             failed_kinds(run),
             run.agent_cpu_percent,
             run.released
-                .map_or_else(String::new, |x| format!("{} ({})", x.connections, x.races))
+                .map_or_else(String::new, |x| format!("{} ({})", x.connections, x.races)),
+            run.neighbour.map_or_else(String::new, |n| format!(
+                "{:.1}% ({})",
+                n.cpu_percent, n.core
+            ))
         );
     }
     if let Some(i) = &r.idle {
