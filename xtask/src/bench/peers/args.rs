@@ -64,6 +64,9 @@ pub struct PeersArgs {
     /// First rate of the saturation sweeps (requests/s).
     #[arg(long, default_value_t = 1000.0)]
     pub sweep_start: f64,
+    /// First rate of the Next.js saturation sweep (requests/s).
+    #[arg(long, default_value_t = 50.0)]
+    pub next_sweep_start: f64,
     /// First rate of the keep-alive saturation sweep (requests/s).
     #[arg(long, default_value_t = 4000.0)]
     pub sweep_start_ka: f64,
@@ -137,7 +140,7 @@ impl PeersArgs {
             },
             sweep_step_s: self.sweep_step,
             next_rate: 100.0,
-            next_sweep_start: 50.0,
+            next_sweep_start: self.next_sweep_start,
             next_fast_rate: self.next_fast_rate,
             next_sat_rate: self.next_sat_rate,
             next_block_rate: self.next_block_rate,
