@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::{
     arms::Arm,
-    scenarios::{Front, Scenario, Settings},
+    scenarios::{Front, NEXT_SAT_RATE, Scenario, Settings},
 };
 use crate::bench::loadgen::SweepSpec;
 
@@ -46,9 +46,27 @@ pub struct PeersArgs {
     /// Fast-request rate of the skew, crash and reload scenarios.
     #[arg(long, default_value_t = 300.0)]
     pub fast_rate: f64,
+    /// Page rate of next-baseline and next-skew: below saturation (the
+    /// issue's 80/s).
+    #[arg(long, default_value_t = 80.0)]
+    pub next_fast_rate: f64,
+    /// Page rate of next-baseline-sat and next-skew-sat: close to the best
+    /// arm's maximum sustainable rate in next-saturation on this machine.
+    #[arg(long, default_value_t = NEXT_SAT_RATE)]
+    pub next_sat_rate: f64,
+    /// Blocking requests (`GET /block?ms=`) per second in next-skew and
+    /// next-skew-sat.
+    #[arg(long, default_value_t = 4.0)]
+    pub next_block_rate: f64,
+    /// How long each blocks its worker's event loop (ms).
+    #[arg(long, default_value_t = 100)]
+    pub next_block_ms: u64,
     /// First rate of the saturation sweeps (requests/s).
     #[arg(long, default_value_t = 1000.0)]
     pub sweep_start: f64,
+    /// First rate of the Next.js saturation sweep (requests/s).
+    #[arg(long, default_value_t = 50.0)]
+    pub next_sweep_start: f64,
     /// First rate of the keep-alive saturation sweep (requests/s).
     #[arg(long, default_value_t = 4000.0)]
     pub sweep_start_ka: f64,
@@ -122,7 +140,11 @@ impl PeersArgs {
             },
             sweep_step_s: self.sweep_step,
             next_rate: 100.0,
-            next_sweep_start: 50.0,
+            next_sweep_start: self.next_sweep_start,
+            next_fast_rate: self.next_fast_rate,
+            next_sat_rate: self.next_sat_rate,
+            next_block_rate: self.next_block_rate,
+            next_block_ms: self.next_block_ms,
             sweep_start_ka: self.sweep_start_ka,
             resteer_requests: 100,
             watt_restart_ms: 100,

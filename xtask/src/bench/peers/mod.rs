@@ -194,6 +194,15 @@ fn selection(args: &PeersArgs) -> anyhow::Result<(Vec<Scenario>, Vec<Front>, Vec
     if !(args.front_crash_rate > 0.0 && args.front_crash_rate <= 10.0) {
         bail!("--front-crash-rate must be within (0, 10] per second");
     }
+    let rate_ok = |r: f64| r > 0.0 && r <= 10_000.0;
+    if !(rate_ok(args.next_fast_rate) && rate_ok(args.next_sat_rate)) {
+        bail!("--next-fast-rate and --next-sat-rate must be within (0, 10000] per second");
+    }
+    if !(rate_ok(args.next_block_rate) && (1..=10_000).contains(&args.next_block_ms)) {
+        bail!(
+            "--next-block-rate must be within (0, 10000] per second and --next-block-ms within 1..=10000"
+        );
+    }
     let arms: Vec<Arm> = if args.arms.is_empty() {
         Arm::ALL.to_vec()
     } else {

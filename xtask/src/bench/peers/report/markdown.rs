@@ -86,7 +86,38 @@ fn scenario_title(s: &Settings, scn: &str) -> String {
             s.next_rate,
             conns(false)
         ),
+        "next-baseline" | "next-baseline-sat" => format!(
+            "Next.js standalone `GET /` (dynamic page, class `fast`) at {}/s ({}) alone, {}, {run}",
+            next_rate(s, scn),
+            next_rate_kind(scn),
+            conns(false)
+        ),
+        "next-skew" | "next-skew-sat" => format!(
+            "Next.js standalone `GET /` (dynamic page, class `fast`) at {}/s ({}) plus `GET /block?ms={}` (a route handler that blocks the event loop, no CPU) at {}/s, {}, {run}",
+            next_rate(s, scn),
+            next_rate_kind(scn),
+            s.next_block_ms,
+            s.next_block_rate,
+            conns(false)
+        ),
         _ => String::new(),
+    }
+}
+
+/// The page rate of a Next.js baseline or skew scenario, by id.
+fn next_rate(s: &Settings, scn: &str) -> f64 {
+    Scenario::DEFAULT
+        .into_iter()
+        .find(|x| x.id() == scn)
+        .and_then(|x| s.next_fast_rate_of(x))
+        .unwrap_or_default()
+}
+
+fn next_rate_kind(scn: &str) -> &'static str {
+    if scn.ends_with("-sat") {
+        "close to saturation, `--next-sat-rate`"
+    } else {
+        "below saturation, `--next-fast-rate`"
     }
 }
 
@@ -108,6 +139,7 @@ pub fn markdown(r: &Results, chart_file: &str) -> String {
         repeats_table(&mut md, r);
     }
     fronts_table(&mut md, r);
+    next_skew_table(&mut md, r);
     let mut sections: Vec<String> = Vec::new();
     for c in &r.cells {
         if !sections.contains(&c.section()) {
@@ -432,6 +464,83 @@ fn front_rows(r: &Results, front: Front) -> Vec<Row> {
         Some(failed(c).to_string())
     });
     rows
+}
+
+/// A figure of a cell, for a row of a summary table.
+type Figure = fn(&Cell) -> Option<String>;
+
+/// The Next.js baseline and skew scenarios' key figures, one column per
+/// arm: the page's p99, p99.9 and failed requests at both rates.
+fn next_skew_table(md: &mut String, r: &Results) {
+    let scenarios = [
+        Scenario::NextBaseline,
+        Scenario::NextSkew,
+        Scenario::NextBaselineSat,
+        Scenario::NextSkewSat,
+    ];
+    let ran = |a: Arm| {
+        r.cells
+            .iter()
+            .any(|c| c.arm == a.id() && scenarios.iter().any(|s| c.scenario == s.id()))
+    };
+    let arms: Vec<Arm> = Arm::ALL.into_iter().filter(|&a| ran(a)).collect();
+    if arms.is_empty() {
+        return;
+    }
+    let s = &r.settings;
+    let _ = writeln!(
+        md,
+        "## Next.js skew
+
+The page (`fast`) of the Next.js standalone fixture at {}/s (below saturation) and {}/s (close to saturation), alone (`next-baseline*`) and with `GET /block?ms={}` at {}/s (`next-skew*`), one column per arm; failed counts every class. The sections below have the full tables.\n",
+        s.next_fast_rate, s.next_sat_rate, s.next_block_ms, s.next_block_rate
+    );
+    let _ = write!(md, "| scenario | figure |");
+    for a in &arms {
+        let _ = write!(md, " {} |", a.label());
+    }
+    let _ = write!(md, "\n|---|---|");
+    for _ in &arms {
+        md.push_str("---:|");
+    }
+    md.push('\n');
+    let figures: [(&str, Figure); 3] = [
+        ("fast p99 ms", |c| {
+            c.class("fast").filter(|x| x.ok > 0).map(|x| f(x.p99_ms))
+        }),
+        ("fast p99.9 ms", |c| {
+            c.class("fast").filter(|x| x.ok > 0).map(|x| f(x.p999_ms))
+        }),
+        ("failed", |c| {
+            Some(c.classes.iter().map(|x| x.failed).sum::<u64>().to_string())
+        }),
+    ];
+    for scn in scenarios {
+        for (name, value) in &figures {
+            let cells: Vec<Option<&Cell>> = arms
+                .iter()
+                .map(|a| {
+                    r.cells.iter().find(|c| {
+                        c.scenario == scn.id() && c.front == Front::Direct.id() && c.arm == a.id()
+                    })
+                })
+                .collect();
+            if cells.iter().all(Option::is_none) {
+                continue;
+            }
+            let _ = write!(md, "| {} | {name} |", scn.id());
+            for c in cells {
+                let v = match c {
+                    None => "-".to_owned(),
+                    Some(c) if !c.ok() => c.status.clone(),
+                    Some(c) => value(c).unwrap_or_else(|| "-".into()),
+                };
+                let _ = write!(md, " {v} |");
+            }
+            md.push('\n');
+        }
+    }
+    md.push('\n');
 }
 
 /// The crash storm through a front: every failed fast request, and what

@@ -28,7 +28,61 @@ pub fn targets(r: &Results) -> Vec<Target> {
         out.push(saturation_target(r, scn));
     }
     out.extend(front_targets(r));
+    for scn in [Scenario::NextSkew, Scenario::NextSkewSat] {
+        if r.cells.iter().any(|c| c.scenario == scn.id()) {
+            out.push(next_skew_target(r, scn));
+        }
+    }
     out
+}
+
+/// Issue 12's Next.js targets: the page's p99 under blocks no worse than
+/// the best peer's at both rates, and below saturation at most 1.5x the
+/// agent's own p99 without blocks (next-baseline, same run).
+fn next_skew_target(r: &Results, scn: Scenario) -> Target {
+    let below = scn == Scenario::NextSkew;
+    let agent = fast(r, scn, Arm::Agent);
+    let base = fast(r, Scenario::NextBaseline, Arm::Agent).filter(|_| below);
+    let best = best_peer(r, scn, Front::Direct);
+    let (measured, pass) = match (&agent, best) {
+        (Some(a), Some((arm, p99))) => {
+            let vs_base = base.as_ref().map(|b| a.p99_ms / b.p99_ms.max(1e-6));
+            let base_text = match (below, vs_base, &base) {
+                (false, ..) => String::new(),
+                (true, Some(x), Some(b)) => format!(
+                    "; {x:.2}x the agent's next-baseline p99 ({} ms)",
+                    f(b.p99_ms)
+                ),
+                _ => "; no next-baseline run".into(),
+            };
+            (
+                format!(
+                    "watt-agent fast p99 {} ms; best peer {} {} ms{base_text}; {} failed",
+                    f(a.p99_ms),
+                    arm.label(),
+                    f(p99),
+                    a.failed
+                ),
+                Some(a.p99_ms <= p99 && (!below || vs_base.is_some_and(|x| x <= 1.5))),
+            )
+        }
+        _ => ("not measured".into(), None),
+    };
+    Target {
+        scenario: format!(
+            "{} ({}/s)",
+            scn.id(),
+            r.settings.next_fast_rate_of(scn).unwrap_or_default()
+        ),
+        goal: if below {
+            "fast p99 no worse than the best peer's, and at most 1.5x the agent's own next-baseline p99".into()
+        } else {
+            "fast p99 no worse than the best peer's".into()
+        },
+        measured,
+        pass,
+        informational: false,
+    }
 }
 
 /// The fronts' targets (issue 11): keep-alive skew against the best peer

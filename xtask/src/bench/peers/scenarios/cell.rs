@@ -216,6 +216,24 @@ fn load(
                 );
             record(cell, &loadgen::run(&plan)?);
         }
+        Scenario::NextBaseline
+        | Scenario::NextSkew
+        | Scenario::NextBaselineSat
+        | Scenario::NextSkewSat => {
+            let rate = s
+                .next_fast_rate_of(scenario)
+                .expect("a Next.js baseline or skew scenario");
+            // The page is the fast class: what the blocks must not slow.
+            let mut plan = base_plan(env, addr, scenario).get("fast", "/", rate);
+            if scenario.blocks() {
+                plan = plan.get(
+                    "block",
+                    &format!("/block?ms={}", s.next_block_ms),
+                    s.next_block_rate,
+                );
+            }
+            record(cell, &loadgen::run(&plan)?);
+        }
         Scenario::Crash if env.front != Front::Direct => crash_storm(env, addr, cell)?,
         Scenario::Crash => crash(env, addr, cell, accept_dir)?,
         Scenario::Reload => reload(env, running, addr, cell)?,

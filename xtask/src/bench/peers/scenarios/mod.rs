@@ -11,4 +11,4 @@ pub use front::Front;
 #[cfg(test)]
 pub use record::CrashStats;
 pub use record::{CURVE, Cell};
-pub use scenario::{Scenario, Settings};
+pub use scenario::{NEXT_SAT_RATE, Scenario, Settings};

@@ -46,10 +46,20 @@ pub enum Scenario {
     Next,
     /// Next.js standalone, rate ramp.
     NextSaturation,
+    /// The Next.js page alone at `--next-fast-rate` (what next-skew is
+    /// compared with).
+    NextBaseline,
+    /// The Next.js page plus requests that block a worker's event loop,
+    /// at `--next-fast-rate`.
+    NextSkew,
+    /// `next-baseline` at `--next-sat-rate`, close to saturation.
+    NextBaselineSat,
+    /// `next-skew` at `--next-sat-rate`.
+    NextSkewSat,
 }
 
 impl Scenario {
-    pub const DEFAULT: [Self; 11] = [
+    pub const DEFAULT: [Self; 15] = [
         Self::Uniform,
         Self::UniformKa,
         Self::Baseline,
@@ -61,6 +71,10 @@ impl Scenario {
         Self::SaturationKa,
         Self::Next,
         Self::NextSaturation,
+        Self::NextBaseline,
+        Self::NextSkew,
+        Self::NextBaselineSat,
+        Self::NextSkewSat,
     ];
 
     #[must_use]
@@ -77,6 +91,10 @@ impl Scenario {
             Self::SaturationKa => "saturation-ka",
             Self::Next => "next",
             Self::NextSaturation => "next-saturation",
+            Self::NextBaseline => "next-baseline",
+            Self::NextSkew => "next-skew",
+            Self::NextBaselineSat => "next-baseline-sat",
+            Self::NextSkewSat => "next-skew-sat",
         }
     }
 
@@ -87,7 +105,35 @@ impl Scenario {
 
     #[must_use]
     pub fn is_next(self) -> bool {
-        matches!(self, Self::Next | Self::NextSaturation)
+        matches!(
+            self,
+            Self::Next
+                | Self::NextSaturation
+                | Self::NextBaseline
+                | Self::NextSkew
+                | Self::NextBaselineSat
+                | Self::NextSkewSat
+        )
+    }
+
+    /// The page rate of the Next.js baseline and skew scenarios: `below`
+    /// (below saturation) or `sat` (at it); `None` for the other scenarios.
+    #[must_use]
+    pub fn next_fast_rate(self, below: f64, sat: f64) -> Option<f64> {
+        match self {
+            Self::NextBaseline | Self::NextSkew => Some(below),
+            Self::NextBaselineSat | Self::NextSkewSat => Some(sat),
+            _ => None,
+        }
+    }
+
+    /// Does this scenario mix blocking requests with the fast ones?
+    #[must_use]
+    pub fn blocks(self) -> bool {
+        matches!(
+            self,
+            Self::Skew | Self::SkewKa | Self::NextSkew | Self::NextSkewSat
+        )
     }
 
     /// The figure repeated runs are compared by (the report shows the run
@@ -96,7 +142,13 @@ impl Scenario {
     pub fn figure(self) -> &'static str {
         match self {
             Self::Uniform | Self::UniformKa | Self::Next => "p50 ms",
-            Self::Baseline | Self::Skew | Self::SkewKa => "fast p99 ms",
+            Self::Baseline
+            | Self::Skew
+            | Self::SkewKa
+            | Self::NextBaseline
+            | Self::NextSkew
+            | Self::NextBaselineSat
+            | Self::NextSkewSat => "fast p99 ms",
             Self::Crash => "lost requests",
             Self::Reload => "failed requests",
             Self::Saturation | Self::SaturationKa | Self::NextSaturation => {
@@ -116,9 +168,13 @@ impl Scenario {
             Self::Uniform | Self::UniformKa | Self::Next => {
                 first.filter(answered).map(|c| c.p50_ms)
             }
-            Self::Baseline | Self::Skew | Self::SkewKa => {
-                cell.class("fast").filter(answered).map(|c| c.p99_ms)
-            }
+            Self::Baseline
+            | Self::Skew
+            | Self::SkewKa
+            | Self::NextBaseline
+            | Self::NextSkew
+            | Self::NextBaselineSat
+            | Self::NextSkewSat => cell.class("fast").filter(answered).map(|c| c.p99_ms),
             // Behind a front the client cannot tell where a request was
             // lost: every failed one counts.
             Self::Crash if cell.front != Front::Direct.id() => {
@@ -175,6 +231,18 @@ pub struct Settings {
     pub sweep_step_s: f64,
     pub next_rate: f64,
     pub next_sweep_start: f64,
+    /// Page rate of next-baseline and next-skew (below saturation).
+    #[serde(default = "next_fast_rate")]
+    pub next_fast_rate: f64,
+    /// Page rate of next-baseline-sat and next-skew-sat (at saturation).
+    #[serde(default = "next_sat_rate")]
+    pub next_sat_rate: f64,
+    /// Blocking requests per second of next-skew and next-skew-sat.
+    #[serde(default = "next_block_rate")]
+    pub next_block_rate: f64,
+    /// How long each of them blocks its worker's event loop.
+    #[serde(default = "next_block_ms")]
+    pub next_block_ms: u64,
     pub sweep_start_ka: f64,
     /// Re-steering arm: keep-alive connections close after this many requests.
     pub resteer_requests: u32,
@@ -196,7 +264,33 @@ fn front_crash_rate() -> f64 {
     0.5
 }
 
+// What the Next.js skew scenarios ran with before they had flags (they
+// did not exist: these only fill the settings of older results files).
+fn next_fast_rate() -> f64 {
+    80.0
+}
+
+fn next_sat_rate() -> f64 {
+    NEXT_SAT_RATE
+}
+
+fn next_block_rate() -> f64 {
+    4.0
+}
+
+fn next_block_ms() -> u64 {
+    100
+}
+
+/// `--next-sat-rate`'s default: see its doc in args.rs.
+pub const NEXT_SAT_RATE: f64 = 200.0;
+
 impl Settings {
+    /// The page rate of a Next.js baseline or skew scenario.
+    #[must_use]
+    pub fn next_fast_rate_of(&self, scn: Scenario) -> Option<f64> {
+        scn.next_fast_rate(self.next_fast_rate, self.next_sat_rate)
+    }
     pub(super) fn warmup(&self) -> Duration {
         Duration::from_secs_f64(self.warmup_s)
     }
