@@ -22,7 +22,7 @@ use nix::{
     poll::{PollFd, PollFlags, PollTimeout, poll, ppoll},
     sys::{eventfd::EventFd, time::TimeSpec},
 };
-use watt_common::SlotState;
+use watt_common::{LoopStats, SlotState};
 
 use super::{Balancer, Command, HealthReport, SlotView, Unhealthy, health, policy};
 use crate::{
@@ -183,6 +183,8 @@ impl Balancer {
                 continue;
             }
             let queue_nonempty = nonempty.contains(&slot);
+            let peers_working = self.peers_working(slot, &loops);
+            let e = self.slots.get_mut(&slot).expect("listed above");
             if !queue_nonempty && !stalled && e.tracker.is_calm() && e.pending_rss.is_none() {
                 // Nothing to watch: the next suspicion starts afresh.
                 e.last_io = None;
@@ -205,11 +207,12 @@ impl Balancer {
                 progress: signals.progress,
                 turned: signals.turned,
                 stalled,
+                peers_working,
                 rss: e.pending_rss.take(),
             };
             let (verdict, acted) = self.observe(slot, sample);
             changed |= acted;
-            if verdict.rescue && steer && self.better_than(slot, &nonempty) {
+            if verdict.rescue && steer && self.better_than(slot, &nonempty, &loops) {
                 let moved = self.rescue(slot, now);
                 tracing::debug!(slot, moved, "rescued the queue of a busy worker");
             }
@@ -232,13 +235,37 @@ impl Balancer {
     }
 
     /// Somewhere better to rescue `busy`'s queue to: a ready, non-busy slot
-    /// with an empty queue and no more requests in flight than the busy
-    /// worker (moving a queue behind as much work gains nothing).
-    fn better_than(&self, busy: Slot, nonempty: &[Slot]) -> bool {
+    /// with an empty queue, no more requests in flight than the busy worker,
+    /// and, where the kernel counts the loops (`loops`), idle in its wait.
+    /// Moving a queue behind as much work gains nothing, and moves it again
+    /// when that worker is judged busy in turn.
+    fn better_than(
+        &self,
+        busy: Slot,
+        nonempty: &[Slot],
+        loops: &BTreeMap<Slot, LoopStats>,
+    ) -> bool {
         let busy_load = self.slots.get(&busy).map_or(0, |e| e.weighed_load);
+        let idle = |s: &Slot| loops.is_empty() || loops.get(s).is_some_and(LoopStats::in_wait);
         self.slots.iter().any(|(&s, e)| {
-            s != busy && e.steered() && !nonempty.contains(&s) && e.weighed_load <= busy_load
+            s != busy
+                && e.steered()
+                && !nonempty.contains(&s)
+                && e.weighed_load <= busy_load
+                && idle(&s)
         })
+    }
+
+    /// Every other worker that gets new connections is out of its wait, as
+    /// the kernel counts (`health::Sample::peers_working`); `false` when
+    /// the loops are not read.
+    fn peers_working(&self, slot: Slot, loops: &BTreeMap<Slot, LoopStats>) -> bool {
+        !loops.is_empty()
+            && self
+                .slots
+                .iter()
+                .filter(|&(&s, e)| s != slot && e.steered())
+                .all(|(s, _)| loops.get(s).is_some_and(|st| !st.in_wait()))
     }
 
     /// Feeds one sample to the slot's health model, traces it (`SAMPLES`)
@@ -431,6 +458,7 @@ impl Balancer {
                             progress: None,
                             turned,
                             stalled: false,
+                            peers_working: false,
                             rss,
                         };
                         changed |= self.observe(slot, sample).1;

@@ -58,9 +58,22 @@ pub struct Sample {
     /// for `rescue_after` ticks: kept-alive clients queue nothing on the
     /// listener.
     pub stalled: bool,
+    /// Every other worker that gets new connections is out of its wait,
+    /// working, as the kernel counts (`false` when unknown): a node at
+    /// saturation. A queue there is no sign of a block (a render waiting
+    /// for a CPU queues as much), and nowhere is better to send what waits,
+    /// so a queue alone marks the worker busy only after
+    /// [`SATURATED_FACTOR`] times `rescue_after` ticks.
+    pub peers_working: bool,
     /// Resident memory, when sampled this tick.
     pub rss: Option<u64>,
 }
+
+/// How much longer a queue must wait before the worker counts as busy when
+/// every other worker is working too (`Sample::peers_working`): at 2 ticks
+/// of 2 ms, 48 ms, half of the shortest block worth moving connections away
+/// from, and several renders' length on a loaded node.
+pub const SATURATED_FACTOR: u32 = 12;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Params {
@@ -117,7 +130,11 @@ impl Tracker {
             self.over_memory = (rss > max).then_some(rss);
         }
         self.streak = if s.queue_nonempty { self.streak + 1 } else { 0 };
-        let waited = self.streak >= p.rescue_after;
+        let waited = if s.peers_working {
+            self.streak >= p.rescue_after.saturating_mul(SATURATED_FACTOR)
+        } else {
+            self.streak >= p.rescue_after
+        };
 
         match (self.busy_since, s.turned) {
             // The exact signal: turning or not.
@@ -290,6 +307,7 @@ mod tests {
                         progress,
                         turned: None,
                         stalled: false,
+                        peers_working: false,
                         rss: None,
                     },
                     &params(),
@@ -340,6 +358,7 @@ mod tests {
                         progress: Some(true),
                         turned: Some(turned),
                         stalled: false,
+                        peers_working: false,
                         rss: None,
                     },
                     &params(),
@@ -347,6 +366,40 @@ mod tests {
             })
             .collect();
         kinds(&v)
+    }
+
+    #[test]
+    fn with_every_peer_working_a_queue_must_wait_longer() {
+        // A saturated node: the other workers render too. Two ticks of a
+        // queue without a turn are a render waiting for a CPU, not a block.
+        let run = |peers_working: bool, ticks: u32| {
+            let mut t = Tracker::default();
+            let start = Instant::now();
+            (0..ticks)
+                .map(|i| {
+                    t.observe(
+                        Sample {
+                            at: start + TICK * i,
+                            queue_nonempty: true,
+                            loop_idle: None,
+                            progress: None,
+                            turned: Some(false),
+                            stalled: false,
+                            peers_working,
+                            rss: None,
+                        },
+                        &params(),
+                    )
+                })
+                .position(|v| v.health != Health::Ready)
+        };
+        assert_eq!(
+            run(false, 100),
+            Some(1),
+            "a peer idles: busy at the 2nd tick"
+        );
+        let saturated = run(true, 100).expect("busy at last");
+        assert_eq!(saturated + 1, 2 * SATURATED_FACTOR as usize);
     }
 
     #[test]
@@ -397,6 +450,7 @@ mod tests {
                     progress: None,
                     turned: Some(turned),
                     stalled,
+                    peers_working: false,
                     rss: None,
                 },
                 &params(),
@@ -432,6 +486,7 @@ mod tests {
             progress: None,
             turned: None,
             stalled: false,
+            peers_working: false,
             rss: Some(rss),
         };
         assert_eq!(t.observe(s(50 << 20), &params()).health, Health::Ready);

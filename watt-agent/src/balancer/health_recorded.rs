@@ -44,6 +44,7 @@ fn parse(text: &str) -> Vec<Row> {
                     progress: flag(f[4]),
                     turned: f.get(6).and_then(|t| flag(t)),
                     stalled: f.get(7) == Some(&"1"),
+                    peers_working: false,
                     rss: None,
                 },
                 live_busy: f[5] == "1",
