@@ -10,11 +10,19 @@ use watt_tests::{
     block::{BlockResult, Marks, block_one_worker},
 };
 
-/// Four workers that block `kind`-wise for 1 s on SIGUSR2.
+/// Four workers that block `kind`-wise for 1 s on SIGUSR2. Under the
+/// `/proc` signal the table is not weighed by load: a worker whose queue
+/// waits would get fewer connections by its weight alone, and the control
+/// is about what the liveness signal sees.
 fn start(kind: &str, signal: &str, marks: &Marks) -> Agent {
+    let weigh = if signal == "proc" {
+        "--weigh-in-flight=false"
+    } else {
+        "--weigh-in-flight=true"
+    };
     agent::start_test_app(
         4,
-        &["--loop-signal", signal],
+        &["--loop-signal", signal, weigh],
         &[
             ("TEST_APP_USR2_BLOCK_KIND", kind),
             ("TEST_APP_MARK_DIR", &marks.dir()),
