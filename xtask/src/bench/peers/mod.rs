@@ -86,7 +86,7 @@ fn render(root: &Path, json: &Path) -> anyhow::Result<()> {
         && Front::ALL
             .iter()
             .all(|f| results.cells.iter().any(|c| c.front == f.id()))
-        && Arm::ALL
+        && Arm::DEFAULT
             .iter()
             .all(|a| results.cells.iter().any(|c| c.arm == a.id()));
     let svg = chart::svg(&results)?;
@@ -204,7 +204,7 @@ fn selection(args: &PeersArgs) -> anyhow::Result<(Vec<Scenario>, Vec<Front>, Vec
         );
     }
     let arms: Vec<Arm> = if args.arms.is_empty() {
-        Arm::ALL.to_vec()
+        Arm::DEFAULT.to_vec()
     } else {
         args.arms.clone()
     };

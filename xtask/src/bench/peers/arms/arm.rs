@@ -26,6 +26,9 @@ pub enum Arm {
     AgentKernel,
     /// watt-agent, default policy, --max-requests-per-socket (keep-alive scenarios only).
     AgentResteer,
+    /// watt-agent, default policy without load weights (--weigh-in-flight=false):
+    /// every ready worker gets an equal share.
+    AgentEqual,
     /// Platformatic Watt (wattpm start), N worker threads with reusePort.
     Watt,
     /// PM2 cluster mode (pm2-runtime, instances: N, `exec_mode`: cluster).
@@ -37,7 +40,20 @@ pub enum Arm {
 }
 
 impl Arm {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
+        Self::Agent,
+        Self::AgentKernel,
+        Self::AgentResteer,
+        Self::AgentEqual,
+        Self::Watt,
+        Self::Pm2,
+        Self::Cluster,
+        Self::Reuseport,
+    ];
+
+    /// The arms of a run that names none: not the equal-shares variant,
+    /// which only answers whether the load weights earn their place.
+    pub const DEFAULT: [Self; 7] = [
         Self::Agent,
         Self::AgentKernel,
         Self::AgentResteer,
@@ -53,6 +69,7 @@ impl Arm {
             Self::Agent => "agent",
             Self::AgentKernel => "agent-kernel",
             Self::AgentResteer => "agent-resteer",
+            Self::AgentEqual => "agent-equal",
             Self::Watt => "watt",
             Self::Pm2 => "pm2",
             Self::Cluster => "cluster",
@@ -66,6 +83,7 @@ impl Arm {
             Self::Agent => "watt-agent",
             Self::AgentKernel => "watt-agent --policy kernel",
             Self::AgentResteer => "watt-agent + max-requests-per-socket",
+            Self::AgentEqual => "watt-agent, equal shares",
             Self::Watt => "Watt",
             Self::Pm2 => "PM2 cluster",
             Self::Cluster => "Node cluster",
@@ -75,7 +93,10 @@ impl Arm {
 
     #[must_use]
     pub fn is_agent(self) -> bool {
-        matches!(self, Self::Agent | Self::AgentKernel | Self::AgentResteer)
+        matches!(
+            self,
+            Self::Agent | Self::AgentKernel | Self::AgentResteer | Self::AgentEqual
+        )
     }
 
     #[must_use]

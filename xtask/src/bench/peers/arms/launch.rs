@@ -39,7 +39,7 @@ fn js(s: &Path) -> String {
     serde_json::to_string(&s.to_string_lossy()).expect("a path as a JSON string")
 }
 
-/// watt-agent itself, in one of its three configurations.
+/// watt-agent itself, in one of its configurations.
 pub(super) fn agent(ctx: &Ctx<'_>, arm: Arm, app: &App, port: u16) -> Launch {
     let n = ctx.workers;
     let mut cmd = Command::new(ctx.agent);
@@ -49,6 +49,9 @@ pub(super) fn agent(ctx: &Ctx<'_>, arm: Arm, app: &App, port: u16) -> Launch {
         .args(["--host", "127.0.0.1", "--admin", "off"]);
     if arm == Arm::AgentKernel {
         cmd.args(["--policy", "kernel"]);
+    }
+    if arm == Arm::AgentEqual {
+        cmd.arg("--weigh-in-flight=false");
     }
     if arm == Arm::AgentResteer {
         cmd.args([

@@ -144,7 +144,7 @@ fn fill(
         let from = started + s.warmup();
         let window = (from, from + s.duration() + s.timeout());
         let accounts = match arm {
-            Arm::Agent | Arm::AgentKernel | Arm::AgentResteer => {
+            Arm::Agent | Arm::AgentKernel | Arm::AgentResteer | Arm::AgentEqual => {
                 Some(super::crashes::agent(&log, window))
             }
             Arm::Cluster | Arm::Pm2 | Arm::Reuseport => {
