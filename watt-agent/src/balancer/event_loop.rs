@@ -153,7 +153,12 @@ impl Balancer {
         let nonempty = self.queues_nonempty();
         let steer = self.settings.policy == Policy::Rescue;
         let mut changed = steer && self.update_loads(&nonempty);
-        let mut activity = nonempty.iter().any(|s| {
+        // While a worker serves requests the weights must stay fresh: asleep,
+        // the table would keep weights of a moment that has passed (a worker
+        // idle then, blocked now, with most of the new connections).
+        let mut activity =
+            self.settings.in_flight.is_some() && self.slots.values().any(|e| e.weighed_load > 0);
+        activity |= nonempty.iter().any(|s| {
             self.slots
                 .get(s)
                 .is_some_and(|e| e.view.lifecycle == SlotState::Ready)

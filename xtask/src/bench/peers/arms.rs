@@ -55,7 +55,9 @@ pub fn start(
         sock_dir,
     };
     let mut launch = match arm {
-        Arm::Agent | Arm::AgentKernel | Arm::AgentResteer | Arm::AgentEqual => launch::agent(ctx, arm, app, port),
+        Arm::Agent | Arm::AgentKernel | Arm::AgentResteer | Arm::AgentEqual => {
+            launch::agent(ctx, arm, app, port)
+        }
         Arm::Watt => launch::watt(ctx, app, &at, &mut env)?,
         Arm::Pm2 => launch::pm2(ctx, app, &at, &env)?,
         Arm::Cluster | Arm::Reuseport => launch::node_script(ctx, arm, app),
