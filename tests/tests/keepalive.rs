@@ -76,6 +76,15 @@ fn block_with_kept_alive_connections(release: bool, unmark: bool) -> Outcome {
         let pid = http::pid_of(&body).expect("a pid in the answer");
         by_pid.entry(pid).or_default().push(c);
     }
+    // A worker's loop may stall for a few ms while these are made (a
+    // first turn's compilation, a collection) while another waits: the
+    // balancer then rightly releases its idle ones. The block below is
+    // what is judged, so only the connections still open before it count,
+    // as a client pool would drop the closed ones.
+    thread::sleep(Duration::from_millis(100));
+    for conns in by_pid.values_mut() {
+        conns.retain_mut(|c| !c.closed_by_server());
+    }
     let victim = *by_pid
         .iter()
         .max_by_key(|(_, conns)| conns.len())

@@ -84,6 +84,14 @@ impl Balancer {
             }
             if self.active {
                 self.tick(now);
+            } else if self.weights_pending() && self.update_loads(&[]) {
+                // Asleep while workers serve requests (nothing queues, no
+                // loop turns: responses waiting on timers or I/O): the
+                // weights still follow the counts every tick, or the table
+                // would keep a moment that has passed (a worker idle then,
+                // blocked now, getting most new connections). The health
+                // model is not fed: nothing waits for a worker.
+                self.publish();
             }
             if now >= self.next_slow {
                 self.slow(now);
@@ -94,6 +102,12 @@ impl Balancer {
                 self.update_snapshot();
             }
         }
+    }
+
+    /// The table is weighed by requests in flight and some worker has
+    /// some: the weights must follow the counts even while asleep.
+    fn weights_pending(&self) -> bool {
+        self.settings.in_flight.is_some() && self.slots.values().any(|e| e.weighed_load > 0)
     }
 
     pub(super) fn tick_length(&self) -> Duration {
@@ -109,7 +123,7 @@ impl Balancer {
     /// Returns whether a listener's queue woke it.
     fn wait(&mut self, wake: &EventFd) -> bool {
         let now = Instant::now();
-        let timeout = if self.active {
+        let timeout = if self.active || self.weights_pending() {
             // Sooner when a loop's stall reaches the window before the
             // next tick: the later it is seen, the more requests wait.
             self.tick_length()
@@ -153,12 +167,7 @@ impl Balancer {
         let nonempty = self.queues_nonempty();
         let steer = self.settings.policy == Policy::Rescue;
         let mut changed = steer && self.update_loads(&nonempty);
-        // While a worker serves requests the weights must stay fresh: asleep,
-        // the table would keep weights of a moment that has passed (a worker
-        // idle then, blocked now, with most of the new connections).
-        let mut activity =
-            self.settings.in_flight.is_some() && self.slots.values().any(|e| e.weighed_load > 0);
-        activity |= nonempty.iter().any(|s| {
+        let mut activity = nonempty.iter().any(|s| {
             self.slots
                 .get(s)
                 .is_some_and(|e| e.view.lifecycle == SlotState::Ready)
