@@ -197,8 +197,6 @@ impl Balancer {
                 continue;
             }
             let queue_nonempty = nonempty.contains(&slot);
-            let peers_working = self.peers_working(slot, &loops);
-            let e = self.slots.get_mut(&slot).expect("listed above");
             if !queue_nonempty && !stalled && e.tracker.is_calm() && e.pending_rss.is_none() {
                 // Nothing to watch: the next suspicion starts afresh.
                 e.last_io = None;
@@ -214,6 +212,9 @@ impl Balancer {
                 },
                 None => e.loop_signals(self.loops.as_ref(), tick),
             };
+            let rss = e.pending_rss.take();
+            // Only a queue's wait depends on it.
+            let peers_working = queue_nonempty && self.peers_working(slot, &loops);
             let sample = health::Sample {
                 at: now,
                 queue_nonempty,
@@ -222,7 +223,7 @@ impl Balancer {
                 turned: signals.turned,
                 stalled,
                 peers_working,
-                rss: e.pending_rss.take(),
+                rss,
             };
             let (verdict, acted) = self.observe(slot, sample);
             changed |= acted;

@@ -667,13 +667,18 @@ impl Balancer {
     /// queue) for the table's weights. Returns whether the weights changed:
     /// the table must then be republished.
     fn update_loads(&mut self, nonempty: &[Slot]) -> bool {
-        let Some(board) = self.settings.in_flight.clone() else {
+        let Some(board) = self.settings.in_flight.as_deref() else {
             return false;
         };
+        let load = |slot: Slot| board.get(slot) + u32::from(nonempty.contains(&slot));
+        // Most ticks nothing changed: no weights to compare.
+        if self.slots.iter().all(|(&s, e)| e.weighed_load == load(s)) {
+            return false;
+        }
         let views = self.views();
         let before = policy::weights(&views, &self.weighed_loads());
         for (&slot, e) in &mut self.slots {
-            e.weighed_load = board.get(slot) + u32::from(nonempty.contains(&slot));
+            e.weighed_load = load(slot);
         }
         policy::weights(&views, &self.weighed_loads()) != before
     }
