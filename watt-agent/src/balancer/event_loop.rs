@@ -261,7 +261,7 @@ impl Balancer {
         loops: &BTreeMap<Slot, LoopStats>,
     ) -> bool {
         let busy_load = self.slots.get(&busy).map_or(0, |e| e.weighed_load);
-        let idle = |s: &Slot| loops.is_empty() || loops.get(s).is_some_and(LoopStats::in_wait);
+        let idle = |s: &Slot| loops.is_empty() || loops.get(s).is_some_and(super::stall::waiting);
         self.slots.iter().any(|(&s, e)| {
             s != busy
                 && e.steered()
@@ -280,7 +280,7 @@ impl Balancer {
                 .slots
                 .iter()
                 .filter(|&(&s, e)| s != slot && e.steered())
-                .all(|(s, _)| loops.get(s).is_some_and(|st| !st.in_wait()))
+                .all(|(s, _)| loops.get(s).is_some_and(super::stall::out_of_wait))
     }
 
     /// Feeds one sample to the slot's health model, traces it (`SAMPLES`)

@@ -106,6 +106,9 @@ impl Balancer {
             return 0;
         }
         e.released_in = e.stall;
+        let out_of_wait_us = e
+            .stall
+            .map(|t| super::load::monotonic_ns().saturating_sub(t) / 1000);
         match crate::keepalive::release_idle(pid, self.settings.addr.port()) {
             Ok(r) => {
                 e.load.released_connections += u64::from(r.closed);
@@ -118,6 +121,7 @@ impl Balancer {
                     closed = r.closed,
                     raced = r.raced,
                     kept = r.kept,
+                    ?out_of_wait_us,
                     "released idle keep-alive connections"
                 );
                 r.closed

@@ -15,6 +15,17 @@ pub fn out_of_wait(st: &LoopStats) -> bool {
     !st.in_wait() && st.last_return_ns != 0
 }
 
+/// The loop waits for work: inside its wait, or not seen leaving one since
+/// it was watched. The second is an idle worker too: the count starts from
+/// zero when the agent learns which epoll instance is the main loop's (a
+/// slow sample after the worker is ready), and a worker idle since then has
+/// made neither an entry nor a return. Counted as neither, an idle worker
+/// is no reason to release a stalled one's connections, and a block right
+/// after that moment went unseen (the keep-alive test caught it).
+pub fn waiting(st: &LoopStats) -> bool {
+    !out_of_wait(st)
+}
+
 /// The slots of `loops` whose loop has been out of its wait for at least
 /// `window_ns` at `now_ns` (both `CLOCK_MONOTONIC`) while another slot that
 /// `steered` says gets new connections sits in its wait: anything sent to
@@ -28,7 +39,7 @@ pub fn stalled(
     now_ns: u64,
     window_ns: u64,
 ) -> Vec<Slot> {
-    let waits_for_work = |s: Slot| steered(s) && loops.get(&s).is_some_and(LoopStats::in_wait);
+    let waits_for_work = |s: Slot| steered(s) && loops.get(&s).is_some_and(waiting);
     loops
         .iter()
         .filter(|(_, st)| out_of_wait(st) && now_ns.saturating_sub(st.last_return_ns) >= window_ns)
@@ -110,6 +121,13 @@ mod tests {
         assert_eq!(next_due(&loops, NOW, WINDOW), Some(MS));
         let loops = BTreeMap::from([(0, waiting()), (1, working(9))]);
         assert_eq!(next_due(&loops, NOW, WINDOW), None);
+    }
+
+    #[test]
+    fn a_loop_not_seen_since_the_count_began_waits_for_work() {
+        // Slot 1's count was just (re)started while it sat in its wait.
+        let loops = BTreeMap::from([(0, working(5)), (1, LoopStats::default())]);
+        assert_eq!(stalled(&loops, |_| true, NOW, WINDOW), vec![0]);
     }
 
     #[test]
