@@ -11,10 +11,11 @@
 //!
 //! The board is one page of memory (`memfd`): a `u32` per slot. The agent
 //! maps it and reads it; each worker gets the same file at fd
-//! [`WORKER_FD`] and `pwrite`s its own count at its slot's offset (the
-//! preload coalesces the writes to one per event-loop turn). No system call
-//! on the agent's side, one per turn with a change on the worker's, and no
-//! path in a directory a worker of another user would need access to.
+//! [`WORKER_FD`] and `pwrite`s its own count at its slot's offset: at once
+//! for a new request (a connection steered a moment later must see it),
+//! once per event-loop turn for those that finished (`setImmediate`
+//! coalesces them). No system call on the agent's side, and no path in a
+//! directory a worker of another user would need access to.
 use std::{
     num::NonZeroUsize,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
@@ -109,8 +110,9 @@ impl Board {
             .map_or(0, |c| u32::from_le(c.load(Ordering::Relaxed)))
     }
 
-    /// Forgets `slot`'s count: before a new worker starts in it, and when
-    /// its worker is gone (a dead worker's requests are not in flight).
+    /// Forgets `slot`'s count, before a new worker starts in it: its last
+    /// worker may have died with requests in flight. (Until then the
+    /// balancer reads no count for a slot without a live worker.)
     pub fn clear(&self, slot: Slot) {
         if let Some(c) = self.cell(slot) {
             c.store(0, Ordering::Relaxed);

@@ -154,10 +154,7 @@ fn start(config: &RunConfig) -> Result<i32, StartError> {
     release_startup_memory();
     let spec = plan.spec;
     let (health_tx, health) = mpsc::unbounded_channel();
-    let settings = balancer::Settings {
-        in_flight: plan.in_flight.clone(),
-        ..balancer_settings(config, spec)
-    };
+    let settings = balancer_settings(config, spec, plan.in_flight.clone());
     let balancer = balancer::Handle::start(steering, loops, settings, health_tx)
         .map_err(StartError::Balancer)?;
     tracing::info!(
@@ -362,7 +359,11 @@ fn become_subreaper() {
     }
 }
 
-fn balancer_settings(config: &RunConfig, spec: ListenSpec) -> balancer::Settings {
+fn balancer_settings(
+    config: &RunConfig,
+    spec: ListenSpec,
+    in_flight: Option<Arc<in_flight::Board>>,
+) -> balancer::Settings {
     balancer::Settings {
         policy: config.policy,
         tick: config.tick,
@@ -374,7 +375,7 @@ fn balancer_settings(config: &RunConfig, spec: ListenSpec) -> balancer::Settings
         },
         addr: spec.addr,
         release_idle: config.keepalive_release,
-        in_flight: None,
+        in_flight,
     }
 }
 

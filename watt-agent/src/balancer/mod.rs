@@ -506,11 +506,10 @@ impl Balancer {
             e.load.cpu_time = None;
             e.load.run_delay = None;
             e.load.rss_bytes = None;
-            // Its requests died with it.
+            // Its requests died with it (`update_loads` reads no count for
+            // a slot without a live worker; the next worker's spawn clears
+            // the board's).
             e.weighed_load = 0;
-            if let Some(board) = &self.settings.in_flight {
-                board.clear(slot);
-            }
         }
         let effective = policy::effective_state(e.view);
         if let Some(st) = &mut self.steering {
@@ -670,15 +669,27 @@ impl Balancer {
         let Some(board) = self.settings.in_flight.as_deref() else {
             return false;
         };
-        let load = |slot: Slot| board.get(slot) + u32::from(nonempty.contains(&slot));
+        // Only a live worker's count: a dead one's stays on the board until
+        // the slot's next worker starts.
+        let load = |slot: Slot, e: &Entry| {
+            if e.view.lifecycle == SlotState::Ready {
+                board.get(slot) + u32::from(nonempty.contains(&slot))
+            } else {
+                0
+            }
+        };
         // Most ticks nothing changed: no weights to compare.
-        if self.slots.iter().all(|(&s, e)| e.weighed_load == load(s)) {
+        if self
+            .slots
+            .iter()
+            .all(|(&s, e)| e.weighed_load == load(s, e))
+        {
             return false;
         }
         let views = self.views();
         let before = policy::weights(&views, &self.weighed_loads());
         for (&slot, e) in &mut self.slots {
-            e.weighed_load = load(slot);
+            e.weighed_load = load(slot, e);
         }
         policy::weights(&views, &self.weighed_loads()) != before
     }

@@ -136,24 +136,33 @@ impl Scenario {
         )
     }
 
-    /// The figure repeated runs are compared by (the report shows the run
-    /// with the median one).
-    #[must_use]
-    pub fn figure(self) -> &'static str {
+    /// What repeated runs are compared by (the report shows the run with the
+    /// median one). One match, so `figure` and `key` cannot disagree.
+    fn measure(self) -> Measure {
         match self {
-            Self::Uniform | Self::UniformKa | Self::Next => "p50 ms",
+            Self::Uniform | Self::UniformKa | Self::Next => Measure::P50,
             Self::Baseline
             | Self::Skew
             | Self::SkewKa
             | Self::NextBaseline
             | Self::NextSkew
             | Self::NextBaselineSat
-            | Self::NextSkewSat => "fast p99 ms",
-            Self::Crash => "lost requests",
-            Self::Reload => "failed requests",
-            Self::Saturation | Self::SaturationKa | Self::NextSaturation => {
-                "max sustainable rate /s"
-            }
+            | Self::NextSkewSat => Measure::FastP99,
+            Self::Crash => Measure::Lost,
+            Self::Reload => Measure::Failed,
+            Self::Saturation | Self::SaturationKa | Self::NextSaturation => Measure::MaxRate,
+        }
+    }
+
+    /// The name of the figure repeated runs are compared by.
+    #[must_use]
+    pub fn figure(self) -> &'static str {
+        match self.measure() {
+            Measure::P50 => "p50 ms",
+            Measure::FastP99 => "fast p99 ms",
+            Measure::Lost => "lost requests",
+            Measure::Failed => "failed requests",
+            Measure::MaxRate => "max sustainable rate /s",
         }
     }
 
@@ -164,27 +173,17 @@ impl Scenario {
         // Latencies only of a class that got answers (otherwise they read 0).
         let answered = |c: &&Summary| c.ok > 0;
         #[expect(clippy::cast_precision_loss, reason = "request counts, far below 2^52")]
-        match self {
-            Self::Uniform | Self::UniformKa | Self::Next => {
-                first.filter(answered).map(|c| c.p50_ms)
-            }
-            Self::Baseline
-            | Self::Skew
-            | Self::SkewKa
-            | Self::NextBaseline
-            | Self::NextSkew
-            | Self::NextBaselineSat
-            | Self::NextSkewSat => cell.class("fast").filter(answered).map(|c| c.p99_ms),
+        match self.measure() {
+            Measure::P50 => first.filter(answered).map(|c| c.p50_ms),
+            Measure::FastP99 => cell.class("fast").filter(answered).map(|c| c.p99_ms),
             // Behind a front the client cannot tell where a request was
             // lost: every failed one counts.
-            Self::Crash if cell.front != Front::Direct.id() => {
+            Measure::Lost if cell.front != Front::Direct.id() => {
                 cell.crash.as_ref().map(|c| c.failed as f64)
             }
-            Self::Crash => cell.crash.as_ref().map(|c| c.lost as f64),
-            Self::Reload => first.map(|c| c.failed as f64),
-            Self::Saturation | Self::SaturationKa | Self::NextSaturation => {
-                cell.sweep.as_ref().and_then(|s| s.max_rate)
-            }
+            Measure::Lost => cell.crash.as_ref().map(|c| c.lost as f64),
+            Measure::Failed => first.map(|c| c.failed as f64),
+            Measure::MaxRate => cell.sweep.as_ref().and_then(|s| s.max_rate),
         }
     }
 
@@ -300,4 +299,15 @@ impl Settings {
     pub(super) fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout_s)
     }
+}
+
+/// The kinds of figure a scenario's repeated runs are compared by
+/// (`Scenario::figure`).
+#[derive(Clone, Copy)]
+enum Measure {
+    P50,
+    FastP99,
+    Lost,
+    Failed,
+    MaxRate,
 }
