@@ -41,10 +41,22 @@ impl Marks {
     /// The URL of every response a worker saw cut (its `<pid>.cut` file).
     #[must_use]
     pub fn cut(&self) -> Vec<String> {
+        self.lines_of("cut")
+    }
+
+    /// The URL of every blocking request a worker read, just before it
+    /// blocked (its `<pid>.read` file).
+    #[must_use]
+    pub fn blocking_requests_read(&self) -> Vec<String> {
+        self.lines_of("read")
+    }
+
+    /// The lines of every worker's `<pid>.<extension>` file.
+    fn lines_of(&self, extension: &str) -> Vec<String> {
         fs::read_dir(&self.0)
             .map(|d| {
                 d.filter_map(Result::ok)
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "cut"))
+                    .filter(|e| e.path().extension().is_some_and(|x| x == extension))
                     .filter_map(|e| fs::read_to_string(e.path()).ok())
                     .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
                     .collect()
