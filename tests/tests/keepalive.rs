@@ -27,6 +27,9 @@ const BLOCK_MS: u64 = 1500;
 /// How long the streamed response waits between its two parts: it ends
 /// after the block.
 const STREAM_MS: u64 = 2000;
+/// How long the control's stream keeps its worker's loop busy before its
+/// first part: several stall windows (2 ms).
+const BEFORE_MS: u64 = 10;
 
 /// 4 workers with the kernel's loop signal; they log cut responses and
 /// mark their blocks in `marks`. The admin API on `admin`, if given.
@@ -133,6 +136,17 @@ fn kept_alive_by_worker(agent: &Agent, n: usize) -> BTreeMap<i32, Vec<KeptAlive>
     by_pid
 }
 
+/// The streamed response's request. The control's (`unmark`) works
+/// `BEFORE_MS` before its first part: the first sweep of the stall comes
+/// while it is still in flight.
+fn stream_path(unmark: bool) -> String {
+    if unmark {
+        format!("/stream?ms={STREAM_MS}&unmark=1&before={BEFORE_MS}")
+    } else {
+        format!("/stream?ms={STREAM_MS}")
+    }
+}
+
 /// One run of the scenario; `Err` when it could not be judged (above).
 fn try_block_with_kept_alive_connections(
     release: bool,
@@ -168,7 +182,7 @@ fn try_block_with_kept_alive_connections(
     }
     let mut stream = mine.pop().expect("a connection");
     let mut blocker = mine.pop().expect("a connection");
-    let unmark = if unmark { "&unmark=1" } else { "" };
+    let stream_path = stream_path(unmark);
     // The blocking request goes out right behind the stream's, not after
     // its first part: the stream's turn may itself be long enough to count
     // as a stall, and a release then must find the blocking request
@@ -177,9 +191,7 @@ fn try_block_with_kept_alive_connections(
     // that order, on one epoll instance) and sends the stream's first part
     // before it reads the next request.
     let blocked_at = Instant::now();
-    stream
-        .send(&format!("/stream?ms={STREAM_MS}{unmark}"))
-        .expect("send the stream request");
+    stream.send(&stream_path).expect("send the stream request");
     blocker
         .send(&format!("/block?ms={BLOCK_MS}"))
         .expect("send the blocking request");
@@ -238,7 +250,7 @@ fn try_block_with_kept_alive_connections(
         stream_finished,
         cut: cut.cut(),
     };
-    eprintln!("keep-alive release {release}, unmark {unmark:?}: {outcome:?}");
+    eprintln!("keep-alive release {release}, {stream_path}: {outcome:?}");
     Ok(outcome)
 }
 
@@ -270,7 +282,11 @@ fn without_release_the_idle_connections_stay_with_the_blocked_worker() {
 /// The control of "never cut": what the kernel shows of a response paused
 /// between two parts (everything sent so far acknowledged, the request
 /// older than the last part) looks idle. The preload's mark is what keeps
-/// it: removed, the stream is cut.
+/// it: removed, the stream is cut. Its first part comes after 10 ms of
+/// work, in the turn that then blocks: the stall's first sweep finds the
+/// stream in flight, so it is a later sweep of the same stall that cuts
+/// it (with one sweep per stall it was never cut, and the block's next
+/// requests on it would wait).
 #[test]
 fn a_response_in_progress_without_its_mark_would_be_cut() {
     let o = block_with_kept_alive_connections(true, true);

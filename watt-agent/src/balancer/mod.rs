@@ -264,10 +264,9 @@ struct Entry {
     tick_turns: Option<u64>,
     /// The stall its loop is in (when it left its wait, as the kernel
     /// counts: `CLOCK_MONOTONIC` ns), as of the last tick; `None` in its
-    /// wait. And the stall whose idle connections were released: once per
-    /// stall.
+    /// wait. And the last sweep of its idle connections (`stall::Sweep`).
     stall: Option<u64>,
-    released_in: Option<u64>,
+    last_sweep: Option<stall::Sweep>,
     /// The process whose preload said it marks responses in progress
     /// (`Command::IdleMarks`): its connections can be judged idle while it
     /// is the slot's worker.
@@ -415,7 +414,7 @@ impl Entry {
             tick_turns: None,
             marks_idle: None,
             stall: None,
-            released_in: None,
+            last_sweep: None,
             watched: false,
             seeking_main_loop: false,
             load: Load::default(),

@@ -89,9 +89,10 @@ impl Balancer {
     }
 
     /// Closes the idle keep-alive connections of the worker in `slot`, if
-    /// its preload marks responses in progress, once per stall of its loop
-    /// (or, without the kernel's count, each time it is called). Returns
-    /// how many closed.
+    /// its preload marks responses in progress: when its loop's stall
+    /// reaches the window and a few times more as it lasts
+    /// (`stall::Sweep`), or, without the kernel's count, each time it is
+    /// called. Returns how many closed.
     pub(super) fn release(&mut self, slot: Slot) -> u32 {
         if !self.settings.release_idle || self.release_refused {
             return 0;
@@ -102,13 +103,17 @@ impl Balancer {
         let Some(pid) = e.pid.filter(|&p| e.marks_idle == Some(p)) else {
             return 0;
         };
-        if e.stall.is_some() && e.released_in == e.stall {
-            return 0;
-        }
-        e.released_in = e.stall;
-        let out_of_wait_us = e
+        let stall_age_ns = e
             .stall
-            .map(|t| super::load::monotonic_ns().saturating_sub(t) / 1000);
+            .map(|t| super::load::monotonic_ns().saturating_sub(t));
+        if let (Some(stall), Some(age_ns)) = (e.stall, stall_age_ns) {
+            let sweep = super::stall::Sweep { stall, age_ns };
+            if !sweep.due_after(e.last_sweep) {
+                return 0;
+            }
+            e.last_sweep = Some(sweep);
+        }
+        let out_of_wait_us = stall_age_ns.map(|ns| ns / 1000);
         match crate::keepalive::release_idle(pid, self.settings.addr.port()) {
             Ok(r) => {
                 e.load.released_connections += u64::from(r.closed);

@@ -60,6 +60,35 @@ pub fn next_due(loops: &BTreeMap<Slot, LoopStats>, now_ns: u64, window_ns: u64) 
         .min()
 }
 
+/// One sweep of a stalled worker's connections (closing the idle ones):
+/// in which stall (when its loop left its wait), and how long into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sweep {
+    pub stall: u64,
+    pub age_ns: u64,
+}
+
+/// How much longer a stall must have grown before its next sweep.
+const SWEEP_GROWTH: u64 = 10;
+
+impl Sweep {
+    /// Whether this sweep is due after `last`: the first of its stall, or
+    /// the stall has grown tenfold since the last one (with the 2 ms
+    /// window: at 2 ms, 20 ms, 200 ms, 2 s). The first sweep can come
+    /// before the loop's turn reaches what blocks it: a response the turn
+    /// finishes after it (the turn answers one request, then blocks in
+    /// the next) leaves its connection idle, and that client's next
+    /// request would wait out the block; the second sweep closes it. While
+    /// the loop is blocked nothing changes on its side, so a few sweeps,
+    /// spaced ever wider, suffice, and a long block costs a handful of
+    /// passes over the worker's sockets, not one a tick.
+    pub fn due_after(self, last: Option<Self>) -> bool {
+        last.is_none_or(|l| {
+            l.stall != self.stall || self.age_ns >= l.age_ns.saturating_mul(SWEEP_GROWTH)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +157,22 @@ mod tests {
         // Slot 1's count was just (re)started while it sat in its wait.
         let loops = BTreeMap::from([(0, working(5)), (1, LoopStats::default())]);
         assert_eq!(stalled(&loops, |_| true, NOW, WINDOW), vec![0]);
+    }
+
+    #[test]
+    fn a_stall_is_swept_again_each_time_it_grows_tenfold() {
+        let at = |stall: u64, ms: u64| Sweep {
+            stall,
+            age_ns: ms * MS,
+        };
+        assert!(at(7, 2).due_after(None));
+        let first = Some(at(7, 2));
+        assert!(!at(7, 4).due_after(first), "a tick later");
+        assert!(!at(7, 19).due_after(first));
+        assert!(at(7, 20).due_after(first), "grown tenfold");
+        assert!(!at(7, 150).due_after(Some(at(7, 20))));
+        assert!(at(7, 200).due_after(Some(at(7, 20))));
+        assert!(at(9, 2).due_after(Some(at(7, 200))), "a new stall");
     }
 
     #[test]
