@@ -31,18 +31,40 @@ const STREAM_MS: u64 = 2000;
 /// first part: several stall windows (2 ms).
 const BEFORE_MS: u64 = 10;
 
+/// The agent's keep-alive release settings in a run, and their name.
+#[derive(Clone, Copy, Debug)]
+struct Release {
+    name: &'static str,
+    flags: &'static [&'static str],
+}
+
+const RELEASE_ON: Release = Release {
+    name: "on",
+    flags: &["--keepalive-release=true"],
+};
+const RELEASE_OFF: Release = Release {
+    name: "off",
+    flags: &["--keepalive-release=false"],
+};
+/// A stall counts only after 5 s, longer than any block here.
+const STALL_AFTER_5S: Release = Release {
+    name: "stall-after-5s",
+    flags: &["--keepalive-release=true", "--stall-after=5s"],
+};
+
 /// 4 workers with the kernel's loop signal; they log cut responses and
 /// mark their blocks in `marks`. The admin API on `admin`, if given.
-fn start(release: bool, marks: &Marks, admin: Option<SocketAddr>) -> Agent {
-    let release = format!("--keepalive-release={release}");
+fn start(release: Release, marks: &Marks, admin: Option<SocketAddr>) -> Agent {
     let admin = format!(
         "--admin={}",
         admin.map_or("off".to_owned(), |a| a.to_string())
     );
+    let mut args = vec!["--loop-signal", "kernel", &admin];
+    args.extend_from_slice(release.flags);
     let dir = marks.dir();
     start_test_app(
         4,
-        &["--loop-signal", "kernel", &release, &admin],
+        &args,
         &[("TEST_APP_LOG_CUT", &dir), ("TEST_APP_MARK_DIR", &dir)],
     )
 }
@@ -87,7 +109,7 @@ struct Outcome {
 /// blocker's connection just before its request arrives, nothing would
 /// block. Each time the scenario is run again (at most `ATTEMPTS` times in
 /// all), never judged.
-fn block_with_kept_alive_connections(release: bool, unmark: bool) -> Outcome {
+fn block_with_kept_alive_connections(release: Release, unmark: bool) -> Outcome {
     for attempt in 1..=ATTEMPTS {
         match try_block_with_kept_alive_connections(release, unmark, attempt) {
             Ok(outcome) => return outcome,
@@ -149,11 +171,11 @@ fn stream_path(unmark: bool) -> String {
 
 /// One run of the scenario; `Err` when it could not be judged (above).
 fn try_block_with_kept_alive_connections(
-    release: bool,
+    release: Release,
     unmark: bool,
     attempt: u32,
 ) -> Result<Outcome, String> {
-    let cut = Marks::new(&format!("keepalive-{release}-{unmark}-{attempt}"));
+    let cut = Marks::new(&format!("keepalive-{}-{unmark}-{attempt}", release.name));
     let agent = start(release, &cut, None);
     warm_up(&agent, &["/", "/stream?ms=0", "/block?ms=0"]);
     let mut by_pid = kept_alive_by_worker(&agent, 40);
@@ -250,13 +272,16 @@ fn try_block_with_kept_alive_connections(
         stream_finished,
         cut: cut.cut(),
     };
-    eprintln!("keep-alive release {release}, {stream_path}: {outcome:?}");
+    eprintln!(
+        "keep-alive release {}, {stream_path}: {outcome:?}",
+        release.name
+    );
     Ok(outcome)
 }
 
 #[test]
 fn a_blocked_workers_idle_connections_are_released_and_nothing_in_flight_is_cut() {
-    let o = block_with_kept_alive_connections(true, false);
+    let o = block_with_kept_alive_connections(RELEASE_ON, false);
     assert!(o.idle >= 2, "{o:?}");
     assert_eq!(
         o.idle_closed, o.idle,
@@ -273,7 +298,18 @@ fn a_blocked_workers_idle_connections_are_released_and_nothing_in_flight_is_cut(
 /// would wait out the block.
 #[test]
 fn without_release_the_idle_connections_stay_with_the_blocked_worker() {
-    let o = block_with_kept_alive_connections(false, false);
+    let o = block_with_kept_alive_connections(RELEASE_OFF, false);
+    assert!(o.idle >= 2, "{o:?}");
+    assert_eq!(o.idle_closed, 0, "{o:?}");
+    assert!(o.blocker_answered && o.stream_finished, "{o:?}");
+}
+
+/// `--stall-after` longer than the block: the 1.5 s block is not a stall,
+/// and nothing is released (with the default, one tick, every idle
+/// connection is: the first test).
+#[test]
+fn a_block_shorter_than_stall_after_releases_nothing() {
+    let o = block_with_kept_alive_connections(STALL_AFTER_5S, false);
     assert!(o.idle >= 2, "{o:?}");
     assert_eq!(o.idle_closed, 0, "{o:?}");
     assert!(o.blocker_answered && o.stream_finished, "{o:?}");
@@ -289,7 +325,7 @@ fn without_release_the_idle_connections_stay_with_the_blocked_worker() {
 /// requests on it would wait).
 #[test]
 fn a_response_in_progress_without_its_mark_would_be_cut() {
-    let o = block_with_kept_alive_connections(true, true);
+    let o = block_with_kept_alive_connections(RELEASE_ON, true);
     assert!(!o.stream_finished, "{o:?}");
     assert!(o.cut.iter().any(|u| u.starts_with("/stream")), "{o:?}");
     assert!(o.blocker_answered, "{o:?}");
@@ -313,8 +349,8 @@ struct PoolRun {
     cut: Vec<String>,
 }
 
-fn pool_client_with_a_blocked_worker(release: bool) -> PoolRun {
-    let marks = Marks::new(&format!("pool-{release}"));
+fn pool_client_with_a_blocked_worker(release: Release) -> PoolRun {
+    let marks = Marks::new(&format!("pool-{}", release.name));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
     let agent = start(release, &marks, Some(admin));
     warm_up(&agent, &["/"]);
@@ -361,8 +397,9 @@ fn pool_client_with_a_blocked_worker(release: bool) -> PoolRun {
     thread::sleep(Duration::from_millis(1500));
     let released = released_connections(admin);
     eprintln!(
-        "pool client, keep-alive release {release}: {} failed, {waited_half_the_block} waited \
+        "pool client, keep-alive release {}: {} failed, {waited_half_the_block} waited \
          half the block or more, {released} connections released",
+        release.name,
         failures.len()
     );
     PoolRun {
@@ -382,7 +419,7 @@ fn a_pool_client_is_not_kept_waiting_by_a_blocked_worker() {
         released,
         cut,
         ..
-    } = pool_client_with_a_blocked_worker(true);
+    } = pool_client_with_a_blocked_worker(RELEASE_ON);
     assert_eq!(r.waited_out, 0, "requests waited for the blocked worker");
     // (Whether it serves again afterwards is up to the pool: its released
     // connections reconnected to the others, and a pool opens no new ones
@@ -419,7 +456,7 @@ fn a_pool_client_is_not_kept_waiting_by_a_blocked_worker() {
 /// window above leaves out (it counted 1 such request in one run here).
 #[test]
 fn without_release_a_pool_client_waits_for_a_blocked_worker() {
-    let run = pool_client_with_a_blocked_worker(false);
+    let run = pool_client_with_a_blocked_worker(RELEASE_OFF);
     assert!(
         run.waited_half_the_block > 0,
         "{} failures",

@@ -375,6 +375,7 @@ fn balancer_settings(
         },
         addr: spec.addr,
         release_idle: config.keepalive_release,
+        stall_after: config.stall_after,
         in_flight,
     }
 }

@@ -133,6 +133,9 @@ pub struct Settings {
     pub addr: SocketAddr,
     /// Close a busy worker's idle keep-alive connections (`keepalive`).
     pub release_idle: bool,
+    /// How long a loop stays out of its wait before it counts as stalled
+    /// (`None`: one tick).
+    pub stall_after: Option<Duration>,
     /// The workers' requests in flight, which weigh the table (`None`: equal
     /// shares).
     pub in_flight: Option<Arc<crate::in_flight::Board>>,

@@ -76,7 +76,7 @@ impl Balancer {
     /// kept-alive connection before the release waits out the whole block,
     /// and each millisecond of a block lets more of them in.
     fn stalled(&self, loops: &BTreeMap<u32, LoopStats>) -> (Vec<u32>, Option<Duration>) {
-        let window = u64::try_from(self.tick_length().as_nanos()).unwrap_or(u64::MAX);
+        let window = u64::try_from(self.stall_window().as_nanos()).unwrap_or(u64::MAX);
         let now = super::load::monotonic_ns();
         let stalled = super::stall::stalled(
             loops,
@@ -86,6 +86,14 @@ impl Balancer {
         );
         let due = super::stall::next_due(loops, now, window).map(Duration::from_nanos);
         (stalled, due)
+    }
+
+    /// How long a loop stays out of its wait, while another waits for work,
+    /// before it counts as stalled: `--stall-after`, else one tick.
+    pub(super) fn stall_window(&self) -> Duration {
+        self.settings
+            .stall_after
+            .unwrap_or_else(|| self.tick_length())
     }
 
     /// Closes the idle keep-alive connections of the worker in `slot`, if

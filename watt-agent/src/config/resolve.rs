@@ -131,6 +131,16 @@ fn validate_limits(c: &RunConfig) -> Result<(), ConfigError> {
             "must be at least 1 (omit it for no limit)",
         ));
     }
+    // Shorter than any turn that serves a request: every worker would
+    // count as stalled all the time.
+    if let Some(after) = c.stall_after
+        && after < Duration::from_micros(100)
+    {
+        return Err(invalid(
+            "stall_after",
+            "must be at least 100us (omit it for one tick)",
+        ));
+    }
     // The workers get milliseconds: below one, every connection would be
     // closed after its first request.
     if let Some(age) = c.max_connection_age
@@ -233,6 +243,13 @@ mod tests {
                     ..with_command()
                 },
                 "max_connection_age: must be at least 1ms (omit it for no limit)",
+            ),
+            (
+                Layer {
+                    stall_after: Some(Duration::from_micros(99)),
+                    ..with_command()
+                },
+                "stall_after: must be at least 100us (omit it for one tick)",
             ),
             (
                 Layer {

@@ -193,6 +193,15 @@ macro_rules! settings {
             )]
             keepalive_release: bool = defaults::KEEPALIVE_RELEASE, file: bool;
 
+            /// How long a worker's event loop must stay out of its wait, while
+            /// another worker waits for work, before it counts as stalled (its idle
+            /// keep-alive connections released, no new connections for it). Longer
+            /// suits apps whose turns are long (server-side rendering): fewer
+            /// reconnections and close races, more requests waiting out a block
+            /// [default: one tick]
+            #[arg(long, env = "WATT_STALL_AFTER", value_parser = parse_duration)]
+            stall_after: Duration, file: V<Duration>;
+
             /// Weigh the selection table by each worker's requests in flight (its
             /// preload counts them): new connections go mostly to the workers
             /// serving the fewest, not behind requests a worker is still working on

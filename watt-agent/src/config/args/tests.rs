@@ -8,7 +8,14 @@ use super::*;
 use crate::config::{self, Layer};
 
 /// `[default: ...]` wordings of settings that have no default value.
-const NO_VALUE: &[&str] = &["the agent's", "the user's", "none", "no limit", "off"];
+const NO_VALUE: &[&str] = &[
+    "the agent's",
+    "the user's",
+    "none",
+    "no limit",
+    "off",
+    "one tick",
+];
 
 fn with_command() -> Layer {
     Layer {

@@ -46,6 +46,18 @@ pub(super) fn runs(r: &mut Runner) -> anyhow::Result<()> {
         &skewed,
     )?;
     r.one(KERNEL, "kernel", "2ms", &skewed)?;
+    // A longer stall window: fewer releases on turns of a few ms (with no
+    // blocks at all, and so fewer close races), more requests sent on a
+    // blocked worker's connections before it is seen.
+    for (name, plan) in [
+        (
+            "keepalive baseline, stall after 5ms",
+            &fast as &dyn Fn(Plan) -> Plan,
+        ),
+        ("keepalive skew, rescue, stall after 5ms", &skewed),
+    ] {
+        r.with_flags(name, "rescue", "2ms", &["--stall-after=5ms"], plan)?;
+    }
     // A request sent on a stalled worker's connection before the agent
     // saw the stall (its rescue window: two ticks) waits out the block; a
     // shorter tick shortens that window.

@@ -224,6 +224,7 @@ bpf_stats = true
 max_requests_per_socket = 100
 max_connection_age = "30s"
 keepalive_release = false
+stall_after = "5ms"
 weigh_in_flight = false
 http_cache = { max_size = "8M", origins = ["https://api.example"], mode = "private", timeout = "20ms" }
 "#;
@@ -344,6 +345,7 @@ fn the_example_parses_documents_every_key_and_its_defaults() {
         "max_memory_restart",
         "max_requests_per_socket",
         "max_connection_age",
+        "stall_after",
         "http_cache",
     ];
     for ((key, shown), (_, default)) in config::entries(&documented)
