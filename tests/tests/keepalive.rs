@@ -298,10 +298,7 @@ fn a_blocked_workers_idle_connections_are_released_and_nothing_in_flight_is_cut(
 /// would wait out the block.
 #[test]
 fn without_release_the_idle_connections_stay_with_the_blocked_worker() {
-    let o = block_with_kept_alive_connections(RELEASE_OFF, false);
-    assert!(o.idle >= 2, "{o:?}");
-    assert_eq!(o.idle_closed, 0, "{o:?}");
-    assert!(o.blocker_answered && o.stream_finished, "{o:?}");
+    assert_nothing_released(RELEASE_OFF);
 }
 
 /// `--stall-after` longer than the block: the 1.5 s block is not a stall,
@@ -309,7 +306,13 @@ fn without_release_the_idle_connections_stay_with_the_blocked_worker() {
 /// connection is: the first test).
 #[test]
 fn a_block_shorter_than_stall_after_releases_nothing() {
-    let o = block_with_kept_alive_connections(STALL_AFTER_5S, false);
+    assert_nothing_released(STALL_AFTER_5S);
+}
+
+/// The scenario under `release`: the blocked worker keeps every
+/// connection, and everything in flight finishes.
+fn assert_nothing_released(release: Release) {
+    let o = block_with_kept_alive_connections(release, false);
     assert!(o.idle >= 2, "{o:?}");
     assert_eq!(o.idle_closed, 0, "{o:?}");
     assert!(o.blocker_answered && o.stream_finished, "{o:?}");
