@@ -21,7 +21,9 @@ agent_bin=${WATT_AGENT_BIN:-$root/target/release/watt-agent}
 [[ $(id -u) == 0 ]] || { echo "pool-shares: the agent loads eBPF: run as root" >&2; exit 2; }
 out=$(mktemp -d /tmp/pool-shares.XXXXXX)
 agent_pid=
+blocker=
 cleanup() {
+  [[ -n $blocker ]] && kill "$blocker" 2>/dev/null
   [[ -n $agent_pid ]] && kill -TERM "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
   rm -rf "$out"
 }
@@ -46,9 +48,9 @@ arm() {
   local victim
   victim=$(pgrep -P "$agent_pid" | head -1)
   (sleep 5; kill -USR2 "$victim"; date +%s%3N >"$out/$name.blocked_at") &
-  local blocker=$!
+  blocker=$!
   timeout 60 node "$root/tests/fixtures/clients/pool.js" agent "$port" 50 300 6000 >"$out/$name.jsonl"
-  wait "$blocker"
+  wait "$blocker"; blocker=
   sleep 1.5 # the agent's metrics follow once a second
   local released
   released=$(curl -s "http://127.0.0.1:$admin/metrics" | awk '/^watt_released_connections_total /{print $2}')

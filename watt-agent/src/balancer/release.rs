@@ -68,13 +68,14 @@ impl Balancer {
             .collect()
     }
 
-    /// Ready workers whose loop stalled (`stall::stalled`) for a tick, and
-    /// how long until the next loop out of its wait reaches that.
+    /// Ready workers whose loop stalled (`stall::stalled`) for the stall
+    /// window (`stall_window`: one tick unless `--stall-after` says), and
+    /// how long until the next loop out of its wait reaches it.
     ///
-    /// A tick, not `rescue_after` ticks as for a queue: a queued connection
-    /// is rescued whenever the block is seen, but a request sent on a
-    /// kept-alive connection before the release waits out the whole block,
-    /// and each millisecond of a block lets more of them in.
+    /// By default a tick, not `rescue_after` ticks as for a queue: a queued
+    /// connection is rescued whenever the block is seen, but a request sent
+    /// on a kept-alive connection before the release waits out the whole
+    /// block, and each millisecond of a block lets more of them in.
     fn stalled(&self, loops: &BTreeMap<u32, LoopStats>) -> (Vec<u32>, Option<Duration>) {
         let window = u64::try_from(self.stall_window().as_nanos()).unwrap_or(u64::MAX);
         let now = super::load::monotonic_ns();
@@ -111,17 +112,17 @@ impl Balancer {
         let Some(pid) = e.pid.filter(|&p| e.marks_idle == Some(p)) else {
             return 0;
         };
-        let stall_age_ns = e
-            .stall
-            .map(|t| super::load::monotonic_ns().saturating_sub(t));
-        if let (Some(stall), Some(age_ns)) = (e.stall, stall_age_ns) {
-            let sweep = super::stall::Sweep { stall, age_ns };
+        let sweep = e.stall.map(|stall| super::stall::Sweep {
+            stall,
+            age_ns: super::load::monotonic_ns().saturating_sub(stall),
+        });
+        if let Some(sweep) = sweep {
             if !sweep.due_after(e.last_sweep) {
                 return 0;
             }
             e.last_sweep = Some(sweep);
         }
-        let out_of_wait_us = stall_age_ns.map(|ns| ns / 1000);
+        let out_of_wait_us = sweep.map(|s| s.age_ns / 1000);
         match crate::keepalive::release_idle(pid, self.settings.addr.port()) {
             Ok(r) => {
                 e.load.released_connections += u64::from(r.closed);

@@ -49,15 +49,11 @@ pub(super) fn runs(r: &mut Runner) -> anyhow::Result<()> {
     // A longer stall window: fewer releases on turns of a few ms (with no
     // blocks at all, and so fewer close races), more requests sent on a
     // blocked worker's connections before it is seen.
-    for (name, plan) in [
-        (
-            "keepalive baseline, stall after 5ms",
-            &fast as &dyn Fn(Plan) -> Plan,
-        ),
-        ("keepalive skew, rescue, stall after 5ms", &skewed),
-    ] {
-        r.with_flags(name, "rescue", "2ms", &["--stall-after=5ms"], plan)?;
-    }
+    let stall_after = ["--stall-after=5ms"];
+    let baseline = "keepalive baseline, stall after 5ms";
+    r.with_flags(baseline, "rescue", "2ms", &stall_after, &fast)?;
+    let skew = "keepalive skew, rescue, stall after 5ms";
+    r.with_flags(skew, "rescue", "2ms", &stall_after, &skewed)?;
     // A request sent on a stalled worker's connection before the agent
     // saw the stall (its rescue window: two ticks) waits out the block; a
     // shorter tick shortens that window.
