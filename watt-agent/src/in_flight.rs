@@ -9,7 +9,7 @@
 //! weighs the table by these counts (`balancer::policy`), so new
 //! connections go to the workers with the fewest requests in flight.
 //!
-//! The board is one page of memory (`memfd`): a `u32` per slot. The agent
+//! The board is one shared page (`shared_page`): a `u32` per slot. The agent
 //! maps it and reads it; each worker gets the same file at fd
 //! [`WORKER_FD`] and `pwrite`s its own count at its slot's offset: at once
 //! for a new request (a connection steered a moment later must see it),
@@ -17,88 +17,43 @@
 //! coalesces them). No system call on the agent's side, and no path in a
 //! directory a worker of another user would need access to.
 use std::{
-    num::NonZeroUsize,
-    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    os::fd::BorrowedFd,
     ptr::NonNull,
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use nix::sys::{
-    memfd::{MFdFlags, memfd_create},
-    mman::{MapFlags, ProtFlags, mmap, munmap},
-};
 use watt_common::MAX_SLOTS;
 
-use crate::ids::Slot;
+use crate::{
+    ids::Slot,
+    shared_page::{PageError, SIZE, SharedPage},
+};
 
 /// Where a worker finds the board (`WATT_IN_FLIGHT_FD`).
 pub const WORKER_FD: i32 = 5;
 
-/// One page holds every slot's count.
-const SIZE: usize = 4096;
 const _: () = assert!(MAX_SLOTS as usize * 4 <= SIZE);
 
-#[derive(Debug, thiserror::Error)]
-pub enum BoardError {
-    #[error("creating the in-flight board (memfd_create)")]
-    Create(#[source] nix::Error),
-    #[error("sizing the in-flight board")]
-    Size(#[source] nix::Error),
-    #[error("mapping the in-flight board")]
-    Map(#[source] nix::Error),
-}
-
 /// The agent's side of the board.
+#[derive(Debug)]
 pub struct Board {
-    file: OwnedFd,
-    counts: NonNull<AtomicU32>,
+    page: SharedPage,
 }
-
-impl std::fmt::Debug for Board {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Board")
-            .field("file", &self.file)
-            .finish_non_exhaustive()
-    }
-}
-
-// SAFETY: the mapping is only read and written through atomics, and lives
-// as long as the `Board`.
-unsafe impl Send for Board {}
-unsafe impl Sync for Board {}
 
 impl Board {
-    pub fn new() -> Result<Self, BoardError> {
-        // Close-on-exec: only the workers' spawn places it (at fd 5).
-        let file =
-            memfd_create(c"watt-in-flight", MFdFlags::MFD_CLOEXEC).map_err(BoardError::Create)?;
-        nix::unistd::ftruncate(&file, i64::try_from(SIZE).unwrap_or(4096))
-            .map_err(BoardError::Size)?;
-        // SAFETY: a fresh shared mapping of a file this process owns,
-        // unmapped in `Drop`; nothing else aliases it in this process.
-        let ptr = unsafe {
-            mmap(
-                None,
-                NonZeroUsize::new(SIZE).expect("non-zero"),
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                &file,
-                0,
-            )
-        }
-        .map_err(BoardError::Map)?;
+    pub fn new() -> Result<Self, PageError> {
         Ok(Self {
-            file,
-            counts: ptr.cast(),
+            page: SharedPage::new(c"watt-in-flight", "the in-flight board")?,
         })
     }
 
     fn cell(&self, slot: Slot) -> Option<&AtomicU32> {
+        let counts: NonNull<AtomicU32> = self.page.base().cast();
         (slot < MAX_SLOTS).then(|| {
             // SAFETY: `slot < MAX_SLOTS` and the page holds MAX_SLOTS
             // aligned `u32`s; other processes write it only with `pwrite`
             // of whole, aligned 4-byte values.
-            unsafe { &*self.counts.as_ptr().add(slot as usize) }
+            unsafe { &*counts.as_ptr().add(slot as usize) }
         })
     }
 
@@ -122,20 +77,13 @@ impl Board {
     /// The file a worker gets at [`WORKER_FD`].
     #[must_use]
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
+        self.page.fd()
     }
 
     /// Byte offset of `slot`'s count (`WATT_IN_FLIGHT_OFFSET`).
     #[must_use]
     pub const fn offset(slot: Slot) -> u64 {
         slot as u64 * 4
-    }
-}
-
-impl Drop for Board {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, not used after this.
-        let _ = unsafe { munmap(self.counts.cast(), SIZE) };
     }
 }
 

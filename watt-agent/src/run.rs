@@ -20,7 +20,7 @@ use crate::{
     },
     cpus, exit, http_cache, in_flight,
     listeners::{self, ListenSpec},
-    logging,
+    logging, quarantine,
     runtime_dir::RuntimeDir,
     steering::{self, LoopWatch, ProgramLog, Steering},
     supervisor::{self, Channels, Plan, Shared, backoff::BackoffPolicy, lifecycle, spawn},
@@ -298,6 +298,7 @@ fn prepare(config: &RunConfig) -> Result<Prepared, StartError> {
         user_sets_port: config.env.iter().any(|(k, _)| k == "PORT"),
         http_cache: None,
         in_flight,
+        quarantine: quarantine(config),
     };
     Ok(Prepared {
         plan,
@@ -325,6 +326,23 @@ fn in_flight_board(config: &RunConfig) -> Option<Arc<in_flight::Board>> {
         })
         .ok()
         .map(Arc::new)
+}
+
+/// The page the workers read held requests from, unless the quarantine is
+/// off (`quarantine_for = "0s"`). Without one (no memfd), nothing is held.
+fn quarantine(config: &RunConfig) -> Option<quarantine::guard::Guard> {
+    if config.quarantine_for.is_zero() {
+        return None;
+    }
+    quarantine::page::Page::new()
+        .inspect_err(|e| {
+            tracing::warn!(
+                "requests that crash workers will not be refused: {}",
+                crate::error_chain(e)
+            );
+        })
+        .ok()
+        .map(|page| quarantine::guard::Guard::new(config.quarantine_for, page))
 }
 
 /// The event-loop signal `signal` asks for: the kernel's count where it

@@ -35,6 +35,7 @@ function activate() {
   const maxAgeMs = Number(env.WATT_MAX_CONNECTION_AGE_MS) > 0 ? Number(env.WATT_MAX_CONNECTION_AGE_MS) : 0;
   let inFlightFd = /^\d+$/.test(env.WATT_IN_FLIGHT_FD || '') ? Number(env.WATT_IN_FLIGHT_FD) : -1;
   const inFlightOffset = /^\d+$/.test(env.WATT_IN_FLIGHT_OFFSET || '') ? Number(env.WATT_IN_FLIGHT_OFFSET) : -1;
+  let quarantineFd = /^\d+$/.test(env.WATT_QUARANTINE_FD || '') ? Number(env.WATT_QUARANTINE_FD) : -1;
   if (inFlightOffset < 0) inFlightFd = -1;
 
   // Scrub the environment first: children the app spawns inherit process.env,
@@ -42,7 +43,7 @@ function activate() {
   // that are not its own. (fds 3 and 4 themselves do not leak: Node marks
   // inherited fds close-on-exec at startup; seen with strace on 20 and 22.)
   const shimPath = env.WATT_SHIM;
-  for (const k of ['LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES', 'WATT_NOTIFY_FD', 'WATT_BACKLOG', 'WATT_SHIM', 'WATT_MAX_REQUESTS_PER_SOCKET', 'WATT_MAX_CONNECTION_AGE_MS', 'WATT_IN_FLIGHT_FD', 'WATT_IN_FLIGHT_OFFSET']) {
+  for (const k of ['LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES', 'WATT_NOTIFY_FD', 'WATT_BACKLOG', 'WATT_SHIM', 'WATT_MAX_REQUESTS_PER_SOCKET', 'WATT_MAX_CONNECTION_AGE_MS', 'WATT_IN_FLIGHT_FD', 'WATT_IN_FLIGHT_OFFSET', 'WATT_QUARANTINE_FD']) {
     delete env[k];
   }
   if (shimPath && env.NODE_OPTIONS !== undefined) {
@@ -175,6 +176,9 @@ function activate() {
     server.emit = function (event, err, socket) {
       if (event === 'error' && err && err.syscall === 'accept' && RESCUE_ACCEPT_ERRORS.has(err.code)) return false;
       if ((event === 'upgrade' || event === 'connect') && socket) busy(socket, Infinity);
+      // A held request never reaches the app (nor the in-flight count).
+      if (event === 'request' && err && socket && refuseHeld(err.method, err.url, socket)) return true;
+      if (event === 'stream' && err && socket && refuseHeld(socket[':method'], socket[':path'], err)) return true;
       return emit.apply(this, arguments);
     };
 
@@ -353,6 +357,66 @@ function activate() {
       requestStarted(entry);
       stream.once('close', () => requestEnded(entry));
     });
+  }
+
+  // Quarantine (WATT_QUARANTINE_FD): requests the agent holds because
+  // they were in flight when workers crashed, in a page it shares with
+  // every worker (quarantine/page.rs). The 8-byte header is read before
+  // each request and the list only when its sequence changed, so a hold
+  // written a moment ago applies to the next request. A held request gets
+  // 503 with Retry-After, here, before the app sees it.
+  const heldHeader = Buffer.alloc(8);
+  let heldSeq = -1;
+  let held = new Map(); // request line -> until (ms since the epoch)
+
+  function readHeld() {
+    if (quarantineFd < 0) return held;
+    try {
+      fs.readSync(quarantineFd, heldHeader, 0, 8, 0);
+      const seq = heldHeader.readUInt32LE(0);
+      if (seq === heldSeq || seq % 2 === 1) return held; // unchanged, or being written
+      const text = Buffer.alloc(Math.min(heldHeader.readUInt32LE(4), 4088));
+      if (text.length > 0) fs.readSync(quarantineFd, text, 0, text.length, 8);
+      fs.readSync(quarantineFd, heldHeader, 0, 4, 0);
+      if (heldHeader.readUInt32LE(0) !== seq) return held; // rewritten meanwhile: next time
+      const next = new Map();
+      for (const line of text.toString('utf8').split('\n')) {
+        const space = line.indexOf(' ');
+        if (space > 0) next.set(line.slice(space + 1), Number(line.slice(0, space)));
+      }
+      held = next;
+      heldSeq = seq;
+    } catch {
+      quarantineFd = -1; // not the agent's page after all: stop reading
+    }
+    return held;
+  }
+
+  // `res` is an HTTP/1 (or HTTP/2 compat) response, or an HTTP/2 stream.
+  function refuseHeld(method, url, res) {
+    const list = readHeld();
+    if (list.size === 0) return false;
+    const until = list.get(`${oneLine(String(method), 20)} ${oneLine(String(url), CRASH_MAX_URL)}`);
+    const now = Date.now();
+    if (!(until > now)) return false;
+    const retryAfter = String(Math.ceil((until - now) / 1000));
+    const body = `quarantined by watt-agent until ${new Date(until).toISOString()}: this request was in flight when workers crashed\n`;
+    try {
+      if (typeof res.respond === 'function') {
+        res.respond({ ':status': 503, 'retry-after': retryAfter, 'content-type': 'text/plain' });
+        res.end(body);
+      } else {
+        res.writeHead(503, {
+          'retry-after': retryAfter,
+          'content-type': 'text/plain',
+          'content-length': Buffer.byteLength(body),
+        });
+        res.end(body);
+      }
+    } catch {
+      // The stream or socket is already gone: nothing to answer.
+    }
+    return true;
   }
 
   // The monitor observes without handling: Node still dies unless the app

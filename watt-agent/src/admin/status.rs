@@ -9,6 +9,7 @@ use super::info::Info;
 use crate::{
     balancer::{self, SlotSnapshot, Snapshot},
     config::LoopSignal,
+    quarantine::guard::Quarantined,
     sampler::QueueSourceKind,
     steering::{LoopHook, ProgramMode},
     supervisor::{
@@ -104,6 +105,10 @@ pub struct Status {
     pub last_reload: Option<ReloadOutcome>,
     pub shutting_down: bool,
     pub workers: Vec<WorkerStatus>,
+    /// Requests every worker refuses (503) because they kept crashing
+    /// workers (`quarantine_for`).
+    #[serde(default)]
+    pub quarantined: Vec<Quarantined>,
     /// The eBPF program's totals (absent under `--policy kernel`).
     pub program: Option<ProgramStatus>,
     /// Where accept-queue depths come from: `sock_diag`, `proc_net_tcp`, or
@@ -295,6 +300,7 @@ pub fn build(info: &Info, shared: &Shared, snap: &Snapshot, now: Instant) -> Sta
         reloads_finished: shared.reloads_finished,
         last_reload: shared.last_reload,
         shutting_down: shared.shutting_down,
+        quarantined: shared.quarantined.clone(),
         workers,
         program,
         queue_depth_source: snap.queue_source,

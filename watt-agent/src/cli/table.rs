@@ -51,6 +51,19 @@ pub fn render_status(s: &Status, rates: Option<(f64, &Status)>) -> String {
     out
 }
 
+/// A line per request every worker refuses (the quarantine).
+fn quarantine_lines(s: &Status) -> String {
+    let mut out = String::new();
+    for q in &s.quarantined {
+        let _ = writeln!(
+            out,
+            "quarantined: {} (in flight on {} crashes), answered 503 until {}",
+            q.request, q.crashes, q.until
+        );
+    }
+    out
+}
+
 /// The shared HTTP cache's line: hit ratio, use, evictions.
 fn cache_line(c: &crate::admin::status::CacheStatus) -> String {
     let ratio = c.hit_ratio.map_or_else(
@@ -138,6 +151,7 @@ fn summary(s: &Status) -> String {
     if let Some(c) = &s.http_cache {
         out.push_str(&cache_line(c));
     }
+    out.push_str(&quarantine_lines(s));
     match s.queue_depth_source {
         Some(QueueSourceKind::SockDiag) => {}
         Some(QueueSourceKind::ProcNetTcp) => {
@@ -326,6 +340,7 @@ mod tests {
             reloads_finished: 0,
             last_reload: None,
             shutting_down: false,
+            quarantined: Vec::new(),
             queue_depth_source: Some(QueueSourceKind::SockDiag),
             loop_signal: Some(LoopSignal::Kernel),
             loop_hook: Some(crate::steering::LoopHook::Fentry),
@@ -393,7 +408,20 @@ mod tests {
 
     #[test]
     fn the_status_table_has_a_row_per_worker() {
-        let text = render_status(&status(), None);
+        let mut held = status();
+        held.quarantined = vec![crate::quarantine::guard::Quarantined {
+            request: "GET /report?id=7".into(),
+            crashes: 2,
+            since: "2026-12-08T02:00:00.000Z".into(),
+            until: "2026-12-08T02:01:00.000Z".into(),
+        }];
+        let text = render_status(&held, None);
+        assert!(
+            text.lines().any(|l| l
+                == "quarantined: GET /report?id=7 (in flight on 2 crashes), answered 503 until \
+                    2026-12-08T02:01:00.000Z"),
+            "{text}"
+        );
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].contains("up 1h 2m"), "{text}");
         assert!(lines[1].starts_with("1 of 2 workers ready"), "{text}");

@@ -25,6 +25,10 @@ pub const RESTART_DELAY_MAX: Duration = Duration::from_secs(30);
 pub const MIN_UPTIME: Duration = Duration::from_secs(5);
 pub const MAX_RESTARTS: u32 = 10;
 pub const RESTART_WINDOW: Duration = Duration::from_mins(1);
+/// A held request is refused this long: long enough that clients' retries
+/// stop reaching the workers, short enough that a wrong suspect (see
+/// `quarantine`) is back soon.
+pub const QUARANTINE_FOR: Duration = Duration::from_mins(1);
 pub const POLICY: Policy = Policy::Rescue;
 /// The exact signal where the kernel and the capabilities allow it.
 pub const LOOP_SIGNAL: LoopSignal = LoopSignal::Auto;

@@ -107,6 +107,13 @@ macro_rules! settings {
             #[arg(long, env = "WATT_RESTART_WINDOW", value_parser = parse_duration)]
             restart_window: Duration = defaults::RESTART_WINDOW, file: V<Duration>;
 
+            /// Refuse a request (503 from the worker's preload, the app never sees
+            /// it) for this long once it was in flight when two workers crashed
+            /// within 10s: a query of death, replayed by a proxy or retried by
+            /// clients, crashes one or two workers, not all; 0s turns it off [default: 60s]
+            #[arg(long, env = "WATT_QUARANTINE_FOR", value_parser = parse_duration)]
+            quarantine_for: Duration = defaults::QUARANTINE_FOR, file: V<Duration>;
+
             /// How connections are steered [default: rescue]
             #[arg(long, env = "WATT_POLICY", value_enum)]
             policy: Policy = defaults::POLICY, file: V<Policy>;

@@ -60,6 +60,10 @@ pub(super) fn worker_env(plan: &Plan, worker: WorkerId, slot: Slot) -> Vec<(OsSt
         env.push(("WATT_IN_FLIGHT_FD".into(), fd.into()));
         env.push(("WATT_IN_FLIGHT_OFFSET".into(), offset.into()));
     }
+    if plan.quarantine.is_some() {
+        let fd = crate::quarantine::page::WORKER_FD.to_string();
+        env.push(("WATT_QUARANTINE_FD".into(), fd.into()));
+    }
     if let Some(cache) = &plan.http_cache {
         env.push(("WATT_HTTP_CACHE".into(), cache.into()));
     }

@@ -28,6 +28,7 @@ use crate::{
     balancer,
     ids::{Pid, Slot, WorkerId},
     listeners::Listener,
+    quarantine::guard::{Guard, Quarantined},
 };
 
 pub mod backoff;
@@ -103,6 +104,8 @@ pub struct Shared {
     pub shutting_down: bool,
     /// Each worker's last crash, kept until its next one.
     pub last_crashes: BTreeMap<WorkerId, LastCrash>,
+    /// Requests refused because they kept crashing workers.
+    pub quarantined: Vec<Quarantined>,
     /// Last time the loop went round (for /healthz).
     pub heartbeat: Option<Instant>,
 }
@@ -154,7 +157,7 @@ pub async fn run(
         if let Some(code) = driver.exit {
             // Crashes still waiting for their reports are logged as they are.
             for finished in driver.crashes.drain() {
-                notes::log_crash(finished);
+                driver.finished(finished);
             }
             return Ok(code);
         }
@@ -164,6 +167,11 @@ pub async fn run(
         let deadline = [
             driver.machine.next_deadline(),
             driver.crashes.next_deadline(),
+            driver
+                .plan
+                .quarantine
+                .as_ref()
+                .and_then(Guard::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -183,7 +191,10 @@ pub async fn run(
             () = sleep => {
                 driver.feed(Event::Tick);
                 for finished in driver.crashes.due(Instant::now()) {
-                    notes::log_crash(finished);
+                    driver.finished(finished);
+                }
+                if let Some(guard) = &mut driver.plan.quarantine {
+                    guard.expire(Instant::now());
                 }
             }
         }
@@ -258,7 +269,7 @@ impl Driver<'_> {
                     at: SystemTime::now(),
                 };
                 if let Some(finished) = self.crashes.crashed(crash, Instant::now()) {
-                    notes::log_crash(finished);
+                    self.finished(finished);
                 }
             }
             Action::Note(note) => {
@@ -305,10 +316,14 @@ impl Driver<'_> {
         if let Some(b) = board {
             b.clear(slot);
         }
+        let shared = spawn::SharedFiles {
+            in_flight: board.map(crate::in_flight::Board::fd),
+            quarantine: self.plan.quarantine.as_ref().map(Guard::fd),
+        };
         match spawn::spawn(
             &self.plan.program,
             std::os::fd::AsFd::as_fd(listener),
-            board.map(crate::in_flight::Board::fd),
+            shared,
             &env,
         ) {
             Ok(child) => {
@@ -399,10 +414,19 @@ impl Driver<'_> {
             Notice::Closed { pid } => {
                 let running = self.pids.contains_key(&pid);
                 if let Some(finished) = self.crashes.closed(pid, running) {
-                    notes::log_crash(finished);
+                    self.finished(finished);
                 }
             }
         }
+    }
+
+    /// A crash whose report is in (or known missing): logged, and its
+    /// requests blamed (`quarantine`).
+    fn finished(&mut self, finished: crashes::Finished) {
+        if let (Some(guard), (crash, Some(report))) = (&mut self.plan.quarantine, &finished) {
+            guard.crashed(crash.worker, crash.pid, report);
+        }
+        notes::log_crash(finished);
     }
 
     /// Answers an operator's command with the lifecycle's verdict, then
@@ -433,6 +457,12 @@ impl Driver<'_> {
             if s.last_crashes != *self.crashes.last() {
                 s.last_crashes.clone_from(self.crashes.last());
             }
+            s.quarantined = self
+                .plan
+                .quarantine
+                .as_ref()
+                .map(Guard::held)
+                .unwrap_or_default();
             s.heartbeat = Some(Instant::now());
         }
     }

@@ -20,4 +20,7 @@ pub struct Plan {
     /// Where the workers' preload writes its requests in flight (`None`:
     /// the table is not weighed by them).
     pub in_flight: Option<std::sync::Arc<crate::in_flight::Board>>,
+    /// Requests that keep crashing workers, refused by every worker's
+    /// preload (`None`: off).
+    pub quarantine: Option<crate::quarantine::guard::Guard>,
 }

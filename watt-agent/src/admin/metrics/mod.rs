@@ -178,7 +178,7 @@ impl Scrape {
     /// The agent as a whole: workers, readiness, reloads, uptime.
     fn fleet(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         let s = &self.status;
-        let ints: [(&str, &str, u64); 5] = [
+        let ints: [(&str, &str, u64); 6] = [
             (
                 "watt_workers",
                 "Workers the agent runs (--workers)",
@@ -199,6 +199,11 @@ impl Scrape {
                 "watt_reloading",
                 "1 while a rolling reload runs",
                 u64::from(s.reloading),
+            ),
+            (
+                "watt_quarantined_requests",
+                "Requests every worker answers 503 now because they kept crashing workers",
+                s.quarantined.len() as u64,
             ),
         ];
         for (name, help, v) in ints {

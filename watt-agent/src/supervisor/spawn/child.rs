@@ -65,6 +65,8 @@ pub(super) struct ChildContext {
     pub(super) notify: RawFd,
     /// The in-flight board (`crate::in_flight`), or -1 for none.
     pub(super) in_flight: RawFd,
+    /// The quarantine page (`crate::quarantine::page`), or -1 for none.
+    pub(super) quarantine: RawFd,
     pub(super) devnull: RawFd,
     pub(super) fail: RawFd,
     /// Read end of the start pipe: one byte when the agent is ready.
@@ -143,47 +145,47 @@ unsafe fn detach(ctx: &ChildContext) {
 }
 
 /// fds 0..=4: /dev/null, stdout, stderr, the listener, the notify pipe;
-/// 5: the in-flight board, if there is one; everything else closes at exec.
+/// 5: the in-flight board and 6: the quarantine page, those there are;
+/// everything else closes at exec.
 unsafe fn place_fds(ctx: &ChildContext) {
     // SAFETY: fd syscalls on fds this process holds.
     unsafe {
         // Move every source above the target range first, so dup2 never
-        // overwrites a source that happens to sit at 0..=5.
-        let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-        let (null, out, err, lst, ntf) = (
-            high(ctx.devnull),
-            high(ctx.stdout),
-            high(ctx.stderr),
-            high(ctx.listener),
-            high(ctx.notify),
-        );
-        let board = if ctx.in_flight >= 0 {
-            high(ctx.in_flight)
-        } else {
-            -1
+        // overwrites a source that happens to sit at 0..=6.
+        let high = |fd: RawFd| {
+            if fd < 0 {
+                -1
+            } else {
+                libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10)
+            }
         };
-        if [null, out, err, lst, ntf].iter().any(|&fd| fd < 0) || (ctx.in_flight >= 0 && board < 0)
-        {
+        let placed = [
+            (ctx.devnull, 0),
+            (ctx.stdout, 1),
+            (ctx.stderr, 2),
+            (ctx.listener, 3),
+            (ctx.notify, 4),
+            (ctx.in_flight, 5),
+            (ctx.quarantine, 6),
+        ]
+        .map(|(src, dst)| (src, high(src), dst));
+        if placed.iter().any(|&(src, moved, _)| src >= 0 && moved < 0) {
             fail(ctx, ChildStep::Descriptors);
         }
         // dup2 clears close-on-exec on the target: these survive exec.
-        for (src, dst) in [
-            (null, 0),
-            (out, 1),
-            (err, 2),
-            (lst, 3),
-            (ntf, 4),
-            (board, 5),
-        ] {
-            if src >= 0 && libc::dup2(src, dst) < 0 {
+        for (_, moved, dst) in placed {
+            if moved < 0 {
+                // Not placed (no board, no page): whatever sits there
+                // closes at exec, like everything above.
+                libc::fcntl(dst, libc::F_SETFD, libc::FD_CLOEXEC);
+            } else if libc::dup2(moved, dst) < 0 {
                 fail(ctx, ChildStep::Descriptors);
             }
         }
         // Anything else this process holds is closed by exec.
-        let first_closed: u32 = if board >= 0 { 6 } else { 5 };
         libc::syscall(
             libc::SYS_close_range,
-            first_closed,
+            7u32,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );

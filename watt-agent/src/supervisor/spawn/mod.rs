@@ -229,13 +229,22 @@ impl Pipes {
     }
 }
 
-/// Starts `program` on `listener` (placed at fd 3), with the in-flight
-/// board at fd 5 if given. `extra_env` are the per-worker variables;
-/// `LISTEN_PID` is added here.
+/// Files shared with every worker, each at its own fd.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SharedFiles<'a> {
+    /// The in-flight board, at fd 5.
+    pub in_flight: Option<BorrowedFd<'a>>,
+    /// The quarantine page, at fd 6.
+    pub quarantine: Option<BorrowedFd<'a>>,
+}
+
+/// Starts `program` on `listener` (placed at fd 3), with the `shared`
+/// files. `extra_env` are the per-worker variables; `LISTEN_PID` is added
+/// here.
 pub fn spawn(
     program: &Program,
     listener: BorrowedFd<'_>,
-    in_flight: Option<BorrowedFd<'_>>,
+    shared: SharedFiles<'_>,
     extra_env: &[(OsString, OsString)],
 ) -> Result<Child, SpawnError> {
     let image = ExecImage::new(program, extra_env)?;
@@ -251,7 +260,8 @@ pub fn spawn(
         stdout: pipes.stdout.1.as_raw_fd(),
         stderr: pipes.stderr.1.as_raw_fd(),
         notify: pipes.notify.1.as_raw_fd(),
-        in_flight: in_flight.map_or(-1, |fd| fd.as_raw_fd()),
+        in_flight: shared.in_flight.map_or(-1, |fd| fd.as_raw_fd()),
+        quarantine: shared.quarantine.map_or(-1, |fd| fd.as_raw_fd()),
         devnull: pipes.devnull.as_raw_fd(),
         fail: pipes.fail.1.as_raw_fd(),
         go: pipes.go.0.as_raw_fd(),
@@ -398,13 +408,18 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         // The child prints LISTEN_PID, its own pid, fd 3's target and FOO.
         let script = "echo \"$LISTEN_PID $$ $FOO\"; readlink /proc/self/fd/3; \
-                      readlink /proc/self/fd/5; ls /proc/self/fd | wc -l; \
+                      readlink /proc/self/fd/5; readlink /proc/self/fd/6; \
+                      ls /proc/self/fd | wc -l; \
                       grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status";
         let board = crate::in_flight::Board::new().unwrap();
+        let page = crate::quarantine::page::Page::new().unwrap();
         let child = spawn(
             &program("/bin/sh", &["-c", script]),
             listener.as_fd_for_test(),
-            Some(board.fd()),
+            SharedFiles {
+                in_flight: Some(board.fd()),
+                quarantine: Some(page.fd()),
+            },
             &[("FOO".into(), "bar".into())],
         )
         .unwrap();
@@ -423,8 +438,12 @@ mod tests {
             lines.next().unwrap().starts_with("/memfd:watt-in-flight"),
             "{out}"
         );
-        // 0-5 plus the fd `ls` itself opens for /proc/self/fd.
-        assert_eq!(lines.next().unwrap().trim(), "7", "{out} (port {port})");
+        assert!(
+            lines.next().unwrap().starts_with("/memfd:watt-quarantine"),
+            "{out}"
+        );
+        // 0-6 plus the fd `ls` itself opens for /proc/self/fd.
+        assert_eq!(lines.next().unwrap().trim(), "8", "{out} (port {port})");
         assert_eq!(
             lines.next().unwrap(),
             "CapEff:\t0000000000000000",
@@ -449,7 +468,7 @@ mod tests {
             gid: 65534,
             groups: vec![65534, 4242],
         });
-        let child = spawn(&p, listener.as_fd_for_test(), None, &[]).unwrap();
+        let child = spawn(&p, listener.as_fd_for_test(), SharedFiles::default(), &[]).unwrap();
         let mut out = String::new();
         std::fs::File::from(child.stdout)
             .read_to_string(&mut out)
@@ -466,7 +485,7 @@ mod tests {
         let err = spawn(
             &program("/nonexistent/prog", &[]),
             listener.as_fd_for_test(),
-            None,
+            SharedFiles::default(),
             &[],
         )
         .unwrap_err();

@@ -55,9 +55,11 @@ pub fn start(
         sock_dir,
     };
     let mut launch = match arm {
-        Arm::Agent | Arm::AgentKernel | Arm::AgentResteer | Arm::AgentEqual => {
-            launch::agent(ctx, arm, app, port)
-        }
+        Arm::Agent
+        | Arm::AgentKernel
+        | Arm::AgentResteer
+        | Arm::AgentEqual
+        | Arm::AgentNoQuarantine => launch::agent(ctx, arm, app, port),
         Arm::Watt => launch::watt(ctx, app, &at, &mut env)?,
         Arm::Pm2 => launch::pm2(ctx, app, &at, &env)?,
         Arm::Cluster | Arm::Reuseport => launch::node_script(ctx, arm, app),
@@ -169,7 +171,11 @@ impl Running {
             }
         };
         match self.arm {
-            Arm::Agent | Arm::AgentKernel | Arm::AgentResteer | Arm::AgentEqual => signal_and_wait(
+            Arm::Agent
+            | Arm::AgentKernel
+            | Arm::AgentResteer
+            | Arm::AgentEqual
+            | Arm::AgentNoQuarantine => signal_and_wait(
                 "rolling reload finished",
                 "SIGHUP to watt-agent (rolling reload)",
             ),

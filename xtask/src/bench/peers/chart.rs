@@ -10,6 +10,7 @@ fn color(arm: &str) -> RGBColor {
         Some(Arm::AgentKernel) => RGBColor(255, 127, 14),
         Some(Arm::AgentResteer) => RGBColor(227, 119, 194),
         Some(Arm::AgentEqual) => RGBColor(188, 189, 34),
+        Some(Arm::AgentNoQuarantine) => RGBColor(140, 86, 75),
         Some(Arm::Watt) => RGBColor(31, 119, 180),
         Some(Arm::Pm2) => RGBColor(44, 160, 44),
         Some(Arm::Cluster) => RGBColor(148, 103, 189),

@@ -209,6 +209,7 @@ restart_delay_max = "1m"
 min_uptime = "2s"
 max_restarts = 0
 restart_window = "2m"
+quarantine_for = "30s"
 policy = "hash"
 tick = "2ms"
 rescue_after = 3
@@ -253,10 +254,11 @@ http_cache = { max_size = "8M", origins = ["https://api.example"], mode = "priva
     assert_eq!(l.program_log, Some(ProgramLog::Warn));
     assert_eq!(l.bpf_stats, Some(true));
     assert_eq!(l.max_connection_age, Some(Duration::from_secs(30)));
+    assert_eq!(l.quarantine_for, Some(Duration::from_secs(30)));
     assert_eq!(l.keepalive_release, Some(false));
     assert_eq!(l.weigh_in_flight, Some(false));
     assert_eq!(f.line("workers"), 2);
-    assert_eq!(f.line("max_requests_per_socket"), 31);
+    assert_eq!(f.line("max_requests_per_socket"), 32);
     assert_eq!(l.loop_signal, Some(LoopSignal::Proc));
 }
 

@@ -29,6 +29,9 @@ pub enum Arm {
     /// watt-agent, default policy without load weights (--weigh-in-flight=false):
     /// every ready worker gets an equal share.
     AgentEqual,
+    /// watt-agent, default policy, with the quarantine off (--quarantine-for=0s):
+    /// a request that keeps crashing workers still reaches them.
+    AgentNoQuarantine,
     /// Platformatic Watt (wattpm start), N worker threads with reusePort.
     Watt,
     /// PM2 cluster mode (pm2-runtime, instances: N, `exec_mode`: cluster).
@@ -40,19 +43,21 @@ pub enum Arm {
 }
 
 impl Arm {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Agent,
         Self::AgentKernel,
         Self::AgentResteer,
         Self::AgentEqual,
+        Self::AgentNoQuarantine,
         Self::Watt,
         Self::Pm2,
         Self::Cluster,
         Self::Reuseport,
     ];
 
-    /// The arms of a run that names none: not the equal-shares variant,
-    /// which only answers whether the load weights earn their place.
+    /// The arms of a run that names none: not the equal-shares and
+    /// no-quarantine variants, which only answer whether the load weights
+    /// and the quarantine earn their place.
     pub const DEFAULT: [Self; 7] = [
         Self::Agent,
         Self::AgentKernel,
@@ -70,6 +75,7 @@ impl Arm {
             Self::AgentKernel => "agent-kernel",
             Self::AgentResteer => "agent-resteer",
             Self::AgentEqual => "agent-equal",
+            Self::AgentNoQuarantine => "agent-no-quarantine",
             Self::Watt => "watt",
             Self::Pm2 => "pm2",
             Self::Cluster => "cluster",
@@ -84,6 +90,7 @@ impl Arm {
             Self::AgentKernel => "watt-agent --policy kernel",
             Self::AgentResteer => "watt-agent + max-requests-per-socket",
             Self::AgentEqual => "watt-agent, equal shares",
+            Self::AgentNoQuarantine => "watt-agent, no quarantine",
             Self::Watt => "Watt",
             Self::Pm2 => "PM2 cluster",
             Self::Cluster => "Node cluster",
@@ -95,7 +102,11 @@ impl Arm {
     pub fn is_agent(self) -> bool {
         matches!(
             self,
-            Self::Agent | Self::AgentKernel | Self::AgentResteer | Self::AgentEqual
+            Self::Agent
+                | Self::AgentKernel
+                | Self::AgentResteer
+                | Self::AgentEqual
+                | Self::AgentNoQuarantine
         )
     }
 

@@ -53,6 +53,9 @@ pub(super) fn agent(ctx: &Ctx<'_>, arm: Arm, app: &App, port: u16) -> Launch {
     if arm == Arm::AgentEqual {
         cmd.arg("--weigh-in-flight=false");
     }
+    if arm == Arm::AgentNoQuarantine {
+        cmd.arg("--quarantine-for=0s");
+    }
     if arm == Arm::AgentResteer {
         cmd.args([
             "--max-requests-per-socket",

@@ -144,9 +144,11 @@ fn fill(
         let from = started + s.warmup();
         let window = (from, from + s.duration() + s.timeout());
         let accounts = match arm {
-            Arm::Agent | Arm::AgentKernel | Arm::AgentResteer | Arm::AgentEqual => {
-                Some(super::crashes::agent(&log, window))
-            }
+            Arm::Agent
+            | Arm::AgentKernel
+            | Arm::AgentResteer
+            | Arm::AgentEqual
+            | Arm::AgentNoQuarantine => Some(super::crashes::agent(&log, window)),
             Arm::Cluster | Arm::Pm2 | Arm::Reuseport => {
                 Some(super::crashes::preload(&inflight_dir, window))
             }

@@ -1,0 +1,223 @@
+//! Quarantine with real Node workers, directly and behind a real nginx: a
+//! request that was in flight when two workers crashed is answered 503 by
+//! every worker from then on and crashes none; another request still
+//! reaches the app. With `--quarantine-for=0s` (the control) the same
+//! request crashes a worker every time. Outcomes are counted from the
+//! agent's crash lines and the answers, never timed.
+use std::{collections::BTreeSet, net::SocketAddr, thread, time::Duration};
+
+use watt_tests::{
+    agent::{Agent, alive, start_test_app, start_time},
+    free_port, http,
+    nginx::Nginx,
+    wait_until,
+};
+
+/// The query of death: the test app's `/crash` exits in the handler.
+const QOD: &str = "/crash?qod=1";
+/// The agent's crash line for it.
+const QOD_CRASHED: &str = "crashed while serving GET /crash?qod=1";
+const WORKERS: usize = 4;
+
+/// Four workers, restarted 50 ms after a crash, with the admin API on.
+fn start(args: &[&str]) -> (Agent, SocketAddr) {
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+    let admin_arg = format!("--admin={admin}");
+    let mut all = vec![
+        "--restart-delay",
+        "50ms",
+        "--min-uptime",
+        "500ms",
+        &admin_arg,
+    ];
+    all.extend_from_slice(args);
+    (start_test_app(WORKERS, &all, &[]), admin)
+}
+
+fn status(admin: SocketAddr) -> serde_json::Value {
+    let body = http::get(admin, "/status").expect("/status").body;
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// `/status`'s `quarantined` list.
+fn quarantined(admin: SocketAddr) -> Vec<serde_json::Value> {
+    status(admin)["quarantined"]
+        .as_array()
+        .expect("a quarantined list")
+        .clone()
+}
+
+/// The worker processes (pid, start time), once there are `WORKERS` of
+/// them, none dead, all ready and every crash so far logged: a crashed
+/// worker is a zombie until the agent reaps it, then replaced.
+fn settled(agent: &Agent, admin: SocketAddr) -> BTreeSet<(i32, Option<u64>)> {
+    let mut workers = BTreeSet::new();
+    let ok = wait_until(Duration::from_secs(20), || {
+        let pids = agent.worker_pids();
+        let status = status(admin);
+        let restarts: u64 = status["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .map(|w| w["restarts"].as_u64().expect("restarts"))
+            .sum();
+        workers = pids.iter().map(|&p| (p, start_time(p))).collect();
+        pids.len() == WORKERS
+            && pids.iter().all(|&p| alive(p))
+            && status["ready"] == WORKERS
+            && restarts == agent.log_count("crashed while serving") as u64
+    });
+    assert!(
+        ok,
+        "workers not settled: {workers:?}; agent log:\n{}",
+        agent.log_text()
+    );
+    workers
+}
+
+/// Sends the query of death, which crashes the worker that reads it, then
+/// waits until the agent logged `crashes` crash lines for it in all and
+/// every worker is ready again (`ready` "worker ready" lines in all).
+fn crash(agent: &Agent, crashes: usize, ready: usize) {
+    let answer = http::get(agent.addr(), QOD);
+    assert!(answer.is_err(), "{QOD} answered: {answer:?}");
+    assert!(
+        agent.wait_log(QOD_CRASHED, crashes, Duration::from_secs(10)),
+        "fewer than {crashes} crashes for {QOD}; agent log:\n{}",
+        agent.log_text()
+    );
+    agent.wait_ready(ready, Duration::from_secs(20));
+}
+
+/// Sends the held query of death `n` times to `to`: every answer is the
+/// preload's 503.
+fn assert_refused(to: SocketAddr, n: usize) {
+    for i in 0..n {
+        let answer = http::get(to, QOD).unwrap_or_else(|e| panic!("send {i}: {e}"));
+        assert_eq!(answer.status, 503, "send {i}: {answer:?}");
+        assert!(
+            answer.body.contains("quarantined by watt-agent"),
+            "send {i}: {answer:?}"
+        );
+    }
+}
+
+#[test]
+fn a_request_that_crashed_two_workers_is_refused_by_every_worker() {
+    let (agent, admin) = start(&[]);
+    crash(&agent, 1, WORKERS + 1);
+    assert!(quarantined(admin).is_empty(), "one crash holds nothing");
+    crash(&agent, 2, WORKERS + 2);
+    assert!(
+        agent.wait_log(
+            "quarantined GET /crash?qod=1 for 1m",
+            1,
+            Duration::from_secs(5)
+        ),
+        "not held; agent log:\n{}",
+        agent.log_text()
+    );
+    let held = quarantined(admin);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["request"], "GET /crash?qod=1");
+    assert_eq!(held[0]["crashes"], 2);
+
+    // 12 new connections, spread over the workers: each answers 503.
+    assert_refused(agent.addr(), 12);
+    assert_eq!(
+        agent.log_count(QOD_CRASHED),
+        2,
+        "a held request crashed a worker"
+    );
+    // Another request, and another query string, still reach the app.
+    assert_eq!(http::get(agent.addr(), "/").expect("GET /").status, 200);
+    let other = http::get(agent.addr(), "/crash?qod=2");
+    assert!(other.is_err(), "/crash?qod=2 answered: {other:?}");
+    assert!(
+        agent.wait_log(
+            "crashed while serving GET /crash?qod=2",
+            1,
+            Duration::from_secs(10)
+        ),
+        "agent log:\n{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn with_the_quarantine_off_the_same_request_crashes_a_worker_every_time() {
+    let (agent, admin) = start(&["--quarantine-for=0s"]);
+    for n in 1..=4 {
+        crash(&agent, n, WORKERS + n);
+    }
+    assert!(quarantined(admin).is_empty());
+    assert_eq!(agent.log_count("quarantined"), 0, "{}", agent.log_text());
+}
+
+/// nginx re-sends a request that failed on a pooled upstream connection on
+/// the next one: one query of death crashes several workers in a row. Once
+/// held, it crashes none, and nginx passes the 503 on.
+#[test]
+fn behind_nginx_a_replayed_query_of_death_stops_at_the_quarantine() {
+    let (agent, admin) = start(&[]);
+    let nginx = Nginx::start(agent.addr(), 32);
+    // Fill nginx's upstream pool: concurrent requests open several
+    // connections, which it keeps.
+    let warm: Vec<_> = (0..16)
+        .map(|_| {
+            let to = nginx.addr;
+            thread::spawn(move || {
+                (0..5)
+                    .filter(|_| http::get(to, "/").is_ok_and(|r| r.status == 200))
+                    .count()
+            })
+        })
+        .collect();
+    let served: usize = warm.into_iter().map(|t| t.join().expect("warm-up")).sum();
+    assert_eq!(served, 80, "warm-up through nginx");
+
+    // Each send crashes at least one worker until the request is held;
+    // nginx replays it on its next pooled connections, so one send may
+    // crash two and meet the hold on the third (nginx passes its 503 on).
+    let mut sends = 0;
+    while quarantined(admin).is_empty() {
+        sends += 1;
+        assert!(
+            sends <= 2,
+            "not held after 2 sends; agent log:\n{}",
+            agent.log_text()
+        );
+        let before = agent.log_count(QOD_CRASHED);
+        let answer = http::get(nginx.addr, QOD);
+        assert!(
+            answer
+                .as_ref()
+                .map_or(true, |r| r.status == 502 || r.status == 503),
+            "{QOD} answered: {answer:?}"
+        );
+        assert!(
+            agent.wait_log(QOD_CRASHED, before + 1, Duration::from_secs(10)),
+            "send {sends} crashed nothing; agent log:\n{}",
+            agent.log_text()
+        );
+        wait_until(Duration::from_secs(2), || !quarantined(admin).is_empty());
+    }
+    // The workers serving once every crash so far was handled; then the
+    // held request, 8 times: nginx would replay it on the next connection
+    // if it crashed a worker, so a 503 alone does not prove nothing
+    // crashed, but the same processes serving before and after do.
+    let before = settled(&agent, admin);
+    let crashed = agent.log_count(QOD_CRASHED);
+    assert!(
+        (2..=WORKERS).contains(&crashed),
+        "{crashed} crashes before the hold"
+    );
+    assert_refused(nginx.addr, 8);
+    assert_eq!(
+        settled(&agent, admin),
+        before,
+        "a held request crashed a worker"
+    );
+    assert_eq!(agent.log_count(QOD_CRASHED), crashed);
+    eprintln!("behind nginx: {crashed} crashes in {sends} sends before the hold");
+}
