@@ -4,13 +4,13 @@
 //! reaches the app. With `--quarantine-for=0s` (the control) the same
 //! request crashes a worker every time. Outcomes are counted from the
 //! agent's crash lines and the answers, never timed.
-use std::{collections::BTreeSet, net::SocketAddr, thread, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, process::Command, thread, time::Duration};
 
 use watt_tests::{
     agent::{Agent, alive, start_test_app, start_time},
     free_port, http,
     nginx::Nginx,
-    wait_until,
+    root, wait_until,
 };
 
 /// The query of death: the test app's `/crash` exits in the handler.
@@ -220,4 +220,60 @@ fn behind_nginx_a_replayed_query_of_death_stops_at_the_quarantine() {
     );
     assert_eq!(agent.log_count(QOD_CRASHED), crashed);
     eprintln!("behind nginx: {crashed} crashes in {sends} sends before the hold");
+}
+
+/// `curl --http2` to the agent: status code (`000` when the connection
+/// broke) and the HTTP version it spoke.
+fn curl_h2(port: u16, path: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sk", "--http2", "--max-time", "5", "-o", "/dev/null"])
+        .args(["-w", "%{http_code} %{http_version}"])
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, version) = text.split_once(' ').unwrap_or((&text, ""));
+    (code.to_owned(), version.to_owned())
+}
+
+/// An HTTP/2 app (`node:http2` over TLS): the held request is refused on
+/// its stream, with 503, over HTTP/2.
+#[test]
+fn an_http2_stream_is_refused_too() {
+    let port = free_port("127.0.0.1");
+    let app = root().join("tests/fixtures/apps/http2.js");
+    let agent = Agent::start_with_env(
+        port,
+        &[
+            "--workers",
+            "2",
+            "--restart-delay",
+            "50ms",
+            "--min-uptime",
+            "500ms",
+        ],
+        &["node", &app.display().to_string()],
+        &[],
+    );
+    agent.wait_ready(2, Duration::from_secs(30));
+    for n in 1..=2 {
+        let (code, _) = curl_h2(port, QOD);
+        assert_eq!(code, "000", "send {n} answered");
+        assert!(
+            agent.wait_log(QOD_CRASHED, n, Duration::from_secs(10)),
+            "agent log:\n{}",
+            agent.log_text()
+        );
+        agent.wait_ready(2 + n, Duration::from_secs(20));
+    }
+    assert!(
+        agent.wait_log("quarantined GET /crash?qod=1", 1, Duration::from_secs(5)),
+        "agent log:\n{}",
+        agent.log_text()
+    );
+    for _ in 0..4 {
+        assert_eq!(curl_h2(port, QOD), ("503".into(), "2".into()));
+    }
+    assert_eq!(agent.log_count(QOD_CRASHED), 2);
+    assert_eq!(curl_h2(port, "/"), ("200".into(), "2".into()));
 }

@@ -361,16 +361,23 @@ function activate() {
 
   // Quarantine (WATT_QUARANTINE_FD): requests the agent holds because
   // they were in flight when workers crashed, in a page it shares with
-  // every worker (quarantine/page.rs). The 8-byte header is read before
-  // each request and the list only when its sequence changed, so a hold
-  // written a moment ago applies to the next request. A held request gets
-  // 503 with Retry-After, here, before the app sees it.
+  // every worker (quarantine/page.rs). The 8-byte header is read once per
+  // event-loop turn that serves requests (a pread costs 1-2 us: per
+  // request it would show at high rates), and the list only when its
+  // sequence changed, so a hold written before a turn applies to every
+  // request of that turn. A held request gets 503 with Retry-After, here,
+  // before the app sees it.
   const heldHeader = Buffer.alloc(8);
   let heldSeq = -1;
   let held = new Map(); // request line -> until (ms since the epoch)
+  let heldRead = false; // this turn
 
   function readHeld() {
-    if (quarantineFd < 0) return held;
+    if (quarantineFd < 0 || heldRead) return held;
+    heldRead = true;
+    setImmediate(() => {
+      heldRead = false;
+    }).unref();
     try {
       fs.readSync(quarantineFd, heldHeader, 0, 8, 0);
       const seq = heldHeader.readUInt32LE(0);

@@ -1,12 +1,11 @@
 //! The page the workers read the held requests from.
 //!
-//! One page of memory (`memfd`), like the in-flight board: the agent maps
-//! it and writes it; every worker gets the same file at [`WORKER_FD`]
-//! (`WATT_QUARANTINE_FD`) and its preload `pread`s the 8-byte header before
-//! each request, and the list only when the header changed. So a hold
-//! reaches every worker, the running ones and those that start later, the
-//! moment it is written, with no message to send and no path a worker of
-//! another user would need access to.
+//! A `shared_page`, like the in-flight board: the agent maps it and writes
+//! it; every worker gets the same file at [`WORKER_FD`]
+//! (`WATT_QUARANTINE_FD`) and its preload `pread`s the 8-byte header once
+//! per event-loop turn that serves requests, and the list only when the
+//! header changed. So a hold reaches every worker, the running ones and
+//! those that start later, from its next turn on, with no message to send.
 //!
 //! Layout, little-endian: a `u32` sequence (odd while the agent writes), a
 //! `u32` length, then that many bytes of lines `<until> <request>\n`, where
