@@ -57,7 +57,10 @@ fn rescued_with_the_kernel_signal(kind: &str) {
 /// control that shows the kernel's count is what makes the difference:
 /// with it, none waits). Usually 54–78 requests wait; once, in a full test
 /// run, `execSync` let only 10 through: `/proc` likely saw its start (the spawn,
-/// neither in epoll nor reading) as a busy loop for a while.
+/// neither in epoll nor reading) as a busy loop for a while. Once none
+/// waited for `fs.writeSync` to a disk file: a write that waits for its
+/// page's writeback makes no progress, and `/proc` rightly saw a block;
+/// the test app now writes to tmpfs, where writes never wait.
 fn missed_with_the_proc_signal(kind: &str) {
     let (r, log) = run(kind, "proc");
     assert!(

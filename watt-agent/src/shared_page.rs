@@ -38,6 +38,12 @@ pub enum PageError {
         #[source]
         source: nix::Error,
     },
+    #[error("opening {name} read-only")]
+    Reopen {
+        name: &'static str,
+        #[source]
+        source: nix::Error,
+    },
 }
 
 pub struct SharedPage {

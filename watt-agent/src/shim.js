@@ -177,7 +177,9 @@ function activate() {
       if (event === 'error' && err && err.syscall === 'accept' && RESCUE_ACCEPT_ERRORS.has(err.code)) return false;
       if ((event === 'upgrade' || event === 'connect') && socket) busy(socket, Infinity);
       // A held request never reaches the app (nor the in-flight count).
-      if (event === 'request' && err && socket && refuseHeld(err.method, err.url, socket)) return true;
+      // ('checkContinue' and 'checkExpectation' carry a request too, when
+      // the app listens for them.)
+      if ((event === 'request' || event === 'checkContinue' || event === 'checkExpectation') && err && socket && refuseHeld(err.method, err.url, socket)) return true;
       if (event === 'stream' && err && socket && refuseHeld(socket[':method'], socket[':path'], err)) return true;
       return emit.apply(this, arguments);
     };
@@ -386,10 +388,16 @@ function activate() {
       if (text.length > 0) fs.readSync(quarantineFd, text, 0, text.length, 8);
       fs.readSync(quarantineFd, heldHeader, 0, 4, 0);
       if (heldHeader.readUInt32LE(0) !== seq) return held; // rewritten meanwhile: next time
+      // Kept only if whole (every line ends, every time is a number): a
+      // torn read would otherwise stay until the next change.
+      const lines = text.toString('utf8').split('\n');
+      if (lines.pop() !== '') return held;
       const next = new Map();
-      for (const line of text.toString('utf8').split('\n')) {
+      for (const line of lines) {
         const space = line.indexOf(' ');
-        if (space > 0) next.set(line.slice(space + 1), Number(line.slice(0, space)));
+        const until = Number(line.slice(0, space));
+        if (space <= 0 || !Number.isFinite(until)) return held;
+        next.set(line.slice(space + 1), until);
       }
       held = next;
       heldSeq = seq;

@@ -110,7 +110,7 @@ macro_rules! settings {
             /// Refuse a request (503 from the worker's preload, the app never sees
             /// it) for this long once it was in flight when two workers crashed
             /// within 10s: a query of death, replayed by a proxy or retried by
-            /// clients, crashes one or two workers, not all; 0s turns it off [default: 60s]
+            /// clients, crashes two or three workers, not all; 0s turns it off [default: 60s]
             #[arg(long, env = "WATT_QUARANTINE_FOR", value_parser = parse_duration)]
             quarantine_for: Duration = defaults::QUARANTINE_FOR, file: V<Duration>;
 

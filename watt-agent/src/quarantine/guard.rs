@@ -28,7 +28,6 @@ pub struct Quarantined {
 
 #[derive(Debug)]
 pub struct Guard {
-    hold: Duration,
     rule: Quarantine,
     page: Page,
 }
@@ -37,7 +36,6 @@ impl Guard {
     #[must_use]
     pub fn new(hold: Duration, page: Page) -> Self {
         Self {
-            hold,
             rule: Quarantine::new(hold),
             page,
         }
@@ -95,15 +93,9 @@ impl Guard {
             return;
         }
         let held = self.rule.held();
-        let written = self
-            .page
+        // Every hold fits (`page::MAX_LINE`, a compile-time check).
+        self.page
             .publish(held.iter().map(|(r, h)| (r.as_str(), h.until)));
-        if written < held.len() {
-            tracing::warn!(
-                "{} held requests do not fit the workers' page and are not refused",
-                held.len() - written
-            );
-        }
     }
 
     fn log(&self, worker: WorkerId, pid: Pid, change: &Change) {
@@ -113,7 +105,7 @@ impl Guard {
                 pid,
                 "quarantined {request} for {}: it was in flight when {} workers crashed \
                  within {}; every worker answers it 503 until {}",
-                humantime::format_duration(self.hold),
+                humantime::format_duration(self.rule.hold()),
                 held.crashes,
                 humantime::format_duration(WINDOW),
                 humantime::format_rfc3339_seconds(held.until),

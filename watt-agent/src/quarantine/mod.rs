@@ -38,7 +38,7 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 pub const HOLD_AT: u32 = 2;
 /// Requests held at once, at most: the page's room, and a bound on what
 /// a run of unrelated crashes can refuse.
-pub const MAX_HELD: usize = 8;
+pub const MAX_HELD: usize = 7;
 
 /// Blame in thousandths of a crash (shares are rounded up, so that n
 /// crashes with the same k requests in flight reach n/k).
@@ -153,7 +153,8 @@ impl Quarantine {
 
     /// Holds whose cause struck again without them. Only a cause with an
     /// error says which crash it was: two `process.exit(1)` without one
-    /// may be anything.
+    /// may be anything. A report with requests left unlisted (`more`) may
+    /// have had it in flight.
     fn disproved(&mut self, report: &CrashReport, cause: &Cause) -> Vec<Change> {
         let wrong: Vec<String> = self
             .held
@@ -161,6 +162,7 @@ impl Quarantine {
             .filter(|(request, held)| {
                 held.cause.error.is_some()
                     && held.cause == *cause
+                    && report.more == 0
                     && !report.requests.contains(request)
             })
             .map(|(request, _)| request.clone())
@@ -199,6 +201,12 @@ impl Quarantine {
     #[must_use]
     pub fn next_deadline(&self) -> Option<Instant> {
         self.held.values().map(|h| h.deadline).min()
+    }
+
+    /// How long a hold lasts.
+    #[must_use]
+    pub fn hold(&self) -> Duration {
+        self.hold
     }
 
     /// The requests held now.
@@ -331,6 +339,9 @@ mod tests {
             q.crashed(&report("other", &["GET /b"], 0), t, wall)
                 .is_empty()
         );
+        // The same cause with requests left unlisted: it may have been one.
+        let unlisted = report("RangeError: heap", &["GET /c"], 3);
+        assert!(q.crashed(&unlisted, t, wall).is_empty());
         // The same cause, outside any request: the hold was wrong.
         let timer = report("RangeError: heap", &[], 0);
         assert_eq!(

@@ -12,35 +12,57 @@
 //! `until` is the hold's end in milliseconds since the Unix epoch (a worker
 //! also stops refusing on its own at that time).
 use std::{
-    os::fd::BorrowedFd,
-    sync::atomic::{AtomicU32, Ordering},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+    sync::atomic::{AtomicU32, Ordering, fence},
     time::SystemTime,
 };
 
-use crate::shared_page::{PageError, SIZE, SharedPage};
+use nix::{fcntl::OFlag, sys::stat::Mode};
+
+use crate::{
+    shared_page::{PageError, SIZE, SharedPage},
+    supervisor::crash_report::MAX_TEXT,
+};
 
 /// Where a worker finds the page (`WATT_QUARANTINE_FD`).
 pub const WORKER_FD: i32 = 6;
 
 const HEADER: usize = 8;
+/// One line at most: `until` (20 digits for any `u64`), a space, the
+/// request as a crash report bounds it, a newline.
+const MAX_LINE: usize = 20 + 1 + MAX_TEXT + 1;
+// Every held request fits: none is left out, whatever the workers report.
+const _: () = assert!(HEADER + super::MAX_HELD * MAX_LINE <= SIZE);
 
 /// The agent's side of the page.
 #[derive(Debug)]
 pub struct Page {
     page: SharedPage,
+    /// The same file opened read-only, for the workers: one of them cannot
+    /// make every other refuse what it likes.
+    read_only: OwnedFd,
 }
 
 impl Page {
     pub fn new() -> Result<Self, PageError> {
-        Ok(Self {
-            page: SharedPage::new(c"watt-quarantine", "the quarantine page")?,
-        })
+        let page = SharedPage::new(c"watt-quarantine", "the quarantine page")?;
+        let path = format!("/proc/self/fd/{}", page.fd().as_raw_fd());
+        let read_only = nix::fcntl::open(
+            path.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|source| PageError::Reopen {
+            name: "the quarantine page",
+            source,
+        })?;
+        Ok(Self { page, read_only })
     }
 
     fn word(&self, index: usize) -> &AtomicU32 {
         debug_assert!(index < 2);
         // SAFETY: the first 8 bytes of the page-aligned mapping are two
-        // aligned `u32`s; workers only read them.
+        // aligned `u32`s, in bounds, only ever accessed as atomics here.
         unsafe { &*self.page.base().cast::<AtomicU32>().as_ptr().add(index) }
     }
 
@@ -62,8 +84,11 @@ impl Page {
         }
         let seq = u32::from_le(self.word(0).load(Ordering::Relaxed));
         // Odd while writing: a worker that reads it keeps its last list.
+        // The fence keeps the body's writes below from being seen before
+        // the odd sequence (a seqlock's writer side).
         self.word(0)
-            .store((seq.wrapping_add(1) | 1).to_le(), Ordering::SeqCst);
+            .store((seq.wrapping_add(1) | 1).to_le(), Ordering::Relaxed);
+        fence(Ordering::Release);
         // SAFETY: `text` fits after the header (checked above) and nothing
         // in this process holds a reference into the mapping's body.
         unsafe {
@@ -74,16 +99,17 @@ impl Page {
             );
         }
         let len = u32::try_from(text.len()).unwrap_or(0);
-        self.word(1).store(len.to_le(), Ordering::SeqCst);
+        self.word(1).store(len.to_le(), Ordering::Relaxed);
+        // Release: the body and length are seen before the even sequence.
         let next = (seq | 1).wrapping_add(1);
-        self.word(0).store(next.to_le(), Ordering::SeqCst);
+        self.word(0).store(next.to_le(), Ordering::Release);
         written
     }
 
-    /// The file a worker gets at [`WORKER_FD`].
+    /// The file a worker gets at [`WORKER_FD`]: read-only.
     #[must_use]
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.page.fd()
+        self.read_only.as_fd()
     }
 }
 
@@ -119,6 +145,14 @@ mod tests {
         let (next, text) = read(&page);
         assert_eq!((next % 2, text.as_str()), (0, ""));
         assert_ne!(next, seq);
+    }
+
+    #[test]
+    fn a_worker_cannot_write_it() {
+        let page = Page::new().unwrap();
+        let file = std::fs::File::from(page.fd().try_clone_to_owned().unwrap());
+        let err = file.write_at(b"1 GET /\n", 8).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF), "{err}");
     }
 
     #[test]

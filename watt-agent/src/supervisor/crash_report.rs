@@ -32,7 +32,7 @@ pub enum CrashLineError {
 
 /// The agent's own bounds, whatever the worker writes: a report is kept per
 /// worker until its next crash, and an app may write these lines itself.
-const MAX_TEXT: usize = 512;
+pub const MAX_TEXT: usize = 512;
 pub const MAX_REQUESTS: usize = 16;
 
 impl CrashLine {

@@ -104,6 +104,14 @@ pub(super) unsafe fn child_main(ctx: &ChildContext) -> ! {
     // SAFETY (whole function): raw syscalls on fds and memory owned by this
     // process image, as documented above; nothing allocates or locks.
     unsafe {
+        // The error pipe goes above the fds placed at 0..=6 first: placing
+        // one on it would close it, which the agent reads as a successful
+        // exec (and a later failure would be written into that file).
+        let fail_high = libc::fcntl(ctx.fail, libc::F_DUPFD_CLOEXEC, 10);
+        let ctx = &ChildContext {
+            fail: if fail_high >= 0 { fail_high } else { ctx.fail },
+            ..*ctx
+        };
         detach(ctx);
         place_fds(ctx);
         reset_signals(ctx);
