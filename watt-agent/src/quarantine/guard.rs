@@ -30,6 +30,9 @@ pub struct Quarantined {
 pub struct Guard {
     rule: Quarantine,
     page: Page,
+    /// The held requests as `/status` shows them: rebuilt when they
+    /// change, not at every pass of the supervisor's loop.
+    shown: Vec<Quarantined>,
 }
 
 impl Guard {
@@ -38,6 +41,7 @@ impl Guard {
         Self {
             rule: Quarantine::new(hold),
             page,
+            shown: Vec::new(),
         }
     }
 
@@ -47,24 +51,23 @@ impl Guard {
         self.page.fd()
     }
 
-    /// `worker` (process `pid`) crashed and reported `report`.
-    pub fn crashed(&mut self, worker: WorkerId, pid: Pid, report: &CrashReport) {
+    /// A worker crashed and reported `report`: what it changed is on the
+    /// page at once (a proxy's replay of the request may be on its way to
+    /// the next worker), and returned for the log ([`Guard::log`]), which
+    /// comes after the crash's own line.
+    pub fn crashed(&mut self, report: &CrashReport) -> Vec<Change> {
         let changes = self.rule.crashed(report, Instant::now(), SystemTime::now());
-        for change in &changes {
-            self.log(worker, pid, change);
-        }
         self.publish(&changes);
+        changes
     }
 
     /// Ends the holds that are over.
     pub fn expire(&mut self, now: Instant) {
         let changes = self.rule.expire(now);
-        for change in &changes {
-            if let Change::Released { request, .. } = change {
-                ended(request);
-            }
-        }
         self.publish(&changes);
+        for change in &changes {
+            self.log(change, None);
+        }
     }
 
     #[must_use]
@@ -74,18 +77,8 @@ impl Guard {
 
     /// The requests held now, for `/status`.
     #[must_use]
-    pub fn held(&self) -> Vec<Quarantined> {
-        let rfc3339 = |t| humantime::format_rfc3339_millis(t).to_string();
-        self.rule
-            .held()
-            .iter()
-            .map(|(request, held)| Quarantined {
-                request: request.clone(),
-                crashes: held.crashes,
-                since: rfc3339(held.since),
-                until: rfc3339(held.until),
-            })
-            .collect()
+    pub fn held(&self) -> &[Quarantined] {
+        &self.shown
     }
 
     fn publish(&mut self, changes: &[Change]) {
@@ -96,9 +89,21 @@ impl Guard {
         // Every hold fits (`page::MAX_LINE`, a compile-time check).
         self.page
             .publish(held.iter().map(|(r, h)| (r.as_str(), h.until)));
+        let rfc3339 = |t| humantime::format_rfc3339_millis(t).to_string();
+        self.shown = held
+            .iter()
+            .map(|(request, held)| Quarantined {
+                request: request.clone(),
+                crashes: held.crashes,
+                since: rfc3339(held.since),
+                until: rfc3339(held.until),
+            })
+            .collect();
     }
 
-    fn log(&self, worker: WorkerId, pid: Pid, change: &Change) {
+    /// Logs `change`; `by`: the worker (and process) whose crash made it.
+    pub fn log(&self, change: &Change, by: Option<(WorkerId, Pid)>) {
+        let (worker, pid) = (by.map(|b| b.0), by.map(|b| b.1));
         match change {
             Change::Held { request, held } => tracing::warn!(
                 worker,
@@ -122,11 +127,7 @@ impl Guard {
             Change::Released {
                 request,
                 why: Release::Expired,
-            } => ended(request),
+            } => tracing::info!("quarantine of {request} ended: workers serve it again"),
         }
     }
-}
-
-fn ended(request: &str) {
-    tracing::info!("quarantine of {request} ended: workers serve it again");
 }

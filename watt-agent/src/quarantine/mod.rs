@@ -231,6 +231,15 @@ mod tests {
         }
     }
 
+    /// A quarantine with nothing blamed, and the two clocks' now.
+    fn fresh() -> (Quarantine, Instant, SystemTime) {
+        (
+            Quarantine::new(HOLD),
+            Instant::now(),
+            SystemTime::UNIX_EPOCH,
+        )
+    }
+
     fn held_requests(changes: &[Change]) -> Vec<&str> {
         changes
             .iter()
@@ -243,8 +252,7 @@ mod tests {
 
     #[test]
     fn a_request_alone_on_two_crashes_is_held_for_the_hold() {
-        let mut q = Quarantine::new(HOLD);
-        let (t, wall) = (Instant::now(), SystemTime::UNIX_EPOCH);
+        let (mut q, t, wall) = fresh();
         let qod = report("TypeError: boom", &["GET /q?id=7"], 0);
         assert!(
             q.crashed(&qod, t, wall).is_empty(),
@@ -274,8 +282,7 @@ mod tests {
 
     #[test]
     fn blame_older_than_the_window_does_not_count() {
-        let mut q = Quarantine::new(HOLD);
-        let (t, wall) = (Instant::now(), SystemTime::UNIX_EPOCH);
+        let (mut q, t, wall) = fresh();
         let qod = report("E", &["GET /q"], 0);
         q.crashed(&qod, t, wall);
         assert!(q.crashed(&qod, t + WINDOW, wall).is_empty());
@@ -287,8 +294,7 @@ mod tests {
 
     #[test]
     fn a_request_among_others_needs_more_crashes() {
-        let mut q = Quarantine::new(HOLD);
-        let (t, wall) = (Instant::now(), SystemTime::UNIX_EPOCH);
+        let (mut q, t, wall) = fresh();
         // The home page is in flight on every crash, with three others each
         // time: a quarter of the blame per crash.
         for i in 0..7 {
@@ -317,8 +323,7 @@ mod tests {
 
     #[test]
     fn different_requests_and_crashes_outside_requests_hold_nothing() {
-        let mut q = Quarantine::new(HOLD);
-        let (t, wall) = (Instant::now(), SystemTime::UNIX_EPOCH);
+        let (mut q, t, wall) = fresh();
         for i in 0..20 {
             let path = format!("GET /crash?n={i}");
             assert!(q.crashed(&report("E", &[&path], 0), t, wall).is_empty());
@@ -329,8 +334,7 @@ mod tests {
 
     #[test]
     fn the_same_cause_without_the_request_ends_its_hold() {
-        let mut q = Quarantine::new(HOLD);
-        let (t, wall) = (Instant::now(), SystemTime::UNIX_EPOCH);
+        let (mut q, t, wall) = fresh();
         let home = report("RangeError: heap", &["GET /"], 0);
         q.crashed(&home, t, wall);
         assert_eq!(held_requests(&q.crashed(&home, t, wall)), ["GET /"]);
@@ -356,8 +360,7 @@ mod tests {
 
     #[test]
     fn an_exit_without_an_error_ends_no_hold() {
-        let mut q = Quarantine::new(HOLD);
-        let (t, wall) = (Instant::now(), SystemTime::UNIX_EPOCH);
+        let (mut q, t, wall) = fresh();
         let exit = |request: &str| CrashReport {
             origin: Some("exit".into()),
             error: None,
@@ -375,8 +378,7 @@ mod tests {
 
     #[test]
     fn holds_are_bounded() {
-        let mut q = Quarantine::new(HOLD);
-        let (t, wall) = (Instant::now(), SystemTime::UNIX_EPOCH);
+        let (mut q, t, wall) = fresh();
         for i in 0..MAX_HELD + 3 {
             let r = report(&format!("E{i}"), &[&format!("GET /{i}")], 0);
             q.crashed(&r, t, wall);

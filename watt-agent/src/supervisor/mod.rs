@@ -157,7 +157,7 @@ pub async fn run(
         if let Some(code) = driver.exit {
             // Crashes still waiting for their reports are logged as they are.
             for finished in driver.crashes.drain() {
-                driver.finished(finished);
+                driver.finished(&finished);
             }
             return Ok(code);
         }
@@ -191,7 +191,7 @@ pub async fn run(
             () = sleep => {
                 driver.feed(Event::Tick);
                 for finished in driver.crashes.due(Instant::now()) {
-                    driver.finished(finished);
+                    driver.finished(&finished);
                 }
                 if let Some(guard) = &mut driver.plan.quarantine {
                     guard.expire(Instant::now());
@@ -269,7 +269,7 @@ impl Driver<'_> {
                     at: SystemTime::now(),
                 };
                 if let Some(finished) = self.crashes.crashed(crash, Instant::now()) {
-                    self.finished(finished);
+                    self.finished(&finished);
                 }
             }
             Action::Note(note) => {
@@ -414,7 +414,7 @@ impl Driver<'_> {
             Notice::Closed { pid } => {
                 let running = self.pids.contains_key(&pid);
                 if let Some(finished) = self.crashes.closed(pid, running) {
-                    self.finished(finished);
+                    self.finished(&finished);
                 }
             }
         }
@@ -422,11 +422,18 @@ impl Driver<'_> {
 
     /// A crash whose report is in (or known missing): logged, and its
     /// requests blamed (`quarantine`).
-    fn finished(&mut self, finished: crashes::Finished) {
-        if let (Some(guard), (crash, Some(report))) = (&mut self.plan.quarantine, &finished) {
-            guard.crashed(crash.worker, crash.pid, report);
-        }
+    fn finished(&mut self, finished: &crashes::Finished) {
+        let (crash, report) = finished;
+        let changes = match (&mut self.plan.quarantine, report) {
+            (Some(guard), Some(report)) => guard.crashed(report),
+            _ => Vec::new(),
+        };
         notes::log_crash(finished);
+        if let Some(guard) = &self.plan.quarantine {
+            for change in &changes {
+                guard.log(change, Some((crash.worker, crash.pid)));
+            }
+        }
     }
 
     /// Answers an operator's command with the lifecycle's verdict, then
@@ -457,12 +464,10 @@ impl Driver<'_> {
             if s.last_crashes != *self.crashes.last() {
                 s.last_crashes.clone_from(self.crashes.last());
             }
-            s.quarantined = self
-                .plan
-                .quarantine
-                .as_ref()
-                .map(Guard::held)
-                .unwrap_or_default();
+            let held = self.plan.quarantine.as_ref().map_or(&[][..], Guard::held);
+            if s.quarantined != held {
+                s.quarantined = held.to_vec();
+            }
             s.heartbeat = Some(Instant::now());
         }
     }

@@ -94,13 +94,13 @@ impl Driver<'_> {
 }
 
 /// A crash, with what the worker reported of it if it did.
-pub(super) fn log_crash((crash, report): Finished) {
+pub(super) fn log_crash((crash, report): &Finished) {
     match report {
         Some(report) => tracing::warn!(
             worker = crash.worker,
             pid = crash.pid,
             "{}",
-            crash_line(crash.worker, &report, crash.exit)
+            crash_line(crash.worker, report, crash.exit)
         ),
         None => log_unreported_crash(crash.worker, crash.pid, crash.exit),
     }
